@@ -1,0 +1,169 @@
+"""Segmentation losses: cross-entropy + soft Dice, and deep-supervision weighting.
+
+Each loss is a pure function plus a thin `nn.Module`. Shapes everywhere:
+logits `[B, C, H, W]` (C = 1 means binary with a sigmoid), target `[B, H, W]`
+int64 class indices, `IGNORE_INDEX` marking pixels that count for nothing
+(padding). The math runs in float32 even under mixed precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unet_seg.data.masks import IGNORE_INDEX
+
+
+def class_probabilities(logits: Tensor) -> Tensor:
+    """Per-class probabilities in float32: softmax, or `[1 - p, p]` for one sigmoid channel.
+
+    Shape: `[B, C, H, W]` -> `[B, max(C, 2), H, W]`.
+    """
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        return torch.cat([1 - p, p], dim=1)  # [B, 2, H, W]
+    return torch.softmax(logits, dim=1)
+
+
+def soft_dice_per_class(
+    probs: Tensor, target: Tensor, smooth: float = 1.0, ignore_index: int = IGNORE_INDEX
+) -> Tensor:
+    """Soft Dice of each class, pooled over the batch and all valid pixels.
+
+    dice_c = (2 * sum(p_c * t_c) + smooth) / (sum(p_c) + sum(t_c) + smooth)
+
+    Args:
+        probs: `[B, C, H, W]` class probabilities (float).
+        target: `[B, H, W]` class indices; `ignore_index` pixels are left out.
+        smooth: additive smoothing, keeps empty classes at 1 instead of 0/0.
+    Returns:
+        `[C]` Dice per class.
+    """
+    num_classes = probs.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)  # [B, 1, H, W]
+    onehot = F.one_hot(target.clamp(min=0), num_classes).permute(0, 3, 1, 2)  # [B, C, H, W]
+    onehot = onehot.to(probs.dtype) * valid
+    probs = probs * valid
+    dims = (0, 2, 3)
+    intersection = (probs * onehot).sum(dims)
+    denominator = probs.sum(dims) + onehot.sum(dims)
+    return (2 * intersection + smooth) / (denominator + smooth)
+
+
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    include_background: bool = False,
+    smooth: float = 1.0,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """1 - mean soft Dice over classes (class 0, the background, optionally excluded)."""
+    dice = soft_dice_per_class(class_probabilities(logits), target, smooth, ignore_index)
+    if not include_background:
+        dice = dice[1:]
+    return 1 - dice.mean()
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    class_weights: Tensor | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> Tensor:
+    """Cross-entropy over valid pixels; BCE-with-logits when there is one output channel."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        valid = target != ignore_index
+        x = logits[:, 0][valid]
+        y = target[valid].float()
+        pos_weight = None
+        if class_weights is not None:  # [w_background, w_foreground]
+            pos_weight = class_weights[1] / class_weights[0]
+        return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
+    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)
+
+
+class CEDiceLoss(nn.Module):
+    """`ce_weight * CE + dice_weight * (1 - soft Dice)`, the usual U-Net training loss."""
+
+    def __init__(
+        self,
+        ce_weight: float = 0.5,
+        dice_weight: float = 0.5,
+        include_background: bool = False,
+        smooth: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if ce_weight < 0 or dice_weight < 0 or ce_weight + dice_weight == 0:
+            raise ValueError(
+                f"loss weights must be >= 0 and not both 0, got ce_weight={ce_weight}, "
+                f"dice_weight={dice_weight}"
+            )
+        self.ce_weight = ce_weight
+        self.dice_weight = dice_weight
+        self.include_background = include_background
+        self.smooth = smooth
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weights", weights, persistent=False)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        loss = logits.new_zeros((), dtype=torch.float)
+        if self.ce_weight:
+            loss = loss + self.ce_weight * cross_entropy(logits, target, self.class_weights)
+        if self.dice_weight:
+            dice = dice_loss(logits, target, self.include_background, self.smooth)
+            loss = loss + self.dice_weight * dice
+        return loss
+
+
+def deep_supervision_weights(scheme: str | Sequence[float], num_heads: int) -> list[float]:
+    """Weights of the deep-supervision heads, shallow to deep, summing to 1.
+
+    `equal`: 1/n each. `halving`: each head weighs half the next deeper one
+    (the deepest, final head weighs most). A list is normalised as given.
+    """
+    if isinstance(scheme, str):
+        if scheme == "equal":
+            raw = [1.0] * num_heads
+        elif scheme == "halving":
+            raw = [0.5 ** (num_heads - 1 - i) for i in range(num_heads)]
+        else:
+            raise ValueError(
+                f"unknown deep-supervision weighting {scheme!r}: use 'equal', 'halving' "
+                "or a list of one weight per head"
+            )
+    else:
+        raw = [float(w) for w in scheme]
+        if len(raw) != num_heads or any(w < 0 for w in raw) or sum(raw) == 0:
+            raise ValueError(f"need {num_heads} non-negative deep-supervision weights, got {raw}")
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of a loss over every head's logits (a list, shallow to deep)."""
+
+    def __init__(self, loss: nn.Module, weights: Sequence[float]) -> None:
+        super().__init__()
+        self.loss = loss
+        self.weights = list(weights)
+
+    def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+        if len(outputs) != len(self.weights):
+            raise ValueError(f"expected {len(self.weights)} heads, got {len(outputs)}")
+        return sum(w * self.loss(out, target) for w, out in zip(self.weights, outputs, strict=True))
+
+
+def build_loss(cfg: dict, num_heads: int = 1) -> nn.Module:
+    """The loss described by a `conf/loss/*.yaml` node (plain dict)."""
+    cfg = dict(cfg)
+    scheme = cfg.pop("deep_supervision_weights", "equal")
+    loss = CEDiceLoss(**cfg)
+    if num_heads > 1:
+        return DeepSupervisionLoss(loss, deep_supervision_weights(scheme, num_heads))
+    return loss

@@ -1,0 +1,194 @@
+"""UNet++ (Zhou et al., 2018, "UNet++: A Nested U-Net Architecture for Medical
+Image Segmentation").
+
+Node ``x{i}_{j}`` sits at encoder level ``i`` (resolution ``1 / 2**i``) and
+decoder column ``j``. Encoder nodes ``x{i}_0`` are a DoubleConv (after 2x2
+max pooling for ``i > 0``); every other node is
+
+    x{i}_{j} = DoubleConv(cat[x{i}_0, ..., x{i}_{j-1}, up(x{i+1}_{j-1})])
+
+Deep supervision attaches a 1x1 head to each of ``x0_1 .. x0_4``; pruned
+inference at level ``L`` evaluates only the nodes with ``i + j <= L``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unet_seg.models.blocks import DoubleConv, crop_to, pad_like, pad_to_multiple, upsampler
+
+DEPTH = 4
+
+
+class NestedNode(nn.Module):
+    """A decoder node ``x{i}_{j}`` (j >= 1) of UNet++ (Zhou et al., 2018).
+
+    Args:
+        skip_channels: total channels of the same-level nodes ``x{i}_0 .. x{i}_{j-1}``.
+        deep_channels: channels of ``x{i+1}_{j-1}``.
+        out_channels: channels of this node.
+        bilinear: bilinear upsampling (keeps ``deep_channels``) instead of a
+            transposed conv (maps ``deep_channels`` to ``out_channels``).
+
+    Shape:
+        skips [B, C_k, H, W] each, deep [B, deep_channels, H / 2, W / 2]
+        -> [B, out_channels, H, W]
+    """
+
+    def __init__(
+        self, skip_channels: int, deep_channels: int, out_channels: int, bilinear: bool
+    ) -> None:
+        super().__init__()
+        self.up = upsampler(deep_channels, out_channels, bilinear)
+        up_channels = deep_channels if bilinear else out_channels
+        self.conv = DoubleConv(skip_channels + up_channels, out_channels)
+
+    def forward(self, skips: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
+        up = pad_like(self.up(deep), skips[0])
+        x = torch.cat([*skips, up], dim=1)  # [B, sum(C_k) + C_up, H, W]
+        return self.conv(x)
+
+
+class NestedUNet(nn.Module):
+    """UNet++ with dense nested skip pathways, optional deep supervision and pruning.
+
+    Args:
+        in_channels: channels of the input image.
+        num_classes: channels of the output logits.
+        base_channels: width ``b`` of level 0; levels have ``[b, 2b, 4b, 8b, 16b]``.
+        deep_supervision: one 1x1 head on each of ``x0_1 .. x0_4`` (else only ``x0_4``).
+        bilinear: bilinear upsampling instead of ``ConvTranspose2d``.
+
+    Shape:
+        [B, in_channels, H, W] -> [B, num_classes, H, W] (or a list of 4 of them)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        base_channels: int = 32,
+        deep_supervision: bool = False,
+        bilinear: bool = True,
+    ) -> None:
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        c0, c1, c2, c3, c4 = (base_channels * 2**i for i in range(DEPTH + 1))
+        self.pool = nn.MaxPool2d(2)
+
+        # Encoder (backbone) nodes x{i}_0.
+        self.conv0_0 = DoubleConv(in_channels, c0)
+        self.conv1_0 = DoubleConv(c0, c1)
+        self.conv2_0 = DoubleConv(c1, c2)
+        self.conv3_0 = DoubleConv(c2, c3)
+        self.conv4_0 = DoubleConv(c3, c4)
+        # Column 1.
+        self.conv0_1 = NestedNode(c0, c1, c0, bilinear)
+        self.conv1_1 = NestedNode(c1, c2, c1, bilinear)
+        self.conv2_1 = NestedNode(c2, c3, c2, bilinear)
+        self.conv3_1 = NestedNode(c3, c4, c3, bilinear)
+        # Column 2.
+        self.conv0_2 = NestedNode(2 * c0, c1, c0, bilinear)
+        self.conv1_2 = NestedNode(2 * c1, c2, c1, bilinear)
+        self.conv2_2 = NestedNode(2 * c2, c3, c2, bilinear)
+        # Column 3.
+        self.conv0_3 = NestedNode(3 * c0, c1, c0, bilinear)
+        self.conv1_3 = NestedNode(3 * c1, c2, c1, bilinear)
+        # Column 4.
+        self.conv0_4 = NestedNode(4 * c0, c1, c0, bilinear)
+
+        n_heads = DEPTH if deep_supervision else 1
+        self.heads = nn.ModuleList(
+            nn.Conv2d(c0, num_classes, kernel_size=1) for _ in range(n_heads)
+        )
+
+    @property
+    def num_heads(self) -> int:
+        """Logit tensors returned by the full forward (4 with deep supervision)."""
+        return len(self.heads)
+
+    def forward(
+        self, x: torch.Tensor, level: int | None = None
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Run the network, optionally pruned to ``level``.
+
+        Args:
+            x: input batch [B, in_channels, H, W].
+            level: ``None`` for the full network; ``L`` in 1..4 to evaluate only
+                nodes ``x{i}_{j}`` with ``i + j <= L`` and return head ``L``.
+
+        Returns:
+            Logits [B, num_classes, H, W]; with deep supervision and ``level=None``,
+            a list of 4 of them ordered shallow (``x0_1``) to deep (``x0_4``).
+        """
+        self.check_level(level)
+        stop = DEPTH if level is None else level
+        x, size = pad_to_multiple(x, 2**DEPTH)
+
+        # Stage 1: x0_0, x1_0 -> x0_1
+        x0_0 = self.conv0_0(x)
+        x1_0 = self.conv1_0(self.pool(x0_0))
+        x0_1 = self.conv0_1([x0_0], x1_0)
+        if stop == 1:
+            return self._output([x0_1], level, size)
+
+        # Stage 2: x2_0 -> x1_1 -> x0_2
+        x2_0 = self.conv2_0(self.pool(x1_0))
+        x1_1 = self.conv1_1([x1_0], x2_0)
+        x0_2 = self.conv0_2([x0_0, x0_1], x1_1)
+        if stop == 2:
+            return self._output([x0_1, x0_2], level, size)
+
+        # Stage 3: x3_0 -> x2_1 -> x1_2 -> x0_3
+        x3_0 = self.conv3_0(self.pool(x2_0))
+        x2_1 = self.conv2_1([x2_0], x3_0)
+        x1_2 = self.conv1_2([x1_0, x1_1], x2_1)
+        x0_3 = self.conv0_3([x0_0, x0_1, x0_2], x1_2)
+        if stop == 3:
+            return self._output([x0_1, x0_2, x0_3], level, size)
+
+        # Stage 4: x4_0 -> x3_1 -> x2_2 -> x1_3 -> x0_4
+        x4_0 = self.conv4_0(self.pool(x3_0))
+        x3_1 = self.conv3_1([x3_0], x4_0)
+        x2_2 = self.conv2_2([x2_0, x2_1], x3_1)
+        x1_3 = self.conv1_3([x1_0, x1_1, x1_2], x2_2)
+        x0_4 = self.conv0_4([x0_0, x0_1, x0_2, x0_3], x1_3)
+        return self._output([x0_1, x0_2, x0_3, x0_4], level, size)
+
+    def parameters_at_level(self, level: int) -> int:
+        """Number of parameters used by pruned inference at ``level`` (nodes + head)."""
+        self.check_level(level)
+        modules = [m for stage in self._stages()[:level] for m in stage] + [self._head(level)]
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def _stages(self) -> list[list[nn.Module]]:
+        """Nodes added by each pruning level, i.e. those with ``i + j == L``."""
+        return [
+            [self.conv0_0, self.conv1_0, self.conv0_1],
+            [self.conv2_0, self.conv1_1, self.conv0_2],
+            [self.conv3_0, self.conv2_1, self.conv1_2, self.conv0_3],
+            [self.conv4_0, self.conv3_1, self.conv2_2, self.conv1_3, self.conv0_4],
+        ]
+
+    def _head(self, level: int) -> nn.Module:
+        return self.heads[level - 1] if self.deep_supervision else self.heads[0]
+
+    def check_level(self, level: int | None) -> None:
+        if level is None:
+            return
+        if not 1 <= level <= DEPTH:
+            raise ValueError(f"level must be in 1..{DEPTH} or None, got {level}")
+        if level < DEPTH and not self.deep_supervision:
+            raise ValueError(
+                f"pruned inference at level {level} needs deep_supervision=True "
+                f"(without it only level {DEPTH} has a head)"
+            )
+
+    def _output(
+        self, tops: list[torch.Tensor], level: int | None, size: tuple[int, int]
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Apply the head(s) to the top-row nodes ``x0_1 ..`` and crop to ``size``."""
+        if level is None and self.deep_supervision:
+            return [crop_to(head(t), size) for head, t in zip(self.heads, tops, strict=True)]
+        return crop_to(self._head(len(tops))(tops[-1]), size)

@@ -1,0 +1,66 @@
+"""U-Net (Ronneberger et al., 2015, "U-Net: Convolutional Networks for Biomedical
+Image Segmentation")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unet_seg.models.blocks import DoubleConv, Down, Up, crop_to, pad_to_multiple
+
+
+class UNet(nn.Module):
+    """Encoder-decoder with skip connections, returning per-pixel logits.
+
+    With ``bilinear=True`` the deepest level and the decoder use half the channels
+    (parameter-free upsampling), so the network is smaller than the transposed one.
+    Inputs whose sides are not multiples of ``2 ** depth`` are padded, and the
+    logits are cropped back to the input size.
+
+    Args:
+        in_channels: channels of the input image.
+        num_classes: channels of the output logits.
+        base_channels: width of the first level; level ``i`` has ``base * 2 ** i``.
+        depth: number of down-sampling steps.
+        bilinear: bilinear upsampling instead of ``ConvTranspose2d``.
+
+    Shape:
+        [B, in_channels, H, W] -> [B, num_classes, H, W]
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        base_channels: int = 64,
+        depth: int = 4,
+        bilinear: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        factor = 2 if bilinear else 1
+        widths = [base_channels * 2**i for i in range(depth + 1)]
+        bottom = [widths[-1] // factor]  # the deepest level is halved when bilinear
+        enc_out = widths[1:-1] + bottom
+        dec_out = [w // factor for w in widths[1:-1]][::-1] + [widths[0]]
+
+        self.inc = DoubleConv(in_channels, widths[0])
+        self.downs = nn.ModuleList(
+            Down(c_in, c_out) for c_in, c_out in zip(widths[:-1], enc_out, strict=True)
+        )
+        self.ups = nn.ModuleList(
+            Up(c_in, c_out, bilinear) for c_in, c_out in zip(widths[:0:-1], dec_out, strict=True)
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, size = pad_to_multiple(x, 2**self.depth)
+        skips = [self.inc(x)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        x = skips.pop()
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return crop_to(self.head(x), size)

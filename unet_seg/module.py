@@ -1,0 +1,150 @@
+"""`SegModule`: the LightningModule that trains any registered net with CE + Dice.
+
+It is the one place logits become probabilities or labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import Tensor
+
+from unet_seg.losses import build_loss, class_probabilities
+from unet_seg.metrics import SegmentationScores
+from unet_seg.models.registry import build_net
+
+CHECKPOINT_FORMAT = 1
+"""Version of what `SegModule` stores in a checkpoint (bumped when that changes)."""
+
+
+class SegModule(pl.LightningModule):
+    """Segmentation training, validation and testing around a net from the registry.
+
+    Every argument is plain data (dicts, lists, numbers), so the checkpoint
+    carries them as hyperparameters and loads with `torch.load(weights_only=True)`.
+
+    Args:
+        arch: `{"name": "unet" | "nested", **net kwargs}`.
+        loss: `CEDiceLoss` kwargs plus `deep_supervision_weights`.
+        optimizer: a Hydra partial config (`_target_`, `_partial_: true`, kwargs).
+        scheduler: `{"scheduler": partial config, "interval", "monitor"}` or None.
+        class_names: one per class, background first (binary: two names).
+        mask_values: mask pixel value of each class, to write predictions back.
+        normalization: `{"mean": [...], "std": [...]}` applied to inputs in [0, 1].
+    """
+
+    def __init__(
+        self,
+        arch: dict,
+        loss: dict,
+        optimizer: dict,
+        class_names: list[str],
+        mask_values: list[int],
+        normalization: dict,
+        scheduler: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_net(arch)
+        self.loss_fn = build_loss(loss, num_heads=getattr(self.net, "num_heads", 1))
+        self.val_scores = SegmentationScores(class_names)
+        self.test_scores = SegmentationScores(class_names)
+        self.inference_level: int | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Final logits `[B, C, H, W]` (the deepest head; a pruned level if one is set)."""
+        if self.inference_level is not None:
+            return self.net(x, level=self.inference_level)
+        out = self.net(x)
+        return out[-1] if isinstance(out, list) else out
+
+    @staticmethod
+    def probabilities(logits: Tensor) -> Tensor:
+        """`[B, C, H, W]` logits -> `[B, max(C, 2), H, W]` float32 class probabilities."""
+        return class_probabilities(logits)
+
+    @staticmethod
+    def labels(logits: Tensor) -> Tensor:
+        """`[B, C, H, W]` logits -> `[B, H, W]` int64 class indices."""
+        if logits.shape[1] == 1:
+            return (logits[:, 0] > 0).long()
+        return logits.argmax(dim=1)
+
+    def _shared_step(self, batch: dict, stage: str) -> Tensor:
+        images, masks = batch["image"], batch["mask"]
+        outputs = self.net(images)
+        loss = self.loss_fn(outputs, masks)
+        train = stage == "train"
+        self.log(
+            f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True,
+            batch_size=len(images), sync_dist=not train,
+        )
+        if not train:
+            logits = outputs[-1] if isinstance(outputs, list) else outputs
+            getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_scores(self, stage: str) -> None:
+        scores = getattr(self, f"{stage}_scores")
+        values = {f"{stage}/{k}": v for k, v in scores.compute().items()}
+        self.log(f"{stage}/dice", values.pop(f"{stage}/dice"), prog_bar=True)
+        self.log_dict(values)
+        scores.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
+
+    def configure_optimizers(self) -> dict:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        sched = self.hparams.scheduler
+        if not sched or not sched.get("scheduler"):
+            return {"optimizer": optimizer}
+        scheduler = instantiate(sched["scheduler"])(optimizer=optimizer)
+        config = {"scheduler": scheduler, "interval": sched.get("interval", "epoch")}
+        if sched.get("monitor"):
+            config["monitor"] = sched["monitor"]
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["unet_seg_format"] = CHECKPOINT_FORMAT
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str = "cpu") -> SegModule:
+        """Load a module for inference from a checkpoint alone, never unpickling code."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means "not a safe checkpoint"
+            raise ValueError(
+                f"{path}: not a loadable unet-seg checkpoint ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). Pass a .ckpt written by "
+                "`python -m unet_seg.train` (checkpoints/best.ckpt)."
+            ) from err
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+            raise ValueError(f"{path}: not a unet-seg checkpoint (no state_dict/hyper_parameters)")
+        fmt = ckpt.get("unet_seg_format")
+        if fmt != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"{path}: checkpoint format {fmt!r}, this unet-seg reads format "
+                f"{CHECKPOINT_FORMAT}; re-export it with a matching version"
+            )
+        module = cls(**ckpt["hyper_parameters"])
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval()

@@ -1,0 +1,143 @@
+"""Train a segmentation net: `python -m unet_seg.train [arch=nested] [key=value ...]`.
+
+`train(cfg)` reads top to bottom: seed, run directory, data, model, trainer,
+fit (or resume), then a final evaluation of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from unet_seg.callbacks import AtomicCheckpointIO
+from unet_seg.config import load_run_config, save_run_config, to_plain
+from unet_seg.data.datamodule import SegDataModule
+from unet_seg.module import SegModule
+
+log = logging.getLogger(__name__)
+
+CONFIG_GROUPS = (
+    "data", "arch", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths",
+    "hydra", "scale", "experiment",
+)  # fmt: skip
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path) -> SegDataModule:
+    """The data module of `cfg.data`, keeping its split in `run_dir/splits.json`."""
+    return SegDataModule(**to_plain(cfg.data), splits_path=str(run_dir / "splits.json"))
+
+
+def build_module(cfg: DictConfig) -> SegModule:
+    """The LightningModule of a composed config, from plain data only."""
+    data = cfg.data
+    return SegModule(
+        arch=to_plain(cfg.arch),
+        loss=to_plain(cfg.loss),
+        optimizer=to_plain(cfg.optimizer),
+        scheduler=to_plain(cfg.scheduler),
+        class_names=list(data.class_names),
+        mask_values=list(data.mask_values),
+        normalization={"mean": list(data.mean), "std": list(data.std)},
+    )
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a run started with, plus `key=value` overrides (e.g. trainer.max_epochs=50).
+
+    Group choices (`arch=nested`) cannot change on resume: the checkpoint holds that net.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise FileNotFoundError(
+            f"{last} not found: run {run_dir} saved no checkpoint to resume from "
+            "(it stopped before its first epoch ended); start it again without resume="
+        )
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "resume":
+            continue
+        if key in CONFIG_GROUPS or key.startswith(("+", "~")) or not value:
+            raise ValueError(
+                f"cannot apply {override!r} when resuming: the run's config groups are fixed. "
+                "Only key=value changes such as trainer.max_epochs=50 are allowed."
+            )
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | str]:
+    """Fit (or resume) a run and score its best checkpoint; return the final metrics.
+
+    Args:
+        cfg: composed `conf/train.yaml`.
+        overrides: command-line `key=value` overrides, applied on resume.
+    Returns:
+        The flat metrics also written to `run_dir/metrics.json`.
+    """
+    resuming = bool(cfg.get("resume"))
+    if resuming:
+        cfg = resume_config(cfg.resume, overrides)
+    run_dir = Path(cfg.run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    save_run_config(cfg, run_dir)
+    log.info("run directory: %s%s", run_dir, " (resumed)" if resuming else "")
+
+    datamodule = build_datamodule(cfg, run_dir)
+    module = build_module(cfg)
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule, ckpt_path=last if resuming else None, weights_only=True)
+
+    metrics: dict[str, float | str] = {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    if cfg.get("final_eval", True):
+        metrics.update(final_evaluation(trainer, module, datamodule))
+    if trainer.is_global_zero:
+        write_json(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+def final_evaluation(
+    trainer: pl.Trainer, module: SegModule, datamodule: SegDataModule
+) -> dict[str, float | str]:
+    """Validation and test scores of the best checkpoint (the last weights if none was kept)."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    ckpt = best or None
+    metrics: dict[str, float | str] = {"checkpoint": best or "last weights"}
+    for stage, run in (("val", trainer.validate), ("test", trainer.test)):
+        if not datamodule.splits or not datamodule.splits[stage]:
+            continue
+        (results,) = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics.update({k: float(v) for k, v in results.items()})
+    return metrics
+
+
+def write_json(data: dict, path: Path) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base=None)
+def main(cfg: DictConfig) -> None:
+    train(cfg, overrides=HydraConfig.get().overrides.task)
+
+
+if __name__ == "__main__":
+    main()

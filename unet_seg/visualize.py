@@ -1,0 +1,63 @@
+"""Pictures of predictions: colour-coded masks and input | truth | prediction grids."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [255, 255, 255],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+    ],
+    dtype=np.uint8,
+)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Class indices `[H, W]` -> RGB `[H, W, 3]` uint8 (background black, class 1 white).
+
+    Ignored pixels (negative labels) are drawn mid-grey.
+    """
+    palette = _PALETTE
+    if labels.max(initial=0) >= len(palette):
+        rng = np.random.default_rng(0)
+        extra = rng.integers(0, 256, (int(labels.max()) + 1 - len(palette), 3), dtype=np.uint8)
+        palette = np.concatenate([palette, extra])
+    rgb = palette[np.clip(labels, 0, None)]
+    rgb[labels < 0] = 128
+    return rgb
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] float image `[C, H, W]` (C = 1 or 3, or more: first three) -> RGB uint8 `[H, W, 3]`."""
+    image = np.clip(image, 0, 1)
+    if image.shape[0] == 1:
+        image = np.repeat(image, 3, axis=0)
+    return (image[:3].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+
+def prediction_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Stack rows of (input RGB, truth labels, predicted labels) into one RGB picture.
+
+    Each row is `input | truth | prediction`; rows of different sizes are padded
+    with grey. Returns `[H, W, 3]` uint8.
+    """
+    panels = []
+    for image, truth, pred in rows:
+        h, w = truth.shape
+        spacer = np.full((h, gap, 3), 128, np.uint8)
+        panels.append(np.concatenate([image, spacer, colorize(truth), spacer, colorize(pred)], 1))
+    width = max(p.shape[1] for p in panels)
+    padded = []
+    for p in panels:
+        p = np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0)), constant_values=128)
+        padded.append(p)
+    return np.concatenate(padded, axis=0)
