@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = "config.yaml"
 
 
-def _run_dir(resume: str | None, fresh: str) -> str:
+def _resume_or(resume: str | None, fresh: str) -> str:
     """Hydra's run directory: the resumed run's own directory, or a fresh one."""
     return str(resume) if resume else fresh
 
@@ -24,7 +24,7 @@ def _unless_resume(resume: str | None, value: str) -> str | None:
 
 def register_resolvers() -> None:
     """Register the project's OmegaConf resolvers (idempotent)."""
-    for name, fn in {"run_dir": _run_dir, "unless_resume": _unless_resume}.items():
+    for name, fn in {"resume_or": _resume_or, "unless_resume": _unless_resume}.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

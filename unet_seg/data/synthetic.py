@@ -93,7 +93,6 @@ def _draw_nuclei(rng: np.random.Generator, size: int) -> np.ndarray:
     labels = np.zeros((size, size), dtype=np.uint16)
     areas: list[int] = [0]  # index = label; areas at placement time
     shapes: list[tuple[float, float, float, float, float]] = []  # cx, cy, a, b, angle
-    scratch = np.zeros((size, size), dtype=np.uint8)
 
     for _ in range(count):
         for _ in range(_MAX_TRIES):
@@ -115,13 +114,21 @@ def _draw_nuclei(rng: np.random.Generator, size: int) -> np.ndarray:
             else:
                 cx, cy = rng.uniform(0.0, size, 2)
 
-            scratch.fill(0)
-            cv2.fillPoly(scratch, [_outline(rng, cx, cy, a, b, angle)], 1, cv2.LINE_8, _SHIFT)
-            region = scratch.astype(bool)
+            # Rasterise into a local patch around the polygon's bounding box.
+            pts = _outline(rng, cx, cy, a, b, angle)
+            x0, y0 = np.maximum((pts.min(axis=0) >> _SHIFT) - 1, 0)
+            x1, y1 = np.minimum((pts.max(axis=0) >> _SHIFT) + 2, size)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            patch = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+            offset = np.array([x0, y0], dtype=np.int32) << _SHIFT
+            cv2.fillPoly(patch, [pts - offset], 1, cv2.LINE_8, _SHIFT)
+            region = patch.astype(bool)
             area = int(region.sum())
             if area < 8:
                 continue
-            hit = labels[region]
+            window = labels[y0:y1, x0:x1]
+            hit = window[region]
             overlap = np.bincount(hit, minlength=len(areas))
             overlap[0] = 0
             limit = 0.2 if touching else 0.02
@@ -130,7 +137,7 @@ def _draw_nuclei(rng: np.random.Generator, size: int) -> np.ndarray:
             # Never let a newcomer swallow much of an existing nucleus.
             if np.any(overlap[1:] > 0.2 * np.asarray(areas[1:])):
                 continue
-            labels[region] = len(areas)
+            window[region] = len(areas)
             areas.append(area)
             shapes.append((cx, cy, a, b, angle))
             break

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny image/mask folders written to tmp_path, composed configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+CONF = Path(__file__).parents[1] / "conf"
+
+
+def write_folder(
+    root: Path, n: int = 6, size: tuple[int, int] = (40, 48), channels: int = 1, seed: int = 0
+) -> Path:
+    """Write `n` image/mask pairs (0/255 masks of bright squares) under root/images, root/masks."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    h, w = size
+    for i in range(n):
+        mask = np.zeros((h, w), np.uint8)
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        mask[y : y + h // 3, x : x + w // 3] = 255
+        image = (mask * 0.6 + rng.integers(0, 60, (h, w))).astype(np.uint8)
+        if channels == 3:
+            image = np.stack([image, image // 2, 255 - image], axis=2)
+        cv2.imwrite(str(root / "images" / f"img{i:02d}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"img{i:02d}.png"), mask)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_folder(tmp_path / "data")
+
+
+def compose_train(overrides: list[str] | None = None, hydra: bool = False):
+    """`conf/train.yaml` composed with `overrides`, as `python -m unet_seg.train` would.
+
+    With `hydra=True` the result also holds Hydra's own node (`cfg.hydra`).
+    """
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        return compose(config_name="train", overrides=overrides or [], return_hydra_config=hydra)

@@ -1,0 +1,110 @@
+"""Every config group composes, resolves and builds what it describes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from tests.conftest import CONF, compose_train
+from unet_seg.config import save_run_config, to_plain
+from unet_seg.train import build_module, resume_config
+
+GROUPS = ["arch", "data", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "scale"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_resolves(group: str, option: str) -> None:
+    overrides = [f"{group}={option}", "run_dir=/tmp/unused"]
+    if option == "folder":
+        overrides.append("data.root=/tmp/somewhere")
+    cfg = compose_train(overrides, hydra=True)
+    node = to_plain(cfg[group]) if group != "scale" else to_plain(cfg.arch)
+    assert node is not None
+    assert cfg.hydra.run.dir  # the run directory interpolation resolves too
+
+
+@pytest.mark.parametrize("option", [p.stem for p in sorted((CONF / "scheduler").glob("*.yaml"))])
+@pytest.mark.parametrize("optimizer", [p.stem for p in sorted((CONF / "optimizer").glob("*.yaml"))])
+def test_optimizer_and_scheduler_build_and_step(optimizer: str, option: str) -> None:
+    cfg = compose_train([f"optimizer={optimizer}", f"scheduler={option}", "arch.base_channels=4"])
+    module = build_module(cfg)
+    conf = module.configure_optimizers()
+    opt = conf["optimizer"]
+    assert type(opt).__name__.lower() == optimizer.replace("adamw", "adamw")
+    if option == "none":
+        assert "lr_scheduler" not in conf
+        return
+    sched = conf["lr_scheduler"]
+    lr0 = opt.param_groups[0]["lr"]
+    for _ in range(12):
+        opt.step()
+        if option == "plateau":
+            assert sched["monitor"] == "val/dice"
+            sched["scheduler"].step(0.5)  # no improvement: the rate must drop
+        else:
+            sched["scheduler"].step()
+    assert opt.param_groups[0]["lr"] < lr0
+
+
+def test_logger_and_callbacks_instantiate(tmp_path: Path) -> None:
+    cfg = compose_train([f"run_dir={tmp_path}"])
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    assert {type(c).__name__ for c in callbacks} >= {"ModelCheckpoint", "ValidationImages"}
+    assert loggers[0].log_dir.rstrip("/") == str(tmp_path / "tensorboard")
+
+
+def test_defaults_are_cpu_sized_and_paper_scale_keeps_arch_widths() -> None:
+    assert compose_train().arch.base_channels == 16
+    assert compose_train(["scale=paper"]).arch.base_channels == 64
+    assert compose_train(["scale=paper", "arch=nested"]).arch.base_channels == 32
+
+
+def test_hydra_run_dir_follows_resume() -> None:
+    fresh = compose_train(hydra=True)
+    assert fresh.hydra.run.dir.startswith("outputs/train/")
+    assert fresh.hydra.output_subdir == ".hydra"
+    resumed = compose_train(["resume=outputs/train/old"], hydra=True)
+    assert resumed.hydra.run.dir == "outputs/train/old"
+    assert resumed.hydra.output_subdir is None  # the run's original .hydra/ stays as it was
+
+
+def test_resume_config_applies_key_overrides_and_refuses_groups(tmp_path: Path) -> None:
+    cfg = compose_train([f"run_dir={tmp_path}", "arch=nested", "arch.base_channels=4"])
+    save_run_config(cfg, tmp_path)
+    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+        resume_config(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    resumed = resume_config(tmp_path, [f"resume={tmp_path}", "trainer.max_epochs=7"])
+    assert resumed.trainer.max_epochs == 7
+    assert resumed.arch.name == "nested"  # from the run, not from the defaults
+    with pytest.raises(ValueError, match="groups are fixed"):
+        resume_config(tmp_path, ["arch=unet"])
+
+
+def test_unknown_architecture_lists_choices() -> None:
+    cfg = compose_train(["arch.name=segformer"])
+    with pytest.raises(ValueError, match=r"segformer.*\['nested', 'unet'\]"):
+        build_module(cfg)
+
+
+def test_module_hparams_are_plain_data() -> None:
+    module = build_module(compose_train(["arch.base_channels=4"]))
+    plain = (dict, list, str, int, float, bool, type(None))
+
+    def check(x):
+        assert isinstance(x, plain), type(x)
+        if isinstance(x, dict):
+            for v in x.values():
+                check(v)
+        elif isinstance(x, list):
+            for v in x:
+                check(v)
+
+    check(dict(module.hparams))
+    assert module(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)

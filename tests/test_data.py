@@ -1,0 +1,225 @@
+"""Reading folders, mapping masks, splitting, augmenting: and the errors users meet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_folder
+from unet_seg.data.datamodule import SegDataModule, check_class_config
+from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate, read_image, read_mask
+from unet_seg.data.masks import IGNORE_INDEX, MaskEncoding
+from unet_seg.data.splits import load_splits, make_splits, save_splits
+from unet_seg.data.transforms import build_train_transform, denormalize, normalize
+
+AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5,
+           "affine": {"p": 0.5, "scale": [0.9, 1.1], "rotate": [-15, 15], "translate": 0.05},
+           "brightness_contrast": {"p": 0.5}}  # fmt: skip
+
+
+# ---------------------------------------------------------------- masks
+
+
+def test_mask_encoding_round_trip() -> None:
+    enc = MaskEncoding([0, 255])
+    mask = np.array([[0, 255], [255, 0]], np.uint8)
+    indices = enc.encode(mask)
+    assert indices.tolist() == [[0, 1], [1, 0]]
+    assert (enc.decode(indices) == mask).all()
+    assert MaskEncoding([0, 1000]).decode(np.array([1])).dtype == np.uint16
+
+
+def test_unknown_mask_value_names_the_file() -> None:
+    enc = MaskEncoding([0, 255])
+    with pytest.raises(ValueError, match=r"m\.png.*\[128\].*mask_values"):
+        enc.encode(np.array([[0, 128, 255]], np.uint8), "m.png")
+
+
+def test_mask_values_must_be_distinct() -> None:
+    with pytest.raises(ValueError, match="distinct"):
+        MaskEncoding([0, 0])
+
+
+def test_class_config_must_agree() -> None:
+    check_class_config(1, [0, 255], ["bg", "fg"])
+    check_class_config(3, [0, 1, 2], ["bg", "a", "b"])
+    with pytest.raises(ValueError, match="num_classes=3 needs 3"):
+        check_class_config(3, [0, 255], ["bg", "fg"])
+    with pytest.raises(ValueError, match="class_names"):
+        check_class_config(2, [0, 255], ["bg"])
+
+
+# ---------------------------------------------------------------- folders and files
+
+
+def test_find_pairs_with_suffix(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ("car1", "car2"):
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.jpg"), np.zeros((4, 4, 3), np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}_mask.png"), np.zeros((4, 4), np.uint8))
+    pairs = find_pairs(tmp_path, mask_suffix="_mask")
+    assert [(i.name, m.name) for i, m in pairs] == [
+        ("car1.jpg", "car1_mask.png"),
+        ("car2.jpg", "car2_mask.png"),
+    ]
+
+
+def test_missing_mask_is_named(folder: Path) -> None:
+    (folder / "masks" / "img03.png").unlink()
+    with pytest.raises(FileNotFoundError, match="img03.png"):
+        find_pairs(folder)
+
+
+def test_empty_and_missing_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        find_pairs(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        find_pairs(tmp_path)
+
+
+def test_read_image_channel_rules(tmp_path: Path) -> None:
+    gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    cv2.imwrite(str(tmp_path / "g.png"), gray)
+    assert read_image(tmp_path / "g.png", 1).shape == (3, 4, 1)
+    assert read_image(tmp_path / "g.png", 3).shape == (3, 4, 3)
+    rgb_gray = np.repeat(gray[:, :, None], 3, axis=2)
+    cv2.imwrite(str(tmp_path / "eq.png"), rgb_gray)
+    assert (read_image(tmp_path / "eq.png", 1)[:, :, 0] == gray).all()
+    color = np.zeros((3, 4, 3), np.uint8)
+    color[:, :, 2] = 200  # red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "c.png"), color)
+    assert read_image(tmp_path / "c.png", 3)[0, 0].tolist() == [200, 0, 0]  # RGB
+    with pytest.raises(ValueError, match=r"c\.png.*3 channel.*data.in_channels=3"):
+        read_image(tmp_path / "c.png", 1)
+
+
+def test_unreadable_files_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png.*cannot be read"):
+        read_image(bad, 1)
+    with pytest.raises(ValueError, match="broken.png.*cannot be read"):
+        read_mask(bad)
+
+
+def test_dataset_sample_and_normalisation(folder: Path) -> None:
+    pairs = find_pairs(folder)
+    ds = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.5], [0.25])
+    sample = ds[0]
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (1, 40, 48)
+    assert sample["mask"].dtype == torch.int64 and sample["mask"].shape == (40, 48)
+    assert set(sample["mask"].unique().tolist()) <= {0, 1}
+    raw = cv2.imread(str(pairs[0][0]), cv2.IMREAD_UNCHANGED).astype(np.float32)
+    expected = (raw / 255 - 0.5) / 0.25  # normalised once, not twice
+    assert torch.allclose(sample["image"][0], torch.from_numpy(expected), atol=1e-6)
+    assert torch.allclose(denormalize(sample["image"], [0.5], [0.25])[0] * 255, torch.from_numpy(raw), atol=1e-3)
+
+
+def test_mask_of_another_size_is_refused(folder: Path) -> None:
+    cv2.imwrite(str(folder / "masks" / "img01.png"), np.zeros((10, 10), np.uint8))
+    ds = SegDataset(find_pairs(folder), MaskEncoding([0, 255]), 1, [0.5], [0.25])
+    with pytest.raises(ValueError, match=r"img01\.png.*10x10.*48x40"):
+        ds[1]
+
+
+def test_normalize_16_bit() -> None:
+    image = np.full((2, 2, 1), 65535, np.uint16)
+    assert torch.allclose(normalize(image, [0.0], [1.0]), torch.ones(1, 2, 2))
+
+
+# ---------------------------------------------------------------- transforms
+
+
+def test_train_transform_crops_and_pads_with_ignore() -> None:
+    t = build_train_transform(32, AUGMENT)
+    image = np.random.default_rng(0).integers(0, 255, (20, 50, 1), dtype=np.uint8)
+    mask = np.ones((20, 50), np.uint8)
+    out = t(image=image, mask=mask)
+    assert out["image"].shape == (32, 32, 1) and out["mask"].shape == (32, 32)
+    assert out["image"].dtype == np.uint8
+    ds_mask = torch.from_numpy(out["mask"]).long()
+    ds_mask[ds_mask == 255] = IGNORE_INDEX
+    assert (ds_mask == IGNORE_INDEX).any()  # rows padded beyond the 20-pixel image
+    assert set(ds_mask.unique().tolist()) <= {IGNORE_INDEX, 1}
+
+
+def test_augmentation_moves_image_and_mask_together() -> None:
+    t = build_train_transform(None, AUGMENT | {"brightness_contrast": {"p": 0}})
+    rng = np.random.default_rng(1)
+    mask = np.kron(rng.random((4, 4)) > 0.5, np.ones((8, 8))).astype(np.uint8)  # 8x8 blocks
+    image = (mask * 200)[:, :, None].astype(np.uint8)
+    moved = False
+    for _ in range(10):
+        out = t(image=image, mask=mask)
+        agree = (out["image"][:, :, 0] > 100) == (out["mask"] == 1)
+        assert agree.mean() > 0.95  # only interpolated block edges may differ
+        if not np.array_equal(out["mask"], mask):
+            moved = True
+    assert moved
+
+
+def test_pad_collate_pads_masks_with_ignore() -> None:
+    a = {"image": torch.ones(1, 4, 6), "mask": torch.zeros(4, 6, dtype=torch.long), "name": "a"}
+    b = {"image": torch.ones(1, 5, 3), "mask": torch.ones(5, 3, dtype=torch.long), "name": "b"}
+    batch = pad_collate([a, b])
+    assert batch["image"].shape == (2, 1, 5, 6) and batch["mask"].shape == (2, 5, 6)
+    assert batch["mask"][0, 4].eq(IGNORE_INDEX).all() and batch["mask"][1, :, 3:].eq(IGNORE_INDEX).all()
+    assert batch["name"] == ["a", "b"]
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_splits_reproducible_disjoint_complete() -> None:
+    names = [f"{i}.png" for i in range(20)]
+    s = make_splits(names, 0.2, 0.1, seed=3)
+    assert make_splits(list(reversed(names)), 0.2, 0.1, seed=3) == s
+    assert make_splits(names, 0.2, 0.1, seed=4) != s
+    assert (len(s["train"]), len(s["val"]), len(s["test"])) == (14, 4, 2)
+    assert sorted(s["train"] + s["val"] + s["test"]) == sorted(names)
+
+
+def test_splits_edge_cases(tmp_path: Path) -> None:
+    s = make_splits(["a", "b", "c"], 0.1, 0.0, seed=0)
+    assert len(s["val"]) == 1 and s["test"] == []
+    with pytest.raises(ValueError, match="add images"):
+        make_splits(["a", "b"], 0.4, 0.4, seed=0)
+    save_splits(s, tmp_path / "splits.json")
+    assert load_splits(tmp_path / "splits.json") == s
+
+
+def test_datamodule_writes_and_reuses_its_split(folder: Path, tmp_path: Path) -> None:
+    splits = tmp_path / "run" / "splits.json"
+    kwargs = dict(root=str(folder), in_channels=1, num_classes=2, mask_values=[0, 255],
+                  class_names=["bg", "fg"], crop_size=32, batch_size=2, splits_path=str(splits))  # fmt: skip
+    dm = SegDataModule(**kwargs, split_seed=0)
+    dm.setup("fit")
+    assert splits.is_file()
+    first = load_splits(splits)
+    dm2 = SegDataModule(**kwargs, split_seed=99)  # another seed, but the run's split is kept
+    dm2.setup("fit")
+    assert dm2.splits == first
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 1, 32, 32)
+    val = next(iter(dm.val_dataloader()))
+    assert val["image"].shape[2:] == (40, 48)  # whole images, no augmentation
+
+
+def test_split_listing_vanished_images_is_refused(folder: Path, tmp_path: Path) -> None:
+    splits = tmp_path / "splits.json"
+    save_splits({"train": ["gone.png"], "val": [], "test": []}, splits)
+    dm = SegDataModule(str(folder), 1, 2, [0, 255], ["bg", "fg"], splits_path=str(splits))
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        dm.setup("fit")
+
+
+def test_write_folder_rgb(tmp_path: Path) -> None:
+    root = write_folder(tmp_path / "rgb", n=2, channels=3)
+    assert read_image(find_pairs(root)[0][0], 3).shape == (40, 48, 3)
