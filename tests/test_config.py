@@ -12,7 +12,17 @@ from tests.conftest import CONF, compose_train
 from unet_seg.config import save_run_config, to_plain
 from unet_seg.train import build_module, resume_config
 
-GROUPS = ["arch", "data", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "scale"]
+GROUPS = [
+    "arch",
+    "data",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "trainer",
+    "logger",
+    "callbacks",
+    "scale",
+]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
 
 

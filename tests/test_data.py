@@ -119,7 +119,9 @@ def test_dataset_sample_and_normalisation(folder: Path) -> None:
     raw = cv2.imread(str(pairs[0][0]), cv2.IMREAD_UNCHANGED).astype(np.float32)
     expected = (raw / 255 - 0.5) / 0.25  # normalised once, not twice
     assert torch.allclose(sample["image"][0], torch.from_numpy(expected), atol=1e-6)
-    assert torch.allclose(denormalize(sample["image"], [0.5], [0.25])[0] * 255, torch.from_numpy(raw), atol=1e-3)
+    assert torch.allclose(
+        denormalize(sample["image"], [0.5], [0.25])[0] * 255, torch.from_numpy(raw), atol=1e-3
+    )
 
 
 def test_mask_of_another_size_is_refused(folder: Path) -> None:
@@ -170,7 +172,10 @@ def test_pad_collate_pads_masks_with_ignore() -> None:
     b = {"image": torch.ones(1, 5, 3), "mask": torch.ones(5, 3, dtype=torch.long), "name": "b"}
     batch = pad_collate([a, b])
     assert batch["image"].shape == (2, 1, 5, 6) and batch["mask"].shape == (2, 5, 6)
-    assert batch["mask"][0, 4].eq(IGNORE_INDEX).all() and batch["mask"][1, :, 3:].eq(IGNORE_INDEX).all()
+    assert (
+        batch["mask"][0, 4].eq(IGNORE_INDEX).all()
+        and batch["mask"][1, :, 3:].eq(IGNORE_INDEX).all()
+    )
     assert batch["name"] == ["a", "b"]
 
 
@@ -197,8 +202,10 @@ def test_splits_edge_cases(tmp_path: Path) -> None:
 
 def test_datamodule_writes_and_reuses_its_split(folder: Path, tmp_path: Path) -> None:
     splits = tmp_path / "run" / "splits.json"
-    kwargs = dict(root=str(folder), in_channels=1, num_classes=2, mask_values=[0, 255],
-                  class_names=["bg", "fg"], crop_size=32, batch_size=2, splits_path=str(splits))  # fmt: skip
+    kwargs = dict(
+        root=str(folder), in_channels=1, num_classes=2, mask_values=[0, 255],
+        class_names=["bg", "fg"], crop_size=32, batch_size=2, splits_path=str(splits),
+    )  # fmt: skip
     dm = SegDataModule(**kwargs, split_seed=0)
     dm.setup("fit")
     assert splits.is_file()

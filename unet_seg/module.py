@@ -79,8 +79,13 @@ class SegModule(pl.LightningModule):
         loss = self.loss_fn(outputs, masks)
         train = stage == "train"
         self.log(
-            f"{stage}/loss", loss, on_step=train, on_epoch=not train, prog_bar=True,
-            batch_size=len(images), sync_dist=not train,
+            f"{stage}/loss",
+            loss,
+            on_step=train,
+            on_epoch=not train,
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=not train,
         )
         if not train:
             logits = outputs[-1] if isinstance(outputs, list) else outputs

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,9 +103,16 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     )
 
     last = run_dir / "checkpoints" / "last.ckpt"
+    if resuming:  # the checkpoint folder is ours and meant to be reused
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty"
+        )
     trainer.fit(module, datamodule, ckpt_path=last if resuming else None, weights_only=True)
 
-    metrics: dict[str, float | str] = {"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+    metrics: dict[str, float | str] = {
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+    }
     if cfg.get("final_eval", True):
         metrics.update(final_evaluation(trainer, module, datamodule))
     if trainer.is_global_zero:

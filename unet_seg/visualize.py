@@ -37,14 +37,16 @@ def colorize(labels: np.ndarray) -> np.ndarray:
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """A [0, 1] float image `[C, H, W]` (C = 1 or 3, or more: first three) -> RGB uint8 `[H, W, 3]`."""
+    """A [0, 1] float image `[C, H, W]` (1 channel, or the first 3) -> RGB uint8 `[H, W, 3]`."""
     image = np.clip(image, 0, 1)
     if image.shape[0] == 1:
         image = np.repeat(image, 3, axis=0)
     return (image[:3].transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
-def prediction_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 2) -> np.ndarray:
+def prediction_grid(
+    rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 2
+) -> np.ndarray:
     """Stack rows of (input RGB, truth labels, predicted labels) into one RGB picture.
 
     Each row is `input | truth | prediction`; rows of different sizes are padded

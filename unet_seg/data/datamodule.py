@@ -76,7 +76,11 @@ class SegDataModule(pl.LightningDataModule):
         self.root = Path(root)
         self.in_channels = in_channels
         self.encoding = MaskEncoding(mask_values)
-        self.folders = {"images_dir": images_dir, "masks_dir": masks_dir, "mask_suffix": mask_suffix}
+        self.folders = {
+            "images_dir": images_dir,
+            "masks_dir": masks_dir,
+            "mask_suffix": mask_suffix,
+        }
         self.crop_size = crop_size
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -91,7 +95,7 @@ class SegDataModule(pl.LightningDataModule):
         self.datasets: dict[str, SegDataset] = {}
 
     def prepare_data(self) -> None:
-        if self.synthetic:
+        if self.synthetic and not self.datasets:
             ensure_synthetic(self.root, **self.synthetic)
 
     def setup(self, stage: str | None = None) -> None:
@@ -102,9 +106,15 @@ class SegDataModule(pl.LightningDataModule):
         pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
         self.splits = self._load_or_make_splits(sorted(pairs))
         for name, split in self.splits.items():
-            transform = build_train_transform(self.crop_size, self.augment) if name == "train" else None
+            transform = (
+                build_train_transform(self.crop_size, self.augment) if name == "train" else None
+            )
             self.datasets[name] = SegDataset(
-                [pairs[n] for n in split], self.encoding, self.in_channels, self.mean, self.std,
+                [pairs[n] for n in split],
+                self.encoding,
+                self.in_channels,
+                self.mean,
+                self.std,
                 transform,
             )
         log.info(

@@ -69,7 +69,9 @@ def read_image(path: str | Path, in_channels: int) -> np.ndarray:
     """
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ValueError(f"{path}: cannot be read as an image (unreadable, truncated or not an image)")
+        raise ValueError(
+            f"{path}: cannot be read as an image (unreadable, truncated or not an image)"
+        )
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"{path}: pixel type {image.dtype} unsupported; expected 8 or 16 bit")
     if image.ndim == 2:
@@ -96,7 +98,9 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a single-channel mask `[H, W]` (an RGB file with equal channels is accepted)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
-        raise ValueError(f"{path}: cannot be read as a mask (unreadable, truncated or not an image)")
+        raise ValueError(
+            f"{path}: cannot be read as a mask (unreadable, truncated or not an image)"
+        )
     if mask.ndim == 3:
         if mask.shape[2] in (3, 4) and _channels_equal(mask[:, :, :3]):
             mask = mask[:, :, 0]
@@ -183,4 +187,3 @@ def pad_collate(batch: list[dict]) -> dict:
         images[i, :, :h, :w] = s["image"]
         masks[i, :h, :w] = s["mask"]
     return {"image": images, "mask": masks, "name": names}
-
