@@ -38,7 +38,11 @@ def tensorboard_scalars(log_dir: Path) -> dict[str, list]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = acc.Tags()
-    return {"scalars": {t: acc.Scalars(t) for t in tags["scalars"]}, "images": tags["images"]}
+    return {
+        "scalars": {t: acc.Scalars(t) for t in tags["scalars"]},
+        "images": tags["images"],
+        "hparams": acc.PluginTagToContent("hparams"),
+    }
 
 
 def test_train_resume_evaluate_predict(tmp_path: Path) -> None:
@@ -74,7 +78,9 @@ def test_train_resume_evaluate_predict(tmp_path: Path) -> None:
     assert steps == sorted(steps) and len(set(steps)) == len(steps) == 2 * steps_after_first
     assert {"val/dice", "val/iou", "val/loss", "val/dice/nucleus"} <= set(tb["scalars"])
     assert any(t.startswith("lr-") for t in tb["scalars"])
-    assert "val/input_truth_prediction" in tb["images"]
+    assert "val/input_truth_prediction_errors" in tb["images"]
+    assert "_hparams_/session_start_info" in tb["hparams"]  # the HParams tab has the run
+    assert "hp/val/dice" in tb["scalars"]
 
     # evaluate the run's test split
     eval_cfg = OmegaConf.create({"run_dir": str(run_dir), "ckpt": None, "split": "test",

@@ -16,7 +16,7 @@ from unet_seg.visualize import prediction_grid, to_rgb8
 
 
 class ValidationImages(pl.Callback):
-    """Each validation epoch, log `input | truth | prediction` for the first validation images.
+    """Each validation epoch, log `input | truth | prediction | errors` for the first val images.
 
     The samples are fixed (the validation split is not shuffled), so the grid
     shows the same images improving epoch by epoch. Drawn on rank 0 only, and
@@ -47,7 +47,7 @@ class ValidationImages(pl.Callback):
                 rows.append((to_rgb8(picture), sample["mask"].numpy(), pred.cpu().numpy()))
         grid = prediction_grid(rows)
         loggers[0].experiment.add_image(
-            "val/input_truth_prediction", grid, trainer.global_step, dataformats="HWC"
+            "val/input_truth_prediction_errors", grid, trainer.global_step, dataformats="HWC"
         )
 
 

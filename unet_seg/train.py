@@ -16,6 +16,7 @@ import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.callbacks import AtomicCheckpointIO
@@ -115,6 +116,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     }
     if cfg.get("final_eval", True):
         metrics.update(final_evaluation(trainer, module, datamodule))
+        log_hparams_with_scores(trainer, cfg, metrics)
     if trainer.is_global_zero:
         write_json(metrics, run_dir / "metrics.json")
     return metrics
@@ -133,6 +135,16 @@ def final_evaluation(
         (results,) = run(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics.update({k: float(v) for k, v in results.items()})
     return metrics
+
+
+def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict) -> None:
+    """Fill TensorBoard's HParams tab: the run's settings next to its final scores."""
+    params = {k: v for k, v in to_plain(cfg).items() if k not in ("callbacks", "logger", "paths")}
+    scores = {f"hp/{k}": metrics[k] for k in ("val/dice", "val/iou", "test/dice", "test/iou")
+              if k in metrics}  # fmt: skip
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            lg.log_hyperparams(params, metrics=scores)
 
 
 def write_json(data: dict, path: Path) -> None:

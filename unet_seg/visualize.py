@@ -36,6 +36,21 @@ def colorize(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Where a prediction is wrong, `[H, W]` labels -> RGB `[H, W, 3]` uint8.
+
+    Correct pixels show the truth dimmed; false positives (truth background) are
+    red, misses (predicted background) blue, other confusions yellow; ignored
+    pixels grey.
+    """
+    rgb = colorize(truth) // 3
+    wrong = (truth != pred) & (truth >= 0)
+    rgb[wrong & (truth == 0)] = (255, 0, 0)
+    rgb[wrong & (pred == 0)] = (0, 90, 255)
+    rgb[wrong & (truth > 0) & (pred > 0)] = (255, 225, 25)
+    return rgb
+
+
 def to_rgb8(image: np.ndarray) -> np.ndarray:
     """A [0, 1] float image `[C, H, W]` (1 channel, or the first 3) -> RGB uint8 `[H, W, 3]`."""
     image = np.clip(image, 0, 1)
@@ -49,14 +64,15 @@ def prediction_grid(
 ) -> np.ndarray:
     """Stack rows of (input RGB, truth labels, predicted labels) into one RGB picture.
 
-    Each row is `input | truth | prediction`; rows of different sizes are padded
-    with grey. Returns `[H, W, 3]` uint8.
+    Each row is `input | truth | prediction | errors` (see `error_map`); rows of
+    different sizes are padded with grey. Returns `[H, W, 3]` uint8.
     """
     panels = []
     for image, truth, pred in rows:
         h, w = truth.shape
         spacer = np.full((h, gap, 3), 128, np.uint8)
-        panels.append(np.concatenate([image, spacer, colorize(truth), spacer, colorize(pred)], 1))
+        row = [image, colorize(truth), colorize(pred), error_map(truth, pred)]
+        panels.append(np.concatenate([p for panel in row for p in (panel, spacer)][:-1], axis=1))
     width = max(p.shape[1] for p in panels)
     padded = []
     for p in panels:
