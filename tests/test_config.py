@@ -85,11 +85,9 @@ def test_hydra_run_dir_follows_resume() -> None:
 
 def test_resume_config_applies_key_overrides_and_refuses_groups(tmp_path: Path) -> None:
     cfg = compose_train([f"run_dir={tmp_path}", "arch=nested", "arch.base_channels=4"])
-    save_run_config(cfg, tmp_path)
-    with pytest.raises(FileNotFoundError, match="last.ckpt"):
+    with pytest.raises(FileNotFoundError, match="not a unet-seg run directory"):
         resume_config(tmp_path)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    save_run_config(cfg, tmp_path)
     resumed = resume_config(tmp_path, [f"resume={tmp_path}", "trainer.max_epochs=7"])
     assert resumed.trainer.max_epochs == 7
     assert resumed.arch.name == "nested"  # from the run, not from the defaults

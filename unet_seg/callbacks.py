@@ -1,15 +1,21 @@
-"""Lightning callbacks: validation pictures in TensorBoard, atomic checkpoint writes."""
+"""Lightning callbacks: validation pictures, per-epoch seeding, graceful stops, atomic writes."""
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from unet_seg.data.transforms import denormalize
 from unet_seg.visualize import prediction_grid, to_rgb8
@@ -51,6 +57,95 @@ class ValidationImages(pl.Callback):
         )
 
 
+log = logging.getLogger(__name__)
+
+
+class EpochSeed(pl.Callback):
+    """Reseed `random`, NumPy and torch from `(seed, epoch)` as each training epoch starts.
+
+    An epoch's shuffling and augmentation then depend only on the seed and the
+    epoch number, not on what ran before, so a run resumed from an epoch-end
+    checkpoint replays exactly the epochs an uninterrupted run would have.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank])
+        seed = int(state.generate_state(1)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class StopRequested(Exception):
+    """Raised at a batch boundary after SIGTERM or Ctrl+C asked training to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class GracefulStop(pl.Callback):
+    """SIGTERM (pre-emption, a time limit) or Ctrl+C: finish the batch, save `last.ckpt`, stop.
+
+    The checkpoint is written to `dirpath/last.ckpt` (atomically, through the
+    trainer's checkpoint IO), so `resume=RUN_DIR` continues from that step. A
+    second Ctrl+C aborts at once, saving nothing more.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.dirpath = Path(dirpath)
+        self.signum: int | None = None
+        self.active = False
+        self._previous: dict[int, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._previous:
+            return
+        self.signum, self.active = None, True
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handle)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.active = False
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self.active or self.signum is not None:
+            # not training, or asked twice: behave as if we were not here
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: stopping after this batch and saving %s (Ctrl+C again to abort)",
+            signal.Signals(signum).name, self.dirpath / "last.ckpt",
+        )  # fmt: skip
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.signum is not None:
+            raise StopRequested(self.signum)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, StopRequested | SIGTERMException) and trainer.training:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            log.warning("saved %s at epoch %d, step %d", self.dirpath / "last.ckpt",
+                        trainer.current_epoch, trainer.global_step)  # fmt: skip
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file, fsync it, then rename it into place.
 
@@ -63,8 +158,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was saved"
+            raise OSError(
+                err.errno,
+                f"could not write checkpoint {path}: {err.strerror or err}; {kept}. "
+                "Free disk space or choose another paths.output_dir, then resume the run.",
+            ) from err

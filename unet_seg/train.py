@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import signal
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +20,10 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from unet_seg.callbacks import AtomicCheckpointIO
+from unet_seg.callbacks import AtomicCheckpointIO, EpochSeed, GracefulStop, StopRequested
 from unet_seg.config import load_run_config, save_run_config, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.module import SegModule
@@ -56,14 +60,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
 
     Group choices (`arch=nested`) cannot change on resume: the checkpoint holds that net.
     """
-    run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise FileNotFoundError(
-            f"{last} not found: run {run_dir} saved no checkpoint to resume from "
-            "(it stopped before its first epoch ended); start it again without resume="
-        )
     for override in overrides:
         key, _, value = override.partition("=")
         if key == "resume":
@@ -76,6 +73,41 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
     cfg.resume = str(run_dir)
     return cfg
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM or Ctrl+C after saving `last.ckpt`."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def check_output_dir(run_dir: Path, module: SegModule) -> None:
+    """Fail before training when the run directory cannot hold its checkpoints.
+
+    Each checkpoint holds the weights and the optimizer's state (up to 3x the
+    weights for Adam); best.ckpt, last.ckpt and one file being written need room.
+    """
+    checkpoints = run_dir / "checkpoints"
+    try:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        probe = checkpoints / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(
+            f"cannot write to {checkpoints}: {err.strerror or err}. "
+            "Choose a writable paths.output_dir (or hydra.run.dir)."
+        ) from err
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    needed = 3 * 3 * weights
+    free = shutil.disk_usage(checkpoints).free
+    if free < needed:
+        raise OSError(
+            f"{checkpoints}: {free / 2**20:.0f} MiB free, but checkpoints of this model need "
+            f"about {needed / 2**20:.0f} MiB. Free disk space or choose another paths.output_dir."
+        )
 
 
 def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | str]:
@@ -91,24 +123,38 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     if resuming:
         cfg = resume_config(cfg.resume, overrides)
     run_dir = Path(cfg.run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    if resuming and last.is_file():
+        ckpt_path = last
+    elif resuming:
+        log.warning("%s has no checkpoint yet (stopped in epoch 0): starting it over", run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     save_run_config(cfg, run_dir)
-    log.info("run directory: %s%s", run_dir, " (resumed)" if resuming else "")
+    log.info("run directory: %s%s", run_dir, " (resumed)" if ckpt_path else "")
 
     datamodule = build_datamodule(cfg, run_dir)
     module = build_module(cfg)
+    check_output_dir(run_dir, module)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks += [EpochSeed(cfg.seed), GracefulStop(last.parent)]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if resuming:  # the checkpoint folder is ours and meant to be reused
-        warnings.filterwarnings(
-            "ignore", message=r"Checkpoint directory .* exists and is not empty"
-        )
-    trainer.fit(module, datamodule, ckpt_path=last if resuming else None, weights_only=True)
+    if ckpt_path:  # the checkpoint folder is ours and meant to be reused
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empt")
+    try:
+        trainer.fit(module, datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except (StopRequested, SIGTERMException) as err:
+        signum = getattr(err, "signum", signal.SIGTERM)
+        raise TrainingInterrupted(
+            f"{signal.Signals(signum).name}: training stopped at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}, saved in {last}. Continue with: "
+            f"python -m unet_seg.train resume={run_dir}",
+            signum,
+        ) from None
 
     metrics: dict[str, float | str] = {
         "epochs": trainer.current_epoch,
@@ -156,7 +202,11 @@ def write_json(data: dict, path: Path) -> None:
 
 @hydra.main(config_path="../conf", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(cfg, overrides=HydraConfig.get().overrides.task)
+    try:
+        train(cfg, overrides=HydraConfig.get().overrides.task)
+    except TrainingInterrupted as stop:
+        log.warning("%s", stop)
+        sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

@@ -161,6 +161,10 @@ class SegDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image, indices = self.load(index)
         if self.transform is not None:
+            # albumentations draws from generators of its own, seeded from the OS unless
+            # set: seed them from torch's RNG, which Lightning and the DataLoader seed
+            # per run, epoch and worker, so augmentation repeats with the run's seed.
+            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
             out = self.transform(image=image, mask=indices)
             image, indices = out["image"], out["mask"]
         return {
