@@ -1,17 +1,15 @@
-"""Lightning callbacks: validation pictures, per-epoch seeding, graceful stops, atomic writes."""
+"""Lightning callbacks: validation pictures, graceful stops, atomic checkpoint writes."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -58,25 +56,6 @@ class ValidationImages(pl.Callback):
 
 
 log = logging.getLogger(__name__)
-
-
-class EpochSeed(pl.Callback):
-    """Reseed `random`, NumPy and torch from `(seed, epoch)` as each training epoch starts.
-
-    An epoch's shuffling and augmentation then depend only on the seed and the
-    epoch number, not on what ran before, so a run resumed from an epoch-end
-    checkpoint replays exactly the epochs an uninterrupted run would have.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = int(seed)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = np.random.SeedSequence([self.seed, trainer.current_epoch, trainer.global_rank])
-        seed = int(state.generate_state(1)[0])
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
 
 
 class StopRequested(Exception):
@@ -141,7 +120,7 @@ class GracefulStop(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, StopRequested | SIGTERMException) and trainer.training:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
             log.warning("saved %s at epoch %d, step %d", self.dirpath / "last.ckpt",
                         trainer.current_epoch, trainer.global_step)  # fmt: skip
 

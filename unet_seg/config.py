@@ -10,6 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+"""The `conf/` folder of this checkout (absolute, so entry points work however launched)."""
 
 
 def _resume_or(resume: str | None, fresh: str) -> str:

@@ -23,8 +23,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from unet_seg.callbacks import AtomicCheckpointIO, EpochSeed, GracefulStop, StopRequested
-from unet_seg.config import load_run_config, save_run_config, to_plain
+from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
+from unet_seg.config import CONF_DIR, load_run_config, save_run_config, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.module import SegModule
 
@@ -38,7 +38,9 @@ CONFIG_GROUPS = (
 
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> SegDataModule:
     """The data module of `cfg.data`, keeping its split in `run_dir/splits.json`."""
-    return SegDataModule(**to_plain(cfg.data), splits_path=str(run_dir / "splits.json"))
+    return SegDataModule(
+        **to_plain(cfg.data), splits_path=str(run_dir / "splits.json"), seed=cfg.seed
+    )
 
 
 def build_module(cfg: DictConfig) -> SegModule:
@@ -137,7 +139,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     module = build_module(cfg)
     check_output_dir(run_dir, module)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    callbacks += [EpochSeed(cfg.seed), GracefulStop(last.parent)]
+    callbacks.append(GracefulStop(last.parent))
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -200,7 +202,7 @@ def write_json(data: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-@hydra.main(config_path="../conf", config_name="train", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
         train(cfg, overrides=HydraConfig.get().overrides.task)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
+from unet_seg.data.checks import check_pairs
 from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate
 from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.sampler import SeededShuffleSampler
 from unet_seg.data.splits import load_splits, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
@@ -45,6 +47,7 @@ class SegDataModule(pl.LightningDataModule):
         in_channels, num_classes, mask_values, class_names: see `check_class_config`.
         crop_size: training patch side; validation and test use whole images.
         splits_path: where the split is written; an existing file there is reused.
+        seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
     """
 
@@ -65,6 +68,7 @@ class SegDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.1,
         split_seed: int = 0,
+        seed: int = 0,
         splits_path: str | None = None,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.25,),
@@ -87,6 +91,7 @@ class SegDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.fractions = (val_fraction, test_fraction)
         self.split_seed = split_seed
+        self.seed = seed
         self.splits_path = Path(splits_path) if splits_path else None
         self.mean, self.std = list(mean), list(std)
         self.augment = augment
@@ -105,6 +110,10 @@ class SegDataModule(pl.LightningDataModule):
             ensure_synthetic(self.root, **self.synthetic)
         pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
         self.splits = self._load_or_make_splits(sorted(pairs))
+        train_pairs = [pairs[n] for n in self.splits["train"]]
+        check_pairs(train_pairs, self.in_channels, self.crop_size)
+        eval_pairs = [pairs[n] for n in self.splits["val"] + self.splits["test"]]
+        check_pairs(eval_pairs, self.in_channels)
         for name, split in self.splits.items():
             transform = (
                 build_train_transform(self.crop_size, self.augment) if name == "train" else None
@@ -136,11 +145,11 @@ class SegDataModule(pl.LightningDataModule):
             save_splits(splits, self.splits_path)
         return splits
 
-    def _loader(self, stage: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _loader(self, stage: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[stage],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -148,10 +157,11 @@ class SegDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.batch_size)
+        sampler = SeededShuffleSampler(len(self.datasets["train"]), self.seed)
+        return self._loader("train", self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.eval_batch_size)
+        return self._loader("val", self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.eval_batch_size)
+        return self._loader("test", self.eval_batch_size)

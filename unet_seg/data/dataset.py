@@ -158,13 +158,16 @@ class SegDataset(Dataset):
             )
         return image, indices
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Sample `key`: an index, or `(index, seed)` to fix the augmentation's randomness."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, indices = self.load(index)
         if self.transform is not None:
             # albumentations draws from generators of its own, seeded from the OS unless
-            # set: seed them from torch's RNG, which Lightning and the DataLoader seed
-            # per run, epoch and worker, so augmentation repeats with the run's seed.
-            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
+            # set: seed them per sample (SeededShuffleSampler), else from torch's RNG.
+            if seed is None:
+                seed = int(torch.randint(2**31 - 1, ()).item())
+            self.transform.set_random_seed(seed)
             out = self.transform(image=image, mask=indices)
             image, indices = out["image"], out["mask"]
         return {

@@ -1,0 +1,38 @@
+"""Training order and augmentation as pure functions of (seed, epoch, position).
+
+A run resumed from any epoch-end checkpoint replays exactly the batches and
+augmentations an uninterrupted run would have drawn, whatever ran before and
+however many DataLoader workers (persistent or not) do the loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from torch.utils.data import Sampler
+
+
+class SeededShuffleSampler(Sampler[tuple[int, int]]):
+    """Shuffles `0..n-1` anew each epoch and pairs every index with an augmentation seed.
+
+    Lightning calls `set_epoch` as each epoch starts (also after a resume); the
+    dataset receives `(index, seed)` keys and seeds its augmentation with `seed`.
+    """
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples = num_samples
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_samples)
+        seeds = rng.integers(0, 2**31 - 1, self.num_samples)
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
