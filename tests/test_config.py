@@ -116,3 +116,26 @@ def test_module_hparams_are_plain_data() -> None:
 
     check(dict(module.hparams))
     assert module(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_unknown_group_option_lists_the_choices() -> None:
+    from hydra.errors import MissingConfigException
+
+    choices = r"Available options in 'arch':\s+nested\s+unet"
+    with pytest.raises(MissingConfigException, match=choices):
+        compose_train(["arch=segformer"])
+
+
+def test_only_allowed_targets_are_built(tmp_path: Path) -> None:
+    from unet_seg.config import check_targets
+
+    cfg = compose_train([f"run_dir={tmp_path}"])
+    check_targets(cfg)  # every shipped config passes
+    cfg.optimizer._target_ = "os.system"
+    with pytest.raises(ValueError, match=r"optimizer._target_='os.system' is not allowed"):
+        check_targets(cfg)
+    from unet_seg.train import train
+
+    with pytest.raises(ValueError, match="not allowed"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything was built

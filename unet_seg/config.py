@@ -53,6 +53,28 @@ def load_run_config(run_dir: str | Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
+ALLOWED_TARGET_PREFIXES = ("torch.optim.", "lightning.pytorch.", "unet_seg.")
+"""Modules whose callables a config's `_target_` may name (extend this tuple in code)."""
+
+
+def check_targets(cfg: DictConfig | dict | list, where: str = "") -> None:
+    """Refuse any `_target_` outside `ALLOWED_TARGET_PREFIXES`, before anything is built.
+
+    Configs (including a run's saved config.yaml, read on resume) name classes to
+    build; this keeps a tampered or mistaken file from calling arbitrary code.
+    """
+    items = cfg.items() if hasattr(cfg, "items") else enumerate(cfg)
+    for key, value in items:
+        path = f"{where}.{key}" if where else str(key)
+        if key == "_target_" and not str(value).startswith(ALLOWED_TARGET_PREFIXES):
+            raise ValueError(
+                f"{path}={value!r} is not allowed: targets must start with one of "
+                f"{list(ALLOWED_TARGET_PREFIXES)} (see unet_seg.config.ALLOWED_TARGET_PREFIXES)"
+            )
+        if isinstance(value, dict | list) or OmegaConf.is_config(value):
+            check_targets(value, path)
+
+
 def to_plain(cfg: DictConfig | dict | None) -> dict | None:
     """A resolved config node as plain Python containers (safe to store in a checkpoint)."""
     if cfg is None:

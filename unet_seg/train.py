@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
-from unet_seg.config import CONF_DIR, load_run_config, save_run_config, to_plain
+from unet_seg.config import CONF_DIR, check_targets, load_run_config, save_run_config, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.module import SegModule
 
@@ -124,6 +124,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     resuming = bool(cfg.get("resume"))
     if resuming:
         cfg = resume_config(cfg.resume, overrides)
+    check_targets(cfg)
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
     ckpt_path = None
