@@ -288,3 +288,41 @@ def test_malicious_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
     with pytest.raises(pickle.UnpicklingError):
         train(compose_train([f"resume={run_dir}"]))
     assert not marker.exists()
+
+
+def test_fuzzed_files_load_or_are_refused_by_name(tmp_path: Path) -> None:
+    """Truncations and byte flips of PNG, JPEG, TIFF and BMP files: each loads or raises
+    a ValueError naming the file; nothing else escapes."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (24, 20), dtype=np.uint8)
+    mask_path = tmp_path / "mask.png"
+    cv2.imwrite(str(mask_path), (image > 127).astype(np.uint8) * 255)
+    originals = {}
+    for ext in (".png", ".jpg", ".tif", ".bmp"):
+        ok, encoded = cv2.imencode(ext, image)
+        assert ok
+        originals[ext] = encoded.tobytes()
+    loaded = refused = 0
+    for trial in range(80):
+        ext = list(originals)[trial % 4]
+        data = bytearray(originals[ext])
+        if trial % 2:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for pos in rng.integers(0, len(data), 8):
+                data[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"fuzz{trial:02d}{ext}"
+        path.write_bytes(bytes(data))
+        ds = SegDataset([(path, mask_path)], MaskEncoding([0, 255]), 1, [0.5], [0.25])
+        try:
+            sample = ds[0]
+            assert sample["image"].shape[0] == 1
+            loaded += 1
+        except ValueError as err:
+            assert path.name in str(err)
+            refused += 1
+        try:
+            check_pairs([(path, mask_path)], in_channels=1)
+        except ValueError as err:
+            assert path.name in str(err)
+    assert refused > 10  # the fuzzing did break files
