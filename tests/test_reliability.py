@@ -67,15 +67,15 @@ def test_same_seed_same_results_on_cpu(tmp_path: Path) -> None:
 # Runs `python -m unet_seg.train` in-process after arranging its own death:
 #   step N  -> SIGKILL itself when training reaches global step N
 #   write N -> SIGKILL itself halfway through writing its N-th checkpoint file
-#   term N  -> SIGTERM itself at global step N (a graceful stop)
+#   term N  -> SIGTERM itself at global step N (a graceful stop); int N -> the same, Ctrl+C
 HARNESS = """
 import os, signal, sys
 import torch
 mode, at = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0], *sys.argv[3:]]
 from unet_seg.module import SegModule
-if mode in ("step", "term"):
-    sig = signal.SIGKILL if mode == "step" else signal.SIGTERM
+if mode in ("step", "term", "int"):
+    sig = {"step": signal.SIGKILL, "term": signal.SIGTERM, "int": signal.SIGINT}[mode]
     original = SegModule.training_step
     def training_step(self, batch, batch_idx):
         if self.global_step == at:
@@ -129,11 +129,13 @@ def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["term", "int"])
+def test_sigterm_or_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path: Path, mode: str) -> None:
     run_dir = tmp_path / "run"
     common = [*TINY, f"data.root={tmp_path / 'data'}", "final_eval=false", "trainer.max_epochs=2"]
-    proc = run_harness("term", 4, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    proc = run_harness(mode, 4, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    signum = signal.SIGTERM if mode == "term" else signal.SIGINT
+    assert proc.returncode == 128 + signum, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr  # Hydra logs to stdout
     assert f"resume={run_dir}" in output and "Traceback" not in output
     saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
