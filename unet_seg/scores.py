@@ -1,0 +1,180 @@
+"""Evaluation scores per image and pooled: Dice, IoU, precision, recall (from pixel counts)
+and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class.
+The rules for empty classes and reductions are in `RULES` (also written into every
+evaluation JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+RATIO_METRICS = ("dice", "iou", "precision", "recall")
+METRICS = (*RATIO_METRICS, "hd95")
+REDUCTIONS = ("pooled", "image_mean")
+
+RULES = (
+    "pooled: pixel counts summed over all evaluated images (the training metric's "
+    "reduction); a class absent from every truth and every prediction scores 1.",
+    "image_mean: the mean of per-image scores; an image where a class is absent from both "
+    "truth and prediction is left out of that class's mean (an empty CSV cell); n/<metric>/"
+    "<class> says how many images each mean covers.",
+    "precision with no predicted pixel of a class (but some in truth) is 0, and so is recall "
+    "with no true pixel (but some predicted).",
+    "hd95 (pixels): the larger of the two directed 95th percentiles of the distances between "
+    "the boundary pixels of truth and prediction (MONAI's percentile=95); boundary pixels have "
+    "a 4-neighbour outside the region, the image edge counting as outside. It needs the class "
+    "in both truth and prediction: other images are left out of its mean, and those where only "
+    "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
+    "percentiles over the distances of all images together.",
+    "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
+)
+"""How every score is reduced and what an empty class scores."""
+
+
+def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class true positives, false positives and false negatives.
+
+    Shape: pred, truth `[H, W]` class indices -> `[3, K]` int64 (rows tp, fp, fn).
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    k = num_classes
+    pairs = truth.astype(np.int64).ravel() * k + pred.astype(np.int64).ravel()
+    confusion = np.bincount(pairs, minlength=k * k).reshape(k, k)  # [true, pred]
+    tp = np.diagonal(confusion)
+    return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp])
+
+
+def ratio_scores(counts: np.ndarray, empty: float = np.nan) -> dict[str, np.ndarray]:
+    """Dice, IoU, precision, recall per class from `[3, K]` counts (see the module rules).
+
+    Args:
+        counts: rows tp, fp, fn.
+        empty: the score of a class absent from both truth and prediction.
+    Returns:
+        `{metric: [K] float64}`.
+    """
+    tp, fp, fn = counts.astype(np.float64)
+    absent = tp + fp + fn == 0
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+        return np.where(absent, empty, out)
+
+    return {
+        "dice": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+    }
+
+
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def boundary(region: np.ndarray) -> np.ndarray:
+    """Boolean `[H, W]` -> its boundary: pixels of the region with a 4-neighbour outside it."""
+    inside = region.astype(np.uint8)
+    eroded = cv2.erode(inside, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return inside.astype(bool) & ~eroded.astype(bool)
+
+
+def surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each boundary pixel of `source` to the nearest boundary pixel
+    of `target` (both boolean `[H, W]`, non-empty). Returns `[N]` float64."""
+    to_target = cv2.distanceTransform(
+        (~boundary(target)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
+    )  # [H, W] distance to the nearest zero pixel, i.e. to target's boundary
+    return to_target[boundary(source)].astype(np.float64)
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+    """95th-percentile Hausdorff distance in pixels between two boolean `[H, W]` regions.
+
+    Returns NaN unless both regions are non-empty (see the module rules).
+    """
+    if not pred.any() or not truth.any():
+        return float("nan")
+    forward = np.percentile(surface_distances(pred, truth), 95)
+    backward = np.percentile(surface_distances(truth, pred), 95)
+    return float(max(forward, backward))
+
+
+class ScoreBook:
+    """Accumulates per-image rows and pooled statistics over an evaluation.
+
+    Args:
+        class_names: one per class index; class 0 is the background.
+    """
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        self.counts = np.zeros((3, self.num_classes), dtype=np.int64)
+        self.rows: list[dict[str, float | str]] = []
+        # directed boundary distances of all images, per class: (pred -> truth, truth -> pred)
+        self.distances: list[tuple[list[np.ndarray], list[np.ndarray]]] = [
+            ([], []) for _ in range(self.num_classes)
+        ]
+
+    def add(self, name: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, float | str]:
+        """Score one image (class indices `[H, W]` each); return its row (`metric/class`)."""
+        counts = confusion_counts(pred, truth, self.num_classes)
+        self.counts += counts
+        row: dict[str, float | str] = {"image": name}
+        ratios = ratio_scores(counts)
+        for c, cls in enumerate(self.class_names):
+            for metric in RATIO_METRICS:
+                row[f"{metric}/{cls}"] = float(ratios[metric][c])
+            p, t = pred == c, truth == c
+            if p.any() and t.any():
+                forward, backward = surface_distances(p, t), surface_distances(t, p)
+                self.distances[c][0].append(forward.astype(np.float32))
+                self.distances[c][1].append(backward.astype(np.float32))
+                row[f"hd95/{cls}"] = float(
+                    max(np.percentile(forward, 95), np.percentile(backward, 95))
+                )
+            else:
+                row[f"hd95/{cls}"] = float("nan")
+        fg = [row[f"dice/{cls}"] for cls in self.class_names[1:]]
+        row["dice/mean_fg"] = _nanmean(fg)
+        self.rows.append(row)
+        return row
+
+    def summary(self) -> dict[str, float]:
+        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts."""
+        out: dict[str, float] = {"images": len(self.rows)}
+        pooled = ratio_scores(self.counts, empty=1.0)
+        pooled["hd95"] = np.array([self._pooled_hd95(c) for c in range(self.num_classes)])
+        for metric in METRICS:
+            for c, cls in enumerate(self.class_names):
+                values = [r[f"{metric}/{cls}"] for r in self.rows]
+                out[f"{metric}/pooled/{cls}"] = float(pooled[metric][c])
+                out[f"{metric}/image_mean/{cls}"] = _nanmean(values)
+                out[f"n/{metric}/{cls}"] = int(np.count_nonzero(~np.isnan(values)))
+            for reduction in REDUCTIONS:
+                fg = [out[f"{metric}/{reduction}/{cls}"] for cls in self.class_names[1:]]
+                out[f"{metric}/{reduction}/mean_fg"] = _nanmean(fg)
+        for cls in self.class_names:
+            out[f"missing/hd95/{cls}"] = sum(
+                1 for r in self.rows
+                if np.isnan(r[f"hd95/{cls}"]) and not np.isnan(r[f"dice/{cls}"])
+            )  # fmt: skip
+        return out
+
+    def _pooled_hd95(self, c: int) -> float:
+        forward, backward = self.distances[c]
+        if not forward:
+            return float("nan")
+        pred_to_truth = np.percentile(np.concatenate(forward), 95)
+        truth_to_pred = np.percentile(np.concatenate(backward), 95)
+        return float(max(pred_to_truth, truth_to_pred))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
