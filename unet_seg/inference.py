@@ -1,14 +1,45 @@
-"""Inference helpers shared by `evaluate` and `predict`: load, pick a device, run the net."""
+"""Inference shared by `predict`, `evaluate` and `load_model`: the whole image at once,
+resize to the training size and back, or sliding-window tiles at native resolution
+with Gaussian blending; optional test-time augmentation (TTA) over flips and rotations.
+
+Tiling streams the image in bands of tile rows: only the rows still covered by
+an unfinished tile row are held as probabilities, so the memory beside the
+image and its label map is a few tiles' activations plus `K x (tile + stride) x W`
+floats, whatever the image height.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import Tensor
 
+from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.transforms import normalize
 from unet_seg.module import SegModule
+from unet_seg.postprocess import PostProcess
+
+log = logging.getLogger(__name__)
+
+MODES = ("whole", "resize", "tile")
+"""`whole`: one pass at native size; `resize`: to `size` and back; `tile`: sliding window."""
+
+TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    # identity, horizontal flip, vertical flip (= rot180 + hflip), both (= rot180)
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    # the dihedral group D4: 4 rotations x (no flip, horizontal flip)
+    "d4": tuple((k, flip) for k in range(4) for flip in (False, True)),
+}
+"""Each transform is (quarter turns, then horizontal flip); both sets are groups, so the
+averaged prediction is exactly invariant to the transforms of the set."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -33,9 +64,260 @@ def load_for_inference(
     return module
 
 
-@torch.no_grad()
-def predict_labels(module: SegModule, image: np.ndarray) -> np.ndarray:
-    """One image `[H, W, C]` (uint8/uint16, as read) -> class indices `[H, W]`, full size."""
-    norm = module.hparams.normalization
-    x = normalize(image, norm["mean"], norm["std"])[None].to(module.device)  # [1, C, H, W]
-    return module.labels(module(x))[0].cpu().numpy()
+def training_crop_size(ckpt: str | Path) -> int | None:
+    """The crop size a checkpoint was trained at, from its run's `config.yaml` if beside it."""
+    config = Path(ckpt).resolve().parent.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    crop = OmegaConf.load(config).get("data", {}).get("crop_size")
+    return int(crop) if crop else None
+
+
+def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.ndarray:
+    """Validate an image array and give it the net's channel count.
+
+    Args:
+        image: `[H, W]` or `[H, W, C]` uint8/uint16, RGB channel order.
+        in_channels: channels the net expects; grayscale is repeated to 3, an RGB
+            image with equal channels becomes grayscale, RGBA drops alpha.
+        name: what to call the image in errors.
+    Returns:
+        `[H, W, in_channels]`, same dtype.
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name}: expected a NumPy array, got {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"{name}: pixel type {image.dtype}, expected uint8 or uint16 as read from disk "
+            "(a float image in [0, 1]: pass (image * 255).round().astype(np.uint8))"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}")
+    channels = image.shape[2]
+    if channels == 4 and in_channels == 3:
+        image, channels = image[:, :, :3], 3
+    if channels == in_channels:
+        return image
+    if channels == 1 and in_channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if channels == 3 and in_channels == 1 and (image[:, :, :1] == image).all():
+        return image[:, :, :1]
+    raise ValueError(
+        f"{name}: image has {channels} channel(s) but the model expects {in_channels} "
+        f"(it was trained with data.in_channels={in_channels}); convert the image"
+    )
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets of tiles of side `tile` covering `[0, length)`, evenly spread, first at 0
+    and last at `length - tile`, no two further apart than `stride`."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> Tensor:
+    """Blending weights `[height, width]`: a Gaussian (sigma = side / 8) peaking at 1 in the
+    centre, floored at 1e-4 so that every pixel keeps some weight."""
+    axes = []
+    for n in (height, width):
+        coord = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
+        axes.append(torch.exp(-0.5 * (coord / (sigma_scale * n)) ** 2))
+    weights = axes[0][:, None] * axes[1][None, :]
+    return (weights / weights.max()).clamp(min=1e-4).float()
+
+
+class Predictor:
+    """A trained net as a function from images to class probabilities, labels or masks.
+
+    Args:
+        module: a `SegModule` in eval mode (see `load_for_inference`).
+        mode: `whole`, `resize` or `tile` (see `MODES`).
+        tile_size: tile side in pixels (`tile` mode); an image no larger is one pass.
+        overlap: fraction of a tile shared with its neighbour, in [0, 1).
+        tta: `none`, `flips` (4 passes) or `d4` (8 passes), averaged over probabilities.
+        batch_size: tiles (or same-size images) per forward pass.
+        size: `resize` mode's net input, `[height, width]` or one side for a square.
+        postprocess: applied to the label maps, or None.
+    """
+
+    def __init__(
+        self,
+        module: SegModule,
+        mode: str = "tile",
+        tile_size: int = 512,
+        overlap: float = 0.25,
+        tta: str = "none",
+        batch_size: int = 4,
+        size: int | Sequence[int] | None = None,
+        postprocess: PostProcess | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
+        if tta not in TTA_TRANSFORMS:
+            raise ValueError(f"tta={tta!r}: choose one of {', '.join(TTA_TRANSFORMS)}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap={overlap}: must be in [0, 1)")
+        if tile_size < 1 or batch_size < 1:
+            raise ValueError(f"tile_size={tile_size}, batch_size={batch_size}: must be >= 1")
+        if mode == "resize" and not size:
+            raise ValueError(
+                "mode=resize needs size=N (the training crop size): this checkpoint's run "
+                "config is not beside it to read data.crop_size from"
+            )
+        self.module = module
+        self.mode, self.tta, self.overlap = mode, tta, float(overlap)
+        self.tile_size, self.batch_size = int(tile_size), int(batch_size)
+        if size is not None and not isinstance(size, int):
+            size = [int(s) for s in size]
+        self.size = None if size is None else (size, size) if isinstance(size, int) else size
+        self.postprocess = postprocess or PostProcess()
+        hp = module.hparams
+        self.in_channels: int = hp.arch["in_channels"]
+        self.class_names: list[str] = list(hp.class_names)
+        self.encoding = MaskEncoding(hp.mask_values)
+        self.mean, self.std = hp.normalization["mean"], hp.normalization["std"]
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    # ---- public API -------------------------------------------------------------------
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Image `[H, W(, C)]` uint8/uint16 -> mask `[H, W]` in the dataset's encoding
+        (the training mask values, e.g. 0/255), post-processed."""
+        return self.encoding.decode(self.labels(image))
+
+    def labels(self, image: np.ndarray) -> np.ndarray:
+        """Image `[H, W(, C)]` -> class indices `[H, W]` uint8, post-processed."""
+        return self.run([image])[0][0]
+
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """Image `[H, W(, C)]` -> class probabilities `[K, H, W]` float32 (K >= 2)."""
+        return self.run([image], probabilities=True)[0][1]
+
+    @torch.inference_mode()
+    def run(
+        self, images: Sequence[np.ndarray], probabilities: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Predict several images, batching those that take one pass at the same size.
+
+        Returns:
+            One `(labels [H, W] uint8, probabilities [K, H, W] float32 or None)` per image.
+        """
+        images = [check_image(im, self.in_channels, f"image {i}") for i, im in enumerate(images)]
+        results: list = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            if self.takes_one_pass(image.shape):
+                groups.setdefault(self._net_input_shape(image), []).append(i)
+            else:
+                results[i] = self._tiled(image, probabilities)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                batch = torch.stack([self._net_input(images[i]) for i in chunk])
+                probs = self._tta_probabilities(batch.to(self.device))  # [b, K, h, w]
+                for i, p in zip(chunk, probs, strict=True):
+                    p = self._restore(p, images[i].shape[:2])  # [K, H, W]
+                    labels = p.argmax(0).to(torch.uint8).cpu().numpy()
+                    results[i] = (labels, p.cpu().numpy() if probabilities else None)
+        if self.postprocess.active:
+            results = [(self.postprocess(lab), p) for lab, p in results]
+        return results
+
+    # ---- one pass: whole image or resized ---------------------------------------------
+
+    def takes_one_pass(self, shape: Sequence[int]) -> bool:
+        """Whether an image of `shape` (`[H, W, ...]`) is one forward pass, not tiles."""
+        h, w = shape[:2]
+        return self.mode != "tile" or (h <= self.tile_size and w <= self.tile_size)
+
+    def _net_input_shape(self, image: np.ndarray) -> tuple[int, ...]:
+        return tuple(self.size) if self.mode == "resize" else image.shape[:2]
+
+    def _net_input(self, image: np.ndarray) -> Tensor:
+        """`[H, W, C]` -> normalised `[C, h, w]` (resized in `resize` mode)."""
+        x = normalize(image, self.mean, self.std)  # [C, H, W]
+        if self.mode == "resize" and tuple(x.shape[1:]) != tuple(self.size):
+            x = F.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)[0]
+        return x
+
+    def _restore(self, probs: Tensor, shape: tuple[int, int]) -> Tensor:
+        """Probabilities `[K, h, w]` -> `[K, H, W]` (resized back in `resize` mode)."""
+        if tuple(probs.shape[1:]) == tuple(shape):
+            return probs
+        return F.interpolate(probs[None], size=shape, mode="bilinear")[0]
+
+    # ---- TTA --------------------------------------------------------------------------
+
+    def _tta_probabilities(self, x: Tensor) -> Tensor:
+        """Batch `[B, C, h, w]` -> class probabilities `[B, K, h, w]`, averaged over the TTA
+        transforms (each undone on the probabilities before averaging)."""
+        transforms = TTA_TRANSFORMS[self.tta]
+        total = None
+        for turns, flip in transforms:
+            y = torch.rot90(x, turns, dims=(2, 3))
+            y = y.flip(3) if flip else y
+            p = self.module.probabilities(self.module(y))
+            p = p.flip(3) if flip else p
+            p = torch.rot90(p, -turns, dims=(2, 3))
+            total = p if total is None else total + p
+        return total / len(transforms)
+
+    # ---- tiling -----------------------------------------------------------------------
+
+    def _tiled(
+        self, image: np.ndarray, probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        height, width = image.shape[:2]
+        labels = np.empty((height, width), dtype=np.uint8)
+        probs = np.empty((self.num_classes, height, width), np.float32) if probabilities else None
+        for top, band in self.bands(image):  # band: [K, rows, W]
+            rows = band.shape[1]
+            labels[top : top + rows] = band.argmax(0).to(torch.uint8).cpu().numpy()
+            if probs is not None:
+                probs[:, top : top + rows] = band.cpu().numpy()
+        return labels, probs
+
+    def bands(self, image: np.ndarray) -> Iterator[tuple[int, Tensor]]:
+        """Blend overlapping tiles of a checked `[H, W, C]` image, top to bottom.
+
+        Yields:
+            `(first row, probabilities [K, rows, W])` for consecutive row ranges that no
+            later tile touches, so that only one band is held at a time.
+        """
+        height, width = image.shape[:2]
+        th, tw = min(self.tile_size, height), min(self.tile_size, width)
+        stride = max(1, round(self.tile_size * (1 - self.overlap)))
+        ys, xs = tile_starts(height, th, stride), tile_starts(width, tw, stride)
+        weights = gaussian_weights(th, tw).to(self.device)  # [th, tw]
+        k = self.num_classes
+        acc = torch.zeros(k, 0, width, device=self.device)  # rows [top, top + acc rows)
+        wsum = torch.zeros(0, width, device=self.device)
+        top = 0
+        for r, y in enumerate(ys):
+            grow = y + th - top - acc.shape[1]
+            if grow > 0:
+                acc = torch.cat([acc, acc.new_zeros(k, grow, width)], dim=1)
+                wsum = torch.cat([wsum, wsum.new_zeros(grow, width)], dim=0)
+            for start in range(0, len(xs), self.batch_size):
+                chunk = xs[start : start + self.batch_size]
+                tiles = [normalize(image[y : y + th, x : x + tw], self.mean, self.std)
+                         for x in chunk]  # fmt: skip
+                probs = self._tta_probabilities(torch.stack(tiles).to(self.device))
+                for x, p in zip(chunk, probs, strict=True):  # p: [K, th, tw]
+                    acc[:, y - top : y - top + th, x : x + tw] += p * weights
+                    wsum[y - top : y - top + th, x : x + tw] += weights
+            done = ys[r + 1] if r + 1 < len(ys) else height
+            rows = done - top
+            yield top, acc[:, :rows] / wsum[:rows]
+            acc, wsum, top = acc[:, rows:], wsum[rows:], done

@@ -33,7 +33,9 @@ class SegModule(pl.LightningModule):
         scheduler: `{"scheduler": partial config, "interval", "monitor"}` or None.
         class_names: one per class, background first (binary: two names).
         mask_values: mask pixel value of each class, to write predictions back.
-        normalization: `{"mean": [...], "std": [...]}` applied to inputs in [0, 1].
+        normalization: `{"mean": [...], "std": [...], "intensity": {...}}`: how inputs
+            reach [0, 1] (`data.intensity`) and are then standardised.
+        mask_format, mask_colors: the dataset's mask encoding (`unet_seg.data.masks`).
     """
 
     def __init__(
@@ -45,6 +47,8 @@ class SegModule(pl.LightningModule):
         mask_values: list[int],
         normalization: dict,
         scheduler: dict | None = None,
+        mask_format: str = "values",
+        mask_colors: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -143,13 +147,43 @@ class SegModule(pl.LightningModule):
                 "`python -m unet_seg.train` (checkpoints/best.ckpt)."
             ) from err
         if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-            raise ValueError(f"{path}: not a unet-seg checkpoint (no state_dict/hyper_parameters)")
-        fmt = ckpt.get("unet_seg_format")
-        if fmt != CHECKPOINT_FORMAT:
+            bare = isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values())
             raise ValueError(
-                f"{path}: checkpoint format {fmt!r}, this unet-seg reads format "
-                f"{CHECKPOINT_FORMAT}; re-export it with a matching version"
+                f"{path}: not a unet-seg checkpoint (no state_dict/hyper_parameters)"
+                + (": it holds bare weights, without the net's configuration" if bare else "")
+                + ". Pass a .ckpt written by `python -m unet_seg.train` (checkpoints/best.ckpt)."
             )
-        module = cls(**ckpt["hyper_parameters"])
-        module.load_state_dict(ckpt["state_dict"])
+        fmt = ckpt.get("unet_seg_format")
+        if fmt is None:
+            raise ValueError(
+                f"{path}: a Lightning checkpoint not written by unet-seg (no unet_seg_format; "
+                f"hyper-parameters {sorted(ckpt['hyper_parameters'])}); it comes from another "
+                "project or architecture. Train with `python -m unet_seg.train`."
+            )
+        if fmt != CHECKPOINT_FORMAT:
+            age = "an older" if isinstance(fmt, int) and fmt < CHECKPOINT_FORMAT else "another"
+            raise ValueError(
+                f"{path}: checkpoint format {fmt!r} ({age} unet-seg), this unet-seg reads format "
+                f"{CHECKPOINT_FORMAT}; load it with the unet-seg version that wrote it"
+            )
+        try:
+            module = cls(**ckpt["hyper_parameters"])
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"{path}: its hyper-parameters do not describe a net this unet-seg builds "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        try:
+            module.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as err:
+            want, given = module.state_dict(), ckpt["state_dict"]
+            missing = [k for k in want if k not in given]
+            unexpected = [k for k in given if k not in want]
+            resized = [k for k in want if k in given and want[k].shape != given[k].shape]
+            raise ValueError(
+                f"{path}: its weights do not fit the net it names (arch={module.hparams.arch}): "
+                f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+                f"(e.g. {unexpected[:3]}), {len(resized)} of another shape (e.g. {resized[:3]}). "
+                "The checkpoint was edited or its weights come from another architecture."
+            ) from err
         return module.eval()
