@@ -1,29 +1,45 @@
 """Score a checkpoint: `python -m unet_seg.evaluate run_dir=RUN_DIR` (its test split)
 or `python -m unet_seg.evaluate ckpt=PATH data_root=DIR` (every image/mask pair in DIR).
 
-Dice and IoU are pooled over all pixels of the evaluated images, per class,
-and averaged over the foreground classes (1..K-1).
+Per class: Dice, IoU, precision, recall and HD95, each pooled over all pixels and
+averaged per image (the rules are in `unet_seg.scores`). Outputs: a table in the
+log, JSON, a per-image CSV and a picture of the worst images. Inference options
+(`mode`, `tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
 """
 
 from __future__ import annotations
 
+import csv
+import heapq
+import itertools
 import logging
+import math
 from pathlib import Path
 
+import cv2
 import hydra
-import torch
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from tqdm import tqdm
 
-from unet_seg.config import load_run_config
+from unet_seg.api import load_model_from_config
+from unet_seg.config import CONF_DIR, load_run_config
 from unet_seg.data.dataset import SegDataset, find_pairs
-from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.splits import load_splits
-from unet_seg.inference import load_for_inference
+from unet_seg.predict import display_image, overlay
+from unet_seg.scores import METRICS, RULES, ScoreBook
 from unet_seg.train import write_json
+from unet_seg.visualize import error_map
 
 log = logging.getLogger(__name__)
+
+LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "precision": "precision",
+    "recall": "recall",
+    "hd95": "HD95 (px)",
+}
 
 
 def _pairs_and_checkpoint(cfg: DictConfig) -> tuple[list, Path, str]:
@@ -51,39 +67,135 @@ def _pairs_and_checkpoint(cfg: DictConfig) -> tuple[list, Path, str]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Score a checkpoint on images with masks; log a table and write JSON.
+    """Score a checkpoint on images with masks; log a table, write JSON, CSV and a picture.
 
     Returns:
-        Flat scores: `dice`, `iou`, `dice/<class>`, `iou/<class>`, `images`.
+        Flat scores `metric/reduction/class` (reduction `pooled` or `image_mean`, class a
+        name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
+        the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
     """
     pairs, ckpt, what = _pairs_and_checkpoint(cfg)
-    module = load_for_inference(ckpt, cfg.device, cfg.level)
-    hp = module.hparams
+    predictor = load_model_from_config(ckpt, cfg)
     dataset = SegDataset(
-        pairs, MaskEncoding(hp.mask_values), hp.arch["in_channels"],
-        hp.normalization["mean"], hp.normalization["std"],
-    )  # fmt: skip
-    scores = module.test_scores
-    scores.reset()
-    with torch.no_grad():
-        for i in tqdm(range(len(dataset)), desc="evaluate", unit="image"):
-            sample = dataset[i]
-            logits = module(sample["image"][None].to(module.device))
-            scores.update(module.labels(logits)[0], sample["mask"].to(module.device))
-    results = {k: float(v) for k, v in scores.compute().items()}
-    results["images"] = len(dataset)
-
-    lines = [f"{'class':<16}{'Dice':>8}{'IoU':>8}"]
-    for name in scores.class_names:
-        lines.append(f"{name:<16}{results[f'dice/{name}']:>8.4f}{results[f'iou/{name}']:>8.4f}")
-    lines.append(f"{'mean (fg)':<16}{results['dice']:>8.4f}{results['iou']:>8.4f}")
-    log.info("%s, %d images, pooled over pixels:\n%s", what, len(dataset), "\n".join(lines))
+        pairs, predictor.encoding, predictor.in_channels, predictor.mean, predictor.std
+    )
+    book = ScoreBook(predictor.class_names)
+    worst = _WorstCases(int(cfg.get("worst", 4)))
+    log.info("evaluating %s on %s, %d images", ckpt, what, len(dataset))
+    for start in range(0, len(dataset), predictor.batch_size):
+        chunk = range(start, min(start + predictor.batch_size, len(dataset)))
+        loaded = [dataset.load(i) for i in chunk]
+        results = predictor.run([image for image, _ in loaded])
+        for i, (image, truth), (labels, _) in zip(chunk, loaded, results, strict=True):
+            row = book.add(pairs[i][0].name, labels, truth)
+            worst.offer(row, image, truth, labels)
+    results = book.summary()
+    results["dice"] = results["dice/pooled/mean_fg"]
+    results["iou"] = results["iou/pooled/mean_fg"]
+    log.info("%s, %d images:\n%s", what, len(dataset), format_table(results, book.class_names))
 
     output = Path(cfg.output) if cfg.output else _default_output(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_json({"checkpoint": str(ckpt), "evaluated": what, **results}, output)
-    log.info("wrote %s", output)
+    inference = {"mode": predictor.mode, "tta": predictor.tta, "level": cfg.get("level")}
+    if predictor.mode == "tile":
+        inference.update(tile_size=predictor.tile_size, overlap=predictor.overlap)
+    meta = {"checkpoint": str(ckpt), "evaluated": what, "inference": inference,
+            "rules": RULES}  # fmt: skip
+    write_json({**meta, **_json_safe(results)}, output)
+    table = output.with_name(f"{output.stem}_per_image.csv")
+    write_rows(book.rows, table)
+    picture = output.with_name(f"{output.stem}_worst.png")
+    if worst.write(picture):
+        log.info("wrote %s, %s and %s", output, table, picture)
+    else:
+        log.info("wrote %s and %s", output, table)
     return results
+
+
+def format_table(results: dict[str, float], class_names: list[str]) -> str:
+    """Rows `metric, reduction`, columns the classes and `mean_fg`."""
+    columns = [*class_names, "mean_fg"]
+    width = max(10, *(len(c) + 2 for c in columns))
+    lines = [f"{'':<34}" + "".join(f"{c:>{width}}" for c in columns)]
+    for metric in METRICS:
+        pooled = "pooled over boundaries" if metric == "hd95" else "pooled over pixels"
+        for reduction, label in (("pooled", pooled), ("image_mean", "mean of images")):
+            cells = [results[f"{metric}/{reduction}/{c}"] for c in columns]
+            name = f"{LABELS[metric]}, {label}"
+            lines.append(f"{name:<34}" + "".join(f"{v:>{width}.4f}" for v in cells))
+    counted = (("dice", "images in Dice..recall means"), ("hd95", "images in HD95 means"))
+    for metric, what in counted:
+        counts = [f"{results[f'n/{metric}/{c}']:>{width}d}" for c in class_names]
+        lines.append(f"{what:<34}" + "".join(counts))
+    return "\n".join(lines)
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """Per-image scores as CSV (empty cell: the score is left out, see the rules)."""
+    fields = list(rows[0]) if rows else ["image"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if _is_nan(v) else v for k, v in row.items()})
+
+
+class _WorstCases:
+    """Keeps the `n` images with the lowest mean foreground Dice and draws them."""
+
+    def __init__(self, n: int, max_side: int = 384) -> None:
+        self.n, self.max_side = n, max_side
+        self.heap: list[tuple[float, int, str, tuple]] = []
+        self.counter = itertools.count()  # breaks ties without comparing arrays
+
+    def offer(self, row: dict, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
+        score = row["dice/mean_fg"]
+        score = 1.0 if _is_nan(score) else score  # nothing to find and nothing found
+        if self.n <= 0:
+            return
+        item = (-score, next(self.counter), row["image"], self._shrink(image, truth, pred))
+        if len(self.heap) < self.n:
+            heapq.heappush(self.heap, item)
+        elif item[0] > self.heap[0][0]:
+            heapq.heapreplace(self.heap, item)
+
+    def _shrink(self, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple:
+        rgb = display_image(image)
+        scale = self.max_side / max(truth.shape)
+        if scale < 1:
+            size = (round(truth.shape[1] * scale), round(truth.shape[0] * scale))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+            truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+            pred = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST)
+        return rgb, truth, pred
+
+    def write(self, path: Path) -> bool:
+        """Rows `input | truth | prediction | errors`, worst first; False if nothing to draw."""
+        if not self.heap:
+            return False
+        rows = []
+        for neg_score, _, name, (rgb, truth, pred) in sorted(self.heap, reverse=True):
+            panels = [rgb, overlay(rgb, truth), overlay(rgb, pred), error_map(truth, pred)]
+            gap = np.full((rgb.shape[0], 4, 3), 128, np.uint8)
+            row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+            title = np.full((22, row.shape[1], 3), 255, np.uint8)
+            text = f"{name}  Dice (mean fg) {-neg_score:.3f}  | input | truth | prediction | errors"
+            cv2.putText(title, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+            rows.append(np.concatenate([title, row], axis=0))
+        width = max(r.shape[1] for r in rows)
+        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                for r in rows]  # fmt: skip
+        cv2.imwrite(str(path), np.concatenate(rows, axis=0)[:, :, ::-1])  # RGB -> BGR
+        return True
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _json_safe(results: dict[str, float]) -> dict[str, float | None]:
+    """NaN (a score left out everywhere) -> null, which JSON can hold."""
+    return {k: None if _is_nan(v) else v for k, v in results.items()}
 
 
 def _default_output(cfg: DictConfig) -> Path:
@@ -92,7 +204,7 @@ def _default_output(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) / "evaluation.json"
 
 
-@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -1,0 +1,111 @@
+"""`evaluate` over a folder: the scores it returns agree with its JSON, CSV and picture,
+and with an independent recomputation from the predictions."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, write_folder
+from tests.test_inference import make_checkpoint
+from unet_seg import load_model
+from unet_seg.data.dataset import find_pairs, read_image, read_mask
+from unet_seg.evaluate import evaluate
+from unet_seg.scores import RULES, ScoreBook
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets run faster on one thread, and a busy machine does not stall them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(**overrides) -> OmegaConf:
+    """`conf/evaluate.yaml` as composed from the command line (without Hydra's own node)."""
+    cfg = OmegaConf.load(CONF / "evaluate.yaml")
+    cfg.pop("defaults")
+    cfg.device = "cpu"
+    return OmegaConf.merge(cfg, overrides)
+
+
+def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path) -> None:
+    data = write_folder(tmp_path / "data", n=5, size=(40, 56))
+    sample = read_image(data / "images" / "img00.png", 1)[:, :, 0]
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", calibrate=sample)
+    output = tmp_path / "eval" / "scores.json"
+    cfg = config(ckpt=str(ckpt), data_root=str(data), output=str(output), tile_size=32,
+                 tta="flips", worst=3)  # fmt: skip
+    scores = evaluate(cfg)
+
+    assert scores["images"] == 5
+    for metric in ("dice", "iou", "precision", "recall", "hd95"):
+        for reduction in ("pooled", "image_mean"):
+            for cls in ("background", "class1", "mean_fg"):
+                assert f"{metric}/{reduction}/{cls}" in scores
+    assert scores["dice"] == scores["dice/pooled/mean_fg"] == scores["dice/pooled/class1"]
+
+    saved = json.loads(output.read_text())
+    assert saved["rules"] == list(RULES)
+    assert saved["inference"] == {"mode": "tile", "tta": "flips", "level": None,
+                                  "tile_size": 32, "overlap": 0.25}  # fmt: skip
+    for key, value in scores.items():
+        if value == value:  # not NaN
+            assert saved[key] == pytest.approx(value), key
+
+    with (tmp_path / "eval" / "scores_per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == [f"img{i:02d}.png" for i in range(5)]
+    dice = [float(r["dice/class1"]) for r in rows if r["dice/class1"]]
+    assert len(dice) == scores["n/dice/class1"]
+    assert np.mean(dice) == pytest.approx(scores["dice/image_mean/class1"])
+
+    picture = cv2.imread(str(tmp_path / "eval" / "scores_worst.png"))
+    assert picture is not None and picture.shape[0] > 3 * 40  # three rows of panels
+
+    # the same scores from the predictions, recomputed outside evaluate
+    model = load_model(ckpt, device="cpu", tile_size=32, tta="flips")
+    book = ScoreBook(["background", "class1"])
+    for image_path, mask_path in find_pairs(data):
+        labels = model.labels(read_image(image_path, 1))
+        book.add(image_path.name, labels, (read_mask(mask_path) > 0).astype(np.uint8))
+    again = book.summary()
+    assert scores["n/hd95/class1"] > 0  # the calibrated net predicts some foreground
+    for key in ("dice/pooled/class1", "hd95/image_mean/class1", "recall/pooled/background",
+                "hd95/pooled/class1", "precision/image_mean/class1"):  # fmt: skip
+        assert scores[key] == pytest.approx(again[key])
+
+
+def test_evaluate_a_run_split_with_unet_plus_plus_levels(tmp_path: Path) -> None:
+    """run_dir= reads the run's config and split; level= prunes UNet++."""
+    data = write_folder(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    sample = read_image(data / "images" / "img00.png", 1)[:, :, 0]
+    make_checkpoint(run / "checkpoints" / "best.ckpt", "nested", calibrate=sample)
+    OmegaConf.save({"data": {"root": str(data), "images_dir": "images", "masks_dir": "masks",
+                             "mask_suffix": "", "crop_size": 32}}, run / "config.yaml")  # fmt: skip
+    (run / "splits.json").write_text(
+        json.dumps(
+            {"train": ["img00.png"], "val": ["img01.png"], "test": ["img02.png", "img03.png"]}
+        )
+    )
+    dice = {}
+    for level in (1, 4):
+        scores = evaluate(config(run_dir=str(run), level=level, mode="whole"))
+        assert scores["images"] == 2
+        dice[level] = scores["dice/image_mean/background"]
+    assert (run / "evaluation_test.json").is_file()
+    assert (run / "evaluation_test_per_image.csv").is_file()
+    assert dice[1] != dice[4]
+    resized = evaluate(config(run_dir=str(run), mode="resize", split="val"))  # size from config
+    assert resized["images"] == 1
