@@ -13,7 +13,7 @@ from tests.conftest import write_folder
 from unet_seg.data.datamodule import SegDataModule, check_class_config
 from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate, read_image, read_mask
 from unet_seg.data.masks import IGNORE_INDEX, MaskEncoding
-from unet_seg.data.splits import load_splits, make_splits, save_splits
+from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.transforms import build_train_transform, denormalize, normalize
 
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5,
@@ -45,12 +45,12 @@ def test_mask_values_must_be_distinct() -> None:
 
 
 def test_class_config_must_agree() -> None:
-    check_class_config(1, [0, 255], ["bg", "fg"])
-    check_class_config(3, [0, 1, 2], ["bg", "a", "b"])
-    with pytest.raises(ValueError, match="num_classes=3 needs 3"):
-        check_class_config(3, [0, 255], ["bg", "fg"])
+    check_class_config(1, 2, ["bg", "fg"])
+    check_class_config(3, 3, ["bg", "a", "b"])
+    with pytest.raises(ValueError, match="num_classes=3 needs 3 mask classes"):
+        check_class_config(3, 2, ["bg", "fg"])
     with pytest.raises(ValueError, match="class_names"):
-        check_class_config(2, [0, 255], ["bg"])
+        check_class_config(2, 2, ["bg"])
 
 
 # ---------------------------------------------------------------- folders and files
@@ -96,7 +96,9 @@ def test_read_image_channel_rules(tmp_path: Path) -> None:
     color[:, :, 2] = 200  # red in OpenCV's BGR order
     cv2.imwrite(str(tmp_path / "c.png"), color)
     assert read_image(tmp_path / "c.png", 3)[0, 0].tolist() == [200, 0, 0]  # RGB
-    with pytest.raises(ValueError, match=r"c\.png.*3 channel.*data.in_channels=3"):
+    with pytest.raises(
+        ValueError, match=r"c\.png: RGB image but data.in_channels=1; set data.in_channels=3"
+    ):
         read_image(tmp_path / "c.png", 1)
 
 
@@ -139,21 +141,40 @@ def test_normalize_16_bit() -> None:
 # ---------------------------------------------------------------- transforms
 
 
-def test_train_transform_crops_and_pads_with_ignore() -> None:
-    t = build_train_transform(32, AUGMENT)
-    image = np.random.default_rng(0).integers(0, 255, (20, 50, 1), dtype=np.uint8)
-    mask = np.ones((20, 50), np.uint8)
-    out = t(image=image, mask=mask)
-    assert out["image"].shape == (32, 32, 1) and out["mask"].shape == (32, 32)
-    assert out["image"].dtype == np.uint8
-    ds_mask = torch.from_numpy(out["mask"]).long()
-    ds_mask[ds_mask == 255] = IGNORE_INDEX
-    assert (ds_mask == IGNORE_INDEX).any()  # rows padded beyond the 20-pixel image
-    assert set(ds_mask.unique().tolist()) <= {IGNORE_INDEX, 1}
+def test_training_patches_crop_pad_or_refuse(folder: Path) -> None:
+    pairs = find_pairs(folder)
+    enc = MaskEncoding([0, 255])
+    ds = SegDataset(pairs, enc, 1, [0.5], [0.25], crop_size=32)
+    sample = ds[(0, 7)]
+    assert sample["image"].shape == (1, 32, 32) and sample["mask"].shape == (32, 32)
+    assert torch.equal(ds[(0, 7)]["image"], sample["image"])  # the seed fixes the patch
+    small = SegDataset(pairs, enc, 1, [0.5], [0.25], crop_size=44)
+    with pytest.raises(ValueError, match=r"48x40 is smaller than data.crop_size=44"):
+        small[0]
+    padded = SegDataset(pairs, enc, 1, [0.5], [0.25], crop_size=44, pad_to_crop=True)[(0, 1)]
+    assert padded["mask"].shape == (44, 44)
+    assert (padded["mask"] == IGNORE_INDEX).sum() == 44 * 44 - 40 * 44  # 4 padded rows
+
+
+def test_foreground_centred_patches(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    mask = np.zeros((200, 200), np.uint8)
+    mask[150:156, 20:26] = 255  # one small object
+    cv2.imwrite(str(root / "images" / "a.png"), mask)
+    cv2.imwrite(str(root / "masks" / "a.png"), mask)
+    pairs = find_pairs(root)
+    always = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.5], [0.25], crop_size=32,
+                        foreground_crop=1.0)  # fmt: skip
+    never = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.5], [0.25], crop_size=32)
+    hits_always = sum(bool((always[(0, s)]["mask"] == 1).any()) for s in range(30))
+    hits_never = sum(bool((never[(0, s)]["mask"] == 1).any()) for s in range(30))
+    assert hits_always == 30 and hits_never < 10
 
 
 def test_augmentation_moves_image_and_mask_together() -> None:
-    t = build_train_transform(None, AUGMENT | {"brightness_contrast": {"p": 0}})
+    t = build_train_transform(AUGMENT | {"brightness_contrast": {"p": 0}})
     rng = np.random.default_rng(1)
     mask = np.kron(rng.random((4, 4)) > 0.5, np.ones((8, 8))).astype(np.uint8)  # 8x8 blocks
     image = (mask * 200)[:, :, None].astype(np.uint8)
@@ -222,7 +243,9 @@ def test_datamodule_writes_and_reuses_its_split(folder: Path, tmp_path: Path) ->
 def test_split_listing_vanished_images_is_refused(folder: Path, tmp_path: Path) -> None:
     splits = tmp_path / "splits.json"
     save_splits({"train": ["gone.png"], "val": [], "test": []}, splits)
-    dm = SegDataModule(str(folder), 1, 2, [0, 255], ["bg", "fg"], splits_path=str(splits))
+    dm = SegDataModule(
+        str(folder), 1, 2, ["bg", "fg"], [0, 255], splits_path=str(splits), crop_size=32
+    )
     with pytest.raises(FileNotFoundError, match="gone.png"):
         dm.setup("fit")
 
@@ -230,3 +253,85 @@ def test_split_listing_vanished_images_is_refused(folder: Path, tmp_path: Path) 
 def test_write_folder_rgb(tmp_path: Path) -> None:
     root = write_folder(tmp_path / "rgb", n=2, channels=3)
     assert read_image(find_pairs(root)[0][0], 3).shape == (40, 48, 3)
+
+
+# ---------------------------------------------------------------- cross-validation
+
+
+def test_k_fold_covers_every_image_once_and_keeps_groups_together() -> None:
+    names = [f"patient{p}_slice{s}.png" for p in range(7) for s in range(3)]
+    folds = [make_folds(names, 5, k, seed=0, group_regex=r"(patient\d+)_") for k in range(5)]
+    held_out = [n for f in folds for n in f["val"]]
+    assert sorted(held_out) == sorted(names)  # each image is held out exactly once
+    for f in folds:
+        assert not set(f["train"]) & set(f["val"]) and f["test"] == []
+        val_patients = {n.split("_")[0] for n in f["val"]}
+        train_patients = {n.split("_")[0] for n in f["train"]}
+        assert not val_patients & train_patients  # no patient straddles train and val
+    assert make_folds(names, 5, 2, seed=0, group_regex=r"(patient\d+)_") == folds[2]
+    assert make_folds(names, 5, 2, seed=1, group_regex=r"(patient\d+)_") != folds[2]
+
+
+def test_contiguous_folds_hold_out_neighbouring_slices() -> None:
+    names = [f"{i}.png" for i in range(30)]  # natural order: 0, 1, 2, ..., 29
+    for k in range(5):
+        val = make_folds(names, 5, k, seed=0, order="contiguous")["val"]
+        assert sorted(int(n.split(".")[0]) for n in val) == list(range(6 * k, 6 * k + 6))
+
+
+def test_fold_errors_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"x\.png: data.group_regex"):
+        make_folds(["a1.png", "x.png"], 2, 0, 0, group_regex=r"a(\d)")
+    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+        make_folds(["a.png", "b.png"], 5, 0, 0)
+    with pytest.raises(ValueError, match="fold_order"):
+        make_folds(["a.png", "b.png"], 2, 0, 0, order="random")
+
+
+def test_explicit_split_file_is_used_and_recorded(folder: Path, tmp_path: Path) -> None:
+    split_file = tmp_path / "mine.json"
+    mine = {"train": ["img00.png", "img01.png", "img02.png"], "val": ["img03.png"],
+            "test": ["img04.png", "img05.png"]}  # fmt: skip
+    save_splits(mine, split_file)
+    recorded = tmp_path / "run" / "splits.json"
+    dm = SegDataModule(str(folder), 1, 2, ["bg", "fg"], [0, 255], crop_size=32,
+                       split_file=str(split_file), splits_path=str(recorded))  # fmt: skip
+    dm.setup()
+    assert dm.splits == mine and load_splits(recorded) == mine
+
+
+def test_folds_through_the_datamodule(folder: Path, tmp_path: Path) -> None:
+    dm = SegDataModule(str(folder), 1, 2, ["bg", "fg"], [0, 255], crop_size=32, num_folds=3,
+                       fold=1, fold_order="contiguous",
+                       splits_path=str(tmp_path / "s.json"))  # fmt: skip
+    dm.setup()
+    assert dm.splits["val"] == ["img02.png", "img03.png"] and dm.splits["test"] == []
+
+
+# ---------------------------------------------------------------- imbalance and cache
+
+
+def test_class_frequencies_and_auto_weights(folder: Path, tmp_path: Path) -> None:
+    from tests.conftest import compose_train
+    from unet_seg.train import build_datamodule, build_module
+
+    cfg = compose_train(["data=folder", f"data.root={folder}", "data.in_channels=1",
+                         "data.crop_size=32", "loss.class_weights=auto",
+                         "arch.base_channels=4"])  # fmt: skip
+    dm = build_datamodule(cfg, tmp_path)
+    freq = dm.class_frequencies()
+    masks = [cv2.imread(str(m), cv2.IMREAD_UNCHANGED) > 0 for _, m in dm.datasets["train"].pairs]
+    fg = np.mean(np.concatenate([m.ravel() for m in masks]))
+    assert freq == pytest.approx([1 - fg, fg])
+    module = build_module(cfg, dm)
+    weights = module.hparams.loss["class_weights"]
+    assert weights == pytest.approx(list(np.median(freq) / freq))
+    assert weights[1] > weights[0]  # the rarer foreground weighs more
+
+
+def test_cache_keeps_decoded_samples(folder: Path) -> None:
+    ds = SegDataset(find_pairs(folder), MaskEncoding([0, 255]), 1, [0.5], [0.25], cache=True)
+    first = ds.load(0)
+    assert ds.load(0)[0] is first[0]  # served from memory
+    (folder / "images" / "img00.png").unlink()
+    assert ds[0]["image"].shape == (1, 40, 48)  # still there after the file is gone

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
 from unet_seg.config import CONF_DIR, check_targets, load_run_config, save_run_config, to_plain
-from unet_seg.data.datamodule import SegDataModule
+from unet_seg.data.datamodule import SegDataModule, encoding_from_config
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,41 @@ def build_datamodule(cfg: DictConfig, run_dir: Path) -> SegDataModule:
     )
 
 
-def build_module(cfg: DictConfig) -> SegModule:
-    """The LightningModule of a composed config, from plain data only."""
+def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> SegModule:
+    """The LightningModule of a composed config, from plain data only.
+
+    `loss.class_weights: auto` weighs cross-entropy by median frequency balancing
+    over the training masks of `datamodule` (weight_c = median(freq) / freq_c).
+    """
     data = cfg.data
+    encoding = encoding_from_config(
+        to_plain(data.get("mask_values")), list(data.class_names),
+        data.get("mask_format", "values"), to_plain(data.get("mask_colors")),
+    )  # fmt: skip
+    loss = to_plain(cfg.loss)
+    if loss.get("class_weights") == "auto":
+        if datamodule is None:
+            raise ValueError("loss.class_weights=auto needs the data to count class frequencies")
+        freq = datamodule.class_frequencies()
+        if (freq == 0).any():
+            raise ValueError(
+                f"loss.class_weights=auto: classes {list(np.flatnonzero(freq == 0))} never occur "
+                "in the training masks; give the weights explicitly"
+            )
+        loss["class_weights"] = [float(w) for w in np.median(freq) / freq]
+        log.info("class weights (median frequency balancing): %s", loss["class_weights"])
     return SegModule(
         arch=to_plain(cfg.arch),
-        loss=to_plain(cfg.loss),
+        loss=loss,
         optimizer=to_plain(cfg.optimizer),
         scheduler=to_plain(cfg.scheduler),
         class_names=list(data.class_names),
-        mask_values=list(data.mask_values),
-        normalization={"mean": list(data.mean), "std": list(data.std)},
-    )
+        mask_values=encoding.mask_values,
+        normalization={"mean": list(data.mean), "std": list(data.std),
+                       "intensity": to_plain(data.get("intensity")) or {"mode": "range"}},
+        mask_format=data.get("mask_format", "values"),
+        mask_colors=to_plain(data.get("mask_colors")),
+    )  # fmt: skip
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -137,7 +161,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     log.info("run directory: %s%s", run_dir, " (resumed)" if ckpt_path else "")
 
     datamodule = build_datamodule(cfg, run_dir)
-    module = build_module(cfg)
+    module = build_module(cfg, datamodule)
     check_output_dir(run_dir, module)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     callbacks.append(GracefulStop(last.parent))
@@ -164,7 +188,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
         "global_step": trainer.global_step,
     }
     if cfg.get("final_eval", True):
-        metrics.update(final_evaluation(trainer, module, datamodule))
+        metrics.update(final_evaluation(trainer, module, datamodule, cfg.get("final_ckpt", "best")))
         log_hparams_with_scores(trainer, cfg, metrics)
     if trainer.is_global_zero:
         write_json(metrics, run_dir / "metrics.json")
@@ -172,12 +196,19 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
 
 
 def final_evaluation(
-    trainer: pl.Trainer, module: SegModule, datamodule: SegDataModule
+    trainer: pl.Trainer, module: SegModule, datamodule: SegDataModule, which: str = "best"
 ) -> dict[str, float | str]:
-    """Validation and test scores of the best checkpoint (the last weights if none was kept)."""
+    """Validation and test scores of the best checkpoint, or of the last weights.
+
+    `which="last"` scores the weights training ended with: use it when the
+    validation split is also the held-out fold, so that picking the best epoch
+    on it does not flatter the result.
+    """
+    if which not in ("best", "last"):
+        raise ValueError(f"final_ckpt={which!r}: choose 'best' or 'last'")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    ckpt = best or None
-    metrics: dict[str, float | str] = {"checkpoint": best or "last weights"}
+    ckpt = best if which == "best" and best else None
+    metrics: dict[str, float | str] = {"checkpoint": ckpt or "last weights"}
     for stage, run in (("val", trainer.validate), ("test", trainer.test)):
         if not datamodule.splits or not datamodule.splits[stage]:
             continue

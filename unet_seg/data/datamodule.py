@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
@@ -14,29 +15,40 @@ from unet_seg.data.checks import check_pairs
 from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler
-from unet_seg.data.splits import load_splits, make_splits, save_splits
+from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 
 log = logging.getLogger(__name__)
 
 
-def check_class_config(num_classes: int, mask_values: Sequence[int], class_names: Sequence[str]):
-    """Raise unless `num_classes`, `mask_values` and `class_names` agree.
+def check_class_config(num_classes: int, num_mask_classes: int, class_names: Sequence[str]):
+    """Raise unless `num_classes`, the mask encoding's class count and `class_names` agree.
 
-    `num_classes: 1` means a binary task with a sigmoid output (two mask values).
+    `num_classes: 1` means a binary task with a sigmoid output (two mask classes).
     """
     expected = 2 if num_classes == 1 else num_classes
-    if len(mask_values) != expected:
+    if num_mask_classes != expected:
         raise ValueError(
-            f"data.num_classes={num_classes} needs {expected} data.mask_values, got "
-            f"{list(mask_values)}: give one pixel value per class (num_classes: 1 is binary)"
+            f"data.num_classes={num_classes} needs {expected} mask classes, but the mask "
+            f"encoding (data.mask_values / mask_colors / class folders) has {num_mask_classes}: "
+            "give one value per class (num_classes: 1 is binary, two values)"
         )
     if len(class_names) != expected:
         raise ValueError(
             f"data.class_names={list(class_names)} must name {expected} classes "
-            f"(background first) to match data.mask_values={list(mask_values)}"
+            f"(background first) to match the {num_mask_classes} mask classes"
         )
+
+
+def encoding_from_config(
+    mask_values: Sequence[int] | None,
+    class_names: Sequence[str],
+    mask_format: str = "values",
+    mask_colors: Sequence[Sequence[int]] | None = None,
+) -> MaskEncoding:
+    """The `MaskEncoding` a data config (or a checkpoint's copy of it) describes."""
+    return MaskEncoding(mask_values, mask_format, mask_colors, class_names)
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -44,9 +56,16 @@ class SegDataModule(pl.LightningDataModule):
 
     Args:
         root: dataset folder.
-        in_channels, num_classes, mask_values, class_names: see `check_class_config`.
+        in_channels, num_classes, class_names: see `check_class_config`.
+        mask_format, mask_values, mask_colors: see `unet_seg.data.masks`.
         crop_size: training patch side; validation and test use whole images.
-        splits_path: where the split is written; an existing file there is reused.
+        foreground_crop: share of training patches centred on foreground (nnU-Net: 1/3).
+        pad_to_crop: pad images smaller than the patch instead of refusing them.
+        splits_path: where the split in force is written; an existing file there is reused.
+        split_file: an explicit split (JSON with train/val/test lists of image names).
+        num_folds, fold, group_regex, fold_order: k-fold cross-validation (`make_folds`).
+        intensity: `{"mode": "range" | "percentile", "low", "high"}`.
+        cache: keep decoded images in memory.
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
     """
@@ -56,47 +75,62 @@ class SegDataModule(pl.LightningDataModule):
         root: str,
         in_channels: int,
         num_classes: int,
-        mask_values: Sequence[int],
         class_names: Sequence[str],
+        mask_values: Sequence[int] | None = None,
+        mask_format: str = "values",
+        mask_colors: Sequence[Sequence[int]] | None = None,
         images_dir: str = "images",
         masks_dir: str = "masks",
         mask_suffix: str = "",
         crop_size: int | None = 256,
+        foreground_crop: float = 0.0,
+        pad_to_crop: bool = False,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         val_fraction: float = 0.2,
         test_fraction: float = 0.1,
         split_seed: int = 0,
-        seed: int = 0,
+        split_file: str | None = None,
+        num_folds: int | None = None,
+        fold: int = 0,
+        group_regex: str | None = None,
+        fold_order: str = "shuffled",
         splits_path: str | None = None,
         mean: Sequence[float] = (0.5,),
         std: Sequence[float] = (0.25,),
+        intensity: dict | None = None,
         augment: dict | None = None,
+        cache: bool = False,
+        seed: int = 0,
         synthetic: dict | None = None,
     ) -> None:
         super().__init__()
-        check_class_config(num_classes, mask_values, class_names)
+        self.encoding = encoding_from_config(mask_values, class_names, mask_format, mask_colors)
+        check_class_config(num_classes, self.encoding.num_classes, class_names)
         self.root = Path(root)
         self.in_channels = in_channels
-        self.encoding = MaskEncoding(mask_values)
-        self.folders = {
-            "images_dir": images_dir,
-            "masks_dir": masks_dir,
-            "mask_suffix": mask_suffix,
-        }
-        self.crop_size = crop_size
+        class_folders = class_names[1:] if mask_format == "folders" else None
+        self.folders = {"images_dir": images_dir, "masks_dir": masks_dir,
+                        "mask_suffix": mask_suffix, "class_folders": class_folders}  # fmt: skip
+        self.crop = {"crop_size": crop_size, "foreground_crop": foreground_crop,
+                     "pad_to_crop": pad_to_crop}  # fmt: skip
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.fractions = (val_fraction, test_fraction)
-        self.split_seed = split_seed
-        self.seed = seed
+        self.split = {"val_fraction": val_fraction, "test_fraction": test_fraction,
+                      "split_seed": split_seed, "split_file": split_file,
+                      "num_folds": num_folds, "fold": fold, "group_regex": group_regex,
+                      "fold_order": fold_order}  # fmt: skip
         self.splits_path = Path(splits_path) if splits_path else None
         self.mean, self.std = list(mean), list(std)
+        self.intensity = dict(intensity) if intensity else {"mode": "range"}
         self.augment = augment
+        self.cache = cache
+        self.seed = seed
         self.synthetic = synthetic
         self.splits: dict[str, list[str]] | None = None
+        self.pairs: dict[str, tuple[Path, Path]] = {}
         self.datasets: dict[str, SegDataset] = {}
 
     def prepare_data(self) -> None:
@@ -109,41 +143,54 @@ class SegDataModule(pl.LightningDataModule):
         if self.synthetic:  # also when prepare_data was not called (direct use, tests)
             ensure_synthetic(self.root, **self.synthetic)
         pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
+        self.pairs = pairs
         self.splits = self._load_or_make_splits(sorted(pairs))
+        crop_size = self.crop["crop_size"]
         train_pairs = [pairs[n] for n in self.splits["train"]]
-        check_pairs(train_pairs, self.in_channels, self.crop_size)
-        eval_pairs = [pairs[n] for n in self.splits["val"] + self.splits["test"]]
-        check_pairs(eval_pairs, self.in_channels)
-        for name, split in self.splits.items():
-            transform = (
-                build_train_transform(self.crop_size, self.augment) if name == "train" else None
-            )
-            self.datasets[name] = SegDataset(
-                [pairs[n] for n in split],
-                self.encoding,
-                self.in_channels,
-                self.mean,
-                self.std,
-                transform,
-            )
+        check_pairs(train_pairs, self.in_channels, None if self.crop["pad_to_crop"] else crop_size)
+        check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], self.in_channels)
+        common = {"encoding": self.encoding, "in_channels": self.in_channels, "mean": self.mean,
+                  "std": self.std, "intensity": self.intensity, "cache": self.cache}  # fmt: skip
+        self.datasets["train"] = SegDataset(
+            train_pairs, transform=build_train_transform(self.augment), **self.crop, **common
+        )
+        for name in ("val", "test"):
+            self.datasets[name] = SegDataset([pairs[n] for n in self.splits[name]], **common)
         log.info(
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
 
     def _load_or_make_splits(self, names: list[str]) -> dict[str, list[str]]:
-        if self.splits_path and self.splits_path.is_file():
-            splits = load_splits(self.splits_path)
+        """The run's own split if it has one, else an explicit file, folds, or ratios."""
+        s = self.split
+        source = self.splits_path if self.splits_path and self.splits_path.is_file() else None
+        source = source or (Path(s["split_file"]) if s["split_file"] else None)
+        if source:
+            splits = load_splits(source)
             missing = sorted(set().union(*splits.values()) - set(names))
             if missing:
                 raise FileNotFoundError(
-                    f"{self.splits_path} lists {len(missing)} image(s) no longer in "
-                    f"{self.root}, e.g. {missing[:5]}: restore them or start a new run"
+                    f"{source} lists {len(missing)} image(s) not in {self.root}, "
+                    f"e.g. {missing[:5]}: restore them or fix the split"
                 )
-            return splits
-        splits = make_splits(names, *self.fractions, seed=self.split_seed)
-        if self.splits_path:
+        elif s["num_folds"]:
+            splits = make_folds(names, s["num_folds"], s["fold"], s["split_seed"],
+                                s["group_regex"], s["fold_order"])  # fmt: skip
+        else:
+            splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"])
+        if self.splits_path and source != self.splits_path:
             save_splits(splits, self.splits_path)
         return splits
+
+    def class_frequencies(self) -> np.ndarray:
+        """Pixel share of each class over the training split (decodes every training mask)."""
+        self.setup()
+        counts = np.zeros(self.encoding.num_classes, np.int64)
+        for _, mask_path in self.datasets["train"].pairs:
+            counts += np.bincount(self.encoding.load(mask_path).ravel(), minlength=len(counts))[
+                : len(counts)
+            ]
+        return counts / max(1, counts.sum())
 
     def _loader(self, stage: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(

@@ -1,4 +1,4 @@
-"""Image/mask folders: pairing files, reading them, and the torch Dataset over the pairs."""
+"""Image/mask folders: pairing files and the torch Dataset over the pairs."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import albumentations as A
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from unet_seg.data.masks import IGNORE_INDEX, MaskEncoding
+from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array, read_image, to_unit_range
 from unet_seg.data.transforms import mask_to_tensor, normalize
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+__all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_pairs", "list_images", "pad_collate",
+           "read_image", "read_mask"]  # fmt: skip
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -23,11 +24,23 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file as stored, `[H, W]` (or `[H, W, C]` for colour masks)."""
+    return read_array(path)
+
+
 def find_pairs(
-    root: str | Path, images_dir: str = "images", masks_dir: str = "masks", mask_suffix: str = ""
+    root: str | Path,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    mask_suffix: str = "",
+    class_folders: Sequence[str] | None = None,
 ) -> list[tuple[Path, Path]]:
     """Pair `root/images/<stem>.*` with `root/masks/<stem><mask_suffix>.*`.
 
+    With `class_folders` (`data.mask_format=folders`), each image's masks are
+    `root/masks/<class>/<stem><mask_suffix>.*`, and its pair holds the
+    extension-less `root/masks/<stem><mask_suffix>`.
     Raises with the folder or file named when a folder is missing or empty, or
     when an image has no mask.
     """
@@ -44,6 +57,8 @@ def find_pairs(
         raise FileNotFoundError(
             f"{image_folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
+    if class_folders:
+        return _folder_pairs(images, mask_folder, mask_suffix, class_folders)
     masks: dict[str, Path] = {}
     for path in list_images(mask_folder):
         if mask_suffix and not path.stem.endswith(mask_suffix):
@@ -60,60 +75,21 @@ def find_pairs(
     return [(p, masks[p.stem]) for p in images]
 
 
-def read_image(path: str | Path, in_channels: int) -> np.ndarray:
-    """Read an image as `[H, W, in_channels]` uint8/uint16, RGB channel order.
-
-    Grayscale is repeated to fill 3 channels; an RGB image whose channels are
-    all equal becomes grayscale; RGBA drops alpha. Anything else that does not
-    fit `in_channels` is an error naming the file.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(
-            f"{path}: cannot be read as an image (unreadable, truncated or not an image)"
+def _folder_pairs(
+    images: list[Path], mask_folder: Path, suffix: str, class_folders: Sequence[str]
+) -> list[tuple[Path, Path]]:
+    missing = []
+    for name in class_folders:
+        folder = mask_folder / name
+        stems = {p.stem for p in list_images(folder)} if folder.is_dir() else set()
+        missing += [f"{name}/{p.stem}{suffix}" for p in images if f"{p.stem}{suffix}" not in stems]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} class mask(s) missing under {mask_folder}, e.g. {missing[:5]}: "
+            f"data.mask_format=folders needs masks/<class>/<stem>.png for each class in "
+            f"{list(class_folders)} and each image (an all-zero mask where a class is absent)"
         )
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{path}: pixel type {image.dtype} unsupported; expected 8 or 16 bit")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    channels = image.shape[2]
-    if channels == 4 and in_channels == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    elif channels == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    channels = image.shape[2]
-    if channels == in_channels:
-        return image
-    if channels == 1 and in_channels == 3:
-        return np.repeat(image, 3, axis=2)
-    if channels == 3 and in_channels == 1 and _channels_equal(image):
-        return image[:, :, :1]
-    raise ValueError(
-        f"{path}: image has {channels} channel(s) but data.in_channels={in_channels}; "
-        f"set data.in_channels={channels} or convert the image"
-    )
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a single-channel mask `[H, W]` (an RGB file with equal channels is accepted)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise ValueError(
-            f"{path}: cannot be read as a mask (unreadable, truncated or not an image)"
-        )
-    if mask.ndim == 3:
-        if mask.shape[2] in (3, 4) and _channels_equal(mask[:, :, :3]):
-            mask = mask[:, :, 0]
-        else:
-            raise ValueError(
-                f"{path}: mask has {mask.shape[2]} differing colour channels; masks must be "
-                "single-channel class-value images (e.g. 0/255 or 0..K-1)"
-            )
-    return mask
-
-
-def _channels_equal(image: np.ndarray) -> bool:
-    return bool((image[:, :, :1] == image).all())
+    return [(p, mask_folder / f"{p.stem}{suffix}") for p in images]
 
 
 class SegDataset(Dataset):
@@ -121,10 +97,15 @@ class SegDataset(Dataset):
 
     Args:
         pairs: (image path, mask path) pairs.
-        encoding: how mask pixel values map to class indices.
+        encoding: how mask files map to class indices.
         in_channels: channels the net expects.
         mean, std: normalisation after scaling to [0, 1].
-        transform: albumentations pipeline on the uint8 image and index mask, or None.
+        transform: albumentations pipeline on the image and index mask, or None.
+        crop_size: side of a random training patch (None: whole images).
+        foreground_crop: share of patches centred on a random foreground pixel.
+        pad_to_crop: pad images smaller than the patch (padding is ignored by the loss).
+        intensity: `{"mode": "range" | "percentile", "low", "high"}` (see `readers`).
+        cache: keep decoded images and masks in memory (per DataLoader worker).
     """
 
     def __init__(
@@ -135,46 +116,91 @@ class SegDataset(Dataset):
         mean: Sequence[float],
         std: Sequence[float],
         transform: A.Compose | None = None,
+        crop_size: int | None = None,
+        foreground_crop: float = 0.0,
+        pad_to_crop: bool = False,
+        intensity: dict | None = None,
+        cache: bool = False,
     ) -> None:
         self.pairs = list(pairs)
         self.encoding = encoding
         self.in_channels = in_channels
         self.mean, self.std = mean, std
         self.transform = transform
+        self.crop_size = crop_size
+        self.foreground_crop = foreground_crop
+        self.pad_to_crop = pad_to_crop
+        self.intensity = intensity or {"mode": "range"}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The image `[H, W, C]` and class-index mask `[H, W]` (uint8) as on disk."""
+        """The image `[H, W, C]` (uint8, or float32 in [0, 1]) and class indices `[H, W]`."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         image_path, mask_path = self.pairs[index]
-        image = read_image(image_path, self.in_channels)
-        indices = self.encoding.encode(read_mask(mask_path), mask_path)
+        image = to_unit_range(read_image(image_path, self.in_channels), **self.intensity)
+        indices = self.encoding.load(mask_path)
         if image.shape[:2] != indices.shape:
             raise ValueError(
                 f"{mask_path}: mask is {indices.shape[1]}x{indices.shape[0]} but its image "
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height); "
                 "masks must match their image's size"
             )
+        if self._cache is not None:
+            self._cache[index] = (image, indices)
         return image, indices
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """Sample `key`: an index, or `(index, seed)` to fix the augmentation's randomness."""
+        """Sample `key`: an index, or `(index, seed)` to fix the sample's randomness."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, indices = self.load(index)
-        if self.transform is not None:
+        if self.crop_size or self.transform is not None:
             # albumentations draws from generators of its own, seeded from the OS unless
             # set: seed them per sample (SeededShuffleSampler), else from torch's RNG.
             if seed is None:
                 seed = int(torch.randint(2**31 - 1, ()).item())
-            self.transform.set_random_seed(seed)
-            out = self.transform(image=image, mask=indices)
-            image, indices = out["image"], out["mask"]
+            rng = np.random.default_rng(seed)
+            if self.crop_size:
+                image, indices = self._crop(image, indices, rng, self.pairs[index][0])
+            if self.transform is not None:
+                self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
+                out = self.transform(image=image, mask=indices)
+                image, indices = out["image"], out["mask"]
         return {
             "image": normalize(image, self.mean, self.std),
             "mask": mask_to_tensor(indices),
             "name": self.pairs[index][0].name,
         }
+
+    def _crop(
+        self, image: np.ndarray, indices: np.ndarray, rng: np.random.Generator, path: Path
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A `crop_size` patch: centred on a foreground pixel with `foreground_crop`
+        probability (when the image has any), else uniformly placed."""
+        size = self.crop_size
+        h, w = indices.shape
+        if h < size or w < size:
+            if not self.pad_to_crop:
+                raise ValueError(
+                    f"{path}: {w}x{h} is smaller than data.crop_size={size}; lower "
+                    f"data.crop_size or set data.pad_to_crop=true"
+                )
+            ph, pw = max(0, size - h), max(0, size - w)
+            image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+            indices = np.pad(indices, ((0, ph), (0, pw)), constant_values=PAD_LABEL)
+            h, w = indices.shape
+        y = int(rng.integers(0, h - size + 1))
+        x = int(rng.integers(0, w - size + 1))
+        if self.foreground_crop and rng.random() < self.foreground_crop:
+            foreground = np.flatnonzero((indices > 0) & (indices != PAD_LABEL))
+            if foreground.size:
+                cy, cx = divmod(int(foreground[rng.integers(foreground.size)]), w)
+                y = min(max(cy - size // 2, 0), h - size)
+                x = min(max(cx - size // 2, 0), w - size)
+        return image[y : y + size, x : x + size], indices[y : y + size, x : x + size]
 
 
 def pad_collate(batch: list[dict]) -> dict:

@@ -1,4 +1,22 @@
-"""Mask encoding: pixel values on disk <-> class indices, checked on load."""
+"""Mask encodings: files on disk <-> class indices `0..K-1`, checked on load.
+
+`data.mask_format` says how a mask file holds its classes:
+
+- `values` (default): a single-channel image whose pixel values are listed in
+  `data.mask_values`, one per class in class order: `[0, 255]` for binary
+  0/255 masks, `[0, 1, 2]` for class-index images.
+- `palette`: a palette (mode P) PNG; `data.mask_values` lists the palette
+  index of each class.
+- `rgb`: an RGB colour map; `data.mask_colors` lists the colour of each class.
+- `folders`: one folder of binary masks per foreground class,
+  `masks/<class name>/<stem>.png` (class 0, the background, has none); a pixel
+  claimed by two classes is an error.
+- `instances`: instance labels (0 = background, 1..N = objects, 8/16/32-bit),
+  reduced to one foreground class.
+
+Predictions are written back (`decode`) as mask values, palette indices or
+colours; `folders` and `instances` come back as class-index images.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array
 
 IGNORE_INDEX = -1
 """Class index of pixels that count for nothing (padding), in int64 target tensors."""
@@ -13,16 +34,46 @@ IGNORE_INDEX = -1
 PAD_LABEL = 255
 """The same, while masks are uint8 index images inside the augmentation pipeline."""
 
+MASK_FORMATS = ("values", "palette", "rgb", "folders", "instances")
+
 
 class MaskEncoding:
-    """Maps mask pixel values (e.g. `[0, 255]`) to class indices `0..K-1` and back.
+    """How mask files map to class indices, and back.
 
     Args:
-        mask_values: the pixel value of each class, in class order.
+        mask_values: pixel value (or palette index) of each class, for `values`/`palette`.
+        mask_format: one of `MASK_FORMATS`.
+        mask_colors: RGB colour of each class, for `rgb`.
+        class_names: one per class; `folders` reads `masks/<name>/` for classes 1..K-1.
     """
 
-    def __init__(self, mask_values: Sequence[int]) -> None:
-        values = [int(v) for v in mask_values]
+    def __init__(
+        self,
+        mask_values: Sequence[int] | None = None,
+        mask_format: str = "values",
+        mask_colors: Sequence[Sequence[int]] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if mask_format not in MASK_FORMATS:
+            raise ValueError(
+                f"data.mask_format={mask_format!r}: choose one of {list(MASK_FORMATS)}"
+            )
+        self.mask_format = mask_format
+        self.class_names = list(class_names) if class_names else None
+        self.mask_colors = [tuple(int(v) for v in c) for c in mask_colors] if mask_colors else None
+        if mask_format == "rgb":
+            self._check_colors()
+            values = list(range(len(self.mask_colors)))
+        elif mask_format == "folders":
+            if not self.class_names or len(self.class_names) < 2:
+                raise ValueError(
+                    "data.mask_format=folders needs data.class_names, background first"
+                )
+            values = list(range(len(self.class_names)))
+        elif mask_format == "instances":
+            values = [0, 1]
+        else:
+            values = [int(v) for v in (mask_values or [])]
         if len(values) < 2 or len(set(values)) != len(values):
             raise ValueError(f"mask_values needs two or more distinct values, got {values}")
         if min(values) < 0 or max(values) > 65535:
@@ -33,28 +84,155 @@ class MaskEncoding:
         self._lut = np.full(65536, PAD_LABEL, dtype=np.uint8)
         self._lut[values] = np.arange(len(values), dtype=np.uint8)
 
+    def _check_colors(self) -> None:
+        colors = self.mask_colors
+        if not colors or len(colors) < 2 or any(len(c) != 3 for c in colors):
+            raise ValueError(
+                f"data.mask_format=rgb needs data.mask_colors [[r, g, b], ...], got {colors}"
+            )
+        if len(set(colors)) != len(colors):
+            raise ValueError(f"data.mask_colors must be distinct, got {colors}")
+
     @property
     def num_classes(self) -> int:
         return len(self.mask_values)
 
+    # ---------------------------------------------------------------- reading
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """Read the mask at `path` as uint8 class indices `[H, W]`, naming the file on error.
+
+        For `folders`, `path` is `masks/<stem>`, and the files are `masks/<class>/<stem>.*`.
+        """
+        path = Path(path)
+        if self.mask_format == "folders":
+            return self._load_folders(path)
+        if self.mask_format == "palette":
+            return self.encode(_read_palette_indices(path), path)
+        array = read_array(path)
+        if self.mask_format == "rgb":
+            return self._encode_colors(array, path)
+        array = _single_channel(array, path)
+        if self.mask_format == "instances":
+            if array.dtype.kind not in "ui":
+                raise ValueError(f"{path}: instance labels must be integers, got {array.dtype}")
+            return (array > 0).astype(np.uint8)
+        return self.encode(array, path)
+
     def encode(self, mask: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         """Pixel values `[H, W]` -> uint8 class indices; unknown values raise, naming `path`."""
         if mask.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"{path}: mask dtype {mask.dtype} unsupported; expected 8/16-bit")
+            raise ValueError(
+                f"{path}: mask pixel type {mask.dtype} unsupported; expected 8 or 16 bit"
+            )
         indices = self._lut[mask]
         if (indices == PAD_LABEL).any():
             found = np.unique(mask)
             unknown = [int(v) for v in found if self._lut[v] == PAD_LABEL]
+            jpeg = (
+                " Masks saved as JPEG carry compression noise: save them as PNG."
+                if len(found) > 2 * len(self.mask_values)
+                else ""
+            )
             raise ValueError(
                 f"{path}: mask values {unknown[:10]} are not in data.mask_values="
                 f"{self.mask_values} (values found: {[int(v) for v in found[:20]]}). "
                 "Set data.mask_values to the pixel value of each class in order "
-                "(a 0/255 binary mask needs [0, 255]); masks saved as JPEG carry "
-                "compression noise: save them as PNG."
+                f"(a 0/255 binary mask needs [0, 255]).{jpeg}"
             )
         return indices
 
+    def _encode_colors(self, array: np.ndarray, path: Path) -> np.ndarray:
+        if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
+            raise ValueError(
+                f"{path}: data.mask_format=rgb needs 8-bit RGB masks, "
+                f"got shape {array.shape}, {array.dtype}"
+            )
+        rgb = array[:, :, :3].astype(np.int64)
+        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]  # [H, W]
+        palette = np.array([(r << 16) | (g << 8) | b for r, g, b in self.mask_colors])
+        order = np.argsort(palette)
+        pos = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
+        known = palette[order][pos] == codes
+        if not known.all():
+            bad = np.unique(codes[~known])[:10]
+            colors = [[int(c >> 16), int((c >> 8) & 255), int(c & 255)] for c in bad]
+            raise ValueError(
+                f"{path}: colours {colors} are not in "
+                f"data.mask_colors={[list(c) for c in self.mask_colors]}; "
+                "add them (one colour per class), or save the masks without anti-aliasing or JPEG"
+            )
+        return order[pos].astype(np.uint8)
+
+    def _load_folders(self, path: Path) -> np.ndarray:
+        indices: np.ndarray | None = None
+        for c, name in enumerate(self.class_names[1:], start=1):
+            file = class_mask_file(path.parent, name, path.name)
+            binary = _single_channel(read_array(file), file) > 0
+            if indices is None:
+                indices = np.zeros(binary.shape, np.uint8)
+            elif binary.shape != indices.shape:
+                raise ValueError(
+                    f"{file}: {binary.shape[::-1]} differs from the other classes' masks"
+                )
+            clash = binary & (indices > 0)
+            if clash.any():
+                other = self.class_names[int(indices[clash][0])]
+                raise ValueError(
+                    f"{file}: {int(clash.sum())} pixels are claimed by both {other!r} "
+                    f"and {name!r}; "
+                    "folder masks must not overlap (one class per pixel)"
+                )
+            indices[binary] = c
+        return indices
+
+    # ---------------------------------------------------------------- writing
+
     def decode(self, indices: np.ndarray) -> np.ndarray:
-        """Class indices `[H, W]` -> pixel values (uint8 when they fit, else uint16)."""
+        """Class indices `[H, W]` -> what a mask file of this format holds.
+
+        `values`/`palette`: the class values (uint8 when they fit, else uint16);
+        `rgb`: colours `[H, W, 3]` uint8 RGB; `folders`/`instances`: the indices.
+        """
+        if self.mask_format == "rgb":
+            return np.asarray(self.mask_colors, dtype=np.uint8)[indices]
         dtype = np.uint8 if max(self.mask_values) < 256 else np.uint16
         return np.asarray(self.mask_values, dtype=dtype)[indices]
+
+
+def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:
+    """The mask of `class_name` for the image whose mask name is `name`, under `masks_dir`."""
+    folder = masks_dir / class_name
+    matches = sorted(p for p in folder.glob(f"{name}.*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not matches:
+        raise FileNotFoundError(
+            f"{folder}/{name}.*: missing; data.mask_format=folders needs one mask per image "
+            f"in every class folder ({folder})"
+        )
+    return matches[0]
+
+
+def _single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:
+    if array.ndim == 3:
+        if array.shape[2] in (3, 4) and (array[:, :, :1] == array[:, :, :3]).all():
+            return array[:, :, 0]
+        raise ValueError(
+            f"{path}: mask has {array.shape[2]} differing colour channels; use "
+            "data.mask_format=rgb with data.mask_colors, or palette for palette PNGs"
+        )
+    return array
+
+
+def _read_palette_indices(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise ValueError(
+                    f"{path}: data.mask_format=palette needs palette (mode P) PNGs, "
+                    f"got mode {im.mode}"
+                )
+            return np.asarray(im)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise ValueError(f"{path}: cannot be read as a palette mask ({err})") from err

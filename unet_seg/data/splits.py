@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +41,67 @@ def make_splits(
         "test": sorted(shuffled[n_val : n_val + n_test]),
         "train": sorted(shuffled[n_val + n_test :]),
     }
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key that orders `2.png` before `10.png`."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def group_of(name: str, group_regex: str | None) -> str:
+    """The group an image belongs to: the regex's first capture group (or whole match).
+
+    Without a regex, every image is its own group. An image the regex does not
+    match is an error naming it.
+    """
+    if not group_regex:
+        return name
+    match = re.search(group_regex, name)
+    if not match:
+        raise ValueError(
+            f"{name}: data.group_regex={group_regex!r} does not match this file name; "
+            "fix the pattern so that every image belongs to a group"
+        )
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def make_folds(
+    names: Sequence[str],
+    num_folds: int,
+    fold: int,
+    seed: int,
+    group_regex: str | None = None,
+    order: str = "shuffled",
+) -> dict[str, list[str]]:
+    """K-fold cross-validation: fold `fold` of `num_folds` is validation, the rest train.
+
+    Images of one group (see `group_of`) always land in the same fold, so
+    correlated images never straddle train and validation. `order="shuffled"`
+    deals the groups to folds after a seeded shuffle; `"contiguous"` cuts the
+    naturally sorted groups into consecutive blocks (neighbouring slices of a
+    stack stay together). The test split is empty: the held-out fold is the test.
+    """
+    if num_folds < 2 or not 0 <= fold < num_folds:
+        raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got {fold}/{num_folds}")
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names, key=natural_key):
+        groups.setdefault(group_of(name, group_regex), []).append(name)
+    if len(groups) < num_folds:
+        raise ValueError(
+            f"{len(groups)} group(s) cannot fill {num_folds} folds: lower data.num_folds "
+            "or loosen data.group_regex"
+        )
+    keys = sorted(groups, key=natural_key)
+    if order == "shuffled":
+        keys = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    elif order != "contiguous":
+        raise ValueError(f"data.fold_order={order!r}: choose 'shuffled' or 'contiguous'")
+    # cut into num_folds nearly equal blocks of groups (by image count for contiguous order)
+    bounds = np.linspace(0, len(keys), num_folds + 1).round().astype(int)
+    held_out = set(keys[bounds[fold] : bounds[fold + 1]])
+    val = [n for k in keys if k in held_out for n in groups[k]]
+    train = [n for k in keys if k not in held_out for n in groups[k]]
+    return {"train": sorted(train), "val": sorted(val), "test": []}
 
 
 def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:

@@ -13,13 +13,15 @@ from torch import Tensor
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 
 
-def build_train_transform(crop_size: int | None, augment: dict | None) -> A.Compose:
-    """Random augmentation for training: flips, 90-degree rotations, affine,
-    brightness/contrast, then pad or crop to `crop_size` (padding is ignored by the loss).
+def build_train_transform(augment: dict | None) -> A.Compose | None:
+    """Random augmentation for training: flips, 90-degree rotations, affine, brightness/contrast.
+
+    Patches are cut before this (`SegDataset`), so augmentation works at patch size.
 
     Args:
-        crop_size: training patch side in pixels; None trains on whole images.
-        augment: probabilities and ranges (see `conf/data/*.yaml`, key `augment`).
+        augment: probabilities and ranges (see `conf/data/folder.yaml`, key `augment`).
+    Returns:
+        The pipeline, or None when `augment` asks for nothing.
     """
     aug = augment or {}
     ops: list[A.BasicTransform] = []
@@ -49,32 +51,24 @@ def build_train_transform(crop_size: int | None, augment: dict | None) -> A.Comp
                 p=bc["p"],
             )
         )
-    if crop_size:
-        ops.append(
-            A.PadIfNeeded(
-                crop_size, crop_size, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=PAD_LABEL
-            )
-        )
-        ops.append(A.RandomCrop(crop_size, crop_size))
-    return A.Compose(ops)
+    return A.Compose(ops) if ops else None
 
 
 def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8/uint16 `[H, W, C]` -> float32 `[C, H, W]`: scale to [0, 1], then (x - mean) / std.
+    """`[H, W, C]` -> float32 `[C, H, W]`: scale to [0, 1], then (x - mean) / std.
 
-    This is the only normalisation: datasets and inference both call it.
+    uint8 is divided by 255 and uint16 by 65535; float32 is taken as already in
+    [0, 1] (see `readers.to_unit_range`). This is the only normalisation:
+    datasets and inference both call it.
     """
-    if image.dtype == np.uint8:
-        scale = 255.0
-    elif image.dtype == np.uint16:
-        scale = 65535.0
-    else:
-        raise ValueError(f"expected a uint8 or uint16 image, got {image.dtype}")
+    scales = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
+    if image.dtype not in scales:
+        raise ValueError(f"expected a uint8, uint16 or float32 image, got {image.dtype}")
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # [C, H, W]
     channels = x.shape[0]
     m = torch.as_tensor(_per_channel(mean, channels), dtype=torch.float).view(-1, 1, 1)
     s = torch.as_tensor(_per_channel(std, channels), dtype=torch.float).view(-1, 1, 1)
-    return (x / scale - m) / s
+    return (x / scales[image.dtype] - m) / s
 
 
 def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:

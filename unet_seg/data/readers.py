@@ -1,0 +1,158 @@
+"""Reading image and mask files into arrays, with explicit channel and intensity rules.
+
+How an image on disk becomes `data.in_channels` channels (anything else is an
+error naming the file and the fix, never a guess):
+
+- grayscale: as is for 1 channel, repeated for 3;
+- RGB: as is for 3; for 1 only when R = G = B everywhere (grey saved as RGB);
+- RGBA: as is for 4; for 3 only when alpha is fully opaque (then dropped);
+- a multi-channel TIFF of C channels: only for C channels.
+
+Pixel types: uint8, uint16 and float32/64 (float: finite values only).
+Intensity (`data.intensity`): `range` divides by the type's maximum (float
+images must already lie in [0, 1]); `percentile` maps each image's channel
+percentiles `low`..`high` to 0..1 (for 16-bit microscopy, whose useful range
+is often a small part of 0..65535).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+from PIL import Image
+
+TIFF_EXTENSIONS = (".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+
+
+def _unreadable(path: str | Path, why: str = "") -> ValueError:
+    detail = f": {why}" if why else ""
+    return ValueError(
+        f"{path}: cannot be read as an image (unreadable, truncated or not an image{detail})"
+    )
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Decode a file as stored: `[H, W]` or `[H, W, C]`, colour in RGB(A) order.
+
+    TIFF goes through tifffile (any channel count, planar or interleaved);
+    other formats through OpenCV, with Pillow for what OpenCV cannot read (GIF).
+    """
+    path = Path(path)
+    if path.suffix.lower() in TIFF_EXTENSIONS:
+        return _read_tiff(path)
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        array = _read_with_pillow(path)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    elif array.ndim == 3 and array.shape[2] == 4:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+    return array
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for broken files
+        # compressions tifffile needs extra codecs for (LZW, as OpenCV writes): try OpenCV
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise _unreadable(path, f"{type(err).__name__}: {err}") from err
+        if array.ndim == 3 and array.shape[2] in (3, 4):
+            array = cv2.cvtColor(
+                array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+            )
+        return array
+    if axes in ("YX", "YXS"):
+        return array
+    if axes == "CYX" or (axes == "SYX" and array.ndim == 3):
+        return np.moveaxis(array, 0, -1)  # planar -> [H, W, C]
+    if array.ndim == 2:
+        return array
+    raise ValueError(
+        f"{path}: TIFF with axes {axes!r} and shape {array.shape}: expected one 2-D image "
+        "(YX), with channels (YXS or CYX); stacks and volumes must be split into slices"
+    )
+
+
+def _read_with_pillow(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                return np.asarray(im)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files
+        raise _unreadable(path) from err
+
+
+def read_image(path: str | Path, in_channels: int) -> np.ndarray:
+    """An image as `[H, W, in_channels]`, following the table in this module's docstring."""
+    image = read_array(path)
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise ValueError(
+            f"{path}: pixel type {image.dtype} unsupported; expected 8 or 16 bit, or float"
+        )
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError(f"{path}: float image holds NaN or infinite values; fix the file")
+        image = image.astype(np.float32, copy=False)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels == in_channels:
+        return image
+    if channels == 1 and in_channels == 3:
+        return np.repeat(image, 3, axis=2)
+    if channels == 3 and in_channels == 1 and (image[:, :, :1] == image).all():
+        return image[:, :, :1]
+    if channels == 4 and in_channels == 3:
+        opaque = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0
+        if (image[:, :, 3] == opaque).all():
+            return image[:, :, :3]
+        raise ValueError(
+            f"{path}: RGBA image with transparent pixels, but data.in_channels=3; flatten "
+            "the images onto a background, or set data.in_channels=4 to feed alpha to the net"
+        )
+    kind = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+    fix = f"set data.in_channels={channels}"
+    if channels == 3 and in_channels == 1:
+        fix += " (the channels differ, so a grayscale conversion would be a guess)"
+    raise ValueError(f"{path}: {kind} image but data.in_channels={in_channels}; {fix}")
+
+
+def to_unit_range(
+    image: np.ndarray, mode: str = "range", low: float = 1.0, high: float = 99.0
+) -> np.ndarray:
+    """Intensities to [0, 1] as `data.intensity` says; uint8 in `range` mode stays uint8.
+
+    Returns uint8 (to be divided by 255 once, after augmentation) or float32 in [0, 1].
+    Shape `[H, W, C]` kept.
+    """
+    if mode == "range":
+        if image.dtype == np.uint8:
+            return image
+        if image.dtype == np.uint16:
+            return image.astype(np.float32) / 65535.0
+        if image.min() < 0 or image.max() > 1:
+            raise ValueError(
+                f"float image values span {image.min():.3g}..{image.max():.3g}, outside [0, 1]: "
+                "set data.intensity.mode=percentile, or rescale the images"
+            )
+        return image.astype(np.float32, copy=False)
+    if mode == "percentile":
+        flat = image.reshape(-1, image.shape[2])
+        flat = flat[:: max(1, len(flat) // 1_000_000)].astype(np.float32)  # <= ~1M samples
+        lo, hi = np.percentile(flat, [low, high], axis=0)  # [C] each
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        return np.clip((image.astype(np.float32) - lo) / scale, 0.0, 1.0)
+    raise ValueError(f"data.intensity.mode={mode!r}: choose 'range' or 'percentile'")
