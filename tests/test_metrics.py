@@ -19,6 +19,7 @@ def test_hand_computed_binary_case() -> None:
     assert s["dice/cell"].item() == pytest.approx(0.5)
     assert s["iou/cell"].item() == pytest.approx(1 / 3)
     assert s["dice"].item() == pytest.approx(0.5)  # mean over foreground = the cell class
+    assert s["pixel_error"].item() == pytest.approx(0.5)  # 2 of 4 pixels wrong
 
 
 def test_pooled_over_the_epoch_not_averaged_per_batch() -> None:
@@ -55,6 +56,7 @@ def test_matches_numpy_on_random_multiclass_data() -> None:
         assert s[f"iou/{name}"].item() == pytest.approx(iou, rel=1e-6)
         dices.append(dice)
     assert s["dice"].item() == pytest.approx(np.mean(dices[1:]), rel=1e-6)
+    assert s["pixel_error"].item() == pytest.approx(np.mean(p[valid] != t[valid]), rel=1e-6)
 
 
 def test_ignored_pixels_and_absent_classes() -> None:

@@ -31,7 +31,8 @@ def dice_iou_from_counts(tp: Tensor, fp: Tensor, fn: Tensor) -> tuple[Tensor, Te
 
 
 class SegmentationScores(Metric):
-    """Pooled per-class Dice and IoU, and their mean over the foreground classes 1..K-1.
+    """Pooled per-class Dice and IoU, their mean over the foreground classes 1..K-1, and the
+    pixel error (the share of misclassified pixels, as the ISBI 2012 challenge scores it).
 
     Args:
         class_names: one name per class index; class 0 is the background.
@@ -66,7 +67,12 @@ class SegmentationScores(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         dice, iou = dice_iou_from_counts(self.tp, self.fp, self.fn)
-        scores = {"dice": dice[1:].mean().float(), "iou": iou[1:].mean().float()}
+        total = (self.tp + self.fn).sum().clamp(min=1)  # every valid pixel, once
+        scores = {
+            "dice": dice[1:].mean().float(),
+            "iou": iou[1:].mean().float(),
+            "pixel_error": (1 - self.tp.sum() / total).float(),  # share of wrong pixels
+        }
         for c, name in enumerate(self.class_names):
             scores[f"dice/{name}"] = dice[c].float()
             scores[f"iou/{name}"] = iou[c].float()

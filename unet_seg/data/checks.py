@@ -1,8 +1,9 @@
-"""Fast checks of an image/mask folder before training: headers only, every file named.
+"""Checks of an image/mask folder, every problem with its file named.
 
-Reading headers (size, channels) costs well under a millisecond a file, so a
-bad dataset fails in seconds at the start of a run, not after an epoch.
-Pixel values are checked when each mask is loaded (`MaskEncoding.encode`).
+`check_pairs` is the fast form that runs before training: headers only (well
+under a millisecond a file), so a bad dataset fails in seconds, not after an
+epoch. `inspect_folder` is the full form behind `python -m unet_seg.check_data`:
+it decodes every mask to report values, class balance and suggested settings.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
+import numpy as np
 from PIL import Image
+
+from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array
 
 # PIL modes -> channels as OpenCV decodes them (palette images decode to colour)
 _MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "P": 3, "LA": 2,
@@ -29,9 +33,7 @@ def read_header(path: str | Path) -> tuple[int, int, int]:
                     return im.height, im.width, _MODE_CHANNELS[im.mode]
     except (OSError, ValueError, Image.DecompressionBombError):
         pass
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{path}: cannot be read as an image (unreadable, truncated or not one)")
+    image = read_array(path)
     return image.shape[0], image.shape[1], 1 if image.ndim == 2 else image.shape[2]
 
 
@@ -71,3 +73,133 @@ def check_pairs(
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ValueError(f"{len(problems)} problem(s) in the dataset:\n  {shown}{more}")
+
+
+def _stem(path: Path, suffix: str) -> str | None:
+    if suffix and not path.stem.endswith(suffix):
+        return None
+    return path.stem[: len(path.stem) - len(suffix)] if suffix else path.stem
+
+
+def inspect_folder(
+    root: str | Path,
+    encoding: MaskEncoding,
+    in_channels: int,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    mask_suffix: str = "",
+    crop_size: int | None = None,
+) -> dict:
+    """Everything worth knowing about a dataset before training on it.
+
+    Returns a JSON-ready dict: pairs found, unmatched files on either side,
+    image sizes and channel counts, raw mask values with their pixel counts,
+    files whose masks look JPEG-compressed, per-class pixel shares, suggested
+    `mask_values` and class weights, and the list of problems (empty when the
+    data will train).
+    """
+    root = Path(root)
+    image_folder, mask_folder = root / images_dir, root / masks_dir
+    problems: list[str] = []
+    for folder in (image_folder, mask_folder):
+        if not folder.is_dir():
+            return {"root": str(root), "problems": [f"{folder} does not exist"]}
+
+    def files(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    images = {p.stem: p for p in files(image_folder)}
+    folders = encoding.mask_format == "folders"
+    masks: dict[str, Path] = {}
+    if folders:
+        masks = {stem: mask_folder / f"{stem}{mask_suffix}" for stem in images}
+    else:
+        for p in files(mask_folder):
+            stem = _stem(p, mask_suffix)
+            if stem is not None:
+                masks[stem] = p
+    pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
+    report: dict = {
+        "root": str(root),
+        "pairs": len(pairs),
+        "images_without_mask": sorted(images[s].name for s in images if s not in masks),
+        "masks_without_image": sorted(masks[s].name for s in masks if s not in images),
+        "ignored_files": sorted(
+            p.name for f in (image_folder, mask_folder) for p in f.iterdir()
+            if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
+        ),
+    }  # fmt: skip
+    if not images:
+        problems.append(f"{image_folder} holds no images")
+    for name in report["images_without_mask"][:20]:
+        problems.append(f"{image_folder / name}: no mask in {mask_folder}")
+
+    sizes: dict[str, int] = {}
+    channels: dict[int, int] = {}
+    values: dict[int, int] = {}
+    class_pixels = np.zeros(encoding.num_classes, np.int64)
+    jpeg_like: list[str] = []
+    for image_path, mask_path in pairs:
+        try:
+            h, w, c = read_header(image_path)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        sizes[f"{w}x{h}"] = sizes.get(f"{w}x{h}", 0) + 1
+        channels[c] = channels.get(c, 0) + 1
+        if not folders and encoding.mask_format != "rgb":
+            try:
+                raw = read_array(mask_path)
+            except ValueError as err:
+                problems.append(str(err))
+                continue
+            if raw.ndim == 2:
+                found, counts = np.unique(raw, return_counts=True)
+                for v, n in zip(found.tolist(), counts.tolist(), strict=True):
+                    values[v] = values.get(v, 0) + n
+                expected = len(encoding.mask_values)
+                if mask_path.suffix.lower() in (".jpg", ".jpeg") or len(found) > 2 * expected + 2:
+                    jpeg_like.append(mask_path.name)
+        try:
+            indices = encoding.load(mask_path)
+        except (ValueError, FileNotFoundError) as err:
+            problems.append(str(err))
+            continue
+        if indices.shape != (h, w):
+            problems.append(
+                f"{mask_path}: mask is {indices.shape[1]}x{indices.shape[0]} but its image "
+                f"{image_path.name} is {w}x{h}"
+            )
+        class_pixels += np.bincount(indices.ravel(), minlength=len(class_pixels))[
+            : len(class_pixels)
+        ]
+    try:
+        check_pairs(pairs, in_channels, crop_size)
+    except ValueError as err:
+        problems += [
+            line.strip() for line in str(err).splitlines()[1:]
+            if line.strip() not in problems and not line.strip().startswith("...")
+        ]  # fmt: skip
+
+    total = max(1, int(class_pixels.sum()))
+    share = class_pixels / total
+    weights = [float(w) for w in np.median(share) / share] if (share > 0).all() else None
+    report.update({
+        "image_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
+        "image_channels": channels,
+        "mask_values": {str(k): v for k, v in sorted(values.items())},
+        "masks_jpeg_like": jpeg_like,
+        "class_pixel_share": {
+            name: float(f) for name, f in zip(_class_names(encoding), share, strict=True)
+        },
+        "suggested_mask_values": sorted(values) if 1 < len(values) <= 20 else None,
+        "suggested_class_weights": weights,
+        "problems": problems,
+    })  # fmt: skip
+    return report
+
+
+def _class_names(encoding: MaskEncoding) -> list[str]:
+    if encoding.class_names and len(encoding.class_names) == encoding.num_classes:
+        return encoding.class_names
+    return [f"class{i}" for i in range(encoding.num_classes)]

@@ -1,0 +1,85 @@
+"""Check a dataset before training on it: `python -m unet_seg.check_data data=folder data.root=DIR`.
+
+Reports pairs found and unmatched files, image sizes and channels, mask values
+with their pixel counts (naming masks that look JPEG-compressed), class balance,
+suggested `mask_values` and class weights, and every problem with its file.
+Exits with status 1 when the data would not train.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.data.checks import inspect_folder
+from unet_seg.data.datamodule import encoding_from_config
+from unet_seg.data.synthetic import ensure_synthetic
+
+log = logging.getLogger(__name__)
+
+
+def check_data(cfg: DictConfig) -> dict:
+    """Inspect the dataset of `cfg.data`; log a summary, write JSON; return the report."""
+    data = cfg.data
+    if data.get("synthetic"):
+        ensure_synthetic(data.root, **to_plain(data.synthetic))
+    encoding = encoding_from_config(
+        to_plain(data.get("mask_values")), list(data.class_names),
+        data.get("mask_format", "values"), to_plain(data.get("mask_colors")),
+    )  # fmt: skip
+    report = inspect_folder(
+        data.root, encoding, data.in_channels, data.images_dir, data.masks_dir,
+        data.mask_suffix, None if data.get("pad_to_crop") else data.crop_size,
+    )  # fmt: skip
+    lines = [f"dataset {report['root']}: {report.get('pairs', 0)} image/mask pairs"]
+    for key in ("images_without_mask", "masks_without_image", "ignored_files", "masks_jpeg_like"):
+        if report.get(key):
+            names = report[key]
+            lines.append(f"  {key.replace('_', ' ')}: {len(names)}, e.g. {names[:5]}")
+    for key in ("image_sizes", "image_channels", "mask_values", "class_pixel_share",
+                "suggested_mask_values", "suggested_class_weights"):  # fmt: skip
+        if key in report:
+            lines.append(f"  {key.replace('_', ' ')}: {_short(report[key])}")
+    if report.get("masks_jpeg_like"):
+        lines.append("  WARNING: masks that look JPEG-compressed carry noise values: save as PNG")
+    problems = report["problems"]
+    lines.append(f"  problems: {len(problems) or 'none'}")
+    lines += [f"    {p}" for p in problems[:50]]
+    (log.warning if problems else log.info)("\n".join(lines))
+    output = Path(cfg.output) if cfg.get("output") else _default_output()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1) + "\n")
+    log.info("wrote %s", output)
+    return report
+
+
+def _short(value: object, limit: int = 12) -> str:
+    if isinstance(value, dict) and len(value) > limit:
+        items = list(value.items())[:limit]
+        return f"{dict(items)} ... ({len(value)} in all)"
+    if isinstance(value, list) and value and isinstance(value[0], float):
+        return str([round(v, 4) for v in value])
+    if isinstance(value, dict):
+        return str({k: round(v, 4) if isinstance(v, float) else v for k, v in value.items()})
+    return str(value)
+
+
+def _default_output() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir) / "check_data.json"
+
+
+@hydra.main(config_path=CONF_DIR, config_name="check_data", version_base=None)
+def main(cfg: DictConfig) -> None:
+    if check_data(cfg)["problems"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
