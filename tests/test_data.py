@@ -335,3 +335,12 @@ def test_cache_keeps_decoded_samples(folder: Path) -> None:
     assert ds.load(0)[0] is first[0]  # served from memory
     (folder / "images" / "img00.png").unlink()
     assert ds[0]["image"].shape == (1, 40, 48)  # still there after the file is gone
+
+
+def test_ratio_splits_keep_groups_together() -> None:
+    names = [f"{car:03d}_{angle:02d}.jpg" for car in range(20) for angle in range(1, 17)]
+    s = make_splits(names, 0.2, 0.1, seed=0, group_regex=r"^(\d+)_")
+    cars = {k: {n.split("_")[0] for n in v} for k, v in s.items()}
+    assert not cars["train"] & cars["val"] and not cars["train"] & cars["test"]
+    assert not cars["val"] & cars["test"]
+    assert (len(cars["val"]), len(cars["test"]), len(cars["train"])) == (4, 2, 14)

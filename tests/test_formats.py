@@ -181,3 +181,59 @@ def test_jpeg_mask_noise_is_named(tmp_path: Path) -> None:
 def test_unknown_mask_format_lists_choices() -> None:
     with pytest.raises(ValueError, match=r"choose one of \['values', 'palette'"):
         MaskEncoding([0, 1], "labels")
+
+
+# ---------------------------------------------------------------- public dataset layouts
+
+
+def test_dsb2018_prepare_then_train_loader(tmp_path: Path) -> None:
+    from tests.conftest import compose_train
+    from unet_seg.data.prepare import main as prepare
+    from unet_seg.train import build_datamodule
+
+    src = tmp_path / "stage1_train"
+    for k in range(4):
+        sample = src / f"id{k}"
+        (sample / "images").mkdir(parents=True)
+        (sample / "masks").mkdir()
+        rgba = np.dstack([RNG.integers(0, 255, (40, 40, 3), dtype=np.uint8),
+                          np.full((40, 40), 255, np.uint8)])  # fmt: skip
+        Image.fromarray(rgba).save(sample / "images" / f"id{k}.png")  # DSB images are RGBA
+        for n in range(3):
+            nucleus = np.zeros((40, 40), np.uint8)
+            nucleus[5 + 10 * n : 12 + 10 * n, 5:12] = 255
+            cv2.imwrite(str(sample / "masks" / f"n{n}.png"), nucleus)
+    prepare(["dsb2018", str(src), str(tmp_path / "dsb")])
+    labels = cv2.imread(str(tmp_path / "dsb" / "masks" / "id0.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.dtype == np.uint16 and sorted(np.unique(labels).tolist()) == [0, 1, 2, 3]
+
+    cfg = compose_train(["data=dsb2018", f"data.root={tmp_path / 'dsb'}", "data.crop_size=32",
+                         "data.val_fraction=0.25", "data.test_fraction=0.25"])  # fmt: skip
+    dm = build_datamodule(cfg, tmp_path / "run")
+    dm.setup()
+    sample = dm.datasets["train"][(0, 0)]
+    assert sample["image"].shape == (3, 32, 32) and set(sample["mask"].unique().tolist()) <= {0, 1}
+
+
+def test_carvana_layout(tmp_path: Path) -> None:
+    from tests.conftest import compose_train
+    from unet_seg.train import build_datamodule
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train_masks").mkdir()
+    for car in ("00087a6bd4dc", "02159e548029", "03a857ce842d"):
+        for view in range(1, 5):
+            cv2.imwrite(str(tmp_path / "train" / f"{car}_{view:02d}.jpg"),
+                        RNG.integers(0, 255, (40, 60, 3), dtype=np.uint8))  # fmt: skip
+            mask = np.zeros((40, 60), np.uint8)
+            mask[10:30, 15:45] = 1
+            gif = Image.fromarray(mask, mode="P")
+            gif.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+            gif.save(tmp_path / "train_masks" / f"{car}_{view:02d}_mask.gif")
+    cfg = compose_train(["data=carvana", f"data.root={tmp_path}", "data.crop_size=32",
+                         "data.val_fraction=0.3", "data.test_fraction=0.3"])  # fmt: skip
+    dm = build_datamodule(cfg, tmp_path / "run")
+    dm.setup()
+    cars = {k: {n.split("_")[0] for n in v} for k, v in dm.splits.items()}
+    assert len(cars["train"]) == len(cars["val"]) == len(cars["test"]) == 1  # whole cars
+    assert (dm.datasets["val"][0]["mask"] == 1).sum() == 20 * 30

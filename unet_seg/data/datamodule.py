@@ -177,7 +177,8 @@ class SegDataModule(pl.LightningDataModule):
             splits = make_folds(names, s["num_folds"], s["fold"], s["split_seed"],
                                 s["group_regex"], s["fold_order"])  # fmt: skip
         else:
-            splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"])
+            splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"],
+                                 s["group_regex"])  # fmt: skip
         if self.splits_path and source != self.splits_path:
             save_splits(splits, self.splits_path)
         return splits

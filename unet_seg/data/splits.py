@@ -13,34 +13,43 @@ STAGES = ("train", "val", "test")
 
 
 def make_splits(
-    names: Sequence[str], val_fraction: float, test_fraction: float, seed: int
+    names: Sequence[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    group_regex: str | None = None,
 ) -> dict[str, list[str]]:
     """Shuffle `names` with `seed` and cut them into train/val/test.
 
     The same names and seed always give the same split, whatever order the
-    names came in. Any non-zero fraction gets at least one item.
+    names came in. Any non-zero fraction gets at least one image. With
+    `group_regex`, whole groups (see `group_of`: a patient, a car) are dealt,
+    so no group straddles two splits.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(
             f"need 0 <= val_fraction, test_fraction and val + test < 1, got "
             f"val_fraction={val_fraction}, test_fraction={test_fraction}"
         )
-    ordered = sorted(names)
-    n = len(ordered)
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        groups.setdefault(group_of(name, group_regex), []).append(name)
+    n = len(names)
     n_val = max(1, round(n * val_fraction)) if val_fraction else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction else 0
-    if n - n_val - n_test < 1:
+    keys = sorted(groups)
+    keys = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    splits: dict[str, list[str]] = {"val": [], "test": [], "train": []}
+    for key in keys:
+        stage = "val" if len(splits["val"]) < n_val else "test"
+        stage = stage if stage == "val" or len(splits["test"]) < n_test else "train"
+        splits[stage] += groups[key]
+    if not splits["train"]:
         raise ValueError(
-            f"{n} image(s) cannot fill a split with val_fraction={val_fraction} and "
-            f"test_fraction={test_fraction}: add images or lower the fractions"
+            f"{n} image(s) in {len(groups)} group(s) cannot fill a split with val_fraction="
+            f"{val_fraction} and test_fraction={test_fraction}: add images or lower the fractions"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    shuffled = [ordered[i] for i in order]
-    return {
-        "val": sorted(shuffled[:n_val]),
-        "test": sorted(shuffled[n_val : n_val + n_test]),
-        "train": sorted(shuffled[n_val + n_test :]),
-    }
+    return {stage: sorted(items) for stage, items in splits.items()}
 
 
 def natural_key(name: str) -> list[int | str]:
