@@ -344,3 +344,19 @@ def test_ratio_splits_keep_groups_together() -> None:
     assert not cars["train"] & cars["val"] and not cars["train"] & cars["test"]
     assert not cars["val"] & cars["test"]
     assert (len(cars["val"]), len(cars["test"]), len(cars["train"])) == (4, 2, 14)
+
+
+def test_sampler_repeats_and_is_a_function_of_seed_and_epoch() -> None:
+    from unet_seg.data.sampler import SeededShuffleSampler
+
+    s = SeededShuffleSampler(5, seed=3, repeats=3)
+    s.set_epoch(2)
+    first = list(s)
+    assert len(first) == len(s) == 15
+    assert sorted(i for i, _ in first) == sorted(list(range(5)) * 3)
+    assert len({seed for _, seed in first}) == 15  # a new patch each time
+    again = SeededShuffleSampler(5, seed=3, repeats=3)
+    again.set_epoch(2)
+    assert list(again) == first
+    again.set_epoch(3)
+    assert list(again) != first

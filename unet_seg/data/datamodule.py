@@ -61,6 +61,7 @@ class SegDataModule(pl.LightningDataModule):
         crop_size: training patch side; validation and test use whole images.
         foreground_crop: share of training patches centred on foreground (nnU-Net: 1/3).
         pad_to_crop: pad images smaller than the patch instead of refusing them.
+        train_repeats: times each training image is drawn per epoch (a new patch each time).
         splits_path: where the split in force is written; an existing file there is reused.
         split_file: an explicit split (JSON with train/val/test lists of image names).
         num_folds, fold, group_regex, fold_order: k-fold cross-validation (`make_folds`).
@@ -85,6 +86,7 @@ class SegDataModule(pl.LightningDataModule):
         crop_size: int | None = 256,
         foreground_crop: float = 0.0,
         pad_to_crop: bool = False,
+        train_repeats: int = 1,
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -115,6 +117,7 @@ class SegDataModule(pl.LightningDataModule):
                         "mask_suffix": mask_suffix, "class_folders": class_folders}  # fmt: skip
         self.crop = {"crop_size": crop_size, "foreground_crop": foreground_crop,
                      "pad_to_crop": pad_to_crop}  # fmt: skip
+        self.train_repeats = train_repeats
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -205,7 +208,7 @@ class SegDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        sampler = SeededShuffleSampler(len(self.datasets["train"]), self.seed)
+        sampler = SeededShuffleSampler(len(self.datasets["train"]), self.seed, self.train_repeats)
         return self._loader("train", self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -18,10 +18,15 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
 
     Lightning calls `set_epoch` as each epoch starts (also after a resume); the
     dataset receives `(index, seed)` keys and seeds its augmentation with `seed`.
+    With `repeats > 1` each image appears that many times per epoch (each time
+    a different random patch): useful for few, large images.
     """
 
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, seed: int, repeats: int = 1) -> None:
+        if repeats < 1:
+            raise ValueError(f"data.train_repeats must be >= 1, got {repeats}")
+        self.num_samples = num_samples * repeats
+        self.size = num_samples
         self.seed = int(seed)
         self.epoch = 0
 
@@ -33,6 +38,6 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_samples)
+        order = rng.permutation(self.num_samples) % self.size
         seeds = rng.integers(0, 2**31 - 1, self.num_samples)
         return iter(zip(order.tolist(), seeds.tolist(), strict=True))
