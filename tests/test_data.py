@@ -360,3 +360,17 @@ def test_sampler_repeats_and_is_a_function_of_seed_and_epoch() -> None:
     assert list(again) == first
     again.set_epoch(3)
     assert list(again) != first
+
+
+def test_ddp_shares_cover_the_epoch_and_validation_once() -> None:
+    from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
+
+    whole = SeededShuffleSampler(7, seed=1)
+    shares = [SeededShuffleSampler(7, seed=1, rank=r, world_size=2) for r in (0, 1)]
+    for s in (whole, *shares):
+        s.set_epoch(4)
+    dealt = [item for s in shares for item in s]
+    assert len(shares[0]) == len(shares[1]) == 4  # equal shares, one item padded
+    assert set(dealt) == set(whole)  # same items, same augmentation seeds
+    val = [list(ShardSampler(7, r, 2)) for r in (0, 1)]
+    assert sorted(val[0] + val[1]) == list(range(7))  # nothing repeated

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Sampler
 from unet_seg.data.checks import check_pairs
 from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate
 from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.sampler import SeededShuffleSampler
+from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
@@ -196,7 +196,7 @@ class SegDataModule(pl.LightningDataModule):
             ]
         return counts / max(1, counts.sum())
 
-    def _loader(self, stage: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+    def _loader(self, stage: str, batch_size: int, sampler: Sampler) -> DataLoader:
         return DataLoader(
             self.datasets[stage],
             batch_size=batch_size,
@@ -207,12 +207,29 @@ class SegDataModule(pl.LightningDataModule):
             collate_fn=pad_collate,
         )
 
+    def _rank(self) -> tuple[int, int]:
+        """(this process's rank, number of processes): (0, 1) outside DDP."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
-        sampler = SeededShuffleSampler(len(self.datasets["train"]), self.seed, self.train_repeats)
+        n = len(self.datasets["train"])
+        sampler = SeededShuffleSampler(n, self.seed, self.train_repeats, *self._rank())
         return self._loader("train", self.batch_size, sampler)
 
+    def _eval_loader(self, stage: str) -> DataLoader:
+        rank, world_size = self._rank()
+        n = len(self.datasets[stage])
+        if n < world_size:
+            raise ValueError(
+                f"the {stage} split has {n} image(s), fewer than the {world_size} processes "
+                "that share it: give it more images (data.val_fraction / test_fraction) "
+                "or train on fewer devices"
+            )
+        return self._loader(stage, self.eval_batch_size, ShardSampler(n, rank, world_size))
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size)
+        return self._eval_loader("test")

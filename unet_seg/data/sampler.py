@@ -2,7 +2,9 @@
 
 A run resumed from any epoch-end checkpoint replays exactly the batches and
 augmentations an uninterrupted run would have drawn, whatever ran before and
-however many DataLoader workers (persistent or not) do the loading.
+however many DataLoader workers (persistent or not) do the loading. Under DDP
+each process takes its own share (Lightning's sampler replacement is off:
+`use_distributed_sampler: false` in `conf/trainer/ddp.yaml`).
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
     a different random patch): useful for few, large images.
     """
 
-    def __init__(self, num_samples: int, seed: int, repeats: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, repeats: int = 1, rank: int = 0, world_size: int = 1
+    ) -> None:
         if repeats < 1:
             raise ValueError(f"data.train_repeats must be >= 1, got {repeats}")
-        self.num_samples = num_samples * repeats
+        self.total = num_samples * repeats
         self.size = num_samples
         self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.num_samples = -(-self.total // world_size)  # this process's share, rounded up
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -38,6 +44,27 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_samples) % self.size
-        seeds = rng.integers(0, 2**31 - 1, self.num_samples)
-        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+        order = rng.permutation(self.total) % self.size
+        seeds = rng.integers(0, 2**31 - 1, self.total)
+        # pad so every process gets as many batches (the first items again), then deal
+        pad = self.num_samples * self.world_size - self.total
+        order, seeds = np.concatenate([order, order[:pad]]), np.concatenate([seeds, seeds[:pad]])
+        share = slice(self.rank, None, self.world_size)
+        return iter(zip(order[share].tolist(), seeds[share].tolist(), strict=True))
+
+
+class ShardSampler(Sampler[int]):
+    """Validation and test under DDP: process `rank` takes items rank, rank + world, ...
+
+    Nothing is repeated to even out the shares, so metrics summed over processes
+    count every image exactly once.
+    """
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, num_samples, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
