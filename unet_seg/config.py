@@ -24,9 +24,53 @@ def _unless_resume(resume: str | None, value: str) -> str | None:
     return None if resume else value
 
 
+def _optuna_storage(sweep_dir: str) -> str:
+    """The SQLite URL of the Optuna study kept in `sweep_dir` (created if need be)."""
+    path = Path(sweep_dir).resolve() / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _optuna_done(sweep_dir: str, study_name: str) -> int:
+    """Trials the Optuna study in `sweep_dir` has completed (0 when there is none yet)."""
+    path = Path(sweep_dir).resolve() / "optuna.db"
+    if not path.is_file():
+        return 0
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{path}")
+    except KeyError:  # no study of that name yet
+        return 0
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def _optuna_trials_left(sweep_dir: str, study_name: str, n_trials: int) -> int:
+    """`n_trials` less the trials already completed: re-running an interrupted search
+    runs only what is missing."""
+    done = _optuna_done(sweep_dir, study_name)
+    if done:
+        log.info("Optuna study %r in %s: %d trial(s) done of %s", study_name, sweep_dir, done,
+                 n_trials)  # fmt: skip
+    return max(0, int(n_trials) - done)
+
+
+def _optuna_seed(sweep_dir: str, study_name: str, seed: int) -> int:
+    """The sampler's seed, moved on by the trials done, so a resumed search does not
+    propose the same first points again."""
+    return int(seed) + _optuna_done(sweep_dir, study_name)
+
+
 def register_resolvers() -> None:
     """Register the project's OmegaConf resolvers (idempotent)."""
-    for name, fn in {"resume_or": _resume_or, "unless_resume": _unless_resume}.items():
+    resolvers = {
+        "resume_or": _resume_or,
+        "unless_resume": _unless_resume,
+        "optuna_storage": _optuna_storage,
+        "optuna_trials_left": _optuna_trials_left,
+        "optuna_seed": _optuna_seed,
+    }
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

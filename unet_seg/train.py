@@ -235,12 +235,20 @@ def write_json(data: dict, path: Path) -> None:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     try:
-        train(cfg, overrides=HydraConfig.get().overrides.task)
+        metrics = train(cfg, overrides=HydraConfig.get().overrides.task)
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)
+    metric = cfg.get("optimized_metric")
+    if metric is None:
+        return None
+    if metric not in metrics:
+        raise KeyError(
+            f"optimized_metric={metric!r} is not among the run's metrics {sorted(metrics)}"
+        )
+    return float(metrics[metric])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Sweeps: an Optuna search that resumes where it stopped, and the parallel joblib launcher."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from unet_seg.report import report
+
+pytestmark = pytest.mark.slow
+
+TINY = ["data.synthetic.num_images=12", "data.synthetic.size=64", "data.crop_size=48",
+        "data.batch_size=4", "arch.base_channels=4", "trainer.max_epochs=1"]  # fmt: skip
+
+
+def train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "unet_seg.train", "-m", *TINY,
+                           f"data.root={cwd / 'data'}", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_optuna_search_resumes_where_it_stopped(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    common = ["hparams_search=optuna", f"hydra.sweep.dir={sweep}"]
+    train_cli(*common, "optuna_trials=2", cwd=tmp_path)
+    study = optuna.load_study(study_name="unet_seg", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    first = [t.params for t in study.trials]
+
+    train_cli(*common, "optuna_trials=3", cwd=tmp_path)  # as after an interruption
+    study = optuna.load_study(study_name="unet_seg", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert len(study.trials) == 3  # one more, not three more
+    assert study.trials[2].params not in first  # a new point, not the first one again
+    values = [t.value for t in study.trials]
+    assert all(0 <= v <= 1 for v in values)  # val/dice of each trial
+    assert len(list(sweep.glob("trial_*/metrics.json"))) == 3  # no trial overwrote another
+    result = report([sweep], tmp_path / "report")
+    assert sum(g["n"] for g in result["groups"]) == 3
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    train_cli("hydra=joblib", f"hydra.sweep.dir={sweep}", "optimizer=adam,sgd",
+              "final_eval=false", cwd=tmp_path)  # fmt: skip
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((sweep / j / "checkpoints" / "last.ckpt").is_file() for j in ("0", "1"))
