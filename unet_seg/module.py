@@ -5,12 +5,13 @@ It is the one place logits become probabilities or labels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
 
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
@@ -57,6 +58,8 @@ class SegModule(pl.LightningModule):
         self.val_scores = SegmentationScores(class_names)
         self.test_scores = SegmentationScores(class_names)
         self.inference_level: int | None = None
+        self._previous_loss: Tensor | None = None
+        self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def forward(self, x: Tensor) -> Tensor:
         """Final logits `[B, C, H, W]` (the deepest head; a pruned level if one is set)."""
@@ -87,17 +90,43 @@ class SegModule(pl.LightningModule):
             loss,
             on_step=train,
             on_epoch=not train,
-            prog_bar=True,
+            prog_bar=not train,  # a per-step value on the bar is read back (a sync) every step
             batch_size=len(images),
             sync_dist=not train,
         )
+        if train:  # the bar shows the epoch's mean instead, summed on the device, read once
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True,
+                     logger=False, batch_size=len(images), sync_dist=True)  # fmt: skip
         if not train:
             logits = outputs[-1] if isinstance(outputs, list) else outputs
             getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
+            # flagged on the device, checked once at the epoch's end: no sync per step
+            self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        # The previous step's loss is long computed by now: checking it costs no stall.
+        previous, self._previous_loss = self._previous_loss, None
+        if previous is not None and not torch.isfinite(previous):
+            self._raise_nonfinite("train", f"step {self.global_step - 1}")
+        loss = self._shared_step(batch, "train")
+        self._previous_loss = loss.detach()
+        return loss
+
+    def _raise_nonfinite(self, stage: str, where: str) -> None:
+        raise FloatingPointError(
+            f"{stage}/loss is not finite ({where}, epoch {self.current_epoch}); nothing was "
+            "averaged into the metrics. Usual causes: a learning rate too high for this "
+            "optimizer, or float16 overflow (try trainer.precision=bf16-mixed or 32-true). "
+            "debug=anomaly reruns with autograd anomaly detection to find the operation; "
+            "resume=RUN_DIR continues from the last good checkpoint."
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -106,6 +135,9 @@ class SegModule(pl.LightningModule):
         self._shared_step(batch, "test")
 
     def _log_scores(self, stage: str) -> None:
+        if bool(self._nonfinite):
+            getattr(self, f"{stage}_scores").reset()
+            self._raise_nonfinite(stage, "in this evaluation")
         scores = getattr(self, f"{stage}_scores")
         values = {f"{stage}/{k}": v for k, v in scores.compute().items()}
         self.log(f"{stage}/dice", values.pop(f"{stage}/dice"), prog_bar=True)
@@ -187,3 +219,54 @@ class SegModule(pl.LightningModule):
                 "The checkpoint was edited or its weights come from another architecture."
             ) from err
         return module.eval()
+
+
+def apply_fast_path(
+    net: nn.Module,
+    channels_last: bool = False,
+    compile: bool | dict = False,
+    checkpointing: bool = False,
+) -> nn.Module:
+    """Switch on speed-ups that change how `net` runs, never its weights; returns `net`.
+
+    Args:
+        channels_last: weights in NHWC memory order; convolutions then keep their
+            activations NHWC too, the layout oneDNN's and cuDNN's fastest kernels use.
+        compile: `torch.compile` the net in place (`True`, or `torch.compile` kwargs);
+            its state-dict keys, and so checkpoints, stay as they were.
+        checkpointing: recompute UNet++ decoder nodes in the backward pass instead of
+            storing their activations (less memory, more time); UNet++ only.
+    """
+    if checkpointing:
+        if not hasattr(net, "checkpointing"):
+            raise ValueError(
+                f"checkpointing: {type(net).__name__} has no activation checkpointing "
+                "(only UNet++, arch=nested); drop the option"
+            )
+        net.checkpointing = True
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    if compile:
+        net.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
+    return net
+
+
+class FastPath(pl.Callback):
+    """Apply `apply_fast_path` to the module's net when fitting starts (see `conf/fast/`).
+
+    A callback rather than a `SegModule` argument: these settings change speed and
+    memory only, so checkpoints neither carry them nor depend on them.
+    """
+
+    def __init__(
+        self, channels_last: bool = False, compile: bool | dict = False, checkpointing: bool = False
+    ) -> None:
+        self.options = {
+            "channels_last": channels_last,
+            "compile": compile,
+            "checkpointing": checkpointing,
+        }
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            apply_fast_path(pl_module.net, **self.options)
