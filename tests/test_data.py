@@ -302,7 +302,7 @@ def test_explicit_split_file_is_used_and_recorded(folder: Path, tmp_path: Path) 
 
 def test_folds_through_the_datamodule(folder: Path, tmp_path: Path) -> None:
     dm = SegDataModule(str(folder), 1, 2, ["bg", "fg"], [0, 255], crop_size=32, num_folds=3,
-                       fold=1, fold_order="contiguous",
+                       fold=1, fold_order="contiguous", test_fraction=0.0,
                        splits_path=str(tmp_path / "s.json"))  # fmt: skip
     dm.setup()
     assert dm.splits["val"] == ["img02.png", "img03.png"] and dm.splits["test"] == []
@@ -374,3 +374,14 @@ def test_ddp_shares_cover_the_epoch_and_validation_once() -> None:
     assert set(dealt) == set(whole)  # same items, same augmentation seeds
     val = [list(ShardSampler(7, r, 2)) for r in (0, 1)]
     assert sorted(val[0] + val[1]) == list(range(7))  # nothing repeated
+
+
+def test_folds_can_share_a_held_out_test_split() -> None:
+    names = [f"{i}.png" for i in range(20)]
+    folds = [make_folds(names, 4, k, seed=5, test_fraction=0.2) for k in range(4)]
+    tests = {tuple(f["test"]) for f in folds}
+    assert len(tests) == 1 and len(folds[0]["test"]) == 4  # one test split for every fold
+    test = set(folds[0]["test"])
+    held_out = [n for f in folds for n in f["val"]]
+    assert sorted(held_out) == sorted(set(names) - test)  # the rest is cross-validated
+    assert all(not test & set(f["train"]) for f in folds)

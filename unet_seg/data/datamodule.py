@@ -178,7 +178,8 @@ class SegDataModule(pl.LightningDataModule):
                 )
         elif s["num_folds"]:
             splits = make_folds(names, s["num_folds"], s["fold"], s["split_seed"],
-                                s["group_regex"], s["fold_order"])  # fmt: skip
+                                s["group_regex"], s["fold_order"],
+                                s["test_fraction"])  # fmt: skip
         else:
             splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"],
                                  s["group_regex"])  # fmt: skip

@@ -81,6 +81,7 @@ def make_folds(
     seed: int,
     group_regex: str | None = None,
     order: str = "shuffled",
+    test_fraction: float = 0.0,
 ) -> dict[str, list[str]]:
     """K-fold cross-validation: fold `fold` of `num_folds` is validation, the rest train.
 
@@ -88,10 +89,16 @@ def make_folds(
     correlated images never straddle train and validation. `order="shuffled"`
     deals the groups to folds after a seeded shuffle; `"contiguous"` cuts the
     naturally sorted groups into consecutive blocks (neighbouring slices of a
-    stack stay together). The test split is empty: the held-out fold is the test.
+    stack stay together). With `test_fraction`, a seeded share of the groups is
+    first set aside as a test split common to every fold (to score the folds'
+    ensemble); otherwise the test split is empty and the held-out fold is the test.
     """
     if num_folds < 2 or not 0 <= fold < num_folds:
         raise ValueError(f"need num_folds >= 2 and 0 <= fold < num_folds, got {fold}/{num_folds}")
+    test: list[str] = []
+    if test_fraction:
+        held = make_splits(names, 0.0, test_fraction, seed, group_regex)
+        test, names = held["test"], held["train"]
     groups: dict[str, list[str]] = {}
     for name in sorted(names, key=natural_key):
         groups.setdefault(group_of(name, group_regex), []).append(name)
@@ -110,7 +117,7 @@ def make_folds(
     held_out = set(keys[bounds[fold] : bounds[fold + 1]])
     val = [n for k in keys if k in held_out for n in groups[k]]
     train = [n for k in keys if k not in held_out for n in groups[k]]
-    return {"train": sorted(train), "val": sorted(val), "test": []}
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
 def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:
