@@ -9,12 +9,20 @@ max pooling for ``i > 0``); every other node is
 
 Deep supervision attaches a 1x1 head to each of ``x0_1 .. x0_4``; pruned
 inference at level ``L`` evaluates only the nodes with ``i + j <= L``.
+
+With ``checkpointing`` the decoder nodes keep only their inputs during training
+and recompute the rest in the backward pass (Chen et al., 2016, "Training Deep
+Nets with Sublinear Memory Cost"): less memory for about one more decoder forward.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from unet_seg.models.blocks import DoubleConv, crop_to, pad_like, pad_to_multiple, upsampler
 
@@ -43,8 +51,15 @@ class NestedNode(nn.Module):
         self.up = upsampler(deep_channels, out_channels, bilinear)
         up_channels = deep_channels if bilinear else out_channels
         self.conv = DoubleConv(skip_channels + up_channels, out_channels)
+        self.checkpointing = False
 
     def forward(self, skips: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            recompute = lambda: (nullcontext(), frozen_batch_norm_stats(self))  # noqa: E731
+            return checkpoint(self._node, skips, deep, use_reentrant=False, context_fn=recompute)
+        return self._node(skips, deep)
+
+    def _node(self, skips: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
         up = pad_like(self.up(deep), skips[0])
         x = torch.cat([*skips, up], dim=1)  # [B, sum(C_k) + C_up, H, W]
         return self.conv(x)
@@ -59,6 +74,8 @@ class NestedUNet(nn.Module):
         base_channels: width ``b`` of level 0; levels have ``[b, 2b, 4b, 8b, 16b]``.
         deep_supervision: one 1x1 head on each of ``x0_1 .. x0_4`` (else only ``x0_4``).
         bilinear: bilinear upsampling instead of ``ConvTranspose2d``.
+        checkpointing: recompute the decoder nodes in the backward pass (training only)
+            instead of storing their activations; also settable later as an attribute.
 
     Shape:
         [B, in_channels, H, W] -> [B, num_classes, H, W] (or a list of 4 of them)
@@ -71,6 +88,7 @@ class NestedUNet(nn.Module):
         base_channels: int = 32,
         deep_supervision: bool = False,
         bilinear: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
@@ -102,6 +120,20 @@ class NestedUNet(nn.Module):
         self.heads = nn.ModuleList(
             nn.Conv2d(c0, num_classes, kernel_size=1) for _ in range(n_heads)
         )
+        self.checkpointing = checkpointing
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether decoder nodes are recomputed in the backward pass (activation checkpointing)."""
+        return all(node.checkpointing for node in self._decoder_nodes())
+
+    @checkpointing.setter
+    def checkpointing(self, on: bool) -> None:
+        for node in self._decoder_nodes():
+            node.checkpointing = bool(on)
+
+    def _decoder_nodes(self) -> Iterator[NestedNode]:
+        return (m for m in self.modules() if isinstance(m, NestedNode))
 
     @property
     def num_heads(self) -> int:
@@ -192,3 +224,21 @@ class NestedUNet(nn.Module):
         if level is None and self.deep_supervision:
             return [crop_to(head(t), size) for head, t in zip(self.heads, tops, strict=True)]
         return crop_to(self._head(len(tops))(tops[-1]), size)
+
+
+@contextmanager
+def frozen_batch_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Batch norm of `module` normalises as in training but leaves its running statistics
+    as they were: a recomputed forward must not count the batch a second time."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+             for m in norms]  # fmt: skip
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
