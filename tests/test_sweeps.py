@@ -50,3 +50,21 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
               "final_eval=false", cwd=tmp_path)  # fmt: skip
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert all((sweep / j / "checkpoints" / "last.ckpt").is_file() for j in ("0", "1"))
+
+
+def test_cross_validation_folds_and_their_ensemble(tmp_path: Path) -> None:
+    import json
+
+    from unet_seg.ensemble import ensemble
+
+    sweep = tmp_path / "cv"
+    train_cli(f"hydra.sweep.dir={sweep}", "data.num_folds=2", "data.fold=0,1",
+              "data.test_fraction=0.25", "trainer.max_epochs=2", cwd=tmp_path)  # fmt: skip
+    result = ensemble([sweep])
+    assert result["images"] == 3 and len(result["models"]) == 2
+    for model in result["models"]:  # each fold alone scores as its own final test did
+        logged = json.loads((Path(model["run"]) / "metrics.json").read_text())
+        assert model["dice"] == pytest.approx(logged["test/dice"], abs=1e-6)
+    assert 0 <= result["ensemble"]["dice"] <= 1
+    folds = report([sweep], tmp_path / "report")
+    assert folds["setting"] == [] and folds["groups"][0]["n"] == 2  # folds are replicates
