@@ -1,0 +1,401 @@
+"""Where training and inference time goes: `python -m unet_seg.benchmark [key=value ...]`.
+
+Prints one table, in sections (see `conf/benchmark.yaml`):
+
+a. overhead   training steps/s through `Trainer.fit` (`unet_seg.train.train`, default
+              callbacks, logging, checkpointing) against a plain PyTorch loop.
+b. data       training images/s out of the DataLoader for 0, 1, 2 workers, against the
+              rate at which training consumes them.
+c. models     forward+backward images/s, FLOPs/image, achieved FLOP/s and peak memory of
+              our U-Net and UNet++ and MONAI's BasicUNet and BasicUNetPlusPlus.
+d. inference  `Predictor.run` images/s and peak memory: resize and tile modes, +/- TTA.
+e. fastpath   channels-last, torch.compile and UNet++ activation checkpointing.
+f. precision  (not run by default; for a GPU) 32-true, 16-mixed, bf16-mixed, each with and
+              without channels-last and compile, as images/s and a fraction of peak FLOP/s.
+
+With `output=FILE` the same figures are written as JSON, under the keys
+`config`, `environment`, `targets`, `overhead`, `data`, `models`, `inference`,
+`fastpath`, `precision`, `notes`, `total_s` (a section not run is null).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from unet_seg.bench.inference import measure_inference
+from unet_seg.bench.measure import MEMORY_METHODS
+from unet_seg.bench.models import (
+    measure_fast_path,
+    measure_models,
+    measure_precision,
+    monai_available,
+)
+from unet_seg.bench.overhead import measure_overhead
+from unet_seg.bench.pipeline import measure_pipeline
+from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.train import build_datamodule, build_module
+
+log = logging.getLogger(__name__)
+
+SECTIONS = ("overhead", "data", "models", "inference", "fastpath", "precision")
+TARGETS = {"overhead_pct_cpu": 5.0, "overhead_pct_gpu": 3.0, "loader_over_consumption": 2.0}
+"""The issue's targets: framework overhead at most 5% (CPU) / 3% (GPU) over a plain loop;
+the loader delivering at least twice what training consumes."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> `cuda` when a GPU is there, else `cpu`; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the figures were measured on."""
+    env = {
+        "device": str(device),
+        "device_name": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "monai": monai_available(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def train_overrides(cfg: DictConfig, device: torch.device, arch: str) -> list[str]:
+    """Overrides of `conf/train.yaml` for the benchmark's net, crop, batch, data and device."""
+    overrides = [
+        f"arch={arch}",
+        f"seed={cfg.seed}",
+        "run_dir=.",  # replaced per run; keeps Hydra's runtime out of the composed config
+        f"data.root={cfg.data.root}",
+        f"data.crop_size={cfg.size}",
+        f"data.batch_size={cfg.batch}",
+        f"data.synthetic.size={cfg.size}",
+        f"data.synthetic.num_images={cfg.data.num_images}",
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.precision={cfg.precision}",
+    ]
+    if device.type == "cuda":
+        overrides.append(f"trainer.devices=[{device.index or 0}]")
+    if cfg.base_channels:
+        overrides.append(f"arch.base_channels={cfg.base_channels}")
+    else:
+        overrides.append("scale=paper")
+    return overrides + list(cfg.get("train_overrides") or [])
+
+
+def compose_train(overrides: list[str]) -> DictConfig:
+    """`conf/train.yaml` composed with `overrides`, inside or outside a Hydra app."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+        return compose(config_name="train", overrides=overrides)
+
+
+def with_arch_name(cfg: DictConfig) -> DictConfig:
+    """A copy of `cfg` whose `arch` is the architecture's name. On the command line
+    `arch=nested` selects `conf/arch/nested.yaml`, as for training; only its name is used."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.arch = str(cfg.arch.name if OmegaConf.is_dict(cfg.arch) else cfg.arch)
+    return cfg
+
+
+def benchmark(cfg: DictConfig) -> dict[str, Any]:
+    """Run the sections of `cfg.sections`; return the results (see the module docstring)."""
+    start = time.perf_counter()
+    cfg = with_arch_name(cfg)
+    unknown = sorted(set(cfg.sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"sections: unknown {unknown}; choose from {list(SECTIONS)}")
+    if cfg.arch not in ("unet", "nested"):
+        raise ValueError(f"arch={cfg.arch}: the benchmark knows unet and nested")
+    device = resolve_device(str(cfg.device))
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
+    archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
+             for a in ("unet", "nested")}  # fmt: skip
+    result: dict[str, Any] = {
+        "config": to_plain(cfg),
+        "environment": environment(device),
+        "targets": TARGETS,
+        "notes": [],
+        **dict.fromkeys(SECTIONS),
+    }
+    with tempfile.TemporaryDirectory(prefix="unet_seg_bench_") as tmp:
+        work = Path(cfg.work_dir) if cfg.get("work_dir") else Path(tmp)
+        for section in cfg.sections:
+            log.info("benchmark section: %s", section)
+            RUNNERS[section](cfg, train_cfg, archs, device, work, result)
+    result["total_s"] = time.perf_counter() - start
+    return result
+
+
+def _overhead(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    o = cfg.overhead
+    out = measure_overhead(train_cfg, work, device, o.warmup, o.steps, o.repeats)
+    target = TARGETS["overhead_pct_gpu" if device.type == "cuda" else "overhead_pct_cpu"]
+    out.update(target_pct=target, met=out["overhead_pct"] <= target)
+    result["overhead"] = out
+
+
+def _data(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    datamodule = build_datamodule(train_cfg, work / "data")
+    rows = measure_pipeline(datamodule, list(cfg.data.workers), cfg.data.images)
+    consumption = (result.get("overhead") or {}).get("fit", {}).get("images_per_s")
+    source = "Trainer.fit, section a"
+    if consumption is None:  # no overhead section: time the plain model step instead
+        net_rows, _ = measure_models([cfg.arch], archs, to_plain(train_cfg.loss), [cfg.size],
+                                     cfg.batch, cfg.base_channels, device, 1, 3, 1)  # fmt: skip
+        consumption, source = net_rows[0]["images_per_s"], "model training step"
+    for row in rows:
+        row["over_consumption"] = row["images_per_s"] / consumption
+    default = int(train_cfg.data.num_workers)
+    at_default = next((r for r in rows if r["workers"] == default), None)
+    ratio = at_default["over_consumption"] if at_default else None
+    target = TARGETS["loader_over_consumption"]
+    result["data"] = {
+        "loader": rows,
+        "consumption_images_per_s": consumption,
+        "consumption_source": source,
+        "default_workers": default,
+        "ratio_at_default": ratio,
+        "target_ratio": target,
+        "met": None if ratio is None else ratio >= target,
+        "train_images": len(datamodule.datasets["train"]),
+    }
+
+
+def _models(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    m = cfg.models
+    rows, notes = measure_models(list(m.names), archs, to_plain(train_cfg.loss), list(m.sizes),
+                                 cfg.batch, cfg.base_channels, device, m.warmup, m.steps,
+                                 m.repeats, cfg.seed)  # fmt: skip
+    pairs = {"monai_unet": "unet", "monai_nested": "nested", "monai_nested_ds": "nested_ds"}
+    ours = {(r["name"], r["size"]): r for r in rows}
+    for row in rows:
+        match = ours.get((pairs.get(row["name"]), row["size"]))
+        if match:  # a MONAI row: how fast ours is next to it
+            match["vs_monai"] = match["images_per_s"] / row["images_per_s"]
+    result["models"] = rows
+    result["notes"] += notes
+
+
+def _inference(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    i = cfg.inference
+    rows, notes = measure_inference(build_module(train_cfg), device, cfg.size, i.image_size,
+                                    i.images, cfg.batch, i.overlap, i.tta, cfg.seed)  # fmt: skip
+    result["inference"] = rows
+    result["notes"] += notes
+
+
+def _fastpath(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    f = cfg.fastpath
+    result["fastpath"] = measure_fast_path(list(f.options), archs, cfg.arch,
+                                           to_plain(train_cfg.loss), cfg.size, cfg.batch,
+                                           cfg.base_channels, device, f.warmup, f.steps,
+                                           f.repeats, cfg.seed)  # fmt: skip
+
+
+def _precision(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    p = cfg.precision_sweep
+    peak = to_plain(p.peak_tflops) if p.get("peak_tflops") else None
+    result["precision"] = measure_precision(archs[cfg.arch], cfg.arch, to_plain(train_cfg.loss),
+                                            cfg.size, cfg.batch, cfg.base_channels, device,
+                                            list(p.precisions), list(p.channels_last),
+                                            list(p.compile), p.warmup, p.steps, p.repeats, peak,
+                                            cfg.seed)  # fmt: skip
+
+
+RUNNERS = {"overhead": _overhead, "data": _data, "models": _models, "inference": _inference,
+           "fastpath": _fastpath, "precision": _precision}  # fmt: skip
+
+
+# ---- the table ---------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]], widths: list[int]) -> list[str]:
+    """Rows of cells as text lines; a negative width left-aligns that column."""
+    lines = []
+    for cells in [header, *rows]:
+        texts = [_cell(c) for c in cells]
+        out = [t.ljust(-w) if w < 0 else t.rjust(w) for t, w in zip(texts, widths, strict=True)]
+        lines.append(("  " + " ".join(out)).rstrip())
+    return lines
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else "met" if ok else "NOT met"
+
+
+def _overhead_lines(o: dict, cfg: dict) -> list[str]:
+    c = cfg["overhead"]
+    rows = [
+        [label, o[k]["steps_per_s"], o[k]["images_per_s"], o[k]["host_reads_per_step"]]
+        for k, label in (("plain", "plain PyTorch loop"), ("fit", "Trainer.fit (unet_seg.train)"))
+    ]
+    fit = o["fit"]
+    return [
+        f"a. Framework overhead: {cfg['arch']} training, {c['steps']} timed steps after "
+        f"{c['warmup']}, best of {c['repeats']}",
+        *_table(["", "steps/s", "images/s", "host reads/step"], rows, [-30, 8, 9, 16]),
+        f"  overhead {o['overhead_pct']:+.1f}% (target <= {o['target_pct']:g}%: {_met(o['met'])})",
+        f"  epoch end {fit['epoch_end_s']:.2f} s: validation of {fit['val_images']} images "
+        f"{fit['validation_s']:.2f} s, checkpoints, pictures and logs "
+        f"{fit['epoch_end_s'] - fit['validation_s']:.2f} s",
+    ]
+
+
+def _data_lines(d: dict, cfg: dict) -> list[str]:
+    rows = [[r["workers"], r["images_per_s"], r["over_consumption"]] for r in d["loader"]]
+    ratio = d["ratio_at_default"]
+    verdict = (
+        f"{ratio:.1f}x (target >= {d['target_ratio']:g}x: {_met(d['met'])})" if ratio else "n/a"
+    )
+    return [
+        f"b. Data pipeline: train DataLoader (read, decode, augment, normalise, collate), "
+        f"{cfg['data']['images']} images per setting, {d['train_images']} in the split",
+        *_table(["workers", "images/s", "x consumption"], rows, [9, 10, 14]),
+        f"  consumption {d['consumption_images_per_s']:.3g} images/s "
+        f"({d['consumption_source']}); the default {d['default_workers']} workers: {verdict}",
+    ]
+
+
+def _models_lines(m: list[dict], cfg: dict) -> list[str]:
+    c = cfg["models"]
+    header = ["net", "impl", "px", "width", "params", "GFLOP/im", "fwd+bwd", "images/s",
+              "GFLOP/s", "peak MiB", "vs MONAI"]  # fmt: skip
+    rows = [
+        [r["label"], r["impl"], r["size"], r["base_channels"], f"{r['params']:,}",
+         r["gflop_fwd_per_image"], r["gflop_train_per_image"], r["images_per_s"],
+         r["gflops_per_s"], r["peak_mib"], f"{r['vs_monai']:.2f}x" if "vs_monai" in r else ""]
+        for r in m
+    ]  # fmt: skip
+    return [
+        f"c. Models: training step (forward, CE+Dice, backward, Adam), batch {cfg['batch']}, "
+        f"{c['steps']} timed steps after {c['warmup']}, best of {c['repeats']} rounds",
+        *_table(header, rows, [-28, -6, 5, 6, 10, 9, 9, 9, 8, 9, 9]),
+    ]
+
+
+def _inference_lines(i: list[dict], cfg: dict) -> list[str]:
+    rows = [[r["mode"], r["tta"], r["passes_per_image"], r["images_per_s"], r["peak_mib"]]
+            for r in i]  # fmt: skip
+    side = i[0]["image_size"]
+    return [
+        f"d. Inference: Predictor.run on {side}x{side} images, net input / tile "
+        f"{i[0]['net_input']} px, overlap {cfg['inference']['overlap']}",
+        *_table(["mode", "TTA", "passes/im", "images/s", "peak MiB"], rows, [-8, -6, 11, 10, 9]),
+    ]
+
+
+def _fastpath_lines(f: list[dict], cfg: dict) -> list[str]:
+    header = ["net", "option", "images/s", "speed-up", "peak MiB", "memory", "first step s"]
+    rows = [[r["label"], r["option"], r["images_per_s"], f"{r['speedup']:.2f}x", r["peak_mib"],
+             f"{r['memory_ratio']:.2f}x", r["first_step_s"]] for r in f]  # fmt: skip
+    c = cfg["fastpath"]
+    return [
+        f"e. Fast path: training step, batch {cfg['batch']}, {cfg['size']} px, {c['steps']} "
+        f"timed steps after {c['warmup']}, best of {c['repeats']} rounds",
+        *_table(header, rows, [-18, -15, 10, 9, 9, 8, 13]),
+    ]
+
+
+def _precision_lines(p: list[dict], cfg: dict) -> list[str]:
+    header = ["precision", "channels-last", "compile", "images/s", "GFLOP/s", "of peak",
+              "peak MiB", "first step s"]  # fmt: skip
+    rows = [[r["precision"], r["channels_last"], r["compile"], r["images_per_s"],
+             r["gflops_per_s"], f"{r['fraction_of_peak']:.1%}" if "fraction_of_peak" in r else "",
+             r["peak_mib"], r["first_step_s"]] for r in p]  # fmt: skip
+    c = cfg["precision_sweep"]
+    return [
+        f"f. Precision: {cfg['arch']} training step, batch {cfg['batch']}, {cfg['size']} px, "
+        f"{c['steps']} timed steps after {c['warmup']}, best of {c['repeats']} rounds",
+        *_table(header, rows, [-10, 13, 8, 9, 9, 8, 9, 13]),
+    ]
+
+
+SECTION_LINES = {"overhead": _overhead_lines, "data": _data_lines, "models": _models_lines,
+                 "inference": _inference_lines, "fastpath": _fastpath_lines,
+                 "precision": _precision_lines}  # fmt: skip
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The results as one plain-text table, section by section."""
+    cfg, env = result["config"], result["environment"]
+    lines = [
+        f"unet-seg benchmark: arch={cfg['arch']} size={cfg['size']} batch={cfg['batch']} "
+        f"base_channels={cfg['base_channels']} device={env['device']} "
+        f"precision={cfg['precision']}",
+        f"on {env['device_name']}, {env['cpu_count']} CPUs, {env['torch_threads']} torch "
+        f"threads; torch {env['torch']}, lightning {env['lightning']}, "
+        f"MONAI {env['monai'] or 'not installed'}",
+    ]
+    for section, to_lines in SECTION_LINES.items():
+        if result.get(section):
+            lines += ["", *to_lines(result[section], cfg)]
+    method = MEMORY_METHODS["cuda" if env["device"].startswith("cuda") else "cpu"]
+    lines += [
+        "",
+        "peak MiB: tensor memory above what the step started with (weights, gradients and "
+        f"optimizer state excluded), from {method}",
+        "FLOPs: torch.utils.flop_counter.FlopCounterMode (a multiply-add counts 2)",
+        *(f"note: {n}" for n in result["notes"]),
+        f"total {result['total_s']:.0f} s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> Path:
+    """Write the results as JSON (figures as numbers) to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """Run the benchmark, write the table to stdout and, with `cfg.output`, the JSON."""
+    result = benchmark(cfg)
+    sys.stdout.write(format_table(result))
+    if cfg.get("output"):
+        log.info("wrote %s", write_json(result, cfg.output))
+    return result
+
+
+@hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base=None)
+def main(cfg: DictConfig) -> None:
+    task(cfg)
+
+
+if __name__ == "__main__":
+    main()
