@@ -135,7 +135,8 @@ def tiny_config(tmp_path: Path, **overrides: object) -> OmegaConf:
     tiny = {
         "arch": "unet", "size": 32, "batch": 2, "base_channels": 4, "device": "cpu", "threads": 1,
         "output": str(tmp_path / "bench.json"),
-        "overhead": {"warmup": 1, "steps": 2, "repeats": 1},
+        "overhead": {"warmup": 1, "steps": 2, "repeats": 1,
+                     "probe": {"base_channels": 2, "size": 16, "steps": 2}},
         "data": {"num_images": 24, "workers": [0, 1], "images": 8},
         "models": {"names": ["unet", "nested_ds", "monai_unet"], "warmup": 0, "steps": 1},
         "inference": {"image_size": 48, "images": 1},
@@ -156,7 +157,14 @@ def test_benchmark_runs_every_section_and_writes_the_documented_json(tmp_path: P
         assert o[side]["host_reads_per_step"] >= 0
     assert o["plain"]["host_reads_per_step"] == 0  # forward, loss, backward, step: no reads
     assert o["fit"]["epoch_end_s"] >= o["fit"]["validation_s"] > 0
-    assert o["overhead_pct"] > -100 and isinstance(o["met"], bool)
+    assert o["overhead_pct"] > -100 and o["overhead_median_pct"] > -100
+    assert isinstance(o["met"], bool) and o["met"] == (o["overhead_median_pct"] <= 5)
+    assert o["fit"]["median_step_s"] > 0 and o["plain"]["median_step_s"] > 0
+    probe = o["probe"]
+    assert probe["plain_ms_per_step"] > 0 and probe["fit_ms_per_step"] > 0
+    assert probe["framework_ms_per_step"] == pytest.approx(
+        probe["fit_ms_per_step"] - probe["plain_ms_per_step"]
+    )
 
     d = saved["data"]
     assert [r["workers"] for r in d["loader"]] == [0, 1]

@@ -6,6 +6,10 @@ Both are timed over the same window, from the start of batch `warmup` to the sta
 batch `warmup + steps` of the first epoch, so data loading, logging, progress bar and
 callback hooks inside the loop count, and start-up and the epoch end do not. The epoch
 end (validation, checkpoints, pictures) is timed separately.
+
+On a CPU each step is also timed alone: the median step is what other jobs on a shared
+machine disturb least. (On a GPU that would need a synchronisation per step, which is
+what the window avoids.)
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import copy
 import json
 import logging
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ class StepTimer(pl.Callback):
         self.output = Path(output)
         self.warmup, self.steps, self.count_steps = warmup, steps, count_steps
         self.times: dict[str, float] = {}
+        self.starts: list[float] = []  # each timed batch's start, on a CPU
         self.reads: HostReads | None = None
         self.read_count: int | None = None
         self.read_names: list[str] = []
@@ -53,12 +59,17 @@ class StepTimer(pl.Callback):
     ) -> None:
         if trainer.current_epoch:
             return
+        cpu = pl_module.device.type == "cpu"
+        if cpu and self.warmup < batch_idx < self.warmup + self.steps:
+            self.starts.append(time.perf_counter())
         if batch_idx == self.warmup:
             synchronize(pl_module.device)
             self.times["start"] = time.perf_counter()
+            self.starts = [self.times["start"]] if cpu else []
         elif batch_idx == self.warmup + self.steps:
             synchronize(pl_module.device)
             self.times["stop"] = time.perf_counter()
+            self.starts += [self.times["stop"]] if cpu else []
             self.reads = HostReads(pl_module.device, trainer.optimizers).__enter__()
         elif batch_idx == self.warmup + self.steps + self.count_steps:
             self._stop_counting()
@@ -87,6 +98,7 @@ class StepTimer(pl.Callback):
         val = getattr(trainer.datamodule, "datasets", {}).get("val")
         result = {
             "seconds_per_step": (t["stop"] - t["start"]) / self.steps,
+            "step_seconds": step_seconds(self.starts),
             "host_reads_per_step": (self.read_count or 0) / self.count_steps,
             "host_read_kinds": self.read_names,
             "epoch_end_s": time.perf_counter() - t["last_batch_end"],
@@ -153,14 +165,14 @@ def plain_rate(
     dtype = AUTOCAST.get(str(cfg.trainer.get("precision")))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     reads: HostReads | None = None
-    start = stop = 0.0
+    starts: list[float] = []
     for i, batch in enumerate(datamodule.train_dataloader()):
-        if i == warmup:
+        edge = i in (warmup, warmup + steps)
+        if edge:
             synchronize(device)
-            start = time.perf_counter()
-        elif i == warmup + steps:
-            synchronize(device)
-            stop = time.perf_counter()
+        if edge or (warmup < i < warmup + steps and device.type == "cpu"):
+            starts.append(time.perf_counter())
+        if i == warmup + steps:
             reads = HostReads(device, [optimizer]).__enter__()
         elif i == warmup + steps + count_steps:
             break
@@ -179,7 +191,8 @@ def plain_rate(
         )
     reads.__exit__(None, None, None)
     return {
-        "seconds_per_step": (stop - start) / steps,
+        "seconds_per_step": (starts[-1] - starts[0]) / steps,
+        "step_seconds": step_seconds(starts) if device.type == "cpu" else [],
         "host_reads_per_step": reads.count / count_steps,
         "host_read_kinds": sorted(set(reads.names)),
     }
@@ -197,9 +210,12 @@ def measure_overhead(
     """Plain loop and `Trainer.fit`, alternated `repeats` times; the best time of each.
 
     Returns:
-        `{"plain": {...}, "fit": {...}, "overhead_pct": float}`, each side with
-        `steps_per_s`, `images_per_s`, `host_reads_per_step` (fit also `epoch_end_s`,
-        `validation_s`, `val_images`) and `seconds_per_step` of every repeat.
+        `plain` and `fit`, each with `seconds_per_step` (the best repeat's mean),
+        `median_step_s` (of every timed step on a CPU, else None), `steps_per_s`,
+        `images_per_s`, `host_reads_per_step`, the mean of every repeat (fit also
+        `epoch_end_s`, `validation_s`, `val_images`); `overhead_pct` (means),
+        `overhead_median_pct` (median steps, CPU) and `framework_ms_per_step` (fit - plain,
+        median steps where there are).
     """
     batch = int(cfg.data.batch_size)
     runs: dict[str, list[dict]] = {"plain": [], "fit": []}
@@ -215,12 +231,27 @@ def measure_overhead(
     result: dict[str, Any] = {}
     for name, rs in runs.items():
         best = min(rs, key=lambda x: x["seconds_per_step"])
+        steps_s = [t for x in rs for t in x.pop("step_seconds")]
         result[name] = {
             **best,
+            "median_step_s": statistics.median(steps_s) if steps_s else None,
             "steps_per_s": 1 / best["seconds_per_step"],
             "images_per_s": batch / best["seconds_per_step"],
             "repeats_s_per_step": [x["seconds_per_step"] for x in rs],
         }
-    plain, fit = result["plain"]["seconds_per_step"], result["fit"]["seconds_per_step"]
-    result["overhead_pct"] = 100 * (fit / plain - 1)
+    plain, fit = result["plain"], result["fit"]
+    result["overhead_pct"] = 100 * (fit["seconds_per_step"] / plain["seconds_per_step"] - 1)
+    result["overhead_median_pct"] = (
+        100 * (fit["median_step_s"] / plain["median_step_s"] - 1)
+        if plain["median_step_s"]
+        else None
+    )
+    median = result["overhead_median_pct"] is not None
+    key = "median_step_s" if median else "seconds_per_step"
+    result["framework_ms_per_step"] = 1e3 * (fit[key] - plain[key])
     return result
+
+
+def step_seconds(starts: list[float]) -> list[float]:
+    """Durations of consecutive steps from their start times."""
+    return [b - a for a, b in zip(starts, starts[1:], strict=False)]

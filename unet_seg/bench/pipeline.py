@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -61,9 +60,3 @@ def measure_pipeline(
     finally:
         datamodule.num_workers = default_workers
     return rows
-
-
-def data_files(root: str | Path) -> int:
-    """Number of training images the data root holds (for the table's caption)."""
-    folder = Path(root) / "images"
-    return sum(1 for _ in folder.iterdir()) if folder.is_dir() else 0
