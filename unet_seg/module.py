@@ -59,6 +59,8 @@ class SegModule(pl.LightningModule):
         self.test_scores = SegmentationScores(class_names)
         self.inference_level: int | None = None
         self._previous_loss: Tensor | None = None
+        self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
+        self._epoch_images = 0
         self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,15 +96,23 @@ class SegModule(pl.LightningModule):
             batch_size=len(images),
             sync_dist=not train,
         )
-        if train:  # the bar shows the epoch's mean instead, summed on the device, read once
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, prog_bar=True,
-                     logger=False, batch_size=len(images), sync_dist=True)  # fmt: skip
+        if train:  # summed on the device for the bar's epoch mean (one read per epoch)
+            self._epoch_loss = self._epoch_loss + loss.detach() * len(images)
+            self._epoch_images += len(images)
         if not train:
             logits = outputs[-1] if isinstance(outputs, list) else outputs
             getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
             # flagged on the device, checked once at the epoch's end: no sync per step
             self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss, self._epoch_images = 0.0, 0
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_images:  # on the progress bar only (TensorBoard has every step's loss)
+            mean = self._epoch_loss / self._epoch_images
+            self.log("train/loss_epoch", mean, prog_bar=True, logger=False, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         # The previous step's loss is long computed by now: checking it costs no stall.
