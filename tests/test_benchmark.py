@@ -135,7 +135,7 @@ def tiny_config(tmp_path: Path, **overrides: object) -> OmegaConf:
     tiny = {
         "arch": "unet", "size": 32, "batch": 2, "base_channels": 4, "device": "cpu", "threads": 1,
         "output": str(tmp_path / "bench.json"),
-        "overhead": {"warmup": 1, "steps": 2, "repeats": 1,
+        "overhead": {"warmup": 1, "steps": 2, "repeats": 1, "count_steps": 2,
                      "probe": {"base_channels": 2, "size": 16, "steps": 2}},
         "data": {"num_images": 24, "workers": [0, 1], "images": 8},
         "models": {"names": ["unet", "nested_ds", "monai_unet"], "warmup": 0, "steps": 1},

@@ -156,7 +156,8 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
 
 def _overhead(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
     o = cfg.overhead
-    out = measure_overhead(train_cfg, work, device, o.warmup, o.steps, o.repeats)
+    count = o.get("count_steps", 10)
+    out = measure_overhead(train_cfg, work, device, o.warmup, o.steps, o.repeats, count)
     target = TARGETS["overhead_pct_gpu" if device.type == "cuda" else "overhead_pct_cpu"]
     judged = out["overhead_median_pct"]  # on a CPU; a GPU has the window's mean only
     judged = out["overhead_pct"] if judged is None else judged
@@ -167,7 +168,7 @@ def _overhead(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN
             probe_cfg.arch.base_channels = o.probe.base_channels
             probe_cfg.data.crop_size = o.probe.size
         probe = measure_overhead(probe_cfg, work / "probe", device, o.warmup, o.probe.steps,
-                                 o.repeats)  # fmt: skip
+                                 o.repeats, count)  # fmt: skip
         key = "seconds_per_step" if probe["overhead_median_pct"] is None else "median_step_s"
         ms = probe["framework_ms_per_step"]  # fit - plain, in the same statistic as `key`
         out["probe"] = {
