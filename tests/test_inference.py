@@ -33,12 +33,14 @@ def make_checkpoint(
     mask_values: tuple[int, ...] = (0, 255),
     seed: int = 0,
     calibrate: np.ndarray | None = None,
+    **hparams,
 ) -> Path:
     """Save an untrained `SegModule` checkpoint (random weights, randomised batch-norm
     statistics so that the net is far from constant) as `python -m unet_seg.train` would.
 
     With `calibrate` (an `[H, W]` uint8 image), the head biases are set so that every
     foreground class wins on some pixels of that image: predictions that are not empty.
+    `hparams` go to `SegModule` as they are (e.g. `mask_format`, `mask_colors`).
     """
     torch.manual_seed(seed)
     k = len(mask_values)
@@ -49,6 +51,7 @@ def make_checkpoint(
         class_names=["background", *(f"class{i}" for i in range(1, k))],
         mask_values=list(mask_values),
         normalization={"mean": [0.5], "std": [0.25]},
+        **hparams,
     )
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -271,8 +274,8 @@ def test_wrong_images_get_clear_errors(checkpoints: dict[str, Path]) -> None:
     rgb = np.stack([image((40, 40), s) for s in range(3)], axis=2)
     with pytest.raises(ValueError, match=r"3 channel\(s\) but the model expects 1"):
         check_image(rgb, 1)
-    with pytest.raises(ValueError, match="expected uint8 or uint16"):
-        check_image(rgb.astype(np.float32) / 255, 3)
+    with pytest.raises(ValueError, match="pixel type int32"):
+        check_image(rgb.astype(np.int32), 3)
     with pytest.raises(ValueError, match="expected \\[H, W\\] or \\[H, W, C\\]"):
         check_image(np.zeros((2, 3, 4, 5), np.uint8), 1)
     assert check_image(image((40, 40)), 3).shape == (40, 40, 3)
@@ -280,6 +283,16 @@ def test_wrong_images_get_clear_errors(checkpoints: dict[str, Path]) -> None:
     assert model.labels(rgb).shape == (40, 40)
     with pytest.raises(ValueError, match=r"image 0: image has 2 channel\(s\)"):
         model.labels(rgb[:, :, :2])
+    # float images in [0, 1] are the uint8 ones divided by 255; opaque alpha is dropped
+    np.testing.assert_allclose(
+        model.probabilities(rgb / 255.0), model.probabilities(rgb), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        model.labels(rgb * 2.0)
+    alpha = np.full((40, 40, 1), 255, np.uint8)
+    np.testing.assert_array_equal(model.labels(np.concatenate([rgb, alpha], 2)), model.labels(rgb))
+    with pytest.raises(ValueError, match=r"has 4 channel\(s\) but the model expects 3"):
+        model.labels(np.concatenate([rgb, alpha // 2], 2))
 
 
 def _corrupt(src: Path, dst: Path, edit) -> Path:

@@ -17,6 +17,7 @@ from PIL import Image
 from tests.conftest import CONF
 from tests.test_inference import image, make_checkpoint
 from unet_seg import load_model
+from unet_seg.data.masks import MaskEncoding
 from unet_seg.predict import output_stems, predict
 
 
@@ -62,7 +63,7 @@ def test_predict_a_folder_with_every_output(
     assert sorted(p.name for p in written) == ["a.png", "b.png", "big.png"]
     assert "2 file(s) could not be read" in caplog.text
     assert "broken.png: cannot be read" in caplog.text
-    assert "colour.png: image has 3 channel(s)" in caplog.text
+    assert "colour.png: RGB image but data.in_channels=1" in caplog.text
     model = load_model(three_classes, device="cpu", tile_size=64, tta="flips")
     for name, shape in shapes.items():
         stem = Path(name).stem
@@ -100,6 +101,47 @@ def test_predict_a_glob_binary_masks_and_postprocessing(tmp_path: Path) -> None:
         assert mask.shape == (40, 60) and set(np.unique(mask)) <= {0, 255}
         count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8))
         assert (stats[1:, cv2.CC_STAT_AREA] >= 30).all()
+
+
+@pytest.mark.parametrize(
+    "hparams,read_back",
+    [
+        ({"mask_values": (0, 1, 2)}, {"mask_format": "palette"}),  # multi-class: palette PNG
+        ({"mask_values": (0, 7), "mask_format": "palette"}, {}),
+        (
+            {
+                "mask_values": (0, 1, 2),
+                "mask_format": "rgb",
+                "mask_colors": [[0, 0, 0], [255, 0, 0], [0, 0, 255]],
+            },
+            {},
+        ),  # fmt: skip
+        ({"mask_values": (0, 1, 2), "mask_format": "folders"}, {}),
+        ({"mask_values": (0, 1), "mask_format": "instances"}, {}),
+    ],
+    ids=["values", "palette", "rgb", "folders", "instances"],
+)
+def test_masks_are_written_in_the_dataset_format_and_read_back(
+    tmp_path: Path, hparams: dict, read_back: dict
+) -> None:
+    """What predict writes, the data loader reads back as the predicted classes."""
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", calibrate=image((64, 64)), **hparams)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    img = image((48, 64), 3)
+    cv2.imwrite(str(inputs / "a.png"), img)
+    out = tmp_path / "out"
+    predict(config(ckpt=ckpt, input=inputs, output=out, device="cpu"))
+    model = load_model(ckpt, device="cpu")
+    labels = model.labels(img)
+    assert labels.max() > 0  # something to write
+    k = len(hparams["mask_values"])
+    encoding = MaskEncoding(
+        **{"mask_values": hparams["mask_values"], "mask_format": "values", **hparams,
+           **read_back, "class_names": ["background", *(f"class{i}" for i in range(1, k))]}
+    )  # fmt: skip
+    got = encoding.load(out / ("a" if encoding.mask_format == "folders" else "a.png"))
+    np.testing.assert_array_equal(got, (labels > 0) if "instances" in str(hparams) else labels)
 
 
 def test_output_stems_keep_clashing_names_apart(tmp_path: Path) -> None:

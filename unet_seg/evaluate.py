@@ -21,11 +21,14 @@ import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR, load_run_config
-from unet_seg.data.dataset import SegDataset, find_pairs
+from unet_seg.data.dataset import find_pairs
+from unet_seg.data.readers import read_image
 from unet_seg.data.splits import load_splits
+from unet_seg.inference import Predictor
 from unet_seg.predict import display_image, overlay
 from unet_seg.scores import METRICS, RULES, ScoreBook
 from unet_seg.train import write_json
@@ -42,14 +45,22 @@ LABELS = {
 }
 
 
-def _pairs_and_checkpoint(cfg: DictConfig) -> tuple[list, Path, str]:
-    """(image/mask pairs, checkpoint, a label for what is evaluated) from the config."""
+def _checkpoint(cfg: DictConfig) -> Path:
+    """`ckpt=`, else the run's best checkpoint."""
+    if cfg.ckpt:
+        return Path(cfg.ckpt)
+    if not cfg.run_dir:
+        raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
+    return Path(cfg.run_dir) / "checkpoints" / "best.ckpt"
+
+
+def _pairs(cfg: DictConfig, class_folders: list[str] | None) -> tuple[list, str]:
+    """(image/mask pairs, a label for what is evaluated): the run's split, or a folder."""
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
-        run_cfg = load_run_config(run_dir)
-        ckpt = Path(cfg.ckpt) if cfg.ckpt else run_dir / "checkpoints" / "best.ckpt"
-        data = run_cfg.data
-        pairs = find_pairs(data.root, data.images_dir, data.masks_dir, data.mask_suffix)
+        data = load_run_config(run_dir).data
+        pairs = find_pairs(data.root, data.images_dir, data.masks_dir,
+                           data.get("mask_suffix") or "", class_folders)  # fmt: skip
         names = load_splits(run_dir / "splits.json")[cfg.split]
         if not names:
             raise ValueError(
@@ -60,10 +71,26 @@ def _pairs_and_checkpoint(cfg: DictConfig) -> tuple[list, Path, str]:
         missing = [n for n in names if n not in by_name]
         if missing:
             raise FileNotFoundError(f"{data.root}: split images missing, e.g. {missing[:5]}")
-        return [by_name[n] for n in names], ckpt, f"{cfg.split} split of {run_dir}"
-    if not cfg.ckpt or not cfg.data_root:
+        return [by_name[n] for n in names], f"{cfg.split} split of {run_dir}"
+    if not cfg.data_root:
         raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
-    return find_pairs(cfg.data_root), Path(cfg.ckpt), str(cfg.data_root)
+    pairs = find_pairs(cfg.data_root, mask_suffix=cfg.get("mask_suffix") or "",
+                       class_folders=class_folders)  # fmt: skip
+    return pairs, str(cfg.data_root)
+
+
+def load_pair(
+    image_path: Path, mask_path: Path, predictor: Predictor
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image `[H, W, C]` as read (the predictor scales it) and class indices `[H, W]`."""
+    image = read_image(image_path, predictor.in_channels)
+    truth = predictor.encoding.load(mask_path)
+    if image.shape[:2] != truth.shape:
+        raise ValueError(
+            f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
+            f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height)"
+        )
+    return image, truth
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -74,25 +101,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
         the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
     """
-    pairs, ckpt, what = _pairs_and_checkpoint(cfg)
+    ckpt = _checkpoint(cfg)
     predictor = load_model_from_config(ckpt, cfg)
-    dataset = SegDataset(
-        pairs, predictor.encoding, predictor.in_channels, predictor.mean, predictor.std
-    )
+    folders = predictor.class_names[1:] if predictor.encoding.mask_format == "folders" else None
+    pairs, what = _pairs(cfg, folders)
     book = ScoreBook(predictor.class_names)
     worst = _WorstCases(int(cfg.get("worst", 4)))
-    log.info("evaluating %s on %s, %d images", ckpt, what, len(dataset))
-    for start in range(0, len(dataset), predictor.batch_size):
-        chunk = range(start, min(start + predictor.batch_size, len(dataset)))
-        loaded = [dataset.load(i) for i in chunk]
+    log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
+    for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
+        chunk = pairs[start : start + predictor.batch_size]
+        loaded = [load_pair(image_path, mask_path, predictor) for image_path, mask_path in chunk]
         results = predictor.run([image for image, _ in loaded])
-        for i, (image, truth), (labels, _) in zip(chunk, loaded, results, strict=True):
-            row = book.add(pairs[i][0].name, labels, truth)
+        for (path, _), (image, truth), (labels, _) in zip(chunk, loaded, results, strict=True):
+            row = book.add(path.name, labels, truth)
             worst.offer(row, image, truth, labels)
     results = book.summary()
     results["dice"] = results["dice/pooled/mean_fg"]
     results["iou"] = results["iou/pooled/mean_fg"]
-    log.info("%s, %d images:\n%s", what, len(dataset), format_table(results, book.class_names))
+    log.info("%s, %d images:\n%s", what, len(pairs), format_table(results, book.class_names))
 
     output = Path(cfg.output) if cfg.output else _default_output(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)

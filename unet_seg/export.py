@@ -83,9 +83,15 @@ def export_metadata(module: SegModule, level: int | None) -> dict[str, str]:
         "level": level,
         "class_names": list(hp.class_names),
         "mask_values": list(hp.mask_values),
+        "mask_format": hp.get("mask_format", "values"),
+        "mask_colors": hp.get("mask_colors"),
         "normalization": {
-            **dict(hp.normalization),
-            "formula": "(pixel / max_value - mean) / std, max_value 255 (8-bit) or 65535 (16-bit)",
+            "mean": list(hp.normalization["mean"]),
+            "std": list(hp.normalization["std"]),
+            "intensity": dict(hp.normalization.get("intensity") or {"mode": "range"}),
+            "formula": "(to_unit_range(pixels) - mean) / std; intensity mode range: pixels / "
+            "255 (8-bit) or / 65535 (16-bit); percentile: each image's low..high percentiles "
+            "to 0..1, clipped",
         },
         "input": f"float32 [B, {hp.arch['in_channels']}, H, W] normalised; H, W >= {multiple}",
         "output": (

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
+from tqdm import tqdm
 
-from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.datamodule import encoding_from_config
+from unet_seg.data.readers import to_unit_range
 from unet_seg.data.transforms import normalize
 from unet_seg.module import SegModule
 from unet_seg.postprocess import PostProcess
@@ -74,36 +76,43 @@ def training_crop_size(ckpt: str | Path) -> int | None:
 
 
 def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.ndarray:
-    """Validate an image array and give it the net's channel count.
+    """Validate an image array and give it the net's channel count, by the rules of
+    `unet_seg.data.readers.read_image` for files.
 
     Args:
-        image: `[H, W]` or `[H, W, C]` uint8/uint16, RGB channel order.
+        image: `[H, W]` or `[H, W, C]` uint8/uint16, or float in [0, 1]; RGB(A) order.
         in_channels: channels the net expects; grayscale is repeated to 3, an RGB
-            image with equal channels becomes grayscale, RGBA drops alpha.
+            image with equal channels becomes grayscale, opaque RGBA drops alpha.
         name: what to call the image in errors.
     Returns:
-        `[H, W, in_channels]`, same dtype.
+        `[H, W, in_channels]` (float64 becomes float32).
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array, got {type(image).__name__}")
-    if image.dtype not in (np.uint8, np.uint16):
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise ValueError(
-            f"{name}: pixel type {image.dtype}, expected uint8 or uint16 as read from disk "
-            "(a float image in [0, 1]: pass (image * 255).round().astype(np.uint8))"
+            f"{name}: pixel type {image.dtype}, expected uint8 or uint16 as read from disk, "
+            "or float32 in [0, 1]"
         )
+    if image.dtype.kind == "f":
+        if not np.isfinite(image).all():
+            raise ValueError(f"{name}: float image holds NaN or infinite values")
+        image = image.astype(np.float32, copy=False)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or min(image.shape[:2]) < 1:
         raise ValueError(f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}")
     channels = image.shape[2]
-    if channels == 4 and in_channels == 3:
-        image, channels = image[:, :, :3], 3
     if channels == in_channels:
         return image
     if channels == 1 and in_channels == 3:
         return np.repeat(image, 3, axis=2)
     if channels == 3 and in_channels == 1 and (image[:, :, :1] == image).all():
         return image[:, :, :1]
+    if channels == 4 and in_channels == 3:
+        opaque = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0
+        if (image[:, :, 3] == opaque).all():
+            return image[:, :, :3]
     raise ValueError(
         f"{name}: image has {channels} channel(s) but the model expects {in_channels} "
         f"(it was trained with data.in_channels={in_channels}); convert the image"
@@ -142,6 +151,7 @@ class Predictor:
         batch_size: tiles (or same-size images) per forward pass.
         size: `resize` mode's net input, `[height, width]` or one side for a square.
         postprocess: applied to the label maps, or None.
+        progress: show a progress bar over the tile rows of each tiled image.
     """
 
     def __init__(
@@ -154,6 +164,7 @@ class Predictor:
         batch_size: int = 4,
         size: int | Sequence[int] | None = None,
         postprocess: PostProcess | None = None,
+        progress: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
@@ -175,11 +186,16 @@ class Predictor:
             size = [int(s) for s in size]
         self.size = None if size is None else (size, size) if isinstance(size, int) else size
         self.postprocess = postprocess or PostProcess()
+        self.progress = progress
         hp = module.hparams
         self.in_channels: int = hp.arch["in_channels"]
         self.class_names: list[str] = list(hp.class_names)
-        self.encoding = MaskEncoding(hp.mask_values)
-        self.mean, self.std = hp.normalization["mean"], hp.normalization["std"]
+        self.encoding = encoding_from_config(
+            hp.mask_values, hp.class_names, hp.get("mask_format", "values"), hp.get("mask_colors")
+        )
+        norm = hp.normalization
+        self.mean, self.std = norm["mean"], norm["std"]
+        self.intensity: dict = dict(norm.get("intensity") or {"mode": "range"})
 
     @property
     def device(self) -> torch.device:
@@ -192,8 +208,9 @@ class Predictor:
     # ---- public API -------------------------------------------------------------------
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Image `[H, W(, C)]` uint8/uint16 -> mask `[H, W]` in the dataset's encoding
-        (the training mask values, e.g. 0/255), post-processed."""
+        """Image `[H, W(, C)]` -> mask in the dataset's encoding, post-processed: `[H, W]`
+        mask values (e.g. 0/255) or palette indices; `[H, W, 3]` RGB colours for `rgb` masks;
+        class indices for `folders` and `instances` masks."""
         return self.encoding.decode(self.labels(image))
 
     def labels(self, image: np.ndarray) -> np.ndarray:
@@ -213,7 +230,7 @@ class Predictor:
         Returns:
             One `(labels [H, W] uint8, probabilities [K, H, W] float32 or None)` per image.
         """
-        images = [check_image(im, self.in_channels, f"image {i}") for i, im in enumerate(images)]
+        images = [self._prepare(im, f"image {i}") for i, im in enumerate(images)]
         results: list = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, image in enumerate(images):
@@ -235,6 +252,11 @@ class Predictor:
         return results
 
     # ---- one pass: whole image or resized ---------------------------------------------
+
+    def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
+        """Checked `[H, W, C]` in the training intensity scale (`data.intensity`, on the whole
+        image: percentiles are the image's, not a tile's); uint8 stays uint8 in `range` mode."""
+        return to_unit_range(check_image(image, self.in_channels, name), **self.intensity)
 
     def takes_one_pass(self, shape: Sequence[int]) -> bool:
         """Whether an image of `shape` (`[H, W, ...]`) is one forward pass, not tiles."""
@@ -304,7 +326,8 @@ class Predictor:
         acc = torch.zeros(k, 0, width, device=self.device)  # rows [top, top + acc rows)
         wsum = torch.zeros(0, width, device=self.device)
         top = 0
-        for r, y in enumerate(ys):
+        rows_bar = tqdm(ys, desc="tile rows", unit="row", leave=False, disable=not self.progress)
+        for r, y in enumerate(rows_bar):
             grow = y + th - top - acc.shape[1]
             if grow > 0:
                 acc = torch.cat([acc, acc.new_zeros(k, grow, width)], dim=1)

@@ -1,12 +1,13 @@
 """Write masks for new images from a checkpoint alone:
 `python -m unet_seg.predict ckpt=best.ckpt input=DIR_OR_FILE_OR_GLOB [output=DIR] [key=value ...]`.
 
-Masks come out at each image's own size, in the dataset's encoding (a `[0, 255]`
-dataset gets 0/255 PNGs back; more than two classes give a palette PNG whose
-indices are the mask values). Optional overlays (`overlays/`) and probability maps
-(`probabilities/`, float32 TIFF, one page per class; one page, the foreground,
-for two classes). Files that cannot be read are listed at the end; the others
-still finish.
+Masks come out at each image's own size in the dataset's mask format: mask values
+(a `[0, 255]` dataset gets 0/255 PNGs; more than two classes a palette PNG whose
+indices are the values), palette PNGs, RGB colour PNGs, one `<class>/` folder of
+0/255 masks per foreground class, or numbered objects for instance masks.
+Optional overlays (`overlays/`) and probability maps (`probabilities/`, float32
+TIFF, one page per class; for two classes one page, class 1). Files that cannot
+be read are listed at the end; the others still finish.
 """
 
 from __future__ import annotations
@@ -94,14 +95,26 @@ def mask_palette(mask_values: list[int]) -> list[int]:
     return palette.ravel().tolist()
 
 
-def write_mask(path: Path, mask: np.ndarray, palette: list[int] | None) -> None:
-    """Write mask values `[H, W]` as a PNG; as a palette PNG when `palette` is given."""
+def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
+    """Write `[H, W]` (8/16-bit) or RGB `[H, W, 3]` as a PNG; with `palette`, a palette PNG
+    whose pixel indices are the `[H, W]` uint8 values."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if palette is not None:
-        image = Image.fromarray(mask)  # mode L
-        image.putpalette(palette)  # now mode P: indices are the mask values
+        image = Image.fromarray(array)  # mode L
+        image.putpalette(palette)  # now mode P: the indices are the values
         image.save(path)
-    elif not cv2.imwrite(str(path), mask):
+        return path
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[:, :, ::-1])  # RGB -> BGR for OpenCV
+    if not cv2.imwrite(str(path), array):
         raise OSError(f"could not write {path}")
+    return path
+
+
+def instance_labels(labels: np.ndarray) -> np.ndarray:
+    """Foreground `[H, W]` -> its 8-connected objects numbered 1..N (uint8, or uint16 past 255)."""
+    count, objects = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
+    return objects.astype(np.uint8 if count <= 256 else np.uint16)
 
 
 def write_probabilities(path: Path, probs: np.ndarray) -> None:
@@ -113,7 +126,8 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
 
 
 class _Writer:
-    """Writes one image's outputs under `output` (masks, overlays/, probabilities/)."""
+    """Writes one image's outputs under `output`: its mask in the dataset's format,
+    `overlays/` and `probabilities/` when asked."""
 
     def __init__(self, predictor: Predictor, output: Path, cfg: DictConfig) -> None:
         self.predictor, self.output = predictor, output
@@ -122,25 +136,44 @@ class _Writer:
         for folder in (output, self.overlays, self.probabilities):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-        values = predictor.encoding.mask_values
+        encoding = predictor.encoding
+        values = encoding.mask_values
         use_palette = cfg.get("palette", "auto")
         if use_palette == "auto":
-            use_palette = len(values) > 2 and max(values) < 256
-        if use_palette and max(values) > 255:
-            raise ValueError(f"palette=true needs mask values below 256, got {values}")
+            use_palette = encoding.mask_format == "palette" or (
+                encoding.mask_format == "values" and len(values) > 2 and max(values) < 256
+            )
+        if use_palette and (encoding.mask_format not in ("values", "palette") or max(values) > 255):
+            raise ValueError(
+                f"palette=true needs data.mask_format values or palette with values below 256, "
+                f"got {encoding.mask_format} {values}"
+            )
         self.palette = mask_palette(values) if use_palette else None
 
     def __call__(
         self, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
     ) -> Path:
-        target = self.output / f"{stem}.png"
-        write_mask(target, self.predictor.encoding.decode(labels), self.palette)
+        target = self.write_mask(stem, labels)
         if self.overlays is not None:
-            picture = overlay(display_image(image), labels)
-            cv2.imwrite(str(self.overlays / f"{stem}.png"), picture[:, :, ::-1])  # RGB -> BGR
+            write_png(self.overlays / f"{stem}.png", overlay(display_image(image), labels))
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
         return target
+
+    def write_mask(self, stem: str, labels: np.ndarray) -> Path:
+        """The mask as the dataset stores masks; returns the (first) file written."""
+        encoding = self.predictor.encoding
+        if encoding.mask_format == "folders":  # masks/<class>/<stem>.png, 0/255 each
+            names = self.predictor.class_names[1:]
+            files = [
+                write_png(self.output / name / f"{stem}.png", (labels == c).astype(np.uint8) * 255)
+                for c, name in enumerate(names, start=1)
+            ]
+            return files[0]
+        target = self.output / f"{stem}.png"
+        if encoding.mask_format == "instances":
+            return write_png(target, instance_labels(labels))
+        return write_png(target, encoding.decode(labels), self.palette)
 
 
 def predict(cfg: DictConfig) -> list[Path]:
@@ -151,6 +184,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     """
     files = resolve_inputs(str(cfg.input))
     predictor = load_model_from_config(cfg.ckpt, cfg)
+    predictor.progress = True
     output = Path(cfg.output)
     writer = _Writer(predictor, output, cfg)
     want_probs = bool(cfg.get("probabilities"))
