@@ -185,3 +185,13 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode != 0 and "not a loadable unet-seg checkpoint" in proc.stderr
+
+
+def test_training_without_a_logger_and_the_crop_size_in_the_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cfg = compose_train([*TINY, "logger=none", "trainer.max_epochs=1", f"run_dir={run_dir}",
+                         f"data.root={tmp_path / 'data'}"])  # fmt: skip
+    assert 0 <= train(cfg)["val/dice"] <= 1
+    assert not (run_dir / "tensorboard").exists()
+    ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["input_size"] == 48  # resize-mode inference needs it

@@ -203,7 +203,7 @@ def bad_folder(root: Path) -> dict[str, str]:
     return {
         "img01.png": "cannot be read", "img02.png": "cannot be read",
         "img03.png": "cannot be read", "img04.png": "mask is 20x20",
-        "img05.png": "[128] are not in data.mask_values", "img06.tif": "pixel type float32",
+        "img05.png": "[128] are not in data.mask_values", "img06.tif": "float image holds NaN",
     }  # fmt: skip
 
 

@@ -40,16 +40,16 @@ def load_model(
         tta: `none`, `flips` (4 passes) or `d4` (8 flips and rotations).
         level: UNet++ pruning level 1..4 (None: the full net).
         batch_size: tiles (or same-size images) per forward pass.
-        size: `resize` mode's input size; default: the run's `data.crop_size` when the
-            checkpoint still sits in its run directory.
+        size: `resize` mode's input size; default: the training crop size the
+            checkpoint records (older ones: their run's `data.crop_size`).
         postprocess: a `PostProcess` or its fields as a dict
             (`min_size`, `fill_holes`, `keep_largest`).
     """
-    if mode == "resize" and size is None:
-        size = training_crop_size(ckpt)
+    module = load_for_inference(ckpt, device, level)
+    if mode == "resize" and size is None:  # the checkpoint's own, else its run's config
+        size = module.hparams.get("input_size") or training_crop_size(ckpt)
     if isinstance(postprocess, Mapping):
         postprocess = PostProcess(**postprocess)
-    module = load_for_inference(ckpt, device, level)
     return Predictor(module, mode, tile_size, overlap, tta, batch_size, size, postprocess)
 
 

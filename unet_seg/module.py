@@ -37,6 +37,7 @@ class SegModule(pl.LightningModule):
         normalization: `{"mean": [...], "std": [...], "intensity": {...}}`: how inputs
             reach [0, 1] (`data.intensity`) and are then standardised.
         mask_format, mask_colors: the dataset's mask encoding (`unet_seg.data.masks`).
+        input_size: the training patch side (`data.crop_size`), for resize-mode inference.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class SegModule(pl.LightningModule):
         scheduler: dict | None = None,
         mask_format: str = "values",
         mask_colors: list[list[int]] | None = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

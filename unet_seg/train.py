@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -78,6 +79,7 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
                        "intensity": to_plain(data.get("intensity")) or {"mode": "range"}},
         mask_format=data.get("mask_format", "values"),
         mask_colors=to_plain(data.get("mask_colors")),
+        input_size=data.get("crop_size"),
     )  # fmt: skip
 
 
@@ -163,9 +165,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     datamodule = build_datamodule(cfg, run_dir)
     module = build_module(cfg, datamodule)
     check_output_dir(run_dir, module)
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    callbacks.append(GracefulStop(last.parent))
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # nothing to log the learning rate to (it refuses to run without)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(GracefulStop(last.parent))
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
