@@ -17,6 +17,9 @@ from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
 from unet_seg.models.registry import build_net
 
+NONFINITE_CHECK_EVERY = 20
+"""Training steps between host reads of the non-finite-loss flag (NaN is caught within these)."""
+
 CHECKPOINT_FORMAT = 1
 """Version of what `SegModule` stores in a checkpoint (bumped when that changes)."""
 
@@ -60,7 +63,7 @@ class SegModule(pl.LightningModule):
         self.val_scores = SegmentationScores(class_names)
         self.test_scores = SegmentationScores(class_names)
         self.inference_level: int | None = None
-        self._previous_loss: Tensor | None = None
+        self._train_nonfinite = torch.zeros((), dtype=torch.bool)
         self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
         self._epoch_images = 0
         self._nonfinite = torch.zeros((), dtype=torch.bool)
@@ -110,20 +113,26 @@ class SegModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_images = 0.0, 0
+        self._train_nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
 
     def on_train_epoch_end(self) -> None:
+        self._check_train_loss("in this epoch")
         if self._epoch_images:  # on the progress bar only (TensorBoard has every step's loss)
             mean = self._epoch_loss / self._epoch_images
             self.log("train/loss_epoch", mean, prog_bar=True, logger=False, sync_dist=True)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        # The previous step's loss is long computed by now: checking it costs no stall.
-        previous, self._previous_loss = self._previous_loss, None
-        if previous is not None and not torch.isfinite(previous):
-            self._raise_nonfinite("train", f"step {self.global_step - 1}")
         loss = self._shared_step(batch, "train")
-        self._previous_loss = loss.detach()
+        # flagged on the device; read every NONFINITE_CHECK_EVERY steps and at the epoch's
+        # end, so the host never waits on the accelerator for it in between
+        self._train_nonfinite = self._train_nonfinite | ~torch.isfinite(loss.detach())
+        if (batch_idx + 1) % NONFINITE_CHECK_EVERY == 0:
+            self._check_train_loss(f"by step {self.global_step}")
         return loss
+
+    def _check_train_loss(self, where: str) -> None:
+        if bool(self._train_nonfinite):
+            self._raise_nonfinite("train", where)
 
     def _raise_nonfinite(self, stage: str, where: str) -> None:
         raise FloatingPointError(
