@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from unet_seg.data.datamodule import encoding_from_config
-from unet_seg.data.readers import to_unit_range
+from unet_seg.data.readers import fit_channels, to_unit_range
 from unet_seg.data.transforms import normalize
 from unet_seg.module import SegModule
 from unet_seg.postprocess import PostProcess
@@ -89,34 +89,8 @@ def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array, got {type(image).__name__}")
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise ValueError(
-            f"{name}: pixel type {image.dtype}, expected uint8 or uint16 as read from disk, "
-            "or float32 in [0, 1]"
-        )
-    if image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise ValueError(f"{name}: float image holds NaN or infinite values")
-        image = image.astype(np.float32, copy=False)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}")
-    channels = image.shape[2]
-    if channels == in_channels:
-        return image
-    if channels == 1 and in_channels == 3:
-        return np.repeat(image, 3, axis=2)
-    if channels == 3 and in_channels == 1 and (image[:, :, :1] == image).all():
-        return image[:, :, :1]
-    if channels == 4 and in_channels == 3:
-        opaque = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0
-        if (image[:, :, 3] == opaque).all():
-            return image[:, :, :3]
-    raise ValueError(
-        f"{name}: image has {channels} channel(s) but the model expects {in_channels} "
-        f"(it was trained with data.in_channels={in_channels}); convert the image"
-    )
+    fix = "convert the image: the model was trained on that many channels"
+    return fit_channels(image, in_channels, name, fix)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:

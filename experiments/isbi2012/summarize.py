@@ -24,7 +24,7 @@ METRICS = [
 
 def summarize(sweep: Path) -> str:
     rows: dict[str, list[dict]] = {}
-    for metrics_file in sorted(sweep.glob("*/metrics.json")):
+    for metrics_file in sorted(sweep.rglob("metrics.json")):
         cfg = yaml.safe_load((metrics_file.parent / "config.yaml").read_text())
         metrics = json.loads(metrics_file.read_text())
         rows.setdefault(cfg["arch"]["name"], []).append({"fold": cfg["data"]["fold"], **metrics})

@@ -96,18 +96,32 @@ def _read_with_pillow(path: Path) -> np.ndarray:
 
 
 def read_image(path: str | Path, in_channels: int) -> np.ndarray:
-    """An image as `[H, W, in_channels]`, following the table in this module's docstring."""
-    image = read_array(path)
+    """An image as `[H, W, in_channels]`, following the rules in this module's docstring."""
+    fix = "set data.in_channels={channels}"
+    return fit_channels(read_array(path), in_channels, str(path), fix)
+
+
+def fit_channels(
+    image: np.ndarray, in_channels: int, name: str, fix: str = "set data.in_channels={channels}"
+) -> np.ndarray:
+    """Check pixel type and values, then give `[H, W(, C)]` exactly `in_channels` channels.
+
+    The conversions are the module docstring's; anything else raises a ValueError
+    that names the image (`name`) and ends with `fix` (`{channels}` is filled in).
+    Float images must be finite and become float32.
+    """
     if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
         raise ValueError(
-            f"{path}: pixel type {image.dtype} unsupported; expected 8 or 16 bit, or float"
+            f"{name}: pixel type {image.dtype} unsupported; expected 8 or 16 bit, or float"
         )
     if image.dtype.kind == "f":
         if not np.isfinite(image).all():
-            raise ValueError(f"{path}: float image holds NaN or infinite values; fix the file")
+            raise ValueError(f"{name}: float image holds NaN or infinite values; fix the file")
         image = image.astype(np.float32, copy=False)
     if image.ndim == 2:
         image = image[:, :, None]
+    if image.ndim != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}")
     channels = image.shape[2]
     if channels == in_channels:
         return image
@@ -120,14 +134,14 @@ def read_image(path: str | Path, in_channels: int) -> np.ndarray:
         if (image[:, :, 3] == opaque).all():
             return image[:, :, :3]
         raise ValueError(
-            f"{path}: RGBA image with transparent pixels, but data.in_channels=3; flatten "
+            f"{name}: RGBA image with transparent pixels, but data.in_channels=3; flatten "
             "the images onto a background, or set data.in_channels=4 to feed alpha to the net"
         )
     kind = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
-    fix = f"set data.in_channels={channels}"
+    hint = fix.format(channels=channels)
     if channels == 3 and in_channels == 1:
-        fix += " (the channels differ, so a grayscale conversion would be a guess)"
-    raise ValueError(f"{path}: {kind} image but data.in_channels={in_channels}; {fix}")
+        hint += " (the channels differ, so a grayscale conversion would be a guess)"
+    raise ValueError(f"{name}: {kind} image but data.in_channels={in_channels}; {hint}")
 
 
 def to_unit_range(
