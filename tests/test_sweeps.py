@@ -68,3 +68,32 @@ def test_cross_validation_folds_and_their_ensemble(tmp_path: Path) -> None:
     assert 0 <= result["ensemble"]["dice"] <= 1
     folds = report([sweep], tmp_path / "report")
     assert folds["setting"] == [] and folds["groups"][0]["n"] == 2  # folds are replicates
+
+
+def test_a_grid_run_again_skips_finished_jobs_and_resumes_the_rest(tmp_path: Path) -> None:
+    import torch
+
+    sweep = tmp_path / "grid"
+    args = [f"hydra.sweep.dir={sweep}", "optimizer=adam,sgd", "final_eval=false"]
+    train_cli(*args, cwd=tmp_path)
+    done = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    (sweep / "1" / "metrics.json").unlink()  # as if job 1 was killed after its last epoch
+    steps = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    train_cli(*args, cwd=tmp_path)  # the same command again
+    assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == done  # kept, not retrained
+    assert (sweep / "1" / "metrics.json").is_file()  # finished from its checkpoint
+    last = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == steps  # nothing trained twice
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_a_run_directory_holding_another_run_is_refused(tmp_path: Path) -> None:
+    from tests.conftest import compose_train
+    from unet_seg.train import train
+
+    run_dir = tmp_path / "run"
+    common = [*TINY, f"data.root={tmp_path / 'data'}", f"run_dir={run_dir}", "final_eval=false"]
+    train(compose_train(common))
+    with pytest.raises(ValueError, match="already holds a run with another config"):
+        train(compose_train([*common, "optimizer=sgd"]))
+    assert train(compose_train(common))["epochs"] == 1  # the same config: its metrics back

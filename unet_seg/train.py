@@ -26,7 +26,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
-from unet_seg.config import CONF_DIR, check_targets, load_run_config, save_run_config, to_plain
+from unet_seg.config import (
+    CONF_DIR,
+    RUN_CONFIG,
+    check_targets,
+    load_run_config,
+    save_run_config,
+    to_plain,
+)
 from unet_seg.data.datamodule import SegDataModule, encoding_from_config
 from unet_seg.module import SegModule
 
@@ -103,6 +110,26 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
     return cfg
 
 
+def continue_run(cfg: DictConfig) -> dict | None:
+    """For a run directory that already holds a run: its metrics if it finished, else None
+    (resume it). A different config there is an error: nothing a user made is overwritten.
+    """
+    run_dir = Path(cfg.run_dir)
+    saved = to_plain(load_run_config(run_dir))
+    if {**saved, "resume": None} != {**to_plain(cfg), "resume": None}:
+        raise ValueError(
+            f"{run_dir} already holds a run with another config ({run_dir / RUN_CONFIG}): "
+            "choose another directory (hydra.run.dir / hydra.sweep.dir), or continue that "
+            f"run with resume={run_dir}"
+        )
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        log.info("%s already finished: its metrics.json is kept", run_dir)
+        return json.loads(metrics.read_text())
+    log.info("%s holds this run, unfinished: resuming it", run_dir)
+    return None
+
+
 class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM or Ctrl+C after saving `last.ckpt`."""
 
@@ -150,6 +177,12 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     resuming = bool(cfg.get("resume"))
     if resuming:
         cfg = resume_config(cfg.resume, overrides)
+    elif (Path(cfg.run_dir) / RUN_CONFIG).is_file():
+        # this directory already holds this run (a sweep run again after an interruption)
+        finished = continue_run(cfg)
+        if finished is not None:
+            return finished
+        cfg, resuming = load_run_config(cfg.run_dir), True
     check_targets(cfg)
     run_dir = Path(cfg.run_dir)
     last = run_dir / "checkpoints" / "last.ckpt"
