@@ -7,9 +7,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 CONF = Path(__file__).parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets run faster on one thread, and a busy machine does not stall them.
+
+    Modules of small-model tests use it with `pytestmark = pytest.mark.usefixtures(...)`.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_folder(

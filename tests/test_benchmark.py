@@ -24,14 +24,8 @@ from unet_seg.models.unet import UNet
 from unet_seg.module import FastPath, apply_fast_path
 from unet_seg.train import build_module
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (as `threads=1` does): steadier on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread, as `threads=1` does: steadier on a CPU shared with other jobs
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- measuring tools -------------------------------------------------------------------

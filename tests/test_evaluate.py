@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, write_folder
@@ -20,14 +19,7 @@ from unet_seg.data.dataset import find_pairs, read_image, read_mask
 from unet_seg.evaluate import evaluate
 from unet_seg.scores import RULES, ScoreBook
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets run faster on one thread, and a busy machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**overrides) -> OmegaConf:

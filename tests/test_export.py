@@ -23,12 +23,7 @@ ROOT = Path(__file__).parents[1]
 SHAPES = [(1, 45, 70), (3, 96, 128), (2, 17, 33), (1, 130, 61)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(ckpt: Path, **overrides) -> OmegaConf:

@@ -19,13 +19,7 @@ ARCHS = sorted(p.stem for p in (CONF / "arch").glob("*.yaml"))
 NODE_NAMES = [f"conv{i}_{j}" for i in range(5) for j in range(5) if i + j <= 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models run fastest single-threaded (and avoid oversubscribed CI cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: nn.Module) -> int:
