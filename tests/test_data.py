@@ -11,8 +11,9 @@ import torch
 
 from tests.conftest import write_folder
 from unet_seg.data.datamodule import SegDataModule, check_class_config
-from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate, read_image, read_mask
+from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate, read_image
 from unet_seg.data.masks import IGNORE_INDEX, MaskEncoding
+from unet_seg.data.readers import read_array
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.transforms import build_train_transform, denormalize, normalize
 
@@ -108,7 +109,7 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="broken.png.*cannot be read"):
         read_image(bad, 1)
     with pytest.raises(ValueError, match="broken.png.*cannot be read"):
-        read_mask(bad)
+        read_array(bad)
 
 
 def test_dataset_sample_and_normalisation(folder: Path) -> None:

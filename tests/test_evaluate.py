@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from tests.conftest import CONF, write_folder
 from tests.test_inference import make_checkpoint
 from unet_seg import load_model
-from unet_seg.data.dataset import find_pairs, read_image, read_mask
+from unet_seg.data.dataset import find_pairs, read_image
+from unet_seg.data.readers import read_array
 from unet_seg.evaluate import evaluate
 from unet_seg.scores import RULES, ScoreBook
 
@@ -69,7 +70,7 @@ def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path
     book = ScoreBook(["background", "class1"])
     for image_path, mask_path in find_pairs(data):
         labels = model.labels(read_image(image_path, 1))
-        book.add(image_path.name, labels, (read_mask(mask_path) > 0).astype(np.uint8))
+        book.add(image_path.name, labels, (read_array(mask_path) > 0).astype(np.uint8))
     again = book.summary()
     assert scores["n/hd95/class1"] > 0  # the calibrated net predicts some foreground
     for key in ("dice/pooled/class1", "hd95/image_mean/class1", "recall/pooled/background",

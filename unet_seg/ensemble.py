@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from unet_seg.config import load_run_config
 from unet_seg.data.datamodule import encoding_from_config
-from unet_seg.data.dataset import SegDataset, find_pairs
+from unet_seg.data.dataset import SegDataset
 from unet_seg.data.splits import load_splits
+from unet_seg.evaluate import run_split_pairs
 from unet_seg.metrics import SegmentationScores
 from unet_seg.module import SegModule
 from unet_seg.report import find_runs
@@ -49,20 +49,13 @@ def ensemble(folders: Sequence[str | Path], split: str = "test", device: str = "
             f"the runs do not share one non-empty {split} split: train the folds with "
             "data.test_fraction > 0 so that they hold out the same test images"
         )
-    cfg = load_run_config(runs[0])
-    data = cfg.data
     models = [SegModule.from_checkpoint(run_checkpoint(r), device).to(device) for r in runs]
     hp = models[0].hparams
-    class_folders = data.class_names[1:] if hp.mask_format == "folders" else None
-    pairs = dict(
-        (img.name, (img, mask))
-        for img, mask in find_pairs(
-            data.root, data.images_dir, data.masks_dir, data.mask_suffix, class_folders
-        )  # fmt: skip
-    )
+    class_folders = hp.class_names[1:] if hp.mask_format == "folders" else None
+    pairs = run_split_pairs(runs[0], split, class_folders)
     encoding = encoding_from_config(hp.mask_values, hp.class_names, hp.mask_format, hp.mask_colors)
     norm = hp.normalization
-    dataset = SegDataset([pairs[n] for n in splits[0]], encoding, hp.arch["in_channels"],
+    dataset = SegDataset(pairs, encoding, hp.arch["in_channels"],
                          norm["mean"], norm["std"], intensity=norm.get("intensity"))  # fmt: skip
     scores = [SegmentationScores(hp.class_names) for _ in range(len(models) + 1)]
     with torch.no_grad():

@@ -54,24 +54,28 @@ def _checkpoint(cfg: DictConfig) -> Path:
     return Path(cfg.run_dir) / "checkpoints" / "best.ckpt"
 
 
+def run_split_pairs(run_dir: Path, split: str, class_folders: list[str] | None) -> list:
+    """The image/mask pairs of a run's `split`, as its `splits.json` lists them."""
+    data = load_run_config(run_dir).data
+    pairs = find_pairs(data.root, data.images_dir, data.masks_dir,
+                       data.get("mask_suffix") or "", class_folders)  # fmt: skip
+    names = load_splits(run_dir / "splits.json")[split]
+    if not names:
+        raise ValueError(
+            f"{run_dir}/splits.json: the {split} split is empty; choose split=val or split=train"
+        )
+    by_name = {img.name: (img, mask) for img, mask in pairs}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise FileNotFoundError(f"{data.root}: split images missing, e.g. {missing[:5]}")
+    return [by_name[n] for n in names]
+
+
 def _pairs(cfg: DictConfig, class_folders: list[str] | None) -> tuple[list, str]:
     """(image/mask pairs, a label for what is evaluated): the run's split, or a folder."""
     if cfg.run_dir:
         run_dir = Path(cfg.run_dir)
-        data = load_run_config(run_dir).data
-        pairs = find_pairs(data.root, data.images_dir, data.masks_dir,
-                           data.get("mask_suffix") or "", class_folders)  # fmt: skip
-        names = load_splits(run_dir / "splits.json")[cfg.split]
-        if not names:
-            raise ValueError(
-                f"{run_dir}/splits.json: the {cfg.split} split is empty; "
-                "choose split=val or split=train"
-            )
-        by_name = {img.name: (img, mask) for img, mask in pairs}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise FileNotFoundError(f"{data.root}: split images missing, e.g. {missing[:5]}")
-        return [by_name[n] for n in names], f"{cfg.split} split of {run_dir}"
+        return run_split_pairs(run_dir, cfg.split, class_folders), f"{cfg.split} split of {run_dir}"
     if not cfg.data_root:
         raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
     pairs = find_pairs(cfg.data_root, mask_suffix=cfg.get("mask_suffix") or "",

@@ -11,22 +11,17 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
-from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array, read_image, to_unit_range
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_image, to_unit_range
 from unet_seg.data.transforms import mask_to_tensor, normalize
 
 __all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_pairs", "list_images", "pad_collate",
-           "read_image", "read_mask"]  # fmt: skip
+           "read_image"]  # fmt: skip
 
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside `folder`, sorted by name."""
     folder = Path(folder)
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file as stored, `[H, W]` (or `[H, W, C]` for colour masks)."""
-    return read_array(path)
 
 
 def find_pairs(
