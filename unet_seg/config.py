@@ -7,6 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from unet_seg.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "config.yaml"
@@ -77,12 +79,7 @@ def register_resolvers() -> None:
 
 def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
     """Write the resolved config of a run to `run_dir/config.yaml`; return the path."""
-    path = Path(run_dir) / RUN_CONFIG
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(Path(run_dir) / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def load_run_config(run_dir: str | Path) -> DictConfig:

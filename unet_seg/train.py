@@ -11,6 +11,7 @@ import logging
 import shutil
 import signal
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from unet_seg.config import (
     to_plain,
 )
 from unet_seg.data.datamodule import SegDataModule, encoding_from_config
+from unet_seg.files import atomic_write_text
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -147,9 +149,8 @@ def check_output_dir(run_dir: Path, module: SegModule) -> None:
     checkpoints = run_dir / "checkpoints"
     try:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        probe = checkpoints / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=checkpoints) as probe:  # unique: ranks run this too
+            probe.write(b"ok")
     except OSError as err:
         raise OSError(
             f"cannot write to {checkpoints}: {err.strerror or err}. "
@@ -266,9 +267,7 @@ def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict)
 
 def write_json(data: dict, path: Path) -> None:
     """Write JSON atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from unet_seg.files import atomic_write_text
+
 STAGES = ("train", "val", "test")
 
 
@@ -122,11 +124,7 @@ def make_folds(
 
 def save_splits(splits: dict[str, list[str]], path: str | Path) -> None:
     """Write the split atomically as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({k: splits[k] for k in STAGES}, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({k: splits[k] for k in STAGES}, indent=1) + "\n")
 
 
 def load_splits(path: str | Path) -> dict[str, list[str]]:
