@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
+from unet_seg.models.blocks import center_crop
 from unet_seg.models.registry import build_net
 
 NONFINITE_CHECK_EVERY = 20
@@ -88,9 +89,15 @@ class SegModule(pl.LightningModule):
         return logits.argmax(dim=1)
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
-        images, masks = batch["image"], batch["mask"]
+        images, masks, weights = batch["image"], batch["mask"], batch.get("weight")
         outputs = self.net(images)
-        loss = self.loss_fn(outputs, masks)
+        logits = outputs[-1] if isinstance(outputs, list) else outputs
+        # a valid-convolution net answers for the centre of its input only: score that
+        masks = center_crop(masks, logits.shape[-2:])
+        if weights is None:
+            loss = self.loss_fn(outputs, masks)
+        else:  # per-pixel loss weights [B, H, W] (loss=weighted_ce_dice)
+            loss = self.loss_fn(outputs, masks, center_crop(weights, logits.shape[-2:]))
         train = stage == "train"
         self.log(
             f"{stage}/loss",
@@ -105,7 +112,6 @@ class SegModule(pl.LightningModule):
             self._epoch_loss = self._epoch_loss + loss.detach() * len(images)
             self._epoch_images += len(images)
         if not train:
-            logits = outputs[-1] if isinstance(outputs, list) else outputs
             getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
             # flagged on the device, checked once at the epoch's end: no sync per step
             self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())

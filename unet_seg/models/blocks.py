@@ -7,6 +7,8 @@ with batch normalisation after every 3x3 convolution.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,3 +152,18 @@ def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     h, w = size
     return x[..., :h, :w]
+
+
+def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """The central `size` (H, W) of `x`'s last two dimensions (the U-Net paper's skip crop).
+
+    Shape:
+        [..., H', W'] -> [..., H, W] with H <= H', W <= W'; `x` itself when the size matches
+    """
+    h, w = int(size[0]), int(size[1])
+    dh, dw = x.shape[-2] - h, x.shape[-1] - w
+    if dh == 0 and dw == 0:
+        return x
+    if dh < 0 or dw < 0:
+        raise ValueError(f"cannot centre-crop {tuple(x.shape[-2:])} to the larger {(h, w)}")
+    return x[..., dh // 2 : dh // 2 + h, dw // 2 : dw // 2 + w]
