@@ -102,6 +102,22 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
+def aligned_starts(length: int, tile: int, stride: int, align: int) -> list[int]:
+    """Start offsets, multiples of `align`, of tiles of side `tile` covering `[0, length)`
+    no further apart than `stride` (but at least `align`); the last tile may overrun `length`.
+    """
+    step = max(align, stride // align * align)
+    if step > tile < length:
+        raise ValueError(
+            f"tile side {tile} is smaller than the net's pooling grid {align}: tiles would leave "
+            f"gaps; use tile_size >= {align}"
+        )
+    starts = [0]
+    while starts[-1] + tile < length:
+        starts.append(starts[-1] + step)
+    return starts
+
+
 def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> Tensor:
     """Blending weights `[height, width]`: a Gaussian (sigma = side / 8) peaking at 1 in the
     centre, floored at 1e-4 so that every pixel keeps some weight."""
@@ -119,7 +135,9 @@ class Predictor:
     Args:
         module: a `SegModule` in eval mode (see `load_for_inference`).
         mode: `whole`, `resize` or `tile` (see `MODES`).
-        tile_size: tile side in pixels (`tile` mode); an image no larger is one pass.
+        tile_size: tile side in pixels (`tile` mode); an image no larger is one pass. For a
+            valid-convolution net, the output side of a tile: its input is larger by the
+            net's context on each side.
         overlap: fraction of a tile shared with its neighbour, in [0, 1).
         tta: `none`, `flips` (4 passes) or `d4` (8 passes), averaged over probabilities.
         batch_size: tiles (or same-size images) per forward pass.
@@ -255,15 +273,20 @@ class Predictor:
 
     # ---- TTA --------------------------------------------------------------------------
 
-    def _tta_probabilities(self, x: Tensor) -> Tensor:
+    def _tta_probabilities(self, x: Tensor, with_context: bool = False) -> Tensor:
         """Batch `[B, C, h, w]` -> class probabilities `[B, K, h, w]`, averaged over the TTA
-        transforms (each undone on the probabilities before averaging)."""
+        transforms (each undone on the probabilities before averaging).
+
+        `with_context`: `x` carries `module.context` pixels of context on each side (a
+        valid-convolution net's overlap tile), and the probabilities cover its centre only.
+        """
         transforms = TTA_TRANSFORMS[self.tta]
+        net = self.module.net.forward_with_context if with_context else self.module
         total = None
         for turns, flip in transforms:
             y = torch.rot90(x, turns, dims=(2, 3))
             y = y.flip(3) if flip else y
-            p = self.module.probabilities(self.module(y))
+            p = self.module.probabilities(net(y))
             p = p.flip(3) if flip else p
             p = torch.rot90(p, -turns, dims=(2, 3))
             total = p if total is None else total + p
@@ -287,6 +310,10 @@ class Predictor:
     def bands(self, image: np.ndarray) -> Iterator[tuple[int, Tensor]]:
         """Blend overlapping tiles of a checked `[H, W, C]` image, top to bottom.
 
+        For a valid-convolution net (`module.context` > 0) this is the U-Net paper's
+        overlap-tile strategy: each tile's input is the tile plus `context` pixels of the
+        image around it, mirrored where it leaves the image, so tiles join without seams.
+
         Yields:
             `(first row, probabilities [K, rows, W])` for consecutive row ranges that no
             later tile touches, so that only one band is held at a time.
@@ -294,7 +321,19 @@ class Predictor:
         height, width = image.shape[:2]
         th, tw = min(self.tile_size, height), min(self.tile_size, width)
         stride = max(1, round(self.tile_size * (1 - self.overlap)))
-        ys, xs = tile_starts(height, th, stride), tile_starts(width, tw, stride)
+        c = self.module.context
+        if c:  # starts on the net's pooling grid, so that tiles agree exactly where they overlap
+            align = 2**self.module.net.depth
+            ys, xs = (
+                aligned_starts(height, th, stride, align),
+                aligned_starts(width, tw, stride, align),
+            )
+            extra_y, extra_x = ys[-1] + th - height, xs[-1] + tw - width  # the last tiles overrun
+            pads = ((c, c + extra_y), (c, c + extra_x), (0, 0))
+            source = np.pad(image, pads, mode="reflect")  # numpy mirrors as often as needed
+        else:
+            ys, xs = tile_starts(height, th, stride), tile_starts(width, tw, stride)
+            source = image
         weights = gaussian_weights(th, tw).to(self.device)  # [th, tw]
         k = self.num_classes
         acc = torch.zeros(k, 0, width, device=self.device)  # rows [top, top + acc rows)
@@ -302,18 +341,23 @@ class Predictor:
         top = 0
         rows_bar = tqdm(ys, desc="tile rows", unit="row", leave=False, disable=not self.progress)
         for r, y in enumerate(rows_bar):
-            grow = y + th - top - acc.shape[1]
+            rows_in = min(th, height - y)  # rows of this tile row inside the image
+            grow = y + rows_in - top - acc.shape[1]
             if grow > 0:
                 acc = torch.cat([acc, acc.new_zeros(k, grow, width)], dim=1)
                 wsum = torch.cat([wsum, wsum.new_zeros(grow, width)], dim=0)
             for start in range(0, len(xs), self.batch_size):
                 chunk = xs[start : start + self.batch_size]
-                tiles = [normalize(image[y : y + th, x : x + tw], self.mean, self.std)
-                         for x in chunk]  # fmt: skip
-                probs = self._tta_probabilities(torch.stack(tiles).to(self.device))
+                tiles = [normalize(source[y : y + th + 2 * c, x : x + tw + 2 * c],
+                                   self.mean, self.std) for x in chunk]  # fmt: skip
+                probs = self._tta_probabilities(torch.stack(tiles).to(self.device), bool(c))
                 for x, p in zip(chunk, probs, strict=True):  # p: [K, th, tw]
-                    acc[:, y - top : y - top + th, x : x + tw] += p * weights
-                    wsum[y - top : y - top + th, x : x + tw] += weights
+                    cols_in = min(tw, width - x)
+                    w = weights[:rows_in, :cols_in]
+                    acc[:, y - top : y - top + rows_in, x : x + cols_in] += (
+                        p[:, :rows_in, :cols_in] * w
+                    )
+                    wsum[y - top : y - top + rows_in, x : x + cols_in] += w
             done = ys[r + 1] if r + 1 < len(ys) else height
             rows = done - top
             yield top, acc[:, :rows] / wsum[:rows]

@@ -64,15 +64,20 @@ class SegModule(pl.LightningModule):
         self.val_scores = SegmentationScores(class_names)
         self.test_scores = SegmentationScores(class_names)
         self.inference_level: int | None = None
+        # pixels of context a valid-convolution net needs on each side of its output (0: none)
+        self.context: int = getattr(self.net, "margin", 0)
         self._train_nonfinite = torch.zeros((), dtype=torch.bool)
         self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
         self._epoch_images = 0
         self._nonfinite = torch.zeros((), dtype=torch.bool)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Final logits `[B, C, H, W]` (the deepest head; a pruned level if one is set)."""
+        """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level
+        if one is set; for a valid-convolution net, with the image borders mirrored)."""
         if self.inference_level is not None:
             return self.net(x, level=self.inference_level)
+        if self.context:  # a valid-convolution net: mirror the borders for context
+            return self.net.forward_same(x)
         out = self.net(x)
         return out[-1] if isinstance(out, list) else out
 
@@ -90,7 +95,12 @@ class SegModule(pl.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         images, masks, weights = batch["image"], batch["mask"], batch.get("weight")
-        outputs = self.net(images)
+        if not self.context:
+            outputs = self.net(images)
+        elif stage == "train":  # training patches come with `context` pixels of real context
+            outputs = self.net.forward_with_context(images)
+        else:  # whole images: mirrored context
+            outputs = self.net.forward_same(images)
         logits = outputs[-1] if isinstance(outputs, list) else outputs
         # a valid-convolution net answers for the centre of its input only: score that
         masks = center_crop(masks, logits.shape[-2:])

@@ -10,8 +10,13 @@ from torch import nn
 
 from unet_seg.models.nested_unet import NestedUNet
 from unet_seg.models.unet import UNet
+from unet_seg.models.unet_valid import ValidUNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"unet": UNet, "nested": NestedUNet}
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "unet": UNet,
+    "nested": NestedUNet,
+    "unet_valid": ValidUNet,
+}
 
 
 def build_net(arch: dict) -> nn.Module:
@@ -27,3 +32,11 @@ def build_net(arch: dict) -> nn.Module:
         return ARCHITECTURES[name](**kwargs)
     except TypeError as err:
         raise ValueError(f"arch={name}: bad parameters {kwargs}: {err}") from err
+
+
+def context_margin(arch: dict) -> int:
+    """Pixels of input context the net of an `arch` config needs on each side of its output:
+    the valid-convolution U-Net's margin (92 at depth 4), 0 for nets that pad."""
+    if arch.get("name") == "unet_valid":
+        return ValidUNet.margin_for(int(arch.get("depth", 4)))
+    return 0
