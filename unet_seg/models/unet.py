@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unet_seg.models.blocks import DoubleConv, Down, Up, crop_to, pad_to_multiple
+from unet_seg.models.blocks import DoubleConv, Down, Up, crop_to, pad_to_multiple, unet_channels
 
 
 class UNet(nn.Module):
@@ -40,20 +40,12 @@ class UNet(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.depth = depth
-        factor = 2 if bilinear else 1
-        widths = [base_channels * 2**i for i in range(depth + 1)]
-        bottom = [widths[-1] // factor]  # the deepest level is halved when bilinear
-        enc_out = widths[1:-1] + bottom
-        dec_out = [w // factor for w in widths[1:-1]][::-1] + [widths[0]]
+        downs, ups = unet_channels(base_channels, depth, bilinear)
 
-        self.inc = DoubleConv(in_channels, widths[0])
-        self.downs = nn.ModuleList(
-            Down(c_in, c_out) for c_in, c_out in zip(widths[:-1], enc_out, strict=True)
-        )
-        self.ups = nn.ModuleList(
-            Up(c_in, c_out, bilinear) for c_in, c_out in zip(widths[:0:-1], dec_out, strict=True)
-        )
-        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.inc = DoubleConv(in_channels, base_channels)
+        self.downs = nn.ModuleList(Down(c_in, c_out) for c_in, c_out in downs)
+        self.ups = nn.ModuleList(Up(c_in, c_out, bilinear) for c_in, c_out in ups)
+        self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, 2**self.depth)
