@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from torch import nn
 
+from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.models.nested_unet import NestedUNet
+from unet_seg.models.res_unet import ResUNet
 from unet_seg.models.unet import UNet
 from unet_seg.models.unet_valid import ValidUNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unet": UNet,
     "nested": NestedUNet,
+    "attention_unet": AttentionUNet,
+    "res_unet": ResUNet,
     "unet_valid": ValidUNet,
 }
 
