@@ -73,8 +73,18 @@ def cross_entropy(
     target: Tensor,
     class_weights: Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    pixel_weights: Tensor | None = None,
 ) -> Tensor:
-    """Cross-entropy over valid pixels; BCE-with-logits when there is one output channel."""
+    """Cross-entropy over valid pixels; BCE-with-logits when there is one output channel.
+
+    With `pixel_weights` `[B, H, W]` (the U-Net weight map), the mean becomes a
+    weighted mean over valid pixels, `sum(w * ce) / sum(w)`, where `ce` already
+    includes the class weights (softmax: `w` is then `pixel_weight * class_weight`
+    of the true class in the denominator too, as `F.cross_entropy` does; BCE: the
+    class weights act through `pos_weight` and the denominator is `sum(w)`).
+    Uniform pixel weights therefore give exactly the unweighted loss. A batch
+    whose valid weights sum to 0 has loss 0.
+    """
     logits = logits.float()
     if logits.shape[1] == 1:
         valid = target != ignore_index
@@ -83,8 +93,23 @@ def cross_entropy(
         pos_weight = None
         if class_weights is not None:  # [w_background, w_foreground]
             pos_weight = class_weights[1] / class_weights[0]
-        return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
-    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)
+        if pixel_weights is None:
+            return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
+        w = pixel_weights.float()[valid]
+        bce = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
+        return (w * bce).sum() / w.sum().clamp_min(torch.finfo(torch.float).tiny)
+    if pixel_weights is None:
+        return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)
+    ce = F.cross_entropy(  # [B, H, W], class weight included, 0 on ignored pixels
+        logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
+    )
+    valid = target != ignore_index
+    w = pixel_weights.float() * valid
+    if class_weights is not None:
+        w_den = w * class_weights[target.clamp(min=0)]
+    else:
+        w_den = w
+    return (w * ce).sum() / w_den.sum().clamp_min(torch.finfo(torch.float).tiny)
 
 
 class CEDiceLoss(nn.Module):
@@ -111,10 +136,12 @@ class CEDiceLoss(nn.Module):
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weights, persistent=False)
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        """`weights`: optional per-pixel CE weights `[B, H, W]`; Dice stays unweighted."""
         loss = logits.new_zeros((), dtype=torch.float)
         if self.ce_weight:
-            loss = loss + self.ce_weight * cross_entropy(logits, target, self.class_weights)
+            ce = cross_entropy(logits, target, self.class_weights, pixel_weights=weights)
+            loss = loss + self.ce_weight * ce
         if self.dice_weight:
             dice = dice_loss(logits, target, self.include_background, self.smooth)
             loss = loss + self.dice_weight * dice
@@ -153,16 +180,27 @@ class DeepSupervisionLoss(nn.Module):
         self.loss = loss
         self.weights = list(weights)
 
-    def forward(self, outputs: Sequence[Tensor], target: Tensor) -> Tensor:
+    def forward(
+        self, outputs: Sequence[Tensor], target: Tensor, weights: Tensor | None = None
+    ) -> Tensor:
+        """`weights`: optional per-pixel weights `[B, H, W]`, passed to every head's loss."""
         if len(outputs) != len(self.weights):
             raise ValueError(f"expected {len(self.weights)} heads, got {len(outputs)}")
-        return sum(w * self.loss(out, target) for w, out in zip(self.weights, outputs, strict=True))
+        extra = () if weights is None else (weights,)
+        return sum(
+            w * self.loss(out, target, *extra) for w, out in zip(self.weights, outputs, strict=True)
+        )
 
 
 def build_loss(cfg: dict, num_heads: int = 1) -> nn.Module:
-    """The loss described by a `conf/loss/*.yaml` node (plain dict)."""
+    """The loss described by a `conf/loss/*.yaml` node (plain dict).
+
+    `weight_map` (loss=weighted_ce_dice) configures the data pipeline, which
+    computes the per-pixel weights; the loss itself only receives them.
+    """
     cfg = dict(cfg)
     scheme = cfg.pop("deep_supervision_weights", "equal")
+    cfg.pop("weight_map", None)
     loss = CEDiceLoss(**cfg)
     if num_heads > 1:
         return DeepSupervisionLoss(loss, deep_supervision_weights(scheme, num_heads))
