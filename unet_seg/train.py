@@ -48,10 +48,15 @@ CONFIG_GROUPS = (
 
 
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> SegDataModule:
-    """The data module of `cfg.data`, keeping its split in `run_dir/splits.json`."""
+    """The data module of `cfg.data`, keeping its split in `run_dir/splits.json`.
+
+    `loss.weight_map` (loss=weighted_ce_dice) asks the data for per-pixel weight maps.
+    """
+    weight_map = to_plain((cfg.get("loss") or {}).get("weight_map"))
     return SegDataModule(
-        **to_plain(cfg.data), splits_path=str(run_dir / "splits.json"), seed=cfg.seed
-    )
+        **to_plain(cfg.data), splits_path=str(run_dir / "splits.json"), seed=cfg.seed,
+        weight_map=weight_map,
+    )  # fmt: skip
 
 
 def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> SegModule:

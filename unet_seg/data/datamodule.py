@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from unet_seg.data.checks import check_pairs
-from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate
+from unet_seg.data.dataset import SegDataset, find_instances, find_pairs, pad_collate
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
@@ -69,6 +70,12 @@ class SegDataModule(pl.LightningDataModule):
         cache: keep decoded images in memory.
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
+        instances_dir: folder of instance labels (0 = background, 1..N = objects) named
+            like the images, for `weight_map`; `mask_format=instances` uses the masks.
+        weight_map: `loss.weight_map` (loss=weighted_ce_dice): training samples carry
+            the U-Net weight map, computed once per image in `setup`. Validation and
+            test keep their masks as they are and carry no weights, so their loss
+            and scores mean the same under every loss.
     """
 
     def __init__(
@@ -106,8 +113,20 @@ class SegDataModule(pl.LightningDataModule):
         cache: bool = False,
         seed: int = 0,
         synthetic: dict | None = None,
+        instances_dir: str | None = None,
+        weight_map: dict | None = None,
     ) -> None:
         super().__init__()
+        if weight_map is not None and mask_format != "instances" and not instances_dir:
+            raise ValueError(
+                "loss=weighted_ce_dice computes its weight map from instance labels, and "
+                f"the data at {root} has none configured: set data.instances_dir to a folder "
+                "beside images/ and masks/ holding one instance label image per image (0 = "
+                "background, 1..N = objects, 16-bit PNG or TIFF), or use "
+                "data.mask_format=instances when the masks are instance labels"
+            )
+        self.instances_dir = instances_dir
+        self.weight_map = dict(weight_map) if weight_map is not None else None
         self.encoding = encoding_from_config(mask_values, class_names, mask_format, mask_colors)
         check_class_config(num_classes, self.encoding.num_classes, class_names)
         self.root = Path(root)
@@ -155,13 +174,30 @@ class SegDataModule(pl.LightningDataModule):
         common = {"encoding": self.encoding, "in_channels": self.in_channels, "mean": self.mean,
                   "std": self.std, "intensity": self.intensity, "cache": self.cache}  # fmt: skip
         self.datasets["train"] = SegDataset(
-            train_pairs, transform=build_train_transform(self.augment), **self.crop, **common
-        )
+            train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
+            **self._weight_args(train_pairs),
+        )  # fmt: skip
+        if self.weight_map is not None:  # once per image, before workers copy the dataset
+            start = time.perf_counter()
+            self.datasets["train"].precompute_weights()
+            log.info("weight maps of %d training images computed in %.1f s",
+                     len(train_pairs), time.perf_counter() - start)  # fmt: skip
         for name in ("val", "test"):
             self.datasets[name] = SegDataset([pairs[n] for n in self.splits[name]], **common)
         log.info(
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
+
+    def _weight_args(self, pairs: list[tuple[Path, Path]]) -> dict:
+        """`SegDataset` arguments for the weight map: instance files and settings."""
+        if self.weight_map is None:
+            return {}
+        if self.encoding.mask_format == "instances":
+            paths = [mask for _, mask in pairs]
+        else:
+            paths = find_instances(self.root / self.instances_dir, [img for img, _ in pairs],
+                                   self.folders["mask_suffix"])  # fmt: skip
+        return {"instance_paths": paths, "weight_map": self.weight_map}
 
     def _load_or_make_splits(self, names: list[str]) -> dict[str, list[str]]:
         """The run's own split if it has one, else an explicit file, folds, or ratios."""

@@ -13,9 +13,10 @@ from torch.utils.data import Dataset
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
 from unet_seg.data.readers import IMAGE_EXTENSIONS, read_image, to_unit_range
 from unet_seg.data.transforms import mask_to_tensor, normalize
+from unet_seg.data.weight_map import read_instances, weight_map_params, weights_and_borders
 
-__all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_pairs", "list_images", "pad_collate",
-           "read_image"]  # fmt: skip
+__all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_instances", "find_pairs", "list_images",
+           "pad_collate", "read_image"]  # fmt: skip
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -70,6 +71,33 @@ def find_pairs(
     return [(p, masks[p.stem]) for p in images]
 
 
+def find_instances(folder: str | Path, images: Sequence[Path], mask_suffix: str = "") -> list[Path]:
+    """The instance label file `folder/<stem>.*` (or `<stem><mask_suffix>.*`) of each image.
+
+    Raises with the folder and the missing names when a file is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder} does not exist: loss=weighted_ce_dice reads instance labels "
+            "(0 = background, 1..N = objects, one file per image, named like the image) "
+            "from data.instances_dir"
+        )
+    files = {p.stem: p for p in list_images(folder)}
+    found, missing = [], []
+    for image in images:
+        path = files.get(image.stem) or files.get(f"{image.stem}{mask_suffix}")
+        found.append(path)
+        if path is None:
+            missing.append(image.name)
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) have no instance labels in {folder} (expected "
+            f"<stem>.<ext>), e.g. {missing[:5]}: add them, or train without the weight map"
+        )
+    return found
+
+
 def _folder_pairs(
     images: list[Path], mask_folder: Path, suffix: str, class_folders: Sequence[str]
 ) -> list[tuple[Path, Path]]:
@@ -101,6 +129,11 @@ class SegDataset(Dataset):
         pad_to_crop: pad images smaller than the patch (padding is ignored by the loss).
         intensity: `{"mode": "range" | "percentile", "low", "high"}` (see `readers`).
         cache: keep decoded images and masks in memory (per DataLoader worker).
+        instance_paths: one instance label file per pair, for `weight_map`.
+        weight_map: `loss.weight_map` settings (`unet_seg.data.weight_map`): each
+            sample gets the U-Net weight map as `"weight"` (float32 `[H, W]`),
+            computed once per image and always kept in memory (`precompute_weights`);
+            with `separate_touching` the mask's touching-object borders become background.
     """
 
     def __init__(
@@ -116,6 +149,8 @@ class SegDataset(Dataset):
         pad_to_crop: bool = False,
         intensity: dict | None = None,
         cache: bool = False,
+        instance_paths: Sequence[Path] | None = None,
+        weight_map: dict | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.encoding = encoding
@@ -127,6 +162,15 @@ class SegDataset(Dataset):
         self.pad_to_crop = pad_to_crop
         self.intensity = intensity or {"mode": "range"}
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        self.weight_map = None if weight_map is None else weight_map_params(weight_map)
+        self.instance_paths = None if instance_paths is None else list(instance_paths)
+        # image index -> (weight map float32 [H, W], flat indices of touching borders)
+        self._weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if self.weight_map is not None:
+            if self.instance_paths is None or len(self.instance_paths) != len(self.pairs):
+                raise ValueError("a weight map needs one instance label file per image/mask pair")
+            if transform is not None:  # warped like the mask (nearest neighbour), stays aligned
+                transform.add_targets({"weight": "mask"})
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -144,14 +188,38 @@ class SegDataset(Dataset):
                 f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height); "
                 "masks must match their image's size"
             )
+        if self.weight_map is not None:
+            indices.flat[self._weight_map(index, indices.shape)[1]] = 0  # separated objects
         if self._cache is not None:
             self._cache[index] = (image, indices)
         return image, indices
+
+    def _weight_map(self, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Image `index`'s weight map and touching-border pixels, computed on first use."""
+        if index not in self._weights:
+            path = self.instance_paths[index]
+            instances = read_instances(path)
+            if instances.shape != tuple(shape):
+                raise ValueError(
+                    f"{path}: instance labels are {instances.shape[1]}x{instances.shape[0]} but "
+                    f"the image {self.pairs[index][0]} is {shape[1]}x{shape[0]} (width x "
+                    "height); instance labels must match their image's size"
+                )
+            weight, border = weights_and_borders(instances, self.weight_map)
+            self._weights[index] = (weight, np.flatnonzero(border))
+        return self._weights[index]
+
+    def precompute_weights(self) -> None:
+        """Compute every image's weight map now (before DataLoader workers copy the dataset)."""
+        for index in range(len(self)):
+            if index not in self._weights:
+                self.load(index)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample `key`: an index, or `(index, seed)` to fix the sample's randomness."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, indices = self.load(index)
+        weight = None if self.weight_map is None else self._weights[index][0]
         if self.crop_size or self.transform is not None:
             # albumentations draws from generators of its own, seeded from the OS unless
             # set: seed them per sample (SeededShuffleSampler), else from torch's RNG.
@@ -159,22 +227,34 @@ class SegDataset(Dataset):
                 seed = int(torch.randint(2**31 - 1, ()).item())
             rng = np.random.default_rng(seed)
             if self.crop_size:
-                image, indices = self._crop(image, indices, rng, self.pairs[index][0])
+                image, indices, weight = self._crop(
+                    image, indices, rng, self.pairs[index][0], weight
+                )
             if self.transform is not None:
                 self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
-                out = self.transform(image=image, mask=indices)
-                image, indices = out["image"], out["mask"]
-        return {
+                extra = {} if weight is None else {"weight": weight}
+                out = self.transform(image=image, mask=indices, **extra)
+                image, indices, weight = out["image"], out["mask"], out.get("weight")
+        sample = {
             "image": normalize(image, self.mean, self.std),
             "mask": mask_to_tensor(indices),
             "name": self.pairs[index][0].name,
         }
+        if weight is not None:  # a copy: the cached map stays untouched
+            sample["weight"] = torch.from_numpy(np.array(weight, dtype=np.float32))
+        return sample
 
     def _crop(
-        self, image: np.ndarray, indices: np.ndarray, rng: np.random.Generator, path: Path
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self,
+        image: np.ndarray,
+        indices: np.ndarray,
+        rng: np.random.Generator,
+        path: Path,
+        weight: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """A `crop_size` patch: centred on a foreground pixel with `foreground_crop`
-        probability (when the image has any), else uniformly placed."""
+        probability (when the image has any), else uniformly placed. `weight` (a
+        per-pixel loss weight map, or None) is cut with the same window (padding: 0)."""
         size = self.crop_size
         h, w = indices.shape
         if h < size or w < size:
@@ -186,6 +266,7 @@ class SegDataset(Dataset):
             ph, pw = max(0, size - h), max(0, size - w)
             image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
             indices = np.pad(indices, ((0, ph), (0, pw)), constant_values=PAD_LABEL)
+            weight = None if weight is None else np.pad(weight, ((0, ph), (0, pw)))
             h, w = indices.shape
         y = int(rng.integers(0, h - size + 1))
         x = int(rng.integers(0, w - size + 1))
@@ -195,23 +276,35 @@ class SegDataset(Dataset):
                 cy, cx = divmod(int(foreground[rng.integers(foreground.size)]), w)
                 y = min(max(cy - size // 2, 0), h - size)
                 x = min(max(cx - size // 2, 0), w - size)
-        return image[y : y + size, x : x + size], indices[y : y + size, x : x + size]
+        window = (slice(y, y + size), slice(x, x + size))
+        return image[window], indices[window], None if weight is None else weight[window]
 
 
 def pad_collate(batch: list[dict]) -> dict:
-    """Stack samples, padding smaller ones to the batch's largest size (mask: IGNORE_INDEX)."""
+    """Stack samples, padding smaller ones to the batch's largest size (mask: IGNORE_INDEX;
+    the optional per-pixel loss `weight`: 0)."""
     names = [s["name"] for s in batch]
+    weighted = "weight" in batch[0]
     if len({tuple(s["image"].shape) for s in batch}) == 1:
         images = torch.stack([s["image"] for s in batch])  # [B, C, H, W]
         masks = torch.stack([s["mask"] for s in batch])  # [B, H, W]
-        return {"image": images, "mask": masks, "name": names}
+        out = {"image": images, "mask": masks, "name": names}
+        if weighted:
+            out["weight"] = torch.stack([s["weight"] for s in batch])  # [B, H, W]
+        return out
     height = max(s["image"].shape[1] for s in batch)
     width = max(s["image"].shape[2] for s in batch)
     channels = batch[0]["image"].shape[0]
     images = torch.zeros(len(batch), channels, height, width)
     masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
+    weights = torch.zeros(len(batch), height, width) if weighted else None
     for i, s in enumerate(batch):
         _, h, w = s["image"].shape
         images[i, :, :h, :w] = s["image"]
         masks[i, :h, :w] = s["mask"]
-    return {"image": images, "mask": masks, "name": names}
+        if weighted:
+            weights[i, :h, :w] = s["weight"]
+    out = {"image": images, "mask": masks, "name": names}
+    if weighted:
+        out["weight"] = weights
+    return out
