@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from unet_seg.data.weight_map import consecutive_labels, touching_border
+
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
 METRICS = (*RATIO_METRICS, "hd95")
 REDUCTIONS = ("pooled", "image_mean")
@@ -178,3 +180,77 @@ def _nanmean(values: Sequence[float]) -> float:
     values = np.asarray(values, dtype=np.float64)
     finite = values[~np.isnan(values)]
     return float(finite.mean()) if finite.size else float("nan")
+
+
+OBJECT_COUNTS = ("true_objects", "predicted_objects", "matched", "merged", "split", "missed",
+                 "false_positives", "touching", "touching_matched")  # fmt: skip
+"""The keys of `object_counts`, in report order."""
+
+
+def object_counts(
+    pred: np.ndarray, instances: np.ndarray, iou_threshold: float = 0.5, connectivity: int = 8
+) -> dict[str, int]:
+    """How many true objects come out as objects of their own in a predicted foreground.
+
+    The predicted objects are the connected components of `pred` (8-connected by
+    default, so a separating gap must be 4-connected background). A true object
+    is *matched* when one component has IoU > `iou_threshold` with it (with 0.5
+    or more each object matches at most one component and vice versa). Every
+    true object falls into exactly one class:
+
+    - matched: IoU > threshold with a component;
+    - merged: not matched, and its main component (the one overlapping it most)
+      is also the main component of another true object;
+    - split: neither, and 2 or more components have it as their main true object;
+    - missed: the rest (nothing, or one poor component, there).
+
+    A component is a false positive when it is matched to nothing and fewer than
+    half of its pixels lie on true objects. `touching` counts the true objects
+    with an 8-neighbour pixel in another object, `touching_matched` those of
+    them that are matched.
+
+    Args:
+        pred: `[H, W]` predicted foreground (bool, or class indices > 0).
+        instances: `[H, W]` true instance labels (0 = background, 1..N).
+        iou_threshold: at least 0.5.
+        connectivity: 4 or 8, for the predicted components.
+    Returns:
+        `{key: count}` for the keys of `OBJECT_COUNTS`.
+    """
+    if pred.shape != instances.shape:
+        raise ValueError(f"prediction {pred.shape} and instances {instances.shape} differ")
+    if iou_threshold < 0.5:
+        raise ValueError(f"iou_threshold must be >= 0.5 (one-to-one matches), got {iou_threshold}")
+    truth, n_true = consecutive_labels(instances)
+    n_comp, comp = cv2.connectedComponents((pred > 0).astype(np.uint8), connectivity=connectivity)
+    n_pred = n_comp - 1
+    pairs = truth.ravel().astype(np.int64) * n_comp + comp.ravel()
+    overlap = np.bincount(pairs, minlength=(n_true + 1) * n_comp).reshape(n_true + 1, n_comp)
+    inter = overlap[1:, 1:]  # [true, component] shared pixels, background row/column dropped
+    area_true, area_pred = overlap[1:].sum(1), overlap[:, 1:].sum(0)
+    union = area_true[:, None] + area_pred[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros(inter.shape), where=union > 0)
+    matched = (iou > iou_threshold).any(1) if n_pred else np.zeros(n_true, bool)
+    comp_matched = (iou > iou_threshold).any(0) if n_true else np.zeros(n_pred, bool)
+
+    counts = dict.fromkeys(OBJECT_COUNTS, 0)
+    counts.update(true_objects=n_true, predicted_objects=n_pred, matched=int(matched.sum()))
+    if n_pred:
+        hits = inter.sum(0)  # pixels of each component on true objects
+        counts["false_positives"] = int((~comp_matched & (2 * hits < area_pred)).sum())
+    if n_true and n_pred:
+        has_main = inter.max(1) > 0
+        main = np.where(has_main, inter.argmax(1), -1)  # each truth's main component
+        shared = np.bincount(main[has_main], minlength=n_pred) >= 2
+        merged = ~matched & has_main & shared[np.maximum(main, 0)]
+        comp_main = np.where(inter.max(0) > 0, inter.argmax(0), -1)  # each component's truth
+        pieces = np.bincount(comp_main[comp_main >= 0], minlength=n_true)
+        split = ~matched & ~merged & (pieces >= 2)
+        counts.update(merged=int(merged.sum()), split=int(split.sum()))
+    counts["missed"] = n_true - counts["matched"] - counts["merged"] - counts["split"]
+    if n_true:
+        touching = np.zeros(n_true + 1, bool)
+        touching[np.unique(truth[touching_border(truth)])] = True
+        counts["touching"] = int(touching[1:].sum())
+        counts["touching_matched"] = int((touching[1:] & matched).sum())
+    return counts
