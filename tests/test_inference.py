@@ -23,6 +23,7 @@ from unet_seg.module import SegModule
 ARCHS = {
     "unet": {"name": "unet", "base_channels": 4, "depth": 4, "bilinear": False},
     "nested": {"name": "nested", "base_channels": 4, "deep_supervision": True, "bilinear": True},
+    "unet_valid": {"name": "unet_valid", "base_channels": 4, "depth": 4, "bilinear": False},
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.test_inference import ARCHS, image, make_checkpoint, predictor
+from unet_seg.export import export, load_exported
 from unet_seg.models.registry import build_net, context_margin
 from unet_seg.models.unet import UNet
 from unet_seg.models.unet_valid import (
@@ -22,8 +23,6 @@ from unet_seg.models.unet_valid import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHS["unet_valid"] = {"name": "unet_valid", "base_channels": 4, "depth": 4, "bilinear": False}
-
 
 def test_paper_sizes_and_margin() -> None:
     assert valid_output_size(572, 4) == 388  # Ronneberger et al., 2015, Fig. 1
@@ -34,6 +33,7 @@ def test_paper_sizes_and_margin() -> None:
         for n in valid_input_sizes(depth, 400):
             assert valid_output_size(n, depth) == n - 2 * margin
     assert next_valid_size(256, 4) == 268 and next_valid_size(268, 4) == 268
+    assert ValidUNet.skip_crops_for(4) == [4, 16, 40, 88]  # 64 -> 56, ..., 568 -> 392
 
 
 @pytest.mark.parametrize("bilinear", [False, True])
@@ -170,3 +170,30 @@ def test_overlap_tile_with_tta(valid_checkpoint: Path) -> None:
 def test_tile_smaller_than_the_pooling_grid_is_refused(valid_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="tile_size >= 16"):
         predictor(valid_checkpoint, mode="tile", tile_size=8).labels(image((40, 40)))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch(valid_checkpoint: Path, tmp_path: Path, fmt: str) -> None:
+    """The exported graph mirrors the context itself: same logits as `SegModule` at sizes
+    that are not valid inputs, from the smallest it takes (`min_side` = 108) up."""
+    pytest.importorskip("onnxruntime", reason="pip install '.[export]' (part of '.[dev]')")
+    from omegaconf import OmegaConf
+
+    from unet_seg.module import SegModule
+
+    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "export.yaml")
+    cfg.pop("defaults")
+    out = tmp_path / f"valid.{fmt}"
+    result = export(OmegaConf.merge(cfg, {"ckpt": str(valid_checkpoint), "format": fmt,
+                                          "output": str(out)}))  # fmt: skip
+    assert result["max_abs_diff"] < 1e-4
+    run, meta = load_exported(out, fmt)
+    assert "H, W >= 108" in meta["input"]
+    module = SegModule.from_checkpoint(valid_checkpoint)
+    for shape in [(1, 1, 108, 131), (2, 1, 150, 110)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            expected = module(x).numpy()
+        got = run(x.numpy())
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4

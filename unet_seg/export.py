@@ -30,6 +30,7 @@ from unet_seg import __version__
 from unet_seg.config import CONF_DIR
 from unet_seg.inference import load_for_inference
 from unet_seg.models.nested_unet import DEPTH as NESTED_DEPTH
+from unet_seg.models.unet_valid import valid_input_sizes
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,15 @@ class ExportNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
+        context = getattr(self.net, "margin", 0)
+        if context:  # valid convolutions: mirror `context` pixels around, then to a valid side
+            residue = self.multiple + valid_input_sizes(self.net.depth, 4 * context)[0]
+            ph = (residue - (h + 2 * context)) % self.multiple
+            pw = (residue - (w + 2 * context)) % self.multiple
+            m = context
+            x = F.pad(x, [m, m + pw, m, m + ph], mode="reflect")
+            out = self.net.forward_unchecked(x)
+            return out[:, :, :h, :w]
         ph = (self.multiple - h % self.multiple) % self.multiple
         pw = (self.multiple - w % self.multiple) % self.multiple
         x = F.pad(x, [0, pw, 0, ph], mode="reflect")  # [B, C, H + ph, W + pw]
@@ -73,10 +83,16 @@ def pad_multiple(net: nn.Module) -> int:
     return 2 ** int(getattr(net, "depth", NESTED_DEPTH))
 
 
+def min_side(net: nn.Module) -> int:
+    """The smallest H and W the exported graph takes: `2 ** depth`, and for a valid-convolution
+    net also more than its mirrored context (reflection cannot mirror more than the image)."""
+    multiple = pad_multiple(net)
+    return multiple + getattr(net, "margin", 0)
+
+
 def export_metadata(module: SegModule, level: int | None) -> dict[str, str]:
     """What a deployment needs besides the weights, as strings (JSON for lists/dicts)."""
     hp = module.hparams
-    multiple = pad_multiple(module.net)
     values = {
         "producer": f"unet-seg {__version__}",
         "architecture": hp.arch,
@@ -93,7 +109,8 @@ def export_metadata(module: SegModule, level: int | None) -> dict[str, str]:
             "255 (8-bit) or / 65535 (16-bit); percentile: each image's low..high percentiles "
             "to 0..1, clipped",
         },
-        "input": f"float32 [B, {hp.arch['in_channels']}, H, W] normalised; H, W >= {multiple}",
+        "input": f"float32 [B, {hp.arch['in_channels']}, H, W] normalised; H, W >= "
+        f"{min_side(module.net)}",
         "output": (
             "logits [B, 1, H, W]: sigmoid > 0.5 is class 1"
             if hp.arch["num_classes"] == 1
@@ -119,7 +136,8 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
     output.parent.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(module, level)
     channels, multiple = module.hparams.arch["in_channels"], pad_multiple(module.net)
-    example = torch.zeros(1, channels, 2 * multiple, 2 * multiple)
+    side = min_side(module.net) + multiple
+    example = torch.zeros(1, channels, side, side)
     if fmt == "onnx":
         export_onnx(wrapper, example, output, metadata, int(cfg.get("opset", 18)))
     else:
@@ -127,7 +145,7 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
     result: dict[str, str | float] = {"path": str(output), "max_abs_diff": float("nan")}
     if cfg.get("check", True):
         # a batch of 2 at a size the net must pad, unlike the traced example
-        x = torch.randn(2, channels, 3 * multiple + 5, 2 * multiple + 3)
+        x = torch.randn(2, channels, side + multiple + 5, side + 3)
         diff = compare_with_pytorch(module, output, fmt, x)
         result["max_abs_diff"] = diff
         if not diff < TOLERANCE:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_seg.models.blocks import center_crop, upsampler
+from unet_seg.models.blocks import upsampler
 
 
 def valid_double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None):
@@ -139,6 +139,25 @@ class ValidUNet(nn.Module):
             self.ups.append(upsampler(c_in, half, bilinear))
             self.up_convs.append(valid_double_conv(c_in, c_out, half if bilinear else None))
         self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.skip_crops = self.skip_crops_for(depth)
+
+    @staticmethod
+    def skip_crops_for(depth: int) -> list[int]:
+        """Pixels cropped from each side of each skip, deepest first, the same for every accepted
+        input size: 4, 16, 40, 88 at depth 4 (for 572: 64 -> 56, 136 -> 104, 280 -> 200 and
+        568 -> 392, as in the paper's figure 1). Constants rather than sizes read at run time,
+        so that a traced graph (ONNX) stays correct at every input size."""
+        n = valid_input_sizes(depth, 8 * ValidUNet.margin_for(depth))[0]
+        encoder = []
+        for _ in range(depth):
+            encoder.append(n - 4)
+            n = (n - 4) // 2
+        n -= 4
+        crops = []
+        for skip in encoder[::-1]:
+            crops.append((skip - 2 * n) // 2)
+            n = 2 * n - 4
+        return crops
 
     @staticmethod
     def margin_for(depth: int) -> int:
@@ -193,12 +212,16 @@ class ValidUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
+        return self.forward_unchecked(x)
+
+    def forward_unchecked(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` without the size check (for tracing with symbolic sizes)."""
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))
         x = skips.pop()
-        for up, conv in zip(self.ups, self.up_convs, strict=True):
+        for up, conv, c in zip(self.ups, self.up_convs, self.skip_crops, strict=True):
             x = up(x)
-            x = torch.cat([center_crop(skips.pop(), x.shape[-2:]), x], dim=1)
+            x = torch.cat([skips.pop()[..., c:-c, c:-c], x], dim=1)  # the skip's centre
             x = conv(x)
         return self.head(x)
