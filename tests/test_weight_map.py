@@ -26,7 +26,7 @@ from unet_seg.data.weight_map import (
     weights_and_borders,
 )
 from unet_seg.losses import CEDiceLoss, DeepSupervisionLoss, build_loss, cross_entropy
-from unet_seg.scores import object_counts
+from unet_seg.scores import adjacent_pairs, object_counts
 
 # ---------------------------------------------------------------- the map
 
@@ -384,13 +384,15 @@ def test_object_counts_on_hand_made_maps() -> None:
     counts = object_counts(pred, truth)
     assert counts == {"true_objects": 3, "predicted_objects": 2, "matched": 2, "merged": 1,
                       "split": 0, "missed": 0, "false_positives": 0, "touching": 2,
-                      "touching_matched": 1}  # fmt: skip
+                      "touching_matched": 1, "touching_pairs": 1,
+                      "touching_pairs_separated": 0}  # fmt: skip
     # separated by a 1-pixel gap: all three matched; a false blob elsewhere
     gap = pred.copy()
     gap[:, 15] = False
     gap[25:28, 2:5] = True
     counts = object_counts(gap, truth)
     assert counts["matched"] == 3 and counts["touching_matched"] == 2
+    assert counts["touching_pairs_separated"] == 1
     assert counts["false_positives"] == 1 and counts["predicted_objects"] == 4
     # two equal touching objects in one blob: neither matched, both merged
     equal = np.zeros((20, 20), np.uint8)
@@ -406,3 +408,6 @@ def test_object_counts_on_hand_made_maps() -> None:
     diag[0:3, 0:3], diag[3:6, 3:6] = 1, 2
     assert object_counts(diag > 0, diag)["predicted_objects"] == 1
     assert object_counts(diag > 0, diag, connectivity=4)["matched"] == 2
+    four = np.zeros((6, 6), np.uint8)
+    four[0:3, 0:3], four[3:6, 3:6], four[0:2, 4:6], four[3:5, 0:2] = 1, 2, 3, 4
+    assert adjacent_pairs(four) == [(1, 2), (1, 4)]  # diagonal and vertical; gaps are not

@@ -183,7 +183,8 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 OBJECT_COUNTS = ("true_objects", "predicted_objects", "matched", "merged", "split", "missed",
-                 "false_positives", "touching", "touching_matched")  # fmt: skip
+                 "false_positives", "touching", "touching_matched", "touching_pairs",
+                 "touching_pairs_separated")  # fmt: skip
 """The keys of `object_counts`, in report order."""
 
 
@@ -207,7 +208,9 @@ def object_counts(
     A component is a false positive when it is matched to nothing and fewer than
     half of its pixels lie on true objects. `touching` counts the true objects
     with an 8-neighbour pixel in another object, `touching_matched` those of
-    them that are matched.
+    them that are matched; `touching_pairs` counts the pairs of 8-adjacent
+    objects, `touching_pairs_separated` the pairs whose two objects are both
+    matched (and so lie in two different components).
 
     Args:
         pred: `[H, W]` predicted foreground (bool, or class indices > 0).
@@ -253,4 +256,23 @@ def object_counts(
         touching[np.unique(truth[touching_border(truth)])] = True
         counts["touching"] = int(touching[1:].sum())
         counts["touching_matched"] = int((touching[1:] & matched).sum())
+        pairs = adjacent_pairs(truth)
+        counts["touching_pairs"] = len(pairs)
+        counts["touching_pairs_separated"] = int(
+            sum(matched[a - 1] and matched[b - 1] for a, b in pairs)
+        )
     return counts
+
+
+def adjacent_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs `(a, b)`, a < b, of different non-zero labels that are 8-neighbours somewhere."""
+    labels = labels.astype(np.int64)
+    h, w = labels.shape
+    found = set()
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each neighbour relation once
+        a = labels[: h - dy, max(0, -dx) : w - max(0, dx)]
+        b = labels[dy:, max(0, dx) : w - max(0, -dx)]  # the neighbour at (+dy, +dx)
+        touch = (a > 0) & (b > 0) & (a != b)
+        lo, hi = np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch])
+        found.update(zip(lo.tolist(), hi.tolist(), strict=True))
+    return sorted(found)
