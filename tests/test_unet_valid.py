@@ -197,3 +197,76 @@ def test_export_matches_pytorch(valid_checkpoint: Path, tmp_path: Path, fmt: str
         got = run(x.numpy())
         assert got.shape == expected.shape
         assert np.abs(got - expected).max() < 1e-4
+
+
+def test_training_patches_carry_context(tmp_path: Path) -> None:
+    """The training data of a valid net: patches `crop + 2 * margin` wide, the mask ignored
+    outside the scored patch; mirrored image content where the context leaves the image."""
+    from tests.conftest import compose_train
+    from unet_seg.data.masks import IGNORE_INDEX
+    from unet_seg.train import build_datamodule
+
+    cfg = compose_train([
+        "arch=unet_valid", "arch.depth=2", "data.synthetic.num_images=4",
+        "data.synthetic.size=48", "data.crop_size=24", f"data.root={tmp_path / 'data'}",
+    ])  # fmt: skip
+    dm = build_datamodule(cfg, tmp_path)
+    dm.setup("fit")
+    c = ValidUNet.margin_for(2)
+    assert dm.datasets["train"].context == c == 20
+    sample = dm.datasets["train"][(0, 7)]
+    assert sample["image"].shape == (1, 24 + 2 * c, 24 + 2 * c)
+    mask = sample["mask"]
+    scored = mask[c:-c, c:-c]
+    assert (scored != IGNORE_INDEX).all()  # the scored patch lies inside the image
+    val = dm.datasets["val"][0]
+    assert val["image"].shape == (1, 48, 48)  # whole images, no context: the module mirrors
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_export(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="pip install '.[export]' (part of '.[dev]')")
+    import cv2
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF, compose_train
+    from unet_seg.evaluate import evaluate
+    from unet_seg.module import SegModule
+    from unet_seg.predict import predict
+    from unet_seg.train import train
+
+    run_dir = tmp_path / "run"
+    cfg = compose_train([
+        "arch=unet_valid", "arch.base_channels=4", "data.synthetic.num_images=8",
+        "data.synthetic.size=48", "data.crop_size=32", "data.batch_size=4",
+        "trainer.max_epochs=1", "logger=none", f"data.root={tmp_path / 'data'}",
+        f"run_dir={run_dir}",
+    ])  # fmt: skip
+    metrics = train(cfg)
+    assert 0 <= metrics["val/dice"] <= 1
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    module = SegModule.from_checkpoint(ckpt)
+    assert module.hparams.arch["name"] == "unet_valid" and module.context == 92
+
+    eval_cfg = OmegaConf.load(CONF / "evaluate.yaml")
+    eval_cfg.pop("defaults")
+    eval_cfg = OmegaConf.merge(eval_cfg, {"run_dir": str(run_dir), "device": "cpu"})
+    assert evaluate(eval_cfg)["images"] > 0
+
+    inputs = tmp_path / "new"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(inputs / "a.png"), rng.integers(0, 255, (130, 75), dtype=np.uint8))
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        overrides = [f"ckpt={ckpt}", f"input={inputs}", f"output={tmp_path / 'masks'}"]
+        pred_cfg = compose("predict", overrides=[*overrides, "device=cpu", "tile_size=48"])
+    (written,) = predict(pred_cfg)
+    mask = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (130, 75) and set(np.unique(mask).tolist()) <= {0, 255}
+
+    export_cfg = OmegaConf.load(CONF / "export.yaml")
+    export_cfg.pop("defaults")
+    out = tmp_path / "model.onnx"
+    export_cfg = OmegaConf.merge(export_cfg, {"ckpt": str(ckpt), "output": str(out)})
+    assert export(export_cfg)["max_abs_diff"] < 1e-4

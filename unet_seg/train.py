@@ -37,6 +37,7 @@ from unet_seg.config import (
 )
 from unet_seg.data.datamodule import SegDataModule, encoding_from_config
 from unet_seg.files import atomic_write_text
+from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,13 @@ CONFIG_GROUPS = (
 def build_datamodule(cfg: DictConfig, run_dir: Path) -> SegDataModule:
     """The data module of `cfg.data`, keeping its split in `run_dir/splits.json`.
 
-    `loss.weight_map` (loss=weighted_ce_dice) asks the data for per-pixel weight maps.
+    `loss.weight_map` (loss=weighted_ce_dice) asks the data for per-pixel weight maps;
+    a valid-convolution net (arch=unet_valid) for context around each training patch.
     """
     weight_map = to_plain((cfg.get("loss") or {}).get("weight_map"))
     return SegDataModule(
         **to_plain(cfg.data), splits_path=str(run_dir / "splits.json"), seed=cfg.seed,
-        weight_map=weight_map,
+        weight_map=weight_map, context=context_margin(to_plain(cfg.arch)),
     )  # fmt: skip
 
 

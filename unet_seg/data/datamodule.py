@@ -76,6 +76,9 @@ class SegDataModule(pl.LightningDataModule):
             the U-Net weight map, computed once per image in `setup`. Validation and
             test keep their masks as they are and carry no weights, so their loss
             and scores mean the same under every loss.
+        context: pixels of mirrored or real context around each training patch (the
+            margin of `arch=unet_valid`, set by `train` from the architecture, not by a
+            data config); validation and test images come whole, without.
     """
 
     def __init__(
@@ -115,8 +118,10 @@ class SegDataModule(pl.LightningDataModule):
         synthetic: dict | None = None,
         instances_dir: str | None = None,
         weight_map: dict | None = None,
+        context: int = 0,
     ) -> None:
         super().__init__()
+        self.context = int(context)
         if weight_map is not None and mask_format != "instances" and not instances_dir:
             raise ValueError(
                 "loss=weighted_ce_dice computes its weight map from instance labels, and "
@@ -175,7 +180,7 @@ class SegDataModule(pl.LightningDataModule):
                   "std": self.std, "intensity": self.intensity, "cache": self.cache}  # fmt: skip
         self.datasets["train"] = SegDataset(
             train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
-            **self._weight_args(train_pairs),
+            **self._weight_args(train_pairs), context=self.context,
         )  # fmt: skip
         if self.weight_map is not None:  # once per image, before workers copy the dataset
             start = time.perf_counter()

@@ -134,6 +134,10 @@ class SegDataset(Dataset):
             sample gets the U-Net weight map as `"weight"` (float32 `[H, W]`),
             computed once per image and always kept in memory (`precompute_weights`);
             with `separate_touching` the mask's touching-object borders become background.
+        context: pixels of input context around each training sample (a valid-convolution
+            net's margin, `arch=unet_valid`): the image comes `context` pixels larger on
+            each side than the patch the loss scores, mirrored where it leaves the image;
+            the mask and weight are padded to match (ignored, weight 0).
     """
 
     def __init__(
@@ -151,8 +155,10 @@ class SegDataset(Dataset):
         cache: bool = False,
         instance_paths: Sequence[Path] | None = None,
         weight_map: dict | None = None,
+        context: int = 0,
     ) -> None:
         self.pairs = list(pairs)
+        self.context = int(context)
         self.encoding = encoding
         self.in_channels = in_channels
         self.mean, self.std = mean, std
@@ -220,6 +226,8 @@ class SegDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, indices = self.load(index)
         weight = None if self.weight_map is None else self._weights[index][0]
+        if self.context:
+            image, indices, weight = self._add_context(image, indices, weight)
         if self.crop_size or self.transform is not None:
             # albumentations draws from generators of its own, seeded from the OS unless
             # set: seed them per sample (SeededShuffleSampler), else from torch's RNG.
@@ -244,6 +252,16 @@ class SegDataset(Dataset):
             sample["weight"] = torch.from_numpy(np.array(weight, dtype=np.float32))
         return sample
 
+    def _add_context(
+        self, image: np.ndarray, indices: np.ndarray, weight: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Mirror `context` pixels around the image (the U-Net paper's extrapolation of the
+        border); the mask gets ignored pixels there and the weight map zeros."""
+        c = self.context
+        image = np.pad(image, ((c, c), (c, c), (0, 0)), mode="reflect")
+        indices = np.pad(indices, c, constant_values=PAD_LABEL)
+        return image, indices, None if weight is None else np.pad(weight, c)
+
     def _crop(
         self,
         image: np.ndarray,
@@ -255,13 +273,14 @@ class SegDataset(Dataset):
         """A `crop_size` patch: centred on a foreground pixel with `foreground_crop`
         probability (when the image has any), else uniformly placed. `weight` (a
         per-pixel loss weight map, or None) is cut with the same window (padding: 0)."""
-        size = self.crop_size
+        size = self.crop_size + 2 * self.context  # the patch and its context
         h, w = indices.shape
         if h < size or w < size:
             if not self.pad_to_crop:
+                c = self.context
                 raise ValueError(
-                    f"{path}: {w}x{h} is smaller than data.crop_size={size}; lower "
-                    f"data.crop_size or set data.pad_to_crop=true"
+                    f"{path}: {w - 2 * c}x{h - 2 * c} is smaller than data.crop_size="
+                    f"{self.crop_size}; lower data.crop_size or set data.pad_to_crop=true"
                 )
             ph, pw = max(0, size - h), max(0, size - w)
             image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
