@@ -233,3 +233,30 @@ def test_command_line_composes_the_benchmark_config() -> None:
     cfg = OmegaConf.create(out.stdout)
     assert cfg.size == 64 and cfg.arch.name == "nested" and cfg.data.root.endswith("_64px")
     assert list(cfg.sections) == ["overhead", "data", "models", "inference", "fastpath"]
+
+
+def test_models_table_has_every_architecture_and_the_valid_nets_context() -> None:
+    """Every registered net has a row; the valid-convolution U-Net scores the same side from
+    an input larger by its context, and so costs more FLOPs per scored image."""
+    base = {"in_channels": 1, "num_classes": 2, "depth": 4, "bilinear": False}
+    archs = {name: {**base, "name": name} for name in ("unet", "attention_unet", "res_unet",
+                                                      "unet_valid")}  # fmt: skip
+    rows, _ = bench_models.measure_models(
+        list(archs), archs, {}, [36], 1, 4, torch.device("cpu"), 0, 1, 1
+    )
+    by_name = {r["name"]: r for r in rows}
+    assert set(by_name) == set(archs)
+    for name in ("unet", "attention_unet", "res_unet"):
+        assert by_name[name]["size"] == by_name[name]["input_size"] == 36
+    valid = by_name["unet_valid"]
+    assert valid["size"] == 36 and valid["input_size"] == 220  # 36 + 2 x 92, a valid side
+    assert valid["params"] == by_name["unet"]["params"]
+    assert valid["gflop_fwd_per_image"] > 3 * by_name["unet"]["gflop_fwd_per_image"]
+    assert "in px" in bench_models_table(rows)
+
+
+def bench_models_table(rows: list[dict]) -> str:
+    from unet_seg.benchmark import _models_lines
+
+    cfg = {"batch": 1, "models": {"steps": 1, "warmup": 0, "repeats": 1}}
+    return "\n".join(_models_lines(rows, cfg))

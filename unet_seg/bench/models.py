@@ -19,12 +19,14 @@ from torch import Tensor, nn
 from unet_seg.bench.measure import AUTOCAST, count_flops, peak_memory, time_per_step
 from unet_seg.losses import build_loss
 from unet_seg.models.registry import build_net
+from unet_seg.models.unet_valid import next_valid_size, valid_output_size
 from unet_seg.module import apply_fast_path
 
 log = logging.getLogger(__name__)
 
-PAPER_WIDTHS = {"unet": 64, "nested": 32}
-"""Base widths of Ronneberger et al. (2015) and Zhou et al. (2018), as in `conf/arch/`."""
+PAPER_WIDTHS = {"unet": 64, "nested": 32, "attention_unet": 64, "res_unet": 64, "unet_valid": 64}
+"""Base widths of the papers (Ronneberger et al., 2015; Zhou et al., 2018; Oktay et al.,
+2018), as in `conf/arch/`."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class NetSpec:
     """A net of the models table: who made it, and how it is built from (arch, base width)."""
 
     label: str
-    arch: str  # the project's architecture it matches: unet or nested
+    arch: str  # the project's architecture it is, or matches (MONAI): a registry name
     impl: str  # ours or MONAI
     build: Callable[[dict, int], nn.Module]  # (our arch kwargs, base width) -> net
 
@@ -88,6 +90,9 @@ NETS: dict[str, NetSpec] = {
     "unet": NetSpec("U-Net", "unet", "ours", _ours()),
     "nested": NetSpec("UNet++", "nested", "ours", _ours(deep_supervision=False)),
     "nested_ds": NetSpec("UNet++ deep sup.", "nested", "ours", _ours(deep_supervision=True)),
+    "attention_unet": NetSpec("Attention U-Net", "attention_unet", "ours", _ours()),
+    "res_unet": NetSpec("Residual U-Net", "res_unet", "ours", _ours()),
+    "unet_valid": NetSpec("U-Net, valid convs", "unet_valid", "ours", _ours()),
     "monai_unet": NetSpec("BasicUNet", "unet", "MONAI", _monai(plus_plus=False)),
     "monai_nested": NetSpec("BasicUNetPlusPlus", "nested", "MONAI", _monai(plus_plus=True)),
     "monai_nested_ds": NetSpec(
@@ -202,6 +207,13 @@ def random_batch(
     return x.to(device), y.to(device)
 
 
+def input_side(net: nn.Module, size: int) -> int:
+    """The input side that gives `size`-pixel logits (or the nearest larger): `size`, or for
+    a valid-convolution net the next side it accepts beyond `size` plus its context."""
+    margin = getattr(net, "margin", 0)
+    return next_valid_size(size + 2 * margin, net.depth) if margin else size
+
+
 def measure_models(
     names: list[str],
     archs: dict[str, dict],
@@ -238,11 +250,17 @@ def measure_models(
             base = base_channels or PAPER_WIDTHS[spec.arch]
             torch.manual_seed(seed)
             net = spec.build(arch, base).to(device)
-            x, y = random_batch(batch, size, arch["in_channels"], arch["num_classes"], device,
+            # a valid-convolution net scores `size` pixels from a larger input with its context
+            side = input_side(net, size)
+            x, _ = random_batch(batch, side, arch["in_channels"], arch["num_classes"], device,
                                 seed)  # fmt: skip
+            out_side = size if side == size else valid_output_size(side, net.depth)
+            _, y = random_batch(batch, out_side, arch["in_channels"], arch["num_classes"],
+                                device, seed)  # fmt: skip
             cases[name] = TrainStep(net, loss_cfg, x, y)
             rows.append({
-                "name": name, "label": spec.label, "impl": spec.impl, "size": size,
+                "name": name, "label": spec.label, "impl": spec.impl, "size": out_side,
+                "input_size": side,
                 "base_channels": base, "params": sum(p.numel() for p in net.parameters()),
                 **prepare_step(cases[name]),
             })  # fmt: skip
