@@ -102,3 +102,40 @@ def test_evaluate_a_run_split_with_unet_plus_plus_levels(tmp_path: Path) -> None
     assert dice[1] != dice[4]
     resized = evaluate(config(run_dir=str(run), mode="resize", split="val"))  # size from config
     assert resized["images"] == 1
+
+
+def test_evaluate_counts_separated_objects_when_instances_exist(tmp_path: Path) -> None:
+    """With instance labels beside the masks, evaluate also reports how many true objects
+    the prediction separates, and the totals are the sums of the per-image counts."""
+    from unet_seg.scores import object_counts
+
+    data = write_folder(tmp_path / "data", n=3, size=(40, 56))
+    (data / "instances").mkdir()
+    for mask_path in sorted((data / "masks").iterdir()):
+        mask = read_array(mask_path) > 0
+        _, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        cv2.imwrite(str(data / "instances" / mask_path.name), labels.astype(np.uint16))
+    sample = read_image(data / "images" / "img00.png", 1)[:, :, 0]
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", calibrate=sample)
+    output = tmp_path / "eval.json"
+    scores = evaluate(config(ckpt=str(ckpt), data_root=str(data), output=str(output),
+                             instances_dir="instances"))  # fmt: skip
+
+    model = load_model(ckpt, device="cpu")
+    expected = dict.fromkeys(("true_objects", "matched", "merged", "touching_pairs"), 0)
+    for image_path, _ in find_pairs(data):
+        labels = model.labels(read_image(image_path, 1))
+        instances = read_array(data / "instances" / image_path.name)
+        for key, value in object_counts(labels > 0, instances).items():
+            if key in expected:
+                expected[key] += value
+    assert expected["true_objects"] > 0
+    for key, value in expected.items():
+        assert scores[f"objects/{key}"] == value, key
+    assert json.loads(output.read_text())["objects/true_objects"] == expected["true_objects"]
+    with (tmp_path / "eval_per_image.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sum(int(r["objects/matched"]) for r in rows) == scores["objects/matched"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        evaluate(config(ckpt=str(ckpt), data_root=str(data), output=str(output),
+                        instances_dir="nowhere"))  # fmt: skip

@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR, load_run_config
-from unet_seg.data.dataset import find_pairs
+from unet_seg.data.dataset import find_instances, find_pairs
 from unet_seg.data.readers import read_image
 from unet_seg.data.splits import load_splits
+from unet_seg.data.weight_map import read_instances
 from unet_seg.inference import Predictor
 from unet_seg.predict import display_image, overlay
-from unet_seg.scores import METRICS, RULES, ScoreBook
+from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
 from unet_seg.train import write_json
 from unet_seg.visualize import error_map
 
@@ -97,6 +98,23 @@ def load_pair(
     return image, truth
 
 
+def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path] | None:
+    """One instance label file per pair, to count separated objects; None when there are none:
+    `instances_dir=` (or the run's `data.instances_dir`, beside its images), or the masks
+    themselves when they are instance labels."""
+    if mask_format == "instances":
+        return [mask for _, mask in pairs]
+    folder = cfg.get("instances_dir")
+    root = cfg.data_root
+    if cfg.run_dir:
+        data = load_run_config(Path(cfg.run_dir)).data
+        folder, root = folder or data.get("instances_dir"), data.root
+    if not folder:
+        return None
+    folder = Path(folder) if Path(folder).is_absolute() else Path(root) / folder
+    return find_instances(folder, [image for image, _ in pairs], cfg.get("mask_suffix") or "")
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Score a checkpoint on images with masks; log a table, write JSON, CSV and a picture.
 
@@ -110,19 +128,37 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     folders = predictor.class_names[1:] if predictor.encoding.mask_format == "folders" else None
     pairs, what = _pairs(cfg, folders)
     book = ScoreBook(predictor.class_names)
+    instances = instance_paths(cfg, pairs, predictor.encoding.mask_format)
+    objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     worst = _WorstCases(int(cfg.get("worst", 4)))
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
         loaded = [load_pair(image_path, mask_path, predictor) for image_path, mask_path in chunk]
         results = predictor.run([image for image, _ in loaded])
-        for (path, _), (image, truth), (labels, _) in zip(chunk, loaded, results, strict=True):
+        for i, ((path, _), (image, truth), (labels, _)) in enumerate(
+            zip(chunk, loaded, results, strict=True), start=start
+        ):
             row = book.add(path.name, labels, truth)
+            if objects is not None:  # foreground (any class > 0) components vs true objects
+                counts = object_counts(labels > 0, read_instances(instances[i]))
+                row.update({f"objects/{k}": v for k, v in counts.items()})
+                for key, value in counts.items():
+                    objects[key] += value
             worst.offer(row, image, truth, labels)
     results = book.summary()
     results["dice"] = results["dice/pooled/mean_fg"]
     results["iou"] = results["iou/pooled/mean_fg"]
     log.info("%s, %d images:\n%s", what, len(pairs), format_table(results, book.class_names))
+    if objects is not None:
+        results.update({f"objects/{k}": v for k, v in objects.items()})
+        log.info(
+            "objects (predicted components matched to true instances at IoU > 0.5): %d of %d "
+            "matched, %d merged, %d split, %d missed, %d false positives; touching pairs "
+            "separated: %d of %d", objects["matched"], objects["true_objects"],
+            objects["merged"], objects["split"], objects["missed"], objects["false_positives"],
+            objects["touching_pairs_separated"], objects["touching_pairs"],
+        )  # fmt: skip
 
     output = Path(cfg.output) if cfg.output else _default_output(cfg)
     output.parent.mkdir(parents=True, exist_ok=True)
