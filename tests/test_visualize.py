@@ -1,10 +1,13 @@
-"""Pictures: colours of classes and of errors, grid layout."""
+"""Pictures: colours of classes and of errors, grid layout, attention gates."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from unet_seg.visualize import colorize, error_map, prediction_grid, to_rgb8
+import numpy as np
+import pytest
+
+from unet_seg.visualize import attention_strip, colorize, error_map, prediction_grid, to_rgb8
 
 
 def test_colorize_binary_and_ignored() -> None:
@@ -31,3 +34,38 @@ def test_prediction_grid_layout() -> None:
     assert grid.dtype == np.uint8
     assert grid.shape == (4 + 2 + 2 + 2, 4 * 5 + 3 * 2, 3)
     assert grid[0, 2 * 7 + 1].tolist() == [255, 255, 255]  # the third panel: predicted class 1
+
+
+def test_attention_strip_upsamples_each_gate_over_the_input() -> None:
+    image = np.full((4, 6, 3), 100, np.uint8)
+    closed_left = np.array([[0.0, 1.0]])  # one row, two columns: left closed, right open
+    strip = attention_strip(image, [np.ones((4, 6)), closed_left], gap=1)
+    assert strip.shape == (4, 3 * 6 + 2, 3) and strip.dtype == np.uint8
+    assert strip[0, :6].tolist() == image.tolist()[0]  # the input as it is
+    open_px, closed_px = strip[2, 7 + 7 + 5], strip[2, 7 + 7 + 0]  # third panel
+    assert open_px.tolist() == [178, 50, 50]  # half input, half red
+    assert closed_px.tolist() == [50, 50, 178]  # half input, half blue
+    assert (strip[:, 6] == 128).all()  # the grey spacer
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_attention_unet_logs_its_gates_to_tensorboard(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.conftest import compose_train
+    from unet_seg.train import train
+
+    run_dir = tmp_path / "run"
+    train(compose_train([
+        "arch=attention_unet", "arch.base_channels=4", "data.synthetic.num_images=8",
+        "data.synthetic.size=48", "data.crop_size=32", "trainer.max_epochs=1",
+        f"data.root={tmp_path / 'data'}", f"run_dir={run_dir}",
+    ]))  # fmt: skip
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/attention_gates" in events.Tags()["images"]
+    pictures = events.Images("val/attention_gates")  # each validation, the final one too
+    assert pictures
+    picture = pictures[-1]
+    assert picture.width == 5 * 48 + 4 * 2 and picture.height == 48  # input + 4 gates

@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from unet_seg.data.transforms import denormalize
-from unet_seg.visualize import prediction_grid, to_rgb8
+from unet_seg.models.attention_unet import AttentionUNet
+from unet_seg.visualize import attention_strip, prediction_grid, to_rgb8
 
 
 class ValidationImages(pl.Callback):
@@ -53,6 +54,14 @@ class ValidationImages(pl.Callback):
         loggers[0].experiment.add_image(
             "val/input_truth_prediction_errors", grid, trainer.global_step, dataformats="HWC"
         )
+        if isinstance(pl_module.net, AttentionUNet):  # where each gate lets the skip through
+            with torch.no_grad():
+                image = dataset[0]["image"].to(pl_module.device)
+                _, alphas = pl_module.net(image[None], return_attention=True)
+            strip = attention_strip(rows[0][0], [a[0, 0].float().cpu().numpy() for a in alphas])
+            loggers[0].experiment.add_image(
+                "val/attention_gates", strip, trainer.global_step, dataformats="HWC"
+            )
 
 
 log = logging.getLogger(__name__)

@@ -79,3 +79,26 @@ def prediction_grid(
         p = np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0)), constant_values=128)
         padded.append(p)
     return np.concatenate(padded, axis=0)
+
+
+def attention_strip(image: np.ndarray, alphas: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """`input | gate 0 | gate 1 | ...`: Attention U-Net's coefficients over the input.
+
+    Args:
+        image: RGB uint8 `[H, W, 3]`.
+        alphas: one map per gate, shallow to deep, values in [0, 1], each `[h, w]` at its
+            level's resolution; shown nearest-upsampled to the input's size, the input
+            dimmed where the gate lets little through (alpha near 0).
+    Returns:
+        RGB uint8 `[H, (1 + len(alphas)) * (W + gap) - gap, 3]`.
+    """
+    h, w = image.shape[:2]
+    panels = [image]
+    for alpha in alphas:
+        rows = np.minimum(np.arange(h) * alpha.shape[0] // h, alpha.shape[0] - 1)
+        cols = np.minimum(np.arange(w) * alpha.shape[1] // w, alpha.shape[1] - 1)
+        a = np.clip(alpha[rows][:, cols], 0, 1)[..., None]  # [H, W, 1]
+        heat = np.concatenate([a, np.zeros_like(a), 1 - a], axis=2) * 255  # red: open
+        panels.append((0.5 * image + 0.5 * heat).round().astype(np.uint8))
+    spacer = np.full((h, gap, 3), 128, np.uint8)
+    return np.concatenate([q for panel in panels for q in (panel, spacer)][:-1], axis=1)
