@@ -328,3 +328,24 @@ def test_fuzzed_files_load_or_are_refused_by_name(tmp_path: Path) -> None:
         except ValueError as err:
             assert path.name in str(err)
     assert refused > 10  # the fuzzing did break files
+
+
+def test_atomic_write_keeps_no_temporary_and_honours_the_umask(tmp_path: Path) -> None:
+    """Run files (config.yaml, splits.json, metrics.json) are readable as any file the user
+    writes (the temporary file's private 0600 would hide them from a shared group)."""
+    import os
+    import stat
+
+    from unet_seg.files import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "run" / "config.yaml", "a: 1\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        atomic_write_text(path, "a: 2\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(previous)
+    assert path.read_text() == "a: 2\n"
+    assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
