@@ -105,11 +105,16 @@ def nearest_two_distances(
         n: number of objects.
         reach: how far from each object distances are computed (pixels).
     Returns:
-        d1, d2: float32 `[H, W]`; 0 on an object's own pixels for d1.
+        d1, d2: float64 `[H, W]`; 0 on an object's own pixels for d1.
+
+    OpenCV's float32 distances differ in their last bit with the memory alignment of
+    the arrays (its vector code), which made the weight map, and so training, differ
+    between identical runs. A squared distance between pixel centres is an integer:
+    it is recovered exactly by rounding, and its square root taken in float64.
     """
     h, w = labels.shape
-    d1 = np.full((h, w), np.inf, np.float32)
-    d2 = np.full((h, w), np.inf, np.float32)
+    d1 = np.full((h, w), np.inf, np.float64)
+    d2 = np.full((h, w), np.inf, np.float64)
     grow = h + w if math.isinf(reach) else int(math.ceil(reach))
     for i, (y0, y1, x0, x1) in enumerate(_bounding_boxes(labels, n)[1:], start=1):
         if y1 <= y0:  # label absent
@@ -117,6 +122,7 @@ def nearest_two_distances(
         ya, yb, xa, xb = max(0, y0 - grow), min(h, y1 + grow), max(0, x0 - grow), min(w, x1 + grow)
         outside = (labels[ya:yb, xa:xb] != i).astype(np.uint8)
         dist = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        dist = np.sqrt(np.rint(dist.astype(np.float64) ** 2))  # exact: sqrt(dy^2 + dx^2)
         near, second = d1[ya:yb, xa:xb], d2[ya:yb, xa:xb]  # views: updated in place
         np.minimum(second, np.maximum(near, dist), out=second)
         np.minimum(near, dist, out=near)
@@ -160,9 +166,9 @@ def unet_weight_map(
     d1, d2 = nearest_two_distances(labels, n, reach)
     total = (d1 + d2)[background]
     near = total <= reach
-    border = np.zeros(total.shape, np.float32)
+    border = np.zeros(total.shape, np.float64)
     border[near] = w0 * np.exp(-(total[near] ** 2) / (2.0 * sigma**2))
-    weight[background] += border
+    weight[background] = (weight[background] + border).astype(np.float32)
     return weight
 
 
