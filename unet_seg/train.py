@@ -119,17 +119,32 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
     return cfg
 
 
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs. A key that one side lacks
+    counts only when the other side sets it: an option added to unet-seg later, null by
+    default, does not make a run made before it "another config"."""
+    differ = []
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differ.append(f"{prefix}{key}")
+    return differ
+
+
 def continue_run(cfg: DictConfig) -> dict | None:
     """For a run directory that already holds a run: its metrics if it finished, else None
     (resume it). A different config there is an error: nothing a user made is overwritten.
     """
     run_dir = Path(cfg.run_dir)
     saved = to_plain(load_run_config(run_dir))
-    if {**saved, "resume": None} != {**to_plain(cfg), "resume": None}:
+    differ = config_differences({**saved, "resume": None}, {**to_plain(cfg), "resume": None})
+    if differ:
         raise ValueError(
-            f"{run_dir} already holds a run with another config ({run_dir / RUN_CONFIG}): "
-            "choose another directory (hydra.run.dir / hydra.sweep.dir), or continue that "
-            f"run with resume={run_dir}"
+            f"{run_dir} already holds a run with another config ({run_dir / RUN_CONFIG}; "
+            f"differs at {', '.join(differ[:5])}): choose another directory (hydra.run.dir / "
+            f"hydra.sweep.dir), or continue that run with resume={run_dir}"
         )
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
