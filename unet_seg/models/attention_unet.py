@@ -15,14 +15,14 @@ from torch import nn
 
 from unet_seg.models.blocks import (
     AttentionGate,
+    ConvBlock,
     DoubleConv,
-    Down,
     crop_to,
     pad_like,
     pad_to_multiple,
-    unet_channels,
     upsampler,
 )
+from unet_seg.models.unet import UNet
 
 
 class AttentionUp(nn.Module):
@@ -34,18 +34,25 @@ class AttentionUp(nn.Module):
         in_channels: channels after concatenation [gated skip, up].
         out_channels: channels of the output.
         bilinear: bilinear upsampling instead of a transposed conv.
+        block: the conv block after concatenation (:class:`DoubleConv` by default).
 
     Shape:
         deeper [B, C_d, h, w], skip [B, in_channels // 2, H, W] with H in {2h, 2h + 1}
         -> (out [B, out_channels, H, W], alpha [B, 1, H, W])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, bilinear: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        bilinear: bool = False,
+        block: ConvBlock = DoubleConv,
+    ) -> None:
         super().__init__()
         half = in_channels // 2
         self.up = upsampler(in_channels, half, bilinear)
         self.gate = AttentionGate(gate_channels=half, skip_channels=half)
-        self.conv = DoubleConv(in_channels, out_channels, half if bilinear else None)
+        self.conv = block(in_channels, out_channels, half if bilinear else None)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         up = pad_like(self.up(x), skip)
@@ -54,10 +61,12 @@ class AttentionUp(nn.Module):
         return self.conv(x), alpha
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """U-Net with attention-gated skips (Oktay et al., 2018), returning per-pixel logits.
 
-    Same arguments and padding rule as :class:`~unet_seg.models.UNet`; the gates add
+    :class:`~unet_seg.models.UNet` with :class:`AttentionUp` as its decoder step: same
+    arguments, widths and padding rule; only `forward` differs (it gathers the gates'
+    coefficients). The gates add
     ``C**2 + 2.5 C + 2`` parameters per skip of ``C`` channels.
 
     Args:
@@ -71,24 +80,7 @@ class AttentionUNet(nn.Module):
         [B, in_channels, H, W] -> [B, num_classes, H, W]
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        base_channels: int = 64,
-        depth: int = 4,
-        bilinear: bool = False,
-    ) -> None:
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.depth = depth
-        downs, ups = unet_channels(base_channels, depth, bilinear)
-
-        self.inc = DoubleConv(in_channels, base_channels)
-        self.downs = nn.ModuleList(Down(c_in, c_out) for c_in, c_out in downs)
-        self.ups = nn.ModuleList(AttentionUp(c_in, c_out, bilinear) for c_in, c_out in ups)
-        self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
+    up_step = AttentionUp
 
     def forward(
         self, x: torch.Tensor, return_attention: bool = False

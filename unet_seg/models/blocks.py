@@ -16,6 +16,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def conv_pair_layers(
+    in_channels: int, out_channels: int, mid_channels: int | None = None, padding: int = 1
+) -> list[nn.Module]:
+    """The layers of two (3x3 conv -> BatchNorm -> ReLU): six modules, in order.
+
+    `padding=1` keeps the size (:class:`DoubleConv`); `padding=0` is the U-Net paper's
+    valid convolution, 4 pixels smaller. :class:`ResidualBlock` takes all but the last
+    ReLU, which it applies after the shortcut is added.
+    """
+    mid = out_channels if mid_channels is None else mid_channels
+    return [
+        nn.Conv2d(in_channels, mid, kernel_size=3, padding=padding, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid, out_channels, kernel_size=3, padding=padding, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
 class DoubleConv(nn.Module):
     """Two (3x3 conv -> BatchNorm -> ReLU) layers.
 
@@ -32,15 +52,7 @@ class DoubleConv(nn.Module):
         self, in_channels: int, out_channels: int, mid_channels: int | None = None
     ) -> None:
         super().__init__()
-        mid = out_channels if mid_channels is None else mid_channels
-        self.block = nn.Sequential(
-            nn.Conv2d(in_channels, mid, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        self.block = nn.Sequential(*conv_pair_layers(in_channels, out_channels, mid_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.block(x)
@@ -67,14 +79,8 @@ class ResidualBlock(nn.Module):
         self, in_channels: int, out_channels: int, mid_channels: int | None = None
     ) -> None:
         super().__init__()
-        mid = out_channels if mid_channels is None else mid_channels
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, mid, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
+        # conv-BN-ReLU-conv-BN: the ReLU comes after the shortcut is added
+        self.body = nn.Sequential(*conv_pair_layers(in_channels, out_channels, mid_channels)[:-1])
         self.shortcut: nn.Module = nn.Identity()
         if in_channels != out_channels:
             self.shortcut = nn.Sequential(

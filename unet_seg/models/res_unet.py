@@ -15,24 +15,16 @@ The idea follows Zhang et al., 2018, "Road Extraction by Deep Residual U-Net"
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from unet_seg.models.blocks import (
-    Down,
-    ResidualBlock,
-    Up,
-    crop_to,
-    pad_to_multiple,
-    unet_channels,
-)
+from unet_seg.models.blocks import ResidualBlock
+from unet_seg.models.unet import UNet
 
 
-class ResUNet(nn.Module):
+class ResUNet(UNet):
     """U-Net with residual blocks (Zhang et al., 2018; He et al., 2016), returning logits.
 
-    Same arguments, widths and padding rule as :class:`~unet_seg.models.UNet`; each
-    block whose channels change adds a 1x1 projection shortcut (``C_in * C_out + 2 C_out``
+    :class:`~unet_seg.models.UNet` with :class:`~unet_seg.models.blocks.ResidualBlock`
+    as its conv block: same arguments, widths and padding rule. Each block whose
+    channels change adds a 1x1 projection shortcut (``C_in * C_out + 2 C_out``
     parameters), the others an identity.
 
     Args:
@@ -46,31 +38,4 @@ class ResUNet(nn.Module):
         [B, in_channels, H, W] -> [B, num_classes, H, W]
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        base_channels: int = 64,
-        depth: int = 4,
-        bilinear: bool = False,
-    ) -> None:
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.depth = depth
-        downs, ups = unet_channels(base_channels, depth, bilinear)
-
-        self.inc = ResidualBlock(in_channels, base_channels)
-        self.downs = nn.ModuleList(Down(c_in, c_out, ResidualBlock) for c_in, c_out in downs)
-        self.ups = nn.ModuleList(Up(c_in, c_out, bilinear, ResidualBlock) for c_in, c_out in ups)
-        self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, size = pad_to_multiple(x, 2**self.depth)
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        x = skips.pop()
-        for up in self.ups:
-            x = up(x, skips.pop())
-        return crop_to(self.head(x), size)
+    block = ResidualBlock

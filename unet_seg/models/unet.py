@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unet_seg.models.blocks import DoubleConv, Down, Up, crop_to, pad_to_multiple, unet_channels
+from unet_seg.models.blocks import (
+    ConvBlock,
+    DoubleConv,
+    Down,
+    Up,
+    crop_to,
+    pad_to_multiple,
+    unet_channels,
+)
 
 
 class UNet(nn.Module):
@@ -26,7 +34,16 @@ class UNet(nn.Module):
 
     Shape:
         [B, in_channels, H, W] -> [B, num_classes, H, W]
+
+    Variants of the family change the class attributes, not the layout:
+    :class:`~unet_seg.models.res_unet.ResUNet` the conv block,
+    :class:`~unet_seg.models.attention_unet.AttentionUNet` the decoder step.
     """
+
+    block: ConvBlock = DoubleConv
+    """The conv block of every level: `(in_channels, out_channels, mid_channels) -> module`."""
+    up_step: type[nn.Module] = Up
+    """The decoder step: `(in_channels, out_channels, bilinear, block) -> module`."""
 
     def __init__(
         self,
@@ -42,9 +59,11 @@ class UNet(nn.Module):
         self.depth = depth
         downs, ups = unet_channels(base_channels, depth, bilinear)
 
-        self.inc = DoubleConv(in_channels, base_channels)
-        self.downs = nn.ModuleList(Down(c_in, c_out) for c_in, c_out in downs)
-        self.ups = nn.ModuleList(Up(c_in, c_out, bilinear) for c_in, c_out in ups)
+        self.inc = self.block(in_channels, base_channels, None)
+        self.downs = nn.ModuleList(Down(c_in, c_out, self.block) for c_in, c_out in downs)
+        self.ups = nn.ModuleList(
+            self.up_step(c_in, c_out, bilinear, self.block) for c_in, c_out in ups
+        )
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,20 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unet_seg.models.blocks import upsampler
+from unet_seg.models.blocks import conv_pair_layers, unet_channels, upsampler
 
 
-def valid_double_conv(in_channels: int, out_channels: int, mid_channels: int | None = None):
+def valid_double_conv(
+    in_channels: int, out_channels: int, mid_channels: int | None = None
+) -> nn.Sequential:
     """Two (3x3 valid conv -> BatchNorm -> ReLU): `[B, C, H, W] -> [B, out, H - 4, W - 4]`."""
-    mid = out_channels if mid_channels is None else mid_channels
-    return nn.Sequential(
-        nn.Conv2d(in_channels, mid, kernel_size=3, bias=False),
-        nn.BatchNorm2d(mid),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out_channels, kernel_size=3, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(*conv_pair_layers(in_channels, out_channels, mid_channels, padding=0))
 
 
 def valid_output_size(size: int, depth: int) -> int | None:
@@ -120,25 +114,20 @@ class ValidUNet(nn.Module):
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.depth = depth
         self.margin = self.margin_for(depth)
-        factor = 2 if bilinear else 1
-        widths = [base_channels * 2**i for i in range(depth + 1)]
-        enc_out = widths[1:-1] + [widths[-1] // factor]
-        dec_out = [w // factor for w in widths[1:-1]][::-1] + [widths[0]]
+        downs, ups = unet_channels(base_channels, depth, bilinear)
 
-        self.inc = valid_double_conv(in_channels, widths[0])
+        self.inc = valid_double_conv(in_channels, base_channels)
         self.pool = nn.MaxPool2d(2)
-        self.downs = nn.ModuleList(
-            valid_double_conv(c_in, c_out) for c_in, c_out in zip(widths[:-1], enc_out, strict=True)
-        )
+        self.downs = nn.ModuleList(valid_double_conv(c_in, c_out) for c_in, c_out in downs)
         # decoder step i: upsample the deeper feature, concatenate the cropped skip, convolve;
         # channel bookkeeping as in `unet_seg.models.blocks.Up`
         self.ups = nn.ModuleList()
         self.up_convs = nn.ModuleList()
-        for c_in, c_out in zip(widths[:0:-1], dec_out, strict=True):
+        for c_in, c_out in ups:
             half = c_in // 2
             self.ups.append(upsampler(c_in, half, bilinear))
             self.up_convs.append(valid_double_conv(c_in, c_out, half if bilinear else None))
-        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
         self.skip_crops = self.skip_crops_for(depth)
 
     @staticmethod
