@@ -221,8 +221,9 @@ def test_state_dict_round_trip_through_the_registry(arch: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(FAMILY))
+@pytest.mark.parametrize("arch", [*sorted(FAMILY), "unet_valid"])
 def test_train_evaluate_predict_export(tmp_path: Path, arch: str) -> None:
+    """Each architecture through every entry point: train, evaluate, tiled predict, ONNX."""
     pytest.importorskip("onnxruntime", reason="pip install '.[export]' (part of '.[dev]')")
     from unet_seg.evaluate import evaluate
     from unet_seg.export import export, load_exported
@@ -242,6 +243,8 @@ def test_train_evaluate_predict_export(tmp_path: Path, arch: str) -> None:
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["hyper_parameters"]["arch"]["name"] == arch
+    # the valid-convolution net scores the centre of 92 pixels of context on each side
+    assert SegModule.from_checkpoint(ckpt).context == (92 if arch == "unet_valid" else 0)
 
     eval_cfg = OmegaConf.load(CONF / "evaluate.yaml")
     eval_cfg.pop("defaults")
@@ -251,13 +254,14 @@ def test_train_evaluate_predict_export(tmp_path: Path, arch: str) -> None:
     inputs = tmp_path / "new"
     inputs.mkdir()
     rng = np.random.default_rng(0)
-    cv2.imwrite(str(inputs / "a.png"), rng.integers(0, 255, (37, 45), dtype=np.uint8))
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        overrides = [f"ckpt={ckpt}", f"input={inputs}", f"output={tmp_path / 'masks'}"]
-        pred_cfg = compose("predict", overrides=[*overrides, "device=cpu"])
-    (written,) = predict(pred_cfg)
-    mask = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
-    assert mask.shape == (37, 45) and set(np.unique(mask).tolist()) <= {0, 255}
+    for shape in [(37, 45), (130, 75)]:  # one tile; 3 x 2 tiles of 48 (overlap-tile: valid)
+        cv2.imwrite(str(inputs / "a.png"), rng.integers(0, 255, shape, dtype=np.uint8))
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            overrides = [f"ckpt={ckpt}", f"input={inputs}", f"output={tmp_path / 'masks'}"]
+            pred_cfg = compose("predict", overrides=[*overrides, "device=cpu", "tile_size=48"])
+        (written,) = predict(pred_cfg)
+        mask = cv2.imread(str(written), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == shape and set(np.unique(mask).tolist()) <= {0, 255}
 
     export_cfg = OmegaConf.load(CONF / "export.yaml")
     export_cfg.pop("defaults")
@@ -266,10 +270,12 @@ def test_train_evaluate_predict_export(tmp_path: Path, arch: str) -> None:
     assert export(export_cfg)["max_abs_diff"] < 1e-4  # export's own check at a padded size
     run, meta = load_exported(out, "onnx")
     module = SegModule.from_checkpoint(ckpt)
-    x = torch.randn(3, 1, 45, 70)
+    # sides that are no multiples of 16; the valid net's graph takes sides >= 108
+    h, w = (110, 130) if arch == "unet_valid" else (45, 70)
+    x = torch.randn(3, 1, h, w)
     with torch.no_grad():
         expected = module(x).numpy()
     got = run(x.numpy())
-    assert got.shape == expected.shape == (3, 2, 45, 70)
+    assert got.shape == expected.shape == (3, 2, h, w)
     assert np.abs(got - expected).max() < 1e-4
     assert f'"name": "{arch}"' in meta["architecture"]
