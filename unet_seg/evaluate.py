@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR, load_run_config
-from unet_seg.data.dataset import find_instances, find_pairs
+from unet_seg.data.dataset import find_pairs, instance_files
 from unet_seg.data.readers import read_image
 from unet_seg.data.splits import load_splits
 from unet_seg.data.weight_map import read_instances
@@ -102,17 +102,14 @@ def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path]
     """One instance label file per pair, to count separated objects; None when there are none:
     `instances_dir=` (or the run's `data.instances_dir`, beside its images), or the masks
     themselves when they are instance labels."""
-    if mask_format == "instances":
-        return [mask for _, mask in pairs]
-    folder = cfg.get("instances_dir")
-    root = cfg.data_root
+    folder, root, suffix = cfg.get("instances_dir"), cfg.data_root, cfg.get("mask_suffix")
     if cfg.run_dir:
         data = load_run_config(Path(cfg.run_dir)).data
-        folder, root = folder or data.get("instances_dir"), data.root
-    if not folder:
+        folder = folder or data.get("instances_dir")
+        root, suffix = data.root, data.get("mask_suffix")
+    if not folder and mask_format != "instances":
         return None
-    folder = Path(folder) if Path(folder).is_absolute() else Path(root) / folder
-    return find_instances(folder, [image for image, _ in pairs], cfg.get("mask_suffix") or "")
+    return instance_files(pairs, mask_format, Path(root) / (folder or ""), suffix or "")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

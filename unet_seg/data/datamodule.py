@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from unet_seg.data.checks import check_pairs
-from unet_seg.data.dataset import SegDataset, find_instances, find_pairs, pad_collate
+from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
@@ -197,11 +197,9 @@ class SegDataModule(pl.LightningDataModule):
         """`SegDataset` arguments for the weight map: instance files and settings."""
         if self.weight_map is None:
             return {}
-        if self.encoding.mask_format == "instances":
-            paths = [mask for _, mask in pairs]
-        else:
-            paths = find_instances(self.root / self.instances_dir, [img for img, _ in pairs],
-                                   self.folders["mask_suffix"])  # fmt: skip
+        folder = self.root / (self.instances_dir or "")
+        paths = instance_files(pairs, self.encoding.mask_format, folder,
+                               self.folders["mask_suffix"])  # fmt: skip
         return {"instance_paths": paths, "weight_map": self.weight_map}
 
     def _load_or_make_splits(self, names: list[str]) -> dict[str, list[str]]:

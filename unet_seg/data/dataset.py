@@ -79,9 +79,9 @@ def find_instances(folder: str | Path, images: Sequence[Path], mask_suffix: str 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"{folder} does not exist: loss=weighted_ce_dice reads instance labels "
-            "(0 = background, 1..N = objects, one file per image, named like the image) "
-            "from data.instances_dir"
+            f"{folder} does not exist: instance labels (0 = background, 1..N = objects, one "
+            "file per image, named like the image) are read from data.instances_dir "
+            "(loss=weighted_ce_dice) or evaluate's instances_dir="
         )
     files = {p.stem: p for p in list_images(folder)}
     found, missing = [], []
@@ -93,9 +93,20 @@ def find_instances(folder: str | Path, images: Sequence[Path], mask_suffix: str 
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image(s) have no instance labels in {folder} (expected "
-            f"<stem>.<ext>), e.g. {missing[:5]}: add them, or train without the weight map"
+            f"<stem>.<ext>), e.g. {missing[:5]}: add them, or train without the weight map "
+            "(evaluate: without instances_dir=)"
         )
     return found
+
+
+def instance_files(
+    pairs: Sequence[tuple[Path, Path]], mask_format: str, folder: str | Path, mask_suffix: str = ""
+) -> list[Path]:
+    """The instance label file of each (image, mask) pair: the mask itself when masks are
+    instance labels (`mask_format=instances`), else its file in `folder` (`find_instances`)."""
+    if mask_format == "instances":
+        return [mask for _, mask in pairs]
+    return find_instances(folder, [image for image, _ in pairs], mask_suffix)
 
 
 def _folder_pairs(
