@@ -30,7 +30,7 @@ from unet_seg import __version__
 from unet_seg.config import CONF_DIR
 from unet_seg.inference import load_for_inference
 from unet_seg.models.nested_unet import DEPTH as NESTED_DEPTH
-from unet_seg.models.unet_valid import valid_input_sizes
+from unet_seg.models.unet_valid import valid_padding
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,9 @@ class ExportNet(nn.Module):
         h, w = x.shape[-2], x.shape[-1]
         context = getattr(self.net, "margin", 0)
         if context:  # valid convolutions: mirror `context` pixels around, then to a valid side
-            residue = self.multiple + valid_input_sizes(self.net.depth, 4 * context)[0]
-            ph = (residue - (h + 2 * context)) % self.multiple
-            pw = (residue - (w + 2 * context)) % self.multiple
             m = context
+            ph = valid_padding(h + 2 * m, self.net.depth)
+            pw = valid_padding(w + 2 * m, self.net.depth)
             x = F.pad(x, [m, m + pw, m, m + ph], mode="reflect")
             out = self.net.forward_unchecked(x)
             return out[:, :, :h, :w]

@@ -18,6 +18,9 @@ Where this follows the paper and where it does not:
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,11 +52,24 @@ def valid_output_size(size: int, depth: int) -> int | None:
     return n if n >= 1 else None
 
 
+@functools.cache
+def smallest_valid_size(depth: int) -> int:
+    """The smallest input side a valid U-Net of `depth` accepts (188 at depth 4); the others
+    are this plus multiples of `2 ** depth`."""
+    return next(n for n in itertools.count(1) if valid_output_size(n, depth) is not None)
+
+
+def valid_padding(size, depth: int):
+    """Pixels to add to a side of at least `smallest_valid_size(depth)` to make it accepted.
+
+    Plain arithmetic on `size`, so that it also works on the symbolic sizes of a traced
+    graph (`unet_seg.export`)."""
+    return (smallest_valid_size(depth) - size) % 2**depth
+
+
 def next_valid_size(size: int, depth: int) -> int:
     """The smallest input side >= `size` that a valid U-Net of `depth` accepts."""
-    while valid_output_size(size, depth) is None:
-        size += 1
-    return size
+    return max(size + valid_padding(size, depth), smallest_valid_size(depth))
 
 
 def mirror_pad(x: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
@@ -136,7 +152,7 @@ class ValidUNet(nn.Module):
         input size: 4, 16, 40, 88 at depth 4 (for 572: 64 -> 56, 136 -> 104, 280 -> 200 and
         568 -> 392, as in the paper's figure 1). Constants rather than sizes read at run time,
         so that a traced graph (ONNX) stays correct at every input size."""
-        n = valid_input_sizes(depth, 8 * ValidUNet.margin_for(depth))[0]
+        n = smallest_valid_size(depth)
         encoder = []
         for _ in range(depth):
             encoder.append(n - 4)
