@@ -32,9 +32,9 @@ def config(ckpt: Path, **overrides) -> OmegaConf:
     return OmegaConf.merge(cfg, {"ckpt": str(ckpt), **overrides})
 
 
-def max_diff(module: SegModule, run, channels: int) -> float:
+def max_diff(module: SegModule, run, channels: int, shapes=SHAPES) -> float:
     worst = 0.0
-    for batch, h, w in SHAPES:
+    for batch, h, w in shapes:
         x = torch.randn(batch, channels, h, w)
         with torch.no_grad():
             expected = module(x).numpy()
@@ -62,6 +62,19 @@ def test_onnx_matches_pytorch_at_any_size(tmp_path: Path, arch: str, level: int 
     assert json.loads(meta["normalization"])["mean"] == [0.5]
     assert json.loads(meta["level"]) == level
     assert json.loads(meta["architecture"])["name"] == arch
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_valid_convolution_net_exports_its_mirrored_context(tmp_path: Path, fmt: str) -> None:
+    """The exported unet_valid graph mirrors the context itself: the logits of `SegModule`
+    at sides that are no accepted inputs, from the smallest it takes (`min_side` = 108) up."""
+    ckpt = make_checkpoint(tmp_path / "valid.ckpt", "unet_valid")
+    out = tmp_path / f"valid.{fmt}"
+    assert export(config(ckpt, format=fmt, output=str(out)))["max_abs_diff"] < 1e-4
+    run, meta = load_exported(out, fmt)
+    assert "H, W >= 108" in meta["input"]
+    shapes = [(1, 108, 131), (2, 150, 110)]
+    assert max_diff(SegModule.from_checkpoint(ckpt), run, channels=1, shapes=shapes) < 1e-4
 
 
 def test_torchscript_matches_pytorch_and_carries_metadata(tmp_path: Path) -> None:

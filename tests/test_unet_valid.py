@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from tests.test_inference import ARCHS, image, make_checkpoint, predictor
-from unet_seg.export import export, load_exported
 from unet_seg.models.registry import build_net, context_margin
 from unet_seg.models.unet import UNet
 from unet_seg.models.unet_valid import (
@@ -170,33 +169,6 @@ def test_overlap_tile_with_tta(valid_checkpoint: Path) -> None:
 def test_tile_smaller_than_the_pooling_grid_is_refused(valid_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="tile_size >= 16"):
         predictor(valid_checkpoint, mode="tile", tile_size=8).labels(image((40, 40)))
-
-
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_export_matches_pytorch(valid_checkpoint: Path, tmp_path: Path, fmt: str) -> None:
-    """The exported graph mirrors the context itself: same logits as `SegModule` at sizes
-    that are not valid inputs, from the smallest it takes (`min_side` = 108) up."""
-    pytest.importorskip("onnxruntime", reason="pip install '.[export]' (part of '.[dev]')")
-    from omegaconf import OmegaConf
-
-    from unet_seg.module import SegModule
-
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "export.yaml")
-    cfg.pop("defaults")
-    out = tmp_path / f"valid.{fmt}"
-    result = export(OmegaConf.merge(cfg, {"ckpt": str(valid_checkpoint), "format": fmt,
-                                          "output": str(out)}))  # fmt: skip
-    assert result["max_abs_diff"] < 1e-4
-    run, meta = load_exported(out, fmt)
-    assert "H, W >= 108" in meta["input"]
-    module = SegModule.from_checkpoint(valid_checkpoint)
-    for shape in [(1, 1, 108, 131), (2, 1, 150, 110)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            expected = module(x).numpy()
-        got = run(x.numpy())
-        assert got.shape == expected.shape
-        assert np.abs(got - expected).max() < 1e-4
 
 
 def test_training_patches_carry_context(tmp_path: Path) -> None:
