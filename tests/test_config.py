@@ -9,8 +9,9 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import CONF, compose_train
-from unet_seg.config import save_run_config, to_plain
-from unet_seg.train import build_module, resume_config
+from unet_seg.build import build_module
+from unet_seg.config import to_plain
+from unet_seg.run_dir import RunDir, resume_config
 
 GROUPS = [
     "arch",
@@ -87,7 +88,7 @@ def test_resume_config_applies_key_overrides_and_refuses_groups(tmp_path: Path) 
     cfg = compose_train([f"run_dir={tmp_path}", "arch=nested", "arch.base_channels=4"])
     with pytest.raises(FileNotFoundError, match="not a unet-seg run directory"):
         resume_config(tmp_path)
-    save_run_config(cfg, tmp_path)
+    RunDir(tmp_path).save_config(cfg)
     resumed = resume_config(tmp_path, [f"resume={tmp_path}", "trainer.max_epochs=7"])
     assert resumed.trainer.max_epochs == 7
     assert resumed.arch.name == "nested"  # from the run, not from the defaults

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import write_folder
-from unet_seg.data.datamodule import SegDataModule, check_class_config
+from unet_seg.data.contract import check_class_config
+from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.dataset import SegDataset, find_pairs, pad_collate, read_image
 from unet_seg.data.masks import IGNORE_INDEX, MaskEncoding
 from unet_seg.data.readers import read_array

@@ -60,7 +60,7 @@ def test_train_resume_evaluate_predict(tmp_path: Path) -> None:
     splits = json.loads((run_dir / "splits.json").read_text())
     assert sum(len(v) for v in splits.values()) == 12
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)  # plain data only
-    assert ckpt["hyper_parameters"]["mask_values"] == [0, 255]
+    assert ckpt["hyper_parameters"]["data"]["mask_values"] == [0, 255]
     steps_after_first = first["global_step"]
     assert steps_after_first == ckpt["global_step"] > 0
 
@@ -194,4 +194,4 @@ def test_training_without_a_logger_and_the_crop_size_in_the_checkpoint(tmp_path:
     assert 0 <= train(cfg)["val/dice"] <= 1
     assert not (run_dir / "tensorboard").exists()
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["input_size"] == 48  # resize-mode inference needs it
+    assert ckpt["hyper_parameters"]["data"]["crop_size"] == 48  # resize-mode inference needs it

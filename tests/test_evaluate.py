@@ -84,7 +84,7 @@ def test_evaluate_a_run_split_with_unet_plus_plus_levels(tmp_path: Path) -> None
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     sample = read_image(data / "images" / "img00.png", 1)[:, :, 0]
-    make_checkpoint(run / "checkpoints" / "best.ckpt", "nested", calibrate=sample)
+    make_checkpoint(run / "checkpoints" / "best.ckpt", "nested", calibrate=sample, crop_size=32)
     OmegaConf.save({"data": {"root": str(data), "images_dir": "images", "masks_dir": "masks",
                              "mask_suffix": "", "crop_size": 32}}, run / "config.yaml")  # fmt: skip
     (run / "splits.json").write_text(
@@ -100,7 +100,7 @@ def test_evaluate_a_run_split_with_unet_plus_plus_levels(tmp_path: Path) -> None
     assert (run / "evaluation_test.json").is_file()
     assert (run / "evaluation_test_per_image.csv").is_file()
     assert dice[1] != dice[4]
-    resized = evaluate(config(run_dir=str(run), mode="resize", split="val"))  # size from config
+    resized = evaluate(config(run_dir=str(run), mode="resize", split="val"))  # size: the contract's
     assert resized["images"] == 1
 
 

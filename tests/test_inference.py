@@ -18,6 +18,7 @@ from unet_seg.inference import (
     load_for_inference,
     tile_starts,
 )
+from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
 
 ARCHS = {
@@ -41,7 +42,7 @@ def make_checkpoint(
 
     With `calibrate` (an `[H, W]` uint8 image), the head biases are set so that every
     foreground class wins on some pixels of that image: predictions that are not empty.
-    `hparams` go to `SegModule` as they are (e.g. `mask_format`, `mask_colors`).
+    `hparams` go to the data contract as they are (e.g. `mask_format`, `mask_colors`).
     """
     torch.manual_seed(seed)
     k = len(mask_values)
@@ -49,11 +50,10 @@ def make_checkpoint(
         arch={**ARCHS[arch], "in_channels": in_channels, "num_classes": k},
         loss={"deep_supervision_weights": "equal"},
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
-        class_names=["background", *(f"class{i}" for i in range(1, k))],
-        mask_values=list(mask_values),
-        normalization={"mean": [0.5], "std": [0.25]},
-        **hparams,
-    )
+        data={"class_names": ["background", *(f"class{i}" for i in range(1, k))],
+              "in_channels": in_channels, "mask_values": list(mask_values),
+              "mean": [0.5], "std": [0.25], **hparams},
+    )  # fmt: skip
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.3, 0.3)
@@ -87,6 +87,17 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "nested": make_checkpoint(root / "nested.ckpt", "nested"),
         "rgb": make_checkpoint(root / "rgb.ckpt", "unet", in_channels=3),
     }
+
+
+class Pointwise(SegNet):
+    """A 1x1 conv as a net: every output pixel sees only its own input pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 def predictor(ckpt: Path, level: int | None = None, **kwargs) -> Predictor:
@@ -132,7 +143,7 @@ def test_tiles_reassemble_exactly_for_a_pointwise_net(
     difference would come from the blending and band bookkeeping alone."""
     whole = predictor(checkpoints["unet"], mode="whole")
     torch.manual_seed(1)
-    whole.module.net = nn.Conv2d(1, 3, kernel_size=1)
+    whole.module.net = Pointwise()
     tiled = Predictor(whole.module, mode="tile", tile_size=32, overlap=overlap,
                       batch_size=batch_size)  # fmt: skip
     img = image((101, 157))

@@ -35,4 +35,4 @@ def test_isbi_config_reads_the_real_slices(tmp_path: Path) -> None:
     loss = module.training_step(batch, 0)
     loss.backward()
     assert torch.isfinite(loss)
-    assert module.hparams.class_names == ["membrane", "cell"]
+    assert module.contract.class_names == ["membrane", "cell"]

@@ -282,9 +282,9 @@ def test_malicious_checkpoint_is_refused_not_run(tmp_path: Path) -> None:
     # resuming from a poisoned last.ckpt is refused the same way
     run_dir = tmp_path / "run"
     cfg = compose_train([*TINY, f"data.root={tmp_path / 'data'}", f"run_dir={run_dir}"])
-    from unet_seg.config import save_run_config
+    from unet_seg.run_dir import RunDir
 
-    save_run_config(cfg, run_dir)
+    RunDir(run_dir).save_config(cfg)
     (run_dir / "checkpoints").mkdir()
     torch.save({"state_dict": Payload(marker)}, run_dir / "checkpoints" / "last.ckpt")
     with pytest.raises(pickle.UnpicklingError):

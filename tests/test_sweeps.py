@@ -102,7 +102,7 @@ def test_a_run_directory_holding_another_run_is_refused(tmp_path: Path) -> None:
 def test_config_differences_names_keys_and_tolerates_new_null_options() -> None:
     """A run made before an option existed (absent from its config.yaml, null by default
     now) is still the same run; any value that differs is named."""
-    from unet_seg.train import config_differences
+    from unet_seg.run_dir import config_differences
 
     saved = {"seed": 1, "data": {"root": "d", "fold": 0}, "arch": {"name": "unet"}}
     assert config_differences(saved, {**saved, "data": {**saved["data"],

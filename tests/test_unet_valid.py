@@ -117,11 +117,9 @@ def test_module_scores_the_centre_in_training(tmp_path: Path) -> None:
         arch={**ARCHS["unet_valid"], "in_channels": 1, "num_classes": 2},
         loss={"ce_weight": 1.0, "dice_weight": 0.0},
         optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
-        class_names=["background", "fg"],
-        mask_values=[0, 255],
-        normalization={"mean": [0.5], "std": [0.25]},
+        data={"class_names": ["background", "fg"], "in_channels": 1, "mask_values": [0, 255]},
     )
-    c = module.context
+    c = module.net.margin
     assert c == 92
     images = torch.randn(2, 1, 40 + 2 * c, 40 + 2 * c)
     masks = torch.randint(0, 2, (2, 40 + 2 * c, 40 + 2 * c))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from unet_seg.inference import Predictor, load_for_inference, training_crop_size
+from unet_seg.inference import Predictor, load_for_inference
 from unet_seg.postprocess import PostProcess
 
 
@@ -41,13 +41,11 @@ def load_model(
         level: UNet++ pruning level 1..4 (None: the full net).
         batch_size: tiles (or same-size images) per forward pass.
         size: `resize` mode's input size; default: the training crop size the
-            checkpoint records (older ones: their run's `data.crop_size`).
+            checkpoint's data contract records.
         postprocess: a `PostProcess` or its fields as a dict
             (`min_size`, `fill_holes`, `keep_largest`).
     """
     module = load_for_inference(ckpt, device, level)
-    if mode == "resize" and size is None:  # the checkpoint's own, else its run's config
-        size = module.hparams.get("input_size") or training_crop_size(ckpt)
     if isinstance(postprocess, Mapping):
         postprocess = PostProcess(**postprocess)
     return Predictor(module, mode, tile_size, overlap, tta, batch_size, size, postprocess)

@@ -41,14 +41,14 @@ class ValidationImages(pl.Callback):
         dataset = getattr(trainer.datamodule, "datasets", {}).get("val")
         if not loggers or not dataset:
             return
-        norm = pl_module.hparams.normalization
+        contract = pl_module.contract
         rows = []
         with torch.no_grad():
             for i in range(min(self.num_samples, len(dataset))):
                 sample = dataset[i]
                 image = sample["image"].to(pl_module.device)
                 pred = pl_module.labels(pl_module(image[None]))[0]
-                picture = denormalize(image, norm["mean"], norm["std"]).float().cpu().numpy()
+                picture = denormalize(image, contract.mean, contract.std).float().cpu().numpy()
                 rows.append((to_rgb8(picture), sample["mask"].numpy(), pred.cpu().numpy()))
         grid = prediction_grid(rows)
         loggers[0].experiment.add_image(
@@ -78,15 +78,15 @@ class StopRequested(Exception):
 class GracefulStop(pl.Callback):
     """SIGTERM (pre-emption, a time limit) or Ctrl+C: finish the batch, save `last.ckpt`, stop.
 
-    The checkpoint is written to `dirpath/last.ckpt` (atomically, through the
-    trainer's checkpoint IO), so `resume=RUN_DIR` continues from that step. A
+    The checkpoint is written to `path` (the run's `RunDir.last`, atomically, through
+    the trainer's checkpoint IO), so `resume=RUN_DIR` continues from that step. A
     second Ctrl+C aborts at once, saving nothing more.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, dirpath: str | Path) -> None:
-        self.dirpath = Path(dirpath)
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self.signum: int | None = None
         self.active = False
         self._previous: dict[int, Any] = {}
@@ -118,7 +118,7 @@ class GracefulStop(pl.Callback):
         self.signum = signum
         log.warning(
             "%s received: stopping after this batch and saving %s (Ctrl+C again to abort)",
-            signal.Signals(signum).name, self.dirpath / "last.ckpt",
+            signal.Signals(signum).name, self.path,
         )  # fmt: skip
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -129,8 +129,8 @@ class GracefulStop(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, StopRequested | SIGTERMException) and trainer.training:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
-            log.warning("saved %s at epoch %d, step %d", self.dirpath / "last.ckpt",
+            trainer.save_checkpoint(self.path, weights_only=False)
+            log.warning("saved %s at epoch %d, step %d", self.path,
                         trainer.current_epoch, trainer.global_step)  # fmt: skip
 
 

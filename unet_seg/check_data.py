@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.data.checks import inspect_folder
-from unet_seg.data.datamodule import encoding_from_config
+from unet_seg.data.contract import DataContract
 from unet_seg.data.synthetic import ensure_synthetic
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,9 @@ def check_data(cfg: DictConfig) -> dict:
     data = cfg.data
     if data.get("synthetic"):
         ensure_synthetic(data.root, **to_plain(data.synthetic))
-    encoding = encoding_from_config(
-        to_plain(data.get("mask_values")), list(data.class_names),
-        data.get("mask_format", "values"), to_plain(data.get("mask_colors")),
-    )  # fmt: skip
+    contract = DataContract.from_config(data)
     report = inspect_folder(
-        data.root, encoding, data.in_channels, data.images_dir, data.masks_dir,
+        data.root, contract.encoding, contract.in_channels, data.images_dir, data.masks_dir,
         data.mask_suffix, None if data.get("pad_to_crop") else data.crop_size,
     )  # fmt: skip
     lines = [f"dataset {report['root']}: {report.get('pairs', 0)} image/mask pairs"]

@@ -1,4 +1,4 @@
-"""Config helpers shared by the entry points: resolvers, run directories, saved run configs."""
+"""Config helpers shared by the entry points: resolvers, allowed targets, plain containers."""
 
 from __future__ import annotations
 
@@ -7,11 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from unet_seg.files import atomic_write_text
-
 log = logging.getLogger(__name__)
 
-RUN_CONFIG = "config.yaml"
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The `conf/` folder of this checkout (absolute, so entry points work however launched)."""
 
@@ -75,23 +72,6 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
-
-
-def save_run_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """Write the resolved config of a run to `run_dir/config.yaml`; return the path."""
-    return atomic_write_text(Path(run_dir) / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """Read the config a run was started with, with a clear error if it is not a run directory."""
-    path = Path(run_dir) / RUN_CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {run_dir} is not a unet-seg run directory "
-            "(expected the folder `python -m unet_seg.train` wrote, holding config.yaml, "
-            "splits.json and checkpoints/)."
-        )
-    return OmegaConf.load(path)
 
 
 ALLOWED_TARGET_PREFIXES = ("torch.optim.", "lightning.pytorch.", "unet_seg.")

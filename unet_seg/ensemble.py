@@ -4,81 +4,76 @@ data.fold=0,1,2,3,4` (with `data.test_fraction` > 0, the folds keep one common t
 
 Each fold's model is scored alone, then the ensemble, whose class probabilities
 are the mean of the models'. Scores are pooled over the pixels of the test images.
+Prediction is `evaluate`'s (tiling, `--tta`), and so is scoring (`ScoreBook`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from unet_seg.data.datamodule import encoding_from_config
-from unet_seg.data.dataset import SegDataset
-from unet_seg.data.splits import load_splits
-from unet_seg.evaluate import run_split_pairs
-from unet_seg.metrics import SegmentationScores
-from unet_seg.module import SegModule
-from unet_seg.report import find_runs
+from unet_seg.api import load_model
+from unet_seg.files import write_json
+from unet_seg.run_dir import find_runs
+from unet_seg.scores import ScoreBook
 
 log = logging.getLogger(__name__)
 
 
-def run_checkpoint(run: Path) -> Path:
-    """The checkpoint a run's final scores came from (best.ckpt, or last.ckpt)."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    recorded = metrics.get("checkpoint", "")
-    path = Path(recorded) if recorded.endswith(".ckpt") else run / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else run / "checkpoints" / path.name
-
-
-def ensemble(folders: Sequence[str | Path], split: str = "test", device: str = "cpu") -> dict:
+def ensemble(
+    folders: Sequence[str | Path], split: str = "test", device: str = "cpu", **inference
+) -> dict:
     """Scores of each run's model and of their mean-probability ensemble on `split`.
+
+    Every model predicts as `evaluate` does (`load_model`: `mode`, `tile_size`,
+    `overlap`, `tta`, ... in `inference`), and is scored by the same `ScoreBook`.
 
     Returns `{"models": [{"run", "checkpoint", "dice", ...}], "ensemble": {...}, "images"}`.
     """
     runs = find_runs(folders)
-    splits = [load_splits(r / "splits.json")[split] for r in runs]
+    splits = [r.load_splits()[split] for r in runs]
     if any(s != splits[0] for s in splits) or not splits[0]:
         raise ValueError(
             f"the runs do not share one non-empty {split} split: train the folds with "
             "data.test_fraction > 0 so that they hold out the same test images"
         )
-    models = [SegModule.from_checkpoint(run_checkpoint(r), device).to(device) for r in runs]
-    hp = models[0].hparams
-    class_folders = hp.class_names[1:] if hp.mask_format == "folders" else None
-    pairs = run_split_pairs(runs[0], split, class_folders)
-    encoding = encoding_from_config(hp.mask_values, hp.class_names, hp.mask_format, hp.mask_colors)
-    norm = hp.normalization
-    dataset = SegDataset(pairs, encoding, hp.arch["in_channels"],
-                         norm["mean"], norm["std"], intensity=norm.get("intensity"))  # fmt: skip
-    scores = [SegmentationScores(hp.class_names) for _ in range(len(models) + 1)]
-    with torch.no_grad():
-        for i in tqdm(range(len(dataset)), desc="ensemble", unit="image"):
-            sample = dataset[i]
-            x = sample["image"][None].to(device)  # [1, C, H, W]
-            target = sample["mask"][None].to(device)  # [1, H, W]
-            probs = [m.probabilities(m(x)) for m in models]  # each [1, K, H, W]
-            for score, p in zip(scores, probs, strict=False):
-                score.update(p.argmax(1), target)
-            scores[-1].update(torch.stack(probs).mean(0).argmax(1), target)
+    checkpoints = [r.scored_checkpoint() for r in runs]
+    models = [load_model(c, device=device, **inference) for c in checkpoints]
+    contract = models[0].contract
+    folders_ = contract.class_names[1:] if contract.mask_format == "folders" else None
+    pairs = runs[0].split_pairs(split, folders_)
+    books = [ScoreBook(contract.class_names) for _ in range(len(models) + 1)]
+    for image_path, mask_path in tqdm(pairs, desc="ensemble", unit="image"):
+        image, truth = contract.read_pair(image_path, mask_path)
+        probs = [m.run([image], probabilities=True)[0][1] for m in models]  # each [K, H, W]
+        for book, p in zip(books, probs, strict=False):
+            book.add(image_path.name, p.argmax(0), truth)
+        books[-1].add(image_path.name, np.mean(probs, axis=0).argmax(0), truth)
 
-    def flat(score: SegmentationScores) -> dict[str, float]:
-        return {k: float(v) for k, v in score.compute().items()}
+    def pooled(book: ScoreBook) -> dict[str, float]:
+        summary = book.summary()
+        scores = {"dice": summary["dice/pooled/mean_fg"], "iou": summary["iou/pooled/mean_fg"],
+                  "pixel_error": summary["pixel_error/pooled"]}  # fmt: skip
+        for name in contract.class_names:
+            scores[f"dice/{name}"] = summary[f"dice/pooled/{name}"]
+            scores[f"iou/{name}"] = summary[f"iou/pooled/{name}"]
+        return scores
 
     return {
         "split": split,
-        "images": len(dataset),
+        "images": len(pairs),
         "models": [
-            {"run": str(r), "checkpoint": str(run_checkpoint(r)), **flat(s)}
-            for r, s in zip(runs, scores, strict=False)
-        ],  # fmt: skip
-        "ensemble": flat(scores[-1]),
+            {"run": str(r), "checkpoint": str(c), **pooled(b)}
+            for r, c, b in zip(runs, checkpoints, books, strict=False)
+        ],
+        "ensemble": pooled(books[-1]),
     }
 
 
@@ -88,9 +83,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="default: FIRST_FOLDER/ensemble.json")
+    parser.add_argument("--mode", default="tile", help="tile | whole | resize (as in evaluate)")
+    parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--tta", default="none", help="none | flips | d4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    result = ensemble(args.folders, args.split, args.device)
+    result = ensemble(args.folders, args.split, args.device, mode=args.mode,
+                      tile_size=args.tile_size, overlap=args.overlap, tta=args.tta)  # fmt: skip
     lines = [f"{'model':<40}{'Dice':>8}{'IoU':>8}{'pixel err':>11}"]
     for m in result["models"]:
         name = Path(m["run"]).name
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("%s split, %d images, pooled over pixels:\n%s", result["split"], result["images"],
              "\n".join(lines))  # fmt: skip
     output = Path(args.output) if args.output else Path(args.folders[0]) / "ensemble.json"
-    output.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, output)
     log.info("wrote %s", output)
 
 

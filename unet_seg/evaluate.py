@@ -24,16 +24,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
-from unet_seg.config import CONF_DIR, load_run_config
+from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_pairs, instance_files
-from unet_seg.data.readers import read_image
-from unet_seg.data.splits import load_splits
 from unet_seg.data.weight_map import read_instances
-from unet_seg.inference import Predictor
-from unet_seg.predict import display_image, overlay
+from unet_seg.files import write_json
+from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
-from unet_seg.train import write_json
-from unet_seg.visualize import error_map
+from unet_seg.visualize import display_image, error_map, overlay
 
 log = logging.getLogger(__name__)
 
@@ -52,50 +49,19 @@ def _checkpoint(cfg: DictConfig) -> Path:
         return Path(cfg.ckpt)
     if not cfg.run_dir:
         raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
-    return Path(cfg.run_dir) / "checkpoints" / "best.ckpt"
-
-
-def run_split_pairs(run_dir: Path, split: str, class_folders: list[str] | None) -> list:
-    """The image/mask pairs of a run's `split`, as its `splits.json` lists them."""
-    data = load_run_config(run_dir).data
-    pairs = find_pairs(data.root, data.images_dir, data.masks_dir,
-                       data.get("mask_suffix") or "", class_folders)  # fmt: skip
-    names = load_splits(run_dir / "splits.json")[split]
-    if not names:
-        raise ValueError(
-            f"{run_dir}/splits.json: the {split} split is empty; choose split=val or split=train"
-        )
-    by_name = {img.name: (img, mask) for img, mask in pairs}
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise FileNotFoundError(f"{data.root}: split images missing, e.g. {missing[:5]}")
-    return [by_name[n] for n in names]
+    return RunDir(cfg.run_dir).best
 
 
 def _pairs(cfg: DictConfig, class_folders: list[str] | None) -> tuple[list, str]:
     """(image/mask pairs, a label for what is evaluated): the run's split, or a folder."""
     if cfg.run_dir:
-        run_dir = Path(cfg.run_dir)
-        return run_split_pairs(run_dir, cfg.split, class_folders), f"{cfg.split} split of {run_dir}"
+        run = RunDir(cfg.run_dir)
+        return run.split_pairs(cfg.split, class_folders), f"{cfg.split} split of {run}"
     if not cfg.data_root:
         raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
     pairs = find_pairs(cfg.data_root, mask_suffix=cfg.get("mask_suffix") or "",
                        class_folders=class_folders)  # fmt: skip
     return pairs, str(cfg.data_root)
-
-
-def load_pair(
-    image_path: Path, mask_path: Path, predictor: Predictor
-) -> tuple[np.ndarray, np.ndarray]:
-    """The image `[H, W, C]` as read (the predictor scales it) and class indices `[H, W]`."""
-    image = read_image(image_path, predictor.in_channels)
-    truth = predictor.encoding.load(mask_path)
-    if image.shape[:2] != truth.shape:
-        raise ValueError(
-            f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
-            f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height)"
-        )
-    return image, truth
 
 
 def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path] | None:
@@ -104,7 +70,7 @@ def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path]
     themselves when they are instance labels."""
     folder, root, suffix = cfg.get("instances_dir"), cfg.data_root, cfg.get("mask_suffix")
     if cfg.run_dir:
-        data = load_run_config(Path(cfg.run_dir)).data
+        data = RunDir(cfg.run_dir).load_config().data
         folder = folder or data.get("instances_dir")
         root, suffix = data.root, data.get("mask_suffix")
     if not folder and mask_format != "instances":
@@ -122,16 +88,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """
     ckpt = _checkpoint(cfg)
     predictor = load_model_from_config(ckpt, cfg)
-    folders = predictor.class_names[1:] if predictor.encoding.mask_format == "folders" else None
+    contract = predictor.contract
+    folders = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs, what = _pairs(cfg, folders)
-    book = ScoreBook(predictor.class_names)
-    instances = instance_paths(cfg, pairs, predictor.encoding.mask_format)
+    book = ScoreBook(contract.class_names)
+    instances = instance_paths(cfg, pairs, contract.mask_format)
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     worst = _WorstCases(int(cfg.get("worst", 4)))
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
-        loaded = [load_pair(image_path, mask_path, predictor) for image_path, mask_path in chunk]
+        loaded = [contract.read_pair(image_path, mask_path) for image_path, mask_path in chunk]
         results = predictor.run([image for image, _ in loaded])
         for i, ((path, _), (image, truth), (labels, _)) in enumerate(
             zip(chunk, loaded, results, strict=True), start=start
@@ -263,7 +230,7 @@ def _json_safe(results: dict[str, float]) -> dict[str, float | None]:
 
 def _default_output(cfg: DictConfig) -> Path:
     if cfg.run_dir:
-        return Path(cfg.run_dir) / f"evaluation_{cfg.split}.json"
+        return RunDir(cfg.run_dir).evaluation(cfg.split)
     return Path(HydraConfig.get().runtime.output_dir) / "evaluation.json"
 
 

@@ -22,15 +22,13 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from unet_seg import __version__
 from unet_seg.config import CONF_DIR
 from unet_seg.inference import load_for_inference
-from unet_seg.models.nested_unet import DEPTH as NESTED_DEPTH
-from unet_seg.models.unet_valid import valid_padding
+from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
@@ -41,79 +39,49 @@ TOLERANCE = 1e-4
 
 
 class ExportNet(nn.Module):
-    """The net with shape-generic padding, for tracing: pad to a multiple, run, crop.
+    """The net with shape-generic padding, for tracing (`SegNet.forward_traceable`).
 
     The padding is computed from the traced input sizes, so the graph keeps H and W
-    dynamic; the net inside then always sees a multiple of `2 ** depth` and never
-    takes its own (data-dependent) padding branch.
+    dynamic; the net inside never takes its own (data-dependent) padding branch.
 
     Args:
-        net: a U-Net or UNet++ from the registry.
-        multiple: `2 ** depth` of the net.
+        net: a net from the registry.
         level: UNet++ pruning level, or None for the deepest head.
     Shape:
         `[B, C, H, W]` -> `[B, K, H, W]` logits.
     """
 
-    def __init__(self, net: nn.Module, multiple: int, level: int | None = None) -> None:
+    def __init__(self, net: SegNet, level: int | None = None) -> None:
         super().__init__()
-        self.net, self.multiple, self.level = net, multiple, level
+        self.net, self.level = net, level
 
     def forward(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2], x.shape[-1]
-        context = getattr(self.net, "margin", 0)
-        if context:  # valid convolutions: mirror `context` pixels around, then to a valid side
-            m = context
-            ph = valid_padding(h + 2 * m, self.net.depth)
-            pw = valid_padding(w + 2 * m, self.net.depth)
-            x = F.pad(x, [m, m + pw, m, m + ph], mode="reflect")
-            out = self.net.forward_unchecked(x)
-            return out[:, :, :h, :w]
-        ph = (self.multiple - h % self.multiple) % self.multiple
-        pw = (self.multiple - w % self.multiple) % self.multiple
-        x = F.pad(x, [0, pw, 0, ph], mode="reflect")  # [B, C, H + ph, W + pw]
-        out = self.net(x) if self.level is None else self.net(x, level=self.level)
-        out = out[-1] if isinstance(out, list) else out  # deep supervision: the deepest head
-        return out[:, :, :h, :w]
-
-
-def pad_multiple(net: nn.Module) -> int:
-    """`2 ** depth`: what H and W are padded to a multiple of inside the net."""
-    return 2 ** int(getattr(net, "depth", NESTED_DEPTH))
-
-
-def min_side(net: nn.Module) -> int:
-    """The smallest H and W the exported graph takes: `2 ** depth`, and for a valid-convolution
-    net also more than its mirrored context (reflection cannot mirror more than the image)."""
-    multiple = pad_multiple(net)
-    return multiple + getattr(net, "margin", 0)
+        return self.net.forward_traceable(x, self.level)
 
 
 def export_metadata(module: SegModule, level: int | None) -> dict[str, str]:
     """What a deployment needs besides the weights, as strings (JSON for lists/dicts)."""
-    hp = module.hparams
+    contract = module.contract
     values = {
         "producer": f"unet-seg {__version__}",
-        "architecture": hp.arch,
+        "architecture": module.hparams.arch,
         "level": level,
-        "class_names": list(hp.class_names),
-        "mask_values": list(hp.mask_values),
-        "mask_format": hp.get("mask_format", "values"),
-        "mask_colors": hp.get("mask_colors"),
+        "class_names": list(contract.class_names),
+        "mask_values": list(contract.mask_values),
+        "mask_format": contract.mask_format,
+        "mask_colors": contract.mask_colors,
         "normalization": {
-            "mean": list(hp.normalization["mean"]),
-            "std": list(hp.normalization["std"]),
-            "intensity": dict(hp.normalization.get("intensity") or {"mode": "range"}),
+            **contract.normalization,
             "formula": "(to_unit_range(pixels) - mean) / std; intensity mode range: pixels / "
             "255 (8-bit) or / 65535 (16-bit); percentile: each image's low..high percentiles "
             "to 0..1, clipped",
         },
-        "input": f"float32 [B, {hp.arch['in_channels']}, H, W] normalised; H, W >= "
-        f"{min_side(module.net)}",
+        "input": f"float32 [B, {contract.in_channels}, H, W] normalised; H, W >= "
+        f"{module.net.min_side}",
         "output": (
             "logits [B, 1, H, W]: sigmoid > 0.5 is class 1"
-            if hp.arch["num_classes"] == 1
-            else f"logits [B, {hp.arch['num_classes']}, H, W]: argmax over classes"
+            if contract.sigmoid
+            else f"logits [B, {contract.out_channels}, H, W]: argmax over classes"
         ),
     }
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}
@@ -130,12 +98,12 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
         raise ValueError(f"format={fmt}: choose one of {', '.join(FORMATS)}")
     level = cfg.get("level")
     module = load_for_inference(cfg.ckpt, "cpu", level)
-    wrapper = ExportNet(module.net, pad_multiple(module.net), level).eval()
+    wrapper = ExportNet(module.net, level).eval()
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.ckpt).with_suffix(FORMATS[fmt])
     output.parent.mkdir(parents=True, exist_ok=True)
     metadata = export_metadata(module, level)
-    channels, multiple = module.hparams.arch["in_channels"], pad_multiple(module.net)
-    side = min_side(module.net) + multiple
+    channels, multiple = module.contract.in_channels, module.net.pad_multiple
+    side = module.net.min_side + multiple
     example = torch.zeros(1, channels, side, side)
     if fmt == "onnx":
         export_onnx(wrapper, example, output, metadata, int(cfg.get("opset", 18)))

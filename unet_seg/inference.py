@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-from unet_seg.data.datamodule import encoding_from_config
 from unet_seg.data.readers import fit_channels, to_unit_range
 from unet_seg.data.transforms import normalize
 from unet_seg.module import SegModule
@@ -57,22 +55,12 @@ def load_for_inference(
     """A `SegModule` in eval mode on `device`, optionally UNet++-pruned to `level`."""
     module = SegModule.from_checkpoint(ckpt).to(resolve_device(device))
     if level is not None:
-        if module.hparams.arch.get("name") != "nested":
-            raise ValueError(
-                f"level={level} prunes UNet++ only; {ckpt} holds a {module.hparams.arch['name']}"
-            )
-        module.net.check_level(level)
+        try:
+            module.net.check_level(level)
+        except ValueError as err:
+            raise ValueError(f"{ckpt}: {err}") from None
         module.inference_level = int(level)
     return module
-
-
-def training_crop_size(ckpt: str | Path) -> int | None:
-    """The crop size a checkpoint was trained at, from its run's `config.yaml` if beside it."""
-    config = Path(ckpt).resolve().parent.parent / "config.yaml"
-    if not config.is_file():
-        return None
-    crop = OmegaConf.load(config).get("data", {}).get("crop_size")
-    return int(crop) if crop else None
 
 
 def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.ndarray:
@@ -166,10 +154,12 @@ class Predictor:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
         if tile_size < 1 or batch_size < 1:
             raise ValueError(f"tile_size={tile_size}, batch_size={batch_size}: must be >= 1")
+        contract = module.contract
+        size = size or (contract.crop_size if mode == "resize" else None)
         if mode == "resize" and not size:
             raise ValueError(
-                "mode=resize needs size=N (the training crop size): this checkpoint's run "
-                "config is not beside it to read data.crop_size from"
+                "mode=resize needs size=N (the training crop size): this checkpoint records "
+                "no data.crop_size (it was trained on whole images)"
             )
         self.module = module
         self.mode, self.tta, self.overlap = mode, tta, float(overlap)
@@ -179,15 +169,10 @@ class Predictor:
         self.size = None if size is None else (size, size) if isinstance(size, int) else size
         self.postprocess = postprocess or PostProcess()
         self.progress = progress
-        hp = module.hparams
-        self.in_channels: int = hp.arch["in_channels"]
-        self.class_names: list[str] = list(hp.class_names)
-        self.encoding = encoding_from_config(
-            hp.mask_values, hp.class_names, hp.get("mask_format", "values"), hp.get("mask_colors")
-        )
-        norm = hp.normalization
-        self.mean, self.std = norm["mean"], norm["std"]
-        self.intensity: dict = dict(norm.get("intensity") or {"mode": "range"})
+        self.contract = contract
+        self.in_channels = contract.in_channels
+        self.class_names = contract.class_names
+        self.encoding = contract.encoding
 
     @property
     def device(self) -> torch.device:
@@ -195,7 +180,7 @@ class Predictor:
 
     @property
     def num_classes(self) -> int:
-        return len(self.class_names)
+        return self.contract.num_classes
 
     # ---- public API -------------------------------------------------------------------
 
@@ -248,7 +233,8 @@ class Predictor:
     def _prepare(self, image: np.ndarray, name: str) -> np.ndarray:
         """Checked `[H, W, C]` in the training intensity scale (`data.intensity`, on the whole
         image: percentiles are the image's, not a tile's); uint8 stays uint8 in `range` mode."""
-        return to_unit_range(check_image(image, self.in_channels, name), **self.intensity)
+        image = check_image(image, self.contract.in_channels, name)
+        return to_unit_range(image, **self.contract.intensity)
 
     def takes_one_pass(self, shape: Sequence[int]) -> bool:
         """Whether an image of `shape` (`[H, W, ...]`) is one forward pass, not tiles."""
@@ -260,7 +246,7 @@ class Predictor:
 
     def _net_input(self, image: np.ndarray) -> Tensor:
         """`[H, W, C]` -> normalised `[C, h, w]` (resized in `resize` mode)."""
-        x = normalize(image, self.mean, self.std)  # [C, H, W]
+        x = normalize(image, self.contract.mean, self.contract.std)  # [C, H, W]
         if self.mode == "resize" and tuple(x.shape[1:]) != tuple(self.size):
             x = F.interpolate(x[None], size=self.size, mode="bilinear", antialias=True)[0]
         return x
@@ -277,7 +263,7 @@ class Predictor:
         """Batch `[B, C, h, w]` -> class probabilities `[B, K, h, w]`, averaged over the TTA
         transforms (each undone on the probabilities before averaging).
 
-        `with_context`: `x` carries `module.context` pixels of context on each side (a
+        `with_context`: `x` carries `net.margin` pixels of context on each side (a
         valid-convolution net's overlap tile), and the probabilities cover its centre only.
         """
         transforms = TTA_TRANSFORMS[self.tta]
@@ -310,7 +296,7 @@ class Predictor:
     def bands(self, image: np.ndarray) -> Iterator[tuple[int, Tensor]]:
         """Blend overlapping tiles of a checked `[H, W, C]` image, top to bottom.
 
-        For a valid-convolution net (`module.context` > 0) this is the U-Net paper's
+        For a valid-convolution net (`net.margin` > 0) this is the U-Net paper's
         overlap-tile strategy: each tile's input is the tile plus `context` pixels of the
         image around it, mirrored where it leaves the image, so tiles join without seams.
 
@@ -321,9 +307,9 @@ class Predictor:
         height, width = image.shape[:2]
         th, tw = min(self.tile_size, height), min(self.tile_size, width)
         stride = max(1, round(self.tile_size * (1 - self.overlap)))
-        c = self.module.context
+        c = self.module.net.margin
         if c:  # starts on the net's pooling grid, so that tiles agree exactly where they overlap
-            align = 2**self.module.net.depth
+            align = self.module.net.pad_multiple
             ys, xs = (
                 aligned_starts(height, th, stride, align),
                 aligned_starts(width, tw, stride, align),
@@ -349,7 +335,8 @@ class Predictor:
             for start in range(0, len(xs), self.batch_size):
                 chunk = xs[start : start + self.batch_size]
                 tiles = [normalize(source[y : y + th + 2 * c, x : x + tw + 2 * c],
-                                   self.mean, self.std) for x in chunk]  # fmt: skip
+                                   self.contract.mean, self.contract.std)
+                         for x in chunk]  # fmt: skip
                 probs = self._tta_probabilities(torch.stack(tiles).to(self.device), bool(c))
                 for x, p in zip(chunk, probs, strict=True):  # p: [K, th, tw]
                     cols_in = min(tw, width - x)

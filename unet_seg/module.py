@@ -11,18 +11,24 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from torch import Tensor, nn
+from torch import Tensor
 
+from unet_seg.data.contract import DEFAULT_INTENSITY, DataContract
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
+from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import center_crop
 from unet_seg.models.registry import build_net
+from unet_seg.run_dir import RunDir
 
 NONFINITE_CHECK_EVERY = 20
 """Training steps between host reads of the non-finite-loss flag (NaN is caught within these)."""
 
-CHECKPOINT_FORMAT = 1
-"""Version of what `SegModule` stores in a checkpoint (bumped when that changes)."""
+CHECKPOINT_FORMAT = 2
+"""Version of what `SegModule` stores in a checkpoint (bumped when that changes).
+2: the data contract is one `data` hyper-parameter. 1: its fields were separate
+(`class_names`, `mask_values`, `normalization`, `mask_format`, `mask_colors`,
+`input_size`); format 1 checkpoints are read and converted (`upgrade_hparams`)."""
 
 
 class SegModule(pl.LightningModule):
@@ -32,16 +38,12 @@ class SegModule(pl.LightningModule):
     carries them as hyperparameters and loads with `torch.load(weights_only=True)`.
 
     Args:
-        arch: `{"name": "unet" | "nested", **net kwargs}`.
+        arch: `{"name": <a key of registry.ARCHITECTURES>, **net kwargs}`.
         loss: `CEDiceLoss` kwargs plus `deep_supervision_weights`.
         optimizer: a Hydra partial config (`_target_`, `_partial_: true`, kwargs).
+        data: the data contract, `DataContract.to_dict()`: classes, mask encoding,
+            intensity scaling, normalisation, input channels, training patch size.
         scheduler: `{"scheduler": partial config, "interval", "monitor"}` or None.
-        class_names: one per class, background first (binary: two names).
-        mask_values: mask pixel value of each class, to write predictions back.
-        normalization: `{"mean": [...], "std": [...], "intensity": {...}}`: how inputs
-            reach [0, 1] (`data.intensity`) and are then standardised.
-        mask_format, mask_colors: the dataset's mask encoding (`unet_seg.data.masks`).
-        input_size: the training patch side (`data.crop_size`), for resize-mode inference.
     """
 
     def __init__(
@@ -49,23 +51,18 @@ class SegModule(pl.LightningModule):
         arch: dict,
         loss: dict,
         optimizer: dict,
-        class_names: list[str],
-        mask_values: list[int],
-        normalization: dict,
+        data: dict,
         scheduler: dict | None = None,
-        mask_format: str = "values",
-        mask_colors: list[list[int]] | None = None,
-        input_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.contract = DataContract.from_dict(data)
+        check_net_fits(arch, self.contract)
         self.net = build_net(arch)
-        self.loss_fn = build_loss(loss, num_heads=getattr(self.net, "num_heads", 1))
-        self.val_scores = SegmentationScores(class_names)
-        self.test_scores = SegmentationScores(class_names)
+        self.loss_fn = build_loss(loss, num_heads=self.net.num_heads)
+        self.val_scores = SegmentationScores(self.contract.class_names)
+        self.test_scores = SegmentationScores(self.contract.class_names)
         self.inference_level: int | None = None
-        # pixels of context a valid-convolution net needs on each side of its output (0: none)
-        self.context: int = getattr(self.net, "margin", 0)
         self._train_nonfinite = torch.zeros((), dtype=torch.bool)
         self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
         self._epoch_images = 0
@@ -75,10 +72,8 @@ class SegModule(pl.LightningModule):
         """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level
         if one is set; for a valid-convolution net, with the image borders mirrored)."""
         if self.inference_level is not None:
-            return self.net(x, level=self.inference_level)
-        if self.context:  # a valid-convolution net: mirror the borders for context
-            return self.net.forward_same(x)
-        out = self.net(x)
+            return self.net.forward_level(x, self.inference_level)
+        out = self.net.forward_same(x)
         return out[-1] if isinstance(out, list) else out
 
     @staticmethod
@@ -95,11 +90,9 @@ class SegModule(pl.LightningModule):
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         images, masks, weights = batch["image"], batch["mask"], batch.get("weight")
-        if not self.context:
-            outputs = self.net(images)
-        elif stage == "train":  # training patches come with `context` pixels of real context
+        if stage == "train":  # training patches come with `net.margin` pixels of context
             outputs = self.net.forward_with_context(images)
-        else:  # whole images: mirrored context
+        else:  # whole images
             outputs = self.net.forward_same(images)
         logits = outputs[-1] if isinstance(outputs, list) else outputs
         # a valid-convolution net answers for the centre of its input only: score that
@@ -223,6 +216,9 @@ class SegModule(pl.LightningModule):
                 + ". Pass a .ckpt written by `python -m unet_seg.train` (checkpoints/best.ckpt)."
             )
         fmt = ckpt.get("unet_seg_format")
+        if fmt == 1:
+            ckpt["hyper_parameters"] = upgrade_hparams(ckpt["hyper_parameters"], path)
+            fmt = CHECKPOINT_FORMAT
         if fmt is None:
             raise ValueError(
                 f"{path}: a Lightning checkpoint not written by unet-seg (no unet_seg_format; "
@@ -258,12 +254,51 @@ class SegModule(pl.LightningModule):
         return module.eval()
 
 
+def check_net_fits(arch: dict, contract: DataContract) -> None:
+    """Refuse an `arch` whose input channels or logits contradict the data contract."""
+    want = {"in_channels": contract.in_channels, "num_classes": contract.out_channels}
+    wrong = [f"arch.{k}={arch.get(k)}" for k, v in want.items() if arch.get(k) != v]
+    if wrong:
+        raise ValueError(
+            f"{', '.join(wrong)} contradicts the data: {contract.in_channels} input channel(s), "
+            f"{contract.out_channels} logit channel(s) for classes {contract.class_names}. "
+            "Leave arch.in_channels and arch.num_classes to follow data.in_channels and "
+            "data.num_classes (their defaults)."
+        )
+
+
+def upgrade_hparams(hparams: dict, path: Path | None = None) -> dict:
+    """Format 1 hyper-parameters -> format 2: the contract's fields gathered into `data`.
+
+    The oldest format 1 checkpoints lack the patch size (`input_size`): it is then read
+    from the config of the run directory the checkpoint at `path` sits in, if there.
+    """
+    hp = dict(hparams)
+    run = RunDir.of_checkpoint(path) if path is not None else None
+    if hp.get("input_size") is None and run is not None:
+        hp["input_size"] = run.load_config().get("data", {}).get("crop_size")
+    norm = hp.pop("normalization")
+    hp["data"] = {
+        "class_names": list(hp.pop("class_names")),
+        "in_channels": hp["arch"]["in_channels"],
+        "sigmoid": hp["arch"]["num_classes"] == 1,
+        "mask_format": hp.pop("mask_format", "values"),
+        "mask_values": list(hp.pop("mask_values")),
+        "mask_colors": hp.pop("mask_colors", None),
+        "intensity": dict(norm.get("intensity") or DEFAULT_INTENSITY),
+        "mean": list(norm["mean"]),
+        "std": list(norm["std"]),
+        "crop_size": hp.pop("input_size", None),
+    }
+    return hp
+
+
 def apply_fast_path(
-    net: nn.Module,
+    net: SegNet,
     channels_last: bool = False,
     compile: bool | dict = False,
     checkpointing: bool = False,
-) -> nn.Module:
+) -> SegNet:
     """Switch on speed-ups that change how `net` runs, never its weights; returns `net`.
 
     Args:
@@ -275,7 +310,7 @@ def apply_fast_path(
             storing their activations (less memory, more time); UNet++ only.
     """
     if checkpointing:
-        if not hasattr(net, "checkpointing"):
+        if not net.supports_checkpointing:
             raise ValueError(
                 f"checkpointing: {type(net).__name__} has no activation checkpointing "
                 "(only UNet++, arch=nested); drop the option"

@@ -21,14 +21,13 @@ import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images, read_image
-from unet_seg.inference import Predictor
-from unet_seg.visualize import colorize
+from unet_seg.data.masks import MaskEncoding, write_png
+from unet_seg.visualize import display_image, mask_palette, overlay
 
 log = logging.getLogger(__name__)
 
@@ -66,57 +65,6 @@ def output_stems(files: list[Path]) -> list[str]:
     return names
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """An image `[H, W, C]` uint8/uint16 -> RGB uint8 `[H, W, 3]` to look at (16-bit images
-    are stretched between their 0.5 and 99.5 percentiles)."""
-    if image.dtype != np.uint8:
-        lo, hi = np.percentile(image, (0.5, 99.5))
-        scaled = (image.astype(np.float32) - lo) / max(float(hi - lo), 1.0)
-        image = (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
-
-
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]`
-    (background left untinted). Returns RGB uint8 `[H, W, 3]`."""
-    colours = colorize(labels).astype(np.float32)
-    tinted = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    fg = (labels > 0)[:, :, None]
-    return np.where(fg, tinted, image).round().astype(np.uint8)
-
-
-def mask_palette(mask_values: list[int]) -> list[int]:
-    """A 256-entry RGB palette giving each class's mask value its `colorize` colour."""
-    palette = np.zeros((256, 3), np.uint8)
-    colours = colorize(np.arange(len(mask_values))[None])[0]  # [K, 3]
-    palette[mask_values] = colours
-    return palette.ravel().tolist()
-
-
-def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
-    """Write `[H, W]` (8/16-bit) or RGB `[H, W, 3]` as a PNG; with `palette`, a palette PNG
-    whose pixel indices are the `[H, W]` uint8 values."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if palette is not None:
-        image = Image.fromarray(array)  # mode L
-        image.putpalette(palette)  # now mode P: the indices are the values
-        image.save(path)
-        return path
-    if array.ndim == 3:
-        array = np.ascontiguousarray(array[:, :, ::-1])  # RGB -> BGR for OpenCV
-    if not cv2.imwrite(str(path), array):
-        raise OSError(f"could not write {path}")
-    return path
-
-
-def instance_labels(labels: np.ndarray) -> np.ndarray:
-    """Foreground `[H, W]` -> its 8-connected objects numbered 1..N (uint8, or uint16 past 255)."""
-    count, objects = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
-    return objects.astype(np.uint8 if count <= 256 else np.uint16)
-
-
 def write_probabilities(path: Path, probs: np.ndarray) -> None:
     """Class probabilities `[K, H, W]` -> a float32 TIFF, one page per class
     (for two classes, one page: class 1)."""
@@ -126,54 +74,28 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
 
 
 class _Writer:
-    """Writes one image's outputs under `output`: its mask in the dataset's format,
-    `overlays/` and `probabilities/` when asked."""
+    """Writes one image's outputs under `output`: its mask in the dataset's format
+    (`MaskEncoding.write`), `overlays/` and `probabilities/` when asked."""
 
-    def __init__(self, predictor: Predictor, output: Path, cfg: DictConfig) -> None:
-        self.predictor, self.output = predictor, output
+    def __init__(self, encoding: MaskEncoding, output: Path, cfg: DictConfig) -> None:
+        self.encoding, self.output = encoding, output
         self.overlays = output / "overlays" if cfg.get("overlays") else None
         self.probabilities = output / "probabilities" if cfg.get("probabilities") else None
         for folder in (output, self.overlays, self.probabilities):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
-        encoding = predictor.encoding
-        values = encoding.mask_values
-        use_palette = cfg.get("palette", "auto")
-        if use_palette == "auto":
-            use_palette = encoding.mask_format == "palette" or (
-                encoding.mask_format == "values" and len(values) > 2 and max(values) < 256
-            )
-        if use_palette and (encoding.mask_format not in ("values", "palette") or max(values) > 255):
-            raise ValueError(
-                f"palette=true needs data.mask_format values or palette with values below 256, "
-                f"got {encoding.mask_format} {values}"
-            )
-        self.palette = mask_palette(values) if use_palette else None
+        use_palette = encoding.writes_palette(cfg.get("palette", "auto"))
+        self.palette = mask_palette(encoding.mask_values) if use_palette else None
 
     def __call__(
         self, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
     ) -> Path:
-        target = self.write_mask(stem, labels)
+        target = self.encoding.write(self.output, stem, labels, self.palette)
         if self.overlays is not None:
             write_png(self.overlays / f"{stem}.png", overlay(display_image(image), labels))
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
         return target
-
-    def write_mask(self, stem: str, labels: np.ndarray) -> Path:
-        """The mask as the dataset stores masks; returns the (first) file written."""
-        encoding = self.predictor.encoding
-        if encoding.mask_format == "folders":  # masks/<class>/<stem>.png, 0/255 each
-            names = self.predictor.class_names[1:]
-            files = [
-                write_png(self.output / name / f"{stem}.png", (labels == c).astype(np.uint8) * 255)
-                for c, name in enumerate(names, start=1)
-            ]
-            return files[0]
-        target = self.output / f"{stem}.png"
-        if encoding.mask_format == "instances":
-            return write_png(target, instance_labels(labels))
-        return write_png(target, encoding.decode(labels), self.palette)
 
 
 def predict(cfg: DictConfig) -> list[Path]:
@@ -186,7 +108,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
     output = Path(cfg.output)
-    writer = _Writer(predictor, output, cfg)
+    writer = _Writer(predictor.encoding, output, cfg)
     want_probs = bool(cfg.get("probabilities"))
     tiling = f" tile_size={predictor.tile_size} overlap={predictor.overlap}"
     log.info(

@@ -1,6 +1,6 @@
 """One table for many runs: `python -m unet_seg.report SWEEP_OR_RUN_DIR [...]`.
 
-Finds every run (a folder with config.yaml and metrics.json) under the given
+Finds every finished run (`unet_seg.run_dir.find_runs`) under the given
 folders, keeps the config values that differ between runs, groups runs that
 differ only in `data.fold` or `seed` (cross-validation folds, repeated seeds),
 and writes, best first:
@@ -24,7 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
+
+from unet_seg.config import to_plain
+from unet_seg.run_dir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +36,6 @@ REPLICATE_KEYS = ("data.fold", "seed", "data.split_seed")
 IGNORED_PREFIXES = ("run_dir", "resume", "paths.", "callbacks.", "logger.", "hydra.",
                     "data.root", "data.synthetic.")  # fmt: skip
 LOWER_IS_BETTER = ("loss", "pixel_error", "hd95")
-
-
-def find_runs(folders: Sequence[str | Path]) -> list[Path]:
-    """Run directories (config.yaml + metrics.json) at or below each folder, sorted."""
-    runs: set[Path] = set()
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder")
-        found = [
-            p.parent for p in folder.rglob("metrics.json") if (p.parent / "config.yaml").is_file()
-        ]
-        if not found:
-            raise FileNotFoundError(
-                f"{folder}: no finished runs (folders with config.yaml and metrics.json) below it"
-            )
-        runs.update(found)
-    return sorted(runs)
 
 
 def flatten(node: object, prefix: str = "") -> dict[str, object]:
@@ -63,10 +48,9 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def load_run(run: Path) -> dict:
-    config = flatten(yaml.safe_load((run / "config.yaml").read_text()))
-    metrics = json.loads((run / "metrics.json").read_text())
-    return {"run": run, "config": config, "metrics": metrics}
+def load_run(run: RunDir) -> dict:
+    config = flatten(to_plain(run.load_config()))
+    return {"run": run.path, "config": config, "metrics": run.load_metrics()}
 
 
 def differing_keys(runs: list[dict]) -> list[str]:
@@ -149,7 +133,7 @@ def read_scalars(run: Path, tags: Sequence[str]) -> dict[str, tuple[list[int], l
     """Steps and values of each tag in the run's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(RunDir(run).tensorboard), size_guidance={"scalars": 0})
     acc.Reload()
     present = set(acc.Tags().get("scalars", []))
     series = {}
@@ -213,7 +197,7 @@ def report(folders: Sequence[str | Path], output: str | Path, metric: str = "val
     runs = [load_run(r) for r in find_runs(folders)]
     setting, groups = group_runs(runs, metric)
     if not any(metric in g["stats"] for g in groups):
-        raise ValueError(f"no run has the metric {metric!r} in its metrics.json")
+        raise ValueError(f"no run has the metric {metric!r} in its {RunDir.METRICS}")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     shown = [m for m in ("val/dice", "val/iou", "val/pixel_error", "test/dice", "test/iou")

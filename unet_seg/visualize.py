@@ -1,4 +1,5 @@
-"""Pictures of predictions: colour-coded masks and input | truth | prediction grids."""
+"""Pictures of predictions: colour-coded masks, overlays, palettes for mask PNGs and
+input | truth | prediction grids."""
 
 from __future__ import annotations
 
@@ -102,3 +103,32 @@ def attention_strip(image: np.ndarray, alphas: list[np.ndarray], gap: int = 2) -
         panels.append((0.5 * image + 0.5 * heat).round().astype(np.uint8))
     spacer = np.full((h, gap, 3), 128, np.uint8)
     return np.concatenate([q for panel in panels for q in (panel, spacer)][:-1], axis=1)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """An image `[H, W, C]` uint8/uint16 -> RGB uint8 `[H, W, 3]` to look at (16-bit images
+    are stretched between their 0.5 and 99.5 percentiles)."""
+    if image.dtype != np.uint8:
+        lo, hi = np.percentile(image, (0.5, 99.5))
+        scaled = (image.astype(np.float32) - lo) / max(float(hi - lo), 1.0)
+        image = (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]`
+    (background left untinted). Returns RGB uint8 `[H, W, 3]`."""
+    colours = colorize(labels).astype(np.float32)
+    tinted = image.astype(np.float32) * (1 - alpha) + colours * alpha
+    fg = (labels > 0)[:, :, None]
+    return np.where(fg, tinted, image).round().astype(np.uint8)
+
+
+def mask_palette(mask_values: list[int]) -> list[int]:
+    """A 256-entry RGB palette giving each class's mask value its `colorize` colour."""
+    palette = np.zeros((256, 3), np.uint8)
+    colours = colorize(np.arange(len(mask_values))[None])[0]  # [K, 3]
+    palette[mask_values] = colours
+    return palette.ravel().tolist()

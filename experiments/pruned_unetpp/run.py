@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from unet_seg.config import load_run_config
 from unet_seg.data.dataset import find_pairs, read_image
 from unet_seg.data.splits import load_splits
 from unet_seg.data.transforms import normalize
 from unet_seg.evaluate import evaluate
 from unet_seg.inference import load_for_inference
+from unet_seg.run_dir import RunDir
 
 log = logging.getLogger("pruned_unetpp")
 HERE = Path(__file__).parent
@@ -52,7 +52,7 @@ def images_per_second(ckpt: Path, level: int, x: torch.Tensor, device: str, repe
 def measure(run_dir: Path, split: str, repeats: int, device: str) -> list[dict]:
     """One row per level: parameters used, images/s, Dice and HD95 of the `split`."""
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    run_cfg = load_run_config(run_dir)
+    run_cfg = RunDir(run_dir).load_config()
     data = run_cfg.data
     pairs = dict((p.name, p) for p, _ in find_pairs(data.root, data.images_dir, data.masks_dir))
     first = pairs[load_splits(run_dir / "splits.json")[split][0]]
@@ -115,7 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = measure(args.run_dir, args.split, args.repeats, args.device)
-    data = load_run_config(args.run_dir).data
+    data = RunDir(args.run_dir).load_config().data
     size = read_image(next(iter(find_pairs(data.root)))[0], data.in_channels).shape[:2]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
     text = (

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from unet_seg.api import load_model
-from unet_seg.config import load_run_config
 from unet_seg.data.readers import read_image
 from unet_seg.data.splits import load_splits
 from unet_seg.data.weight_map import read_instances, separate_touching
+from unet_seg.run_dir import RunDir
 from unet_seg.scores import OBJECT_COUNTS, object_counts
 
 log = logging.getLogger("touching_cells")
@@ -74,7 +74,7 @@ def score_predictions(predict, names: list[str], data, split_root: Path) -> dict
 
 def evaluate_run(run_dir: Path, checkpoint: str, split: str) -> dict[str, float]:
     """Scores of `run_dir/checkpoints/<checkpoint>.ckpt` on the run's `split`."""
-    data = load_run_config(run_dir).data
+    data = RunDir(run_dir).load_config().data
     root = Path(data.root)
     names = load_splits(run_dir / "splits.json")[split]
     model = load_model(run_dir / "checkpoints" / f"{checkpoint}.ckpt", device="cpu", mode="whole")
@@ -88,7 +88,7 @@ def evaluate_run(run_dir: Path, checkpoint: str, split: str) -> dict[str, float]
 
 def reference_rows(run_dir: Path, split: str) -> dict[str, dict[str, float]]:
     """The true masks scored as predictions: as stored, and with touching borders carved."""
-    data = load_run_config(run_dir).data
+    data = RunDir(run_dir).load_config().data
     root = Path(data.root)
     names = load_splits(run_dir / "splits.json")[split]
 

@@ -16,11 +16,17 @@ import numpy as np
 from PIL import Image
 
 from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array, size_mismatch
 
 # PIL modes -> channels as OpenCV decodes them (palette images decode to colour)
 _MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16B": 1, "F": 1, "P": 3, "LA": 2,
                   "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3}  # fmt: skip
+
+
+def median_frequency_weights(share: np.ndarray) -> list[float]:
+    """Class weights by median frequency balancing (Eigen and Fergus, 2015):
+    `median(share) / share_c` for the pixel share of each class (all > 0)."""
+    return [float(w) for w in np.median(share) / share]
 
 
 def read_header(path: str | Path) -> tuple[int, int, int]:
@@ -54,11 +60,9 @@ def check_pairs(
         except ValueError as err:
             problems.append(str(err))
             continue
-        if (mh, mw) != (h, w):
-            problems.append(
-                f"{mask_path}: mask is {mw}x{mh} but its image {image_path.name} is {w}x{h} "
-                "(width x height); masks must match their image's size"
-            )
+        mismatch = size_mismatch(mask_path, "mask", (mh, mw), image_path.name, (h, w))
+        if mismatch:
+            problems.append(mismatch)
         if c not in (in_channels, 1, 3, 4) or (c == 4 and in_channels not in (3, 4)):
             problems.append(
                 f"{image_path}: {c} channel(s) cannot feed data.in_channels={in_channels}; "
@@ -183,7 +187,7 @@ def inspect_folder(
 
     total = max(1, int(class_pixels.sum()))
     share = class_pixels / total
-    weights = [float(w) for w in np.median(share) / share] if (share > 0).all() else None
+    weights = median_frequency_weights(share) if (share > 0).all() else None
     report.update({
         "image_sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),
         "image_channels": channels,

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from unet_seg.data.checks import check_pairs
+from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
-from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
@@ -23,50 +23,21 @@ from unet_seg.data.transforms import build_train_transform
 log = logging.getLogger(__name__)
 
 
-def check_class_config(num_classes: int, num_mask_classes: int, class_names: Sequence[str]):
-    """Raise unless `num_classes`, the mask encoding's class count and `class_names` agree.
-
-    `num_classes: 1` means a binary task with a sigmoid output (two mask classes).
-    """
-    expected = 2 if num_classes == 1 else num_classes
-    if num_mask_classes != expected:
-        raise ValueError(
-            f"data.num_classes={num_classes} needs {expected} mask classes, but the mask "
-            f"encoding (data.mask_values / mask_colors / class folders) has {num_mask_classes}: "
-            "give one value per class (num_classes: 1 is binary, two values)"
-        )
-    if len(class_names) != expected:
-        raise ValueError(
-            f"data.class_names={list(class_names)} must name {expected} classes "
-            f"(background first) to match the {num_mask_classes} mask classes"
-        )
-
-
-def encoding_from_config(
-    mask_values: Sequence[int] | None,
-    class_names: Sequence[str],
-    mask_format: str = "values",
-    mask_colors: Sequence[Sequence[int]] | None = None,
-) -> MaskEncoding:
-    """The `MaskEncoding` a data config (or a checkpoint's copy of it) describes."""
-    return MaskEncoding(mask_values, mask_format, mask_colors, class_names)
-
-
 class SegDataModule(pl.LightningDataModule):
     """Reads `root/images` and `root/masks`, splits them reproducibly, augments training data.
 
     Args:
         root: dataset folder.
-        in_channels, num_classes, class_names: see `check_class_config`.
-        mask_format, mask_values, mask_colors: see `unet_seg.data.masks`.
-        crop_size: training patch side; validation and test use whole images.
+        in_channels, num_classes, class_names, mask_format, mask_values, mask_colors,
+        intensity, mean, std, crop_size: the data contract (`DataContract`, built here
+            once, as `self.contract`); `crop_size` is the training patch side (validation
+            and test use whole images).
         foreground_crop: share of training patches centred on foreground (nnU-Net: 1/3).
         pad_to_crop: pad images smaller than the patch instead of refusing them.
         train_repeats: times each training image is drawn per epoch (a new patch each time).
         splits_path: where the split in force is written; an existing file there is reused.
         split_file: an explicit split (JSON with train/val/test lists of image names).
         num_folds, fold, group_regex, fold_order: k-fold cross-validation (`make_folds`).
-        intensity: `{"mode": "range" | "percentile", "low", "high"}`.
         cache: keep decoded images in memory.
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
@@ -132,10 +103,12 @@ class SegDataModule(pl.LightningDataModule):
             )
         self.instances_dir = instances_dir
         self.weight_map = dict(weight_map) if weight_map is not None else None
-        self.encoding = encoding_from_config(mask_values, class_names, mask_format, mask_colors)
-        check_class_config(num_classes, self.encoding.num_classes, class_names)
+        self.contract = DataContract.from_config({
+            "in_channels": in_channels, "num_classes": num_classes, "class_names": class_names,
+            "mask_format": mask_format, "mask_values": mask_values, "mask_colors": mask_colors,
+            "intensity": intensity, "mean": mean, "std": std, "crop_size": crop_size,
+        })  # fmt: skip
         self.root = Path(root)
-        self.in_channels = in_channels
         class_folders = class_names[1:] if mask_format == "folders" else None
         self.folders = {"images_dir": images_dir, "masks_dir": masks_dir,
                         "mask_suffix": mask_suffix, "class_folders": class_folders}  # fmt: skip
@@ -150,8 +123,6 @@ class SegDataModule(pl.LightningDataModule):
                       "num_folds": num_folds, "fold": fold, "group_regex": group_regex,
                       "fold_order": fold_order}  # fmt: skip
         self.splits_path = Path(splits_path) if splits_path else None
-        self.mean, self.std = list(mean), list(std)
-        self.intensity = dict(intensity) if intensity else {"mode": "range"}
         self.augment = augment
         self.cache = cache
         self.seed = seed
@@ -174,10 +145,12 @@ class SegDataModule(pl.LightningDataModule):
         self.splits = self._load_or_make_splits(sorted(pairs))
         crop_size = self.crop["crop_size"]
         train_pairs = [pairs[n] for n in self.splits["train"]]
-        check_pairs(train_pairs, self.in_channels, None if self.crop["pad_to_crop"] else crop_size)
-        check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], self.in_channels)
-        common = {"encoding": self.encoding, "in_channels": self.in_channels, "mean": self.mean,
-                  "std": self.std, "intensity": self.intensity, "cache": self.cache}  # fmt: skip
+        channels = self.contract.in_channels
+        check_pairs(train_pairs, channels, None if self.crop["pad_to_crop"] else crop_size)
+        check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], channels)
+        c = self.contract
+        common = {"encoding": c.encoding, "in_channels": c.in_channels, "mean": c.mean,
+                  "std": c.std, "intensity": c.intensity, "cache": self.cache}  # fmt: skip
         self.datasets["train"] = SegDataset(
             train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
             **self._weight_args(train_pairs), context=self.context,
@@ -198,7 +171,7 @@ class SegDataModule(pl.LightningDataModule):
         if self.weight_map is None:
             return {}
         folder = self.root / (self.instances_dir or "")
-        paths = instance_files(pairs, self.encoding.mask_format, folder,
+        paths = instance_files(pairs, self.contract.mask_format, folder,
                                self.folders["mask_suffix"])  # fmt: skip
         return {"instance_paths": paths, "weight_map": self.weight_map}
 
@@ -229,11 +202,10 @@ class SegDataModule(pl.LightningDataModule):
     def class_frequencies(self) -> np.ndarray:
         """Pixel share of each class over the training split (decodes every training mask)."""
         self.setup()
-        counts = np.zeros(self.encoding.num_classes, np.int64)
+        k, encoding = self.contract.num_classes, self.contract.encoding
+        counts = np.zeros(k, np.int64)
         for _, mask_path in self.datasets["train"].pairs:
-            counts += np.bincount(self.encoding.load(mask_path).ravel(), minlength=len(counts))[
-                : len(counts)
-            ]
+            counts += np.bincount(encoding.load(mask_path).ravel(), minlength=k)[:k]
         return counts / max(1, counts.sum())
 
     def _loader(self, stage: str, batch_size: int, sampler: Sampler) -> DataLoader:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
-from unet_seg.data.readers import IMAGE_EXTENSIONS, read_image, to_unit_range
+from unet_seg.data.readers import IMAGE_EXTENSIONS, read_image, size_mismatch, to_unit_range
 from unet_seg.data.transforms import mask_to_tensor, normalize
 from unet_seg.data.weight_map import read_instances, weight_map_params, weights_and_borders
 
@@ -199,12 +199,9 @@ class SegDataset(Dataset):
         image_path, mask_path = self.pairs[index]
         image = to_unit_range(read_image(image_path, self.in_channels), **self.intensity)
         indices = self.encoding.load(mask_path)
-        if image.shape[:2] != indices.shape:
-            raise ValueError(
-                f"{mask_path}: mask is {indices.shape[1]}x{indices.shape[0]} but its image "
-                f"{image_path} is {image.shape[1]}x{image.shape[0]} (width x height); "
-                "masks must match their image's size"
-            )
+        mismatch = size_mismatch(mask_path, "mask", indices.shape, image_path, image.shape)
+        if mismatch:
+            raise ValueError(mismatch)
         if self.weight_map is not None:
             indices.flat[self._weight_map(index, indices.shape)[1]] = 0  # separated objects
         if self._cache is not None:
@@ -216,12 +213,10 @@ class SegDataset(Dataset):
         if index not in self._weights:
             path = self.instance_paths[index]
             instances = read_instances(path)
-            if instances.shape != tuple(shape):
-                raise ValueError(
-                    f"{path}: instance labels are {instances.shape[1]}x{instances.shape[0]} but "
-                    f"the image {self.pairs[index][0]} is {shape[1]}x{shape[0]} (width x "
-                    "height); instance labels must match their image's size"
-                )
+            mismatch = size_mismatch(path, "instance labels", instances.shape,
+                                     self.pairs[index][0], shape)  # fmt: skip
+            if mismatch:
+                raise ValueError(mismatch)
             weight, border = weights_and_borders(instances, self.weight_map)
             self._weights[index] = (weight, np.flatnonzero(border))
         return self._weights[index]

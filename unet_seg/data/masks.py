@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -188,6 +189,45 @@ class MaskEncoding:
 
     # ---------------------------------------------------------------- writing
 
+    def write(
+        self, folder: Path, stem: str, indices: np.ndarray, palette: list[int] | None = None
+    ) -> Path:
+        """Class indices `[H, W]` -> a mask file of this format in `folder`, read back by
+        `load` as the same indices; returns the (first) file written.
+
+        `values`/`palette`: `<stem>.png` holding the class values (as palette indices when
+        `palette`, a 768-entry RGB list, is given: see `writes_palette`); `rgb`: colours;
+        `folders`: `<class>/<stem>.png` of 0/255 per foreground class; `instances`: the
+        8-connected foreground objects numbered 1..N.
+        """
+        folder = Path(folder)
+        if self.mask_format == "folders":  # masks/<class>/<stem>.png, 0/255 each
+            files = [
+                write_png(folder / name / f"{stem}.png", (indices == c).astype(np.uint8) * 255)
+                for c, name in enumerate(self.class_names[1:], start=1)
+            ]
+            return files[0]
+        target = folder / f"{stem}.png"
+        if self.mask_format == "instances":
+            return write_png(target, instance_labels(indices))
+        return write_png(target, self.decode(indices), palette)
+
+    def writes_palette(self, option: bool | str = "auto") -> bool:
+        """Whether masks are written as palette PNGs: `auto` for palette masks and for mask
+        values of more than two classes below 256 (read back with mask_format=palette);
+        `True` is refused where a palette cannot hold the values."""
+        values = self.mask_values
+        if option == "auto":
+            return self.mask_format == "palette" or (
+                self.mask_format == "values" and len(values) > 2 and max(values) < 256
+            )
+        if option and (self.mask_format not in ("values", "palette") or max(values) > 255):
+            raise ValueError(
+                f"palette=true needs data.mask_format values or palette with values below 256, "
+                f"got {self.mask_format} {values}"
+            )
+        return bool(option)
+
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Class indices `[H, W]` -> what a mask file of this format holds.
 
@@ -198,6 +238,29 @@ class MaskEncoding:
             return np.asarray(self.mask_colors, dtype=np.uint8)[indices]
         dtype = np.uint8 if max(self.mask_values) < 256 else np.uint16
         return np.asarray(self.mask_values, dtype=dtype)[indices]
+
+
+def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
+    """Write `[H, W]` (8/16-bit) or RGB `[H, W, 3]` as a PNG; with `palette`, a palette PNG
+    whose pixel indices are the `[H, W]` uint8 values."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette is not None:
+        image = Image.fromarray(array)  # mode L
+        image.putpalette(palette)  # now mode P: the indices are the values
+        image.save(path)
+        return path
+    if array.ndim == 3:
+        array = np.ascontiguousarray(array[:, :, ::-1])  # RGB -> BGR for OpenCV
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def instance_labels(labels: np.ndarray) -> np.ndarray:
+    """Foreground `[H, W]` -> its 8-connected objects numbered 1..N (uint8, or uint16 past 255)."""
+    count, objects = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
+    return objects.astype(np.uint8 if count <= 256 else np.uint16)
+
 
 
 def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:

@@ -29,6 +29,26 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
 
+def size_mismatch(
+    path: str | Path,
+    kind: str,
+    shape: tuple[int, ...],
+    image: str | Path,
+    image_shape: tuple[int, ...],
+) -> str | None:
+    """The error for a `kind` file (a mask, instance labels) at `path` whose `[H, W]` differs
+    from its image's, naming both sizes as width x height; None when they agree."""
+    (h, w), (ih, iw) = tuple(shape[:2]), tuple(image_shape[:2])
+    if (h, w) == (ih, iw):
+        return None
+    plural = kind.endswith("s")
+    return (
+        f"{path}: {kind} {'are' if plural else 'is'} {w}x{h} but its image {image} is "
+        f"{iw}x{ih} (width x height); {kind if plural else kind + 's'} must match their "
+        "image's size"
+    )
+
+
 def _unreadable(path: str | Path, why: str = "") -> ValueError:
     detail = f": {why}" if why else ""
     return ValueError(

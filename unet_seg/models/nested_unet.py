@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import DoubleConv, crop_to, pad_like, pad_to_multiple, upsampler
 
 DEPTH = 4
@@ -65,7 +66,7 @@ class NestedNode(nn.Module):
         return self.conv(x)
 
 
-class NestedUNet(nn.Module):
+class NestedUNet(SegNet):
     """UNet++ with dense nested skip pathways, optional deep supervision and pruning.
 
     Args:
@@ -80,6 +81,9 @@ class NestedUNet(nn.Module):
     Shape:
         [B, in_channels, H, W] -> [B, num_classes, H, W] (or a list of 4 of them)
     """
+
+    depth = DEPTH
+    supports_checkpointing = True
 
     def __init__(
         self,
@@ -205,6 +209,10 @@ class NestedUNet(nn.Module):
 
     def _head(self, level: int) -> nn.Module:
         return self.heads[level - 1] if self.deep_supervision else self.heads[0]
+
+    def forward_level(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        """The logits of head `level` (1..4), running only the nodes it needs."""
+        return self(x, level=level)
 
     def check_level(self, level: int | None) -> None:
         if level is None:

@@ -6,15 +6,14 @@ loading one can only ever build a known net.
 
 from __future__ import annotations
 
-from torch import nn
-
 from unet_seg.models.attention_unet import AttentionUNet
+from unet_seg.models.base import SegNet
 from unet_seg.models.nested_unet import NestedUNet
 from unet_seg.models.res_unet import ResUNet
 from unet_seg.models.unet import UNet
 from unet_seg.models.unet_valid import ValidUNet
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {
+ARCHITECTURES: dict[str, type[SegNet]] = {
     "unet": UNet,
     "nested": NestedUNet,
     "attention_unet": AttentionUNet,
@@ -23,8 +22,8 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_net(arch: dict) -> nn.Module:
-    """Build the net an `arch` config describes: `{"name": ..., **constructor kwargs}`."""
+def _split(arch: dict) -> tuple[type[SegNet], dict]:
+    """(the class an `arch` config names, its constructor kwargs)."""
     kwargs = dict(arch)
     name = kwargs.pop("name", None)
     if name not in ARCHITECTURES:
@@ -32,8 +31,15 @@ def build_net(arch: dict) -> nn.Module:
             f"unknown architecture {name!r}: choose one of {sorted(ARCHITECTURES)} "
             "(arch=<name> on the command line)"
         )
+    return ARCHITECTURES[name], kwargs
+
+
+def build_net(arch: dict) -> SegNet:
+    """Build the net an `arch` config describes: `{"name": ..., **constructor kwargs}`."""
+    cls, kwargs = _split(arch)
+    name = arch["name"]
     try:
-        return ARCHITECTURES[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as err:
         raise ValueError(f"arch={name}: bad parameters {kwargs}: {err}") from err
 
@@ -41,6 +47,5 @@ def build_net(arch: dict) -> nn.Module:
 def context_margin(arch: dict) -> int:
     """Pixels of input context the net of an `arch` config needs on each side of its output:
     the valid-convolution U-Net's margin (92 at depth 4), 0 for nets that pad."""
-    if arch.get("name") == "unet_valid":
-        return ValidUNet.margin_for(int(arch.get("depth", 4)))
-    return 0
+    cls, kwargs = _split(arch)
+    return cls.margin_for_config(**kwargs)

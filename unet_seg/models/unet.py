@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import (
     ConvBlock,
     DoubleConv,
@@ -17,7 +18,7 @@ from unet_seg.models.blocks import (
 )
 
 
-class UNet(nn.Module):
+class UNet(SegNet):
     """Encoder-decoder with skip connections, returning per-pixel logits.
 
     With ``bilinear=True`` the deepest level and the decoder use half the channels

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import conv_pair_layers, unet_channels, upsampler
 
 
@@ -98,7 +100,7 @@ def valid_input_sizes(depth: int, up_to: int) -> list[int]:
     return [n for n in range(1, up_to + 1) if valid_output_size(n, depth) is not None]
 
 
-class ValidUNet(nn.Module):
+class ValidUNet(SegNet):
     """U-Net with valid convolutions: `[B, C, H, W] -> [B, K, H - 2m, W - 2m]`, `m = margin`.
 
     Args:
@@ -164,6 +166,10 @@ class ValidUNet(nn.Module):
             n = 2 * n - 4
         return crops
 
+    @classmethod
+    def margin_for_config(cls, **kwargs: Any) -> int:
+        return cls.margin_for(int(kwargs.get("depth", 4)))
+
     @staticmethod
     def margin_for(depth: int) -> int:
         """Pixels a valid U-Net of `depth` loses on each side: two 3x3 convs per level on the
@@ -218,6 +224,20 @@ class ValidUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_size(x.shape[-2], x.shape[-1])
         return self.forward_unchecked(x)
+
+    def forward_traceable(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
+        """Logits for every pixel of any H, W >= `min_side`, for tracing: mirror `margin`
+        pixels around, pad the bottom and right to an accepted side, crop.
+
+        Shape:
+            [B, C, H, W] -> [B, K, H, W]
+        """
+        self.check_level(level)
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.margin
+        ph, pw = valid_padding(h + 2 * m, self.depth), valid_padding(w + 2 * m, self.depth)
+        x = F.pad(x, [m, m + pw, m, m + ph], mode="reflect")
+        return self.forward_unchecked(x)[:, :, :h, :w]
 
     def forward_unchecked(self, x: torch.Tensor) -> torch.Tensor:
         """`forward` without the size check (for tracing with symbolic sizes)."""

@@ -1,0 +1,67 @@
+"""The objects a composed training config describes: the data module and the `SegModule`.
+
+Used by `train` and the benchmark, so both build exactly the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from unet_seg.config import to_plain
+from unet_seg.data.checks import median_frequency_weights
+from unet_seg.data.contract import DataContract
+from unet_seg.data.datamodule import SegDataModule
+from unet_seg.models.registry import context_margin
+from unet_seg.module import SegModule
+from unet_seg.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataModule:
+    """The data module of `cfg.data`, keeping its split in the run directory's splits file.
+
+    `loss.weight_map` (loss=weighted_ce_dice) asks the data for per-pixel weight maps;
+    a valid-convolution net (arch=unet_valid) for context around each training patch.
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    weight_map = to_plain((cfg.get("loss") or {}).get("weight_map"))
+    return SegDataModule(
+        **to_plain(cfg.data), splits_path=str(run.splits_path), seed=cfg.seed,
+        weight_map=weight_map, context=context_margin(to_plain(cfg.arch)),
+    )  # fmt: skip
+
+
+def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> SegModule:
+    """The LightningModule of a composed config, from plain data only.
+
+    The data contract is the data module's (built without one when none is given).
+    `loss.class_weights: auto` weighs cross-entropy by median frequency balancing
+    over the training masks of `datamodule` (weight_c = median(freq) / freq_c).
+    """
+    if datamodule is None:
+        contract = DataContract.from_config(cfg.data)
+    else:
+        contract = datamodule.contract
+    loss = to_plain(cfg.loss)
+    if loss.get("class_weights") == "auto":
+        if datamodule is None:
+            raise ValueError("loss.class_weights=auto needs the data to count class frequencies")
+        freq = datamodule.class_frequencies()
+        if (freq == 0).any():
+            raise ValueError(
+                f"loss.class_weights=auto: classes {[int(c) for c in (freq == 0).nonzero()[0]]} "
+                "never occur in the training masks; give the weights explicitly"
+            )
+        loss["class_weights"] = median_frequency_weights(freq)
+        log.info("class weights (median frequency balancing): %s", loss["class_weights"])
+    return SegModule(
+        arch=to_plain(cfg.arch),
+        loss=loss,
+        optimizer=to_plain(cfg.optimizer),
+        scheduler=to_plain(cfg.scheduler),
+        data=contract.to_dict(),
+    )

@@ -1,0 +1,155 @@
+"""The data contract: what a trained net expects of its input and what its classes mean.
+
+Built once from the data config (`DataContract.from_config`), stored in every
+checkpoint as plain data (`to_dict`), and read back by inference, evaluate,
+predict, export and the Python API (`from_dict`). Every class count comes from
+here: `num_classes` (K >= 2, background first) and `out_channels` (the net's
+logits: 1 for a binary task with a sigmoid, else K).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.readers import read_image, size_mismatch
+
+DEFAULT_INTENSITY = {"mode": "range"}
+
+CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
+                 "mask_colors", "intensity", "mean", "std", "crop_size")  # fmt: skip
+"""The keys of a data config (`conf/data/*.yaml`) that the contract holds."""
+
+
+def check_class_config(num_classes: int, num_mask_classes: int, class_names: Sequence[str]):
+    """Raise unless `num_classes`, the mask encoding's class count and `class_names` agree.
+
+    `num_classes: 1` means a binary task with a sigmoid output (two mask classes).
+    """
+    expected = 2 if num_classes == 1 else num_classes
+    if num_mask_classes != expected:
+        raise ValueError(
+            f"data.num_classes={num_classes} needs {expected} mask classes, but the mask "
+            f"encoding (data.mask_values / mask_colors / class folders) has {num_mask_classes}: "
+            "give one value per class (num_classes: 1 is binary, two values)"
+        )
+    if len(class_names) != expected:
+        raise ValueError(
+            f"data.class_names={list(class_names)} must name {expected} classes "
+            f"(background first) to match the {num_mask_classes} mask classes"
+        )
+
+
+@dataclass(frozen=True)
+class DataContract:
+    """Classes, mask encoding, intensity scaling, normalisation, channels and patch size.
+
+    Args:
+        class_names: one per class, background first (binary: two names).
+        in_channels: channels the net takes (see `unet_seg.data.readers`).
+        sigmoid: a binary task with one logit and a sigmoid (`data.num_classes: 1`).
+        mask_format, mask_values, mask_colors: the mask encoding (`unet_seg.data.masks`);
+            `mask_values` holds the pixel value (or palette index) of each class.
+        intensity: `{"mode": "range" | "percentile", "low", "high"}`: how pixels reach [0, 1].
+        mean, std: then `(x - mean) / std`, one value or one per channel.
+        crop_size: the training patch side (resize-mode inference uses it), or None.
+    """
+
+    class_names: list[str]
+    in_channels: int
+    sigmoid: bool = False
+    mask_format: str = "values"
+    mask_values: list[int] = field(default_factory=list)
+    mask_colors: list[list[int]] | None = None
+    intensity: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_INTENSITY))
+    mean: list[float] = field(default_factory=lambda: [0.5])
+    std: list[float] = field(default_factory=lambda: [0.25])
+    crop_size: int | None = None
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> DataContract:
+        """The contract of a data config (`cfg.data`, or any mapping with its keys); checks
+        that `num_classes`, the mask encoding and `class_names` agree."""
+        data = {k: _plain(data.get(k)) for k in CONTRACT_KEYS}
+        encoding = MaskEncoding(
+            data["mask_values"], data["mask_format"] or "values", data["mask_colors"],
+            data["class_names"],
+        )  # fmt: skip
+        num_classes = int(data["num_classes"])
+        check_class_config(num_classes, encoding.num_classes, data["class_names"])
+        contract = cls(
+            class_names=list(data["class_names"]),
+            in_channels=int(data["in_channels"]),
+            sigmoid=num_classes == 1,
+            mask_format=encoding.mask_format,
+            mask_values=list(encoding.mask_values),
+            mask_colors=[list(c) for c in encoding.mask_colors] if encoding.mask_colors else None,
+            intensity=dict(data["intensity"] or DEFAULT_INTENSITY),
+            mean=_floats(data["mean"], [0.5]),
+            std=_floats(data["std"], [0.25]),
+            crop_size=int(data["crop_size"]) if data["crop_size"] else None,
+        )
+        contract.__dict__["encoding"] = encoding  # already built: cache it
+        return contract
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> DataContract:
+        """The contract `to_dict` stored (in a checkpoint)."""
+        return cls(**{k: _plain(v) for k, v in stored.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, dicts, numbers, strings) for a checkpoint."""
+        return asdict(self)
+
+    @property
+    def num_classes(self) -> int:
+        """Classes K, background included (2 for a binary task, sigmoid or not)."""
+        return len(self.class_names)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the net's logits: 1 with a sigmoid, else K."""
+        return 1 if self.sigmoid else self.num_classes
+
+    @cached_property
+    def encoding(self) -> MaskEncoding:
+        """Mask files <-> class indices, both directions."""
+        return MaskEncoding(self.mask_values, self.mask_format, self.mask_colors, self.class_names)
+
+    def read_pair(self, image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """An image `[H, W, in_channels]` as stored (not yet scaled) and its mask as class
+        indices `[H, W]`, refusing a mask of another size."""
+        image = read_image(image_path, self.in_channels)
+        truth = self.encoding.load(mask_path)
+        mismatch = size_mismatch(mask_path, "mask", truth.shape, image_path, image.shape)
+        if mismatch:
+            raise ValueError(mismatch)
+        return image, truth
+
+    @property
+    def normalization(self) -> dict[str, Any]:
+        """`{"mean", "std", "intensity"}`: how pixels become the net's input."""
+        return {"mean": list(self.mean), "std": list(self.std), "intensity": dict(self.intensity)}
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain lists and dicts (other values as they are)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        return value
+    return [_plain(v) for v in value]
+
+
+def _floats(values: Sequence[float] | float | None, default: list[float]) -> list[float]:
+    if values is None:
+        return list(default)
+    if isinstance(values, int | float):
+        return [float(values)]
+    return [float(v) for v in values]

@@ -1,0 +1,246 @@
+"""The run directory: every file a training run writes, named in this one module.
+
+    outputs/train/<time>/
+      config.yaml       the resolved config, as run (resume and evaluate read it)
+      .hydra/           Hydra's record of the command
+      splits.json       which images went to train/val/test
+      checkpoints/      best.ckpt, last.ckpt
+      tensorboard/      scalars, images, hparams
+      metrics.json      final val/test scores (present once the run finished)
+      evaluation_<split>.json (+ _per_image.csv, _worst.png): `python -m unet_seg.evaluate`
+
+`resume_config`, `config_differences` and `continue_run` decide how a run directory
+that already holds a run is continued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from unet_seg.config import to_plain
+from unet_seg.data.dataset import find_pairs
+from unet_seg.data.splits import load_splits, save_splits
+from unet_seg.files import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_GROUPS = (
+    "data", "arch", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths",
+    "hydra", "scale", "experiment",
+)  # fmt: skip
+"""Config groups a run is built from: fixed once it has started."""
+
+
+class RunDir:
+    """The paths of one run and the files in it.
+
+    Args:
+        path: the run directory (`run_dir` in the config; it need not exist yet).
+    """
+
+    CONFIG = "config.yaml"
+    SPLITS = "splits.json"
+    METRICS = "metrics.json"
+    CHECKPOINTS = "checkpoints"
+    BEST = "best"
+    LAST = "last"
+    TENSORBOARD = "tensorboard"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: str | Path) -> RunDir | None:
+        """The run directory a checkpoint sits in (`RUN/checkpoints/x.ckpt`), or None."""
+        folder = Path(ckpt).resolve().parent
+        run = cls(folder.parent)
+        return run if folder.name == cls.CHECKPOINTS and run.holds_run else None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- paths --------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def splits_path(self) -> Path:
+        return self.path / self.SPLITS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """`checkpoints/best.ckpt` or `checkpoints/last.ckpt`."""
+        if which not in (self.BEST, self.LAST):
+            raise ValueError(f"checkpoint {which!r}: choose {self.BEST!r} or {self.LAST!r}")
+        return self.checkpoints / f"{which}.ckpt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoint(self.BEST)
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoint(self.LAST)
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    def evaluation(self, split: str) -> Path:
+        """Where `python -m unet_seg.evaluate run_dir=...` writes its JSON for `split`."""
+        return self.path / f"evaluation_{split}.json"
+
+    # ---- state --------------------------------------------------------------------------
+
+    @property
+    def holds_run(self) -> bool:
+        """Whether a run was started here (its config was saved)."""
+        return self.config_path.is_file()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run ended and wrote its final metrics."""
+        return self.metrics_path.is_file()
+
+    # ---- files --------------------------------------------------------------------------
+
+    def save_config(self, cfg: DictConfig) -> Path:
+        """Write the resolved config atomically; return its path."""
+        return atomic_write_text(self.config_path, OmegaConf.to_yaml(cfg, resolve=True))
+
+    def load_config(self) -> DictConfig:
+        """The config the run was started with, with a clear error if this is not a run."""
+        if not self.holds_run:
+            raise FileNotFoundError(
+                f"{self.config_path} not found: {self.path} is not a unet-seg run directory "
+                f"(expected the folder `python -m unet_seg.train` wrote, holding {self.CONFIG}, "
+                f"{self.SPLITS} and {self.CHECKPOINTS}/)."
+            )
+        return OmegaConf.load(self.config_path)
+
+    def save_splits(self, splits: dict[str, list[str]]) -> None:
+        save_splits(splits, self.splits_path)
+
+    def load_splits(self) -> dict[str, list[str]]:
+        return load_splits(self.splits_path)
+
+    def split(self, name: str) -> list[str]:
+        """The image names of one split, refusing an empty one."""
+        names = self.load_splits()[name]
+        if not names:
+            raise ValueError(
+                f"{self.splits_path}: the {name} split is empty; choose split=val or split=train"
+            )
+        return names
+
+    def split_pairs(self, name: str, class_folders: list[str] | None = None) -> list:
+        """The (image, mask) paths of one split, found in the run's data folder."""
+        data = self.load_config().data
+        pairs = find_pairs(data.root, data.images_dir, data.masks_dir,
+                           data.get("mask_suffix") or "", class_folders)  # fmt: skip
+        by_name = {img.name: (img, mask) for img, mask in pairs}
+        names = self.split(name)
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise FileNotFoundError(f"{data.root}: split images missing, e.g. {missing[:5]}")
+        return [by_name[n] for n in names]
+
+    def save_metrics(self, metrics: dict) -> Path:
+        return write_json(metrics, self.metrics_path)
+
+    def load_metrics(self) -> dict:
+        return json.loads(self.metrics_path.read_text())
+
+    def scored_checkpoint(self) -> Path:
+        """The checkpoint the final metrics came from (best.ckpt, or last.ckpt when the run
+        scored its last weights), found in this directory even if the run was moved."""
+        recorded = str(self.load_metrics().get("checkpoint", ""))
+        path = Path(recorded) if recorded.endswith(".ckpt") else self.last
+        return path if path.is_file() else self.checkpoints / path.name
+
+
+def find_runs(folders: Iterable[str | Path]) -> list[RunDir]:
+    """Finished runs (config.yaml + metrics.json) at or below each folder, sorted by path."""
+    runs: set[Path] = set()
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such folder")
+        found = [p.parent for p in folder.rglob(RunDir.METRICS) if RunDir(p.parent).holds_run]
+        if not found:
+            raise FileNotFoundError(
+                f"{folder}: no finished runs (folders with {RunDir.CONFIG} and "
+                f"{RunDir.METRICS}) below it"
+            )
+        runs.update(found)
+    return [RunDir(p) for p in sorted(runs)]
+
+
+def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """The config a run started with, plus `key=value` overrides (e.g. trainer.max_epochs=50).
+
+    Group choices (`arch=nested`) cannot change on resume: the checkpoint holds that net.
+    """
+    cfg = RunDir(run_dir).load_config()
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "resume":
+            continue
+        if key in CONFIG_GROUPS or key.startswith(("+", "~")) or not value:
+            raise ValueError(
+                f"cannot apply {override!r} when resuming: the run's config groups are fixed. "
+                "Only key=value changes such as trainer.max_epochs=50 are allowed."
+            )
+        OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+    cfg.resume = str(run_dir)
+    return cfg
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs. A key that one side lacks
+    counts only when the other side sets it: an option added to unet-seg later, null by
+    default, does not make a run made before it "another config"."""
+    differ = []
+    for key in sorted(set(saved) | set(current), key=str):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differ += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            differ.append(f"{prefix}{key}")
+    return differ
+
+
+def continue_run(cfg: DictConfig) -> dict | None:
+    """For a run directory that already holds a run: its metrics if it finished, else None
+    (resume it). A different config there is an error: nothing a user made is overwritten.
+    """
+    run = RunDir(cfg.run_dir)
+    saved = to_plain(run.load_config())
+    differ = config_differences({**saved, "resume": None}, {**to_plain(cfg), "resume": None})
+    if differ:
+        raise ValueError(
+            f"{run} already holds a run with another config ({run.config_path}; "
+            f"differs at {', '.join(differ[:5])}): choose another directory (hydra.run.dir / "
+            f"hydra.sweep.dir), or continue that run with resume={run}"
+        )
+    if run.finished:
+        log.info("%s already finished: its %s is kept", run, RunDir.METRICS)
+        return run.load_metrics()
+    log.info("%s holds this run, unfinished: resuming it", run)
+    return None
