@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from unet_seg.metrics import SegmentationScores
-from unet_seg.scores import ScoreBook, boundary, confusion_counts, hd95, ratio_scores
+from unet_seg.metrics import SegmentationScores, confusion_counts, ratio_scores
+from unet_seg.scores import ScoreBook, boundary, hd95
 
 
 def blobs(shape: tuple[int, int], seed: int, n: int = 3) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Evaluation scores per image and pooled: Dice, IoU, precision, recall (from pixel counts)
 and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class.
+The counts and the scores from counts are those of the training metric (`unet_seg.metrics`).
 The rules for empty classes and reductions are in `RULES` (also written into every
 evaluation JSON).
 """
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from unet_seg.data.weight_map import consecutive_labels, touching_border
+from unet_seg.metrics import confusion_counts, ratio_scores
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
 METRICS = (*RATIO_METRICS, "hd95")
@@ -34,44 +36,6 @@ RULES = (
     "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
 )
 """How every score is reduced and what an empty class scores."""
-
-
-def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class true positives, false positives and false negatives.
-
-    Shape: pred, truth `[H, W]` class indices -> `[3, K]` int64 (rows tp, fp, fn).
-    """
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
-    k = num_classes
-    pairs = truth.astype(np.int64).ravel() * k + pred.astype(np.int64).ravel()
-    confusion = np.bincount(pairs, minlength=k * k).reshape(k, k)  # [true, pred]
-    tp = np.diagonal(confusion)
-    return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp])
-
-
-def ratio_scores(counts: np.ndarray, empty: float = np.nan) -> dict[str, np.ndarray]:
-    """Dice, IoU, precision, recall per class from `[3, K]` counts (see the module rules).
-
-    Args:
-        counts: rows tp, fp, fn.
-        empty: the score of a class absent from both truth and prediction.
-    Returns:
-        `{metric: [K] float64}`.
-    """
-    tp, fp, fn = counts.astype(np.float64)
-    absent = tp + fp + fn == 0
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-        return np.where(absent, empty, out)
-
-    return {
-        "dice": ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": ratio(tp, tp + fp + fn),
-        "precision": ratio(tp, tp + fp),
-        "recall": ratio(tp, tp + fn),
-    }
 
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
