@@ -57,16 +57,27 @@ def surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return to_target[boundary(source)].astype(np.float64)
 
 
+def directed_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boundary distances pred -> truth and truth -> pred (see `surface_distances`) of two
+    boolean `[H, W]` regions; both empty unless both regions are non-empty."""
+    if not pred.any() or not truth.any():
+        return np.empty(0), np.empty(0)
+    return surface_distances(pred, truth), surface_distances(truth, pred)
+
+
+def hd95_from_distances(forward: np.ndarray, backward: np.ndarray) -> float:
+    """The larger of the 95th percentiles of the two directed distances; NaN without any."""
+    if not forward.size or not backward.size:
+        return float("nan")
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
 def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     """95th-percentile Hausdorff distance in pixels between two boolean `[H, W]` regions.
 
     Returns NaN unless both regions are non-empty (see the module rules).
     """
-    if not pred.any() or not truth.any():
-        return float("nan")
-    forward = np.percentile(surface_distances(pred, truth), 95)
-    backward = np.percentile(surface_distances(truth, pred), 95)
-    return float(max(forward, backward))
+    return hd95_from_distances(*directed_distances(pred, truth))
 
 
 class ScoreBook:
@@ -95,16 +106,11 @@ class ScoreBook:
         for c, cls in enumerate(self.class_names):
             for metric in RATIO_METRICS:
                 row[f"{metric}/{cls}"] = float(ratios[metric][c])
-            p, t = pred == c, truth == c
-            if p.any() and t.any():
-                forward, backward = surface_distances(p, t), surface_distances(t, p)
+            forward, backward = directed_distances(pred == c, truth == c)
+            row[f"hd95/{cls}"] = hd95_from_distances(forward, backward)
+            if forward.size:
                 self.distances[c][0].append(forward.astype(np.float32))
                 self.distances[c][1].append(backward.astype(np.float32))
-                row[f"hd95/{cls}"] = float(
-                    max(np.percentile(forward, 95), np.percentile(backward, 95))
-                )
-            else:
-                row[f"hd95/{cls}"] = float("nan")
         fg = [row[f"dice/{cls}"] for cls in self.class_names[1:]]
         row["dice/mean_fg"] = _nanmean(fg)
         self.rows.append(row)
@@ -135,9 +141,7 @@ class ScoreBook:
         forward, backward = self.distances[c]
         if not forward:
             return float("nan")
-        pred_to_truth = np.percentile(np.concatenate(forward), 95)
-        truth_to_pred = np.percentile(np.concatenate(backward), 95)
-        return float(max(pred_to_truth, truth_to_pred))
+        return hd95_from_distances(np.concatenate(forward), np.concatenate(backward))
 
 
 def _nanmean(values: Sequence[float]) -> float:
