@@ -1,8 +1,8 @@
 """Evaluation scores per image and pooled: Dice, IoU, precision, recall (from pixel counts)
-and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class.
-The counts and the scores from counts are those of the training metric (`unet_seg.metrics`).
-The rules for empty classes and reductions are in `RULES` (also written into every
-evaluation JSON).
+and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class, and
+the pixel error. The counts and the scores from counts are those of the training metric
+(`unet_seg.metrics`). The rules for empty classes and reductions are in `RULES` (also
+written into every evaluation JSON).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from unet_seg.data.weight_map import consecutive_labels, touching_border
-from unet_seg.metrics import confusion_counts, ratio_scores
+from unet_seg.metrics import confusion_counts, pixel_error, ratio_scores
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
 METRICS = (*RATIO_METRICS, "hd95")
@@ -34,6 +34,9 @@ RULES = (
     "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
     "percentiles over the distances of all images together.",
     "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
+    "pixel_error: the share of misclassified pixels, 1 - sum(TP) / sum(TP + FN) over the "
+    "classes: per image in the CSV, and pixel_error/pooled over the pixels of all images (the "
+    "training metric's pixel_error).",
 )
 """How every score is reduced and what an empty class scores."""
 
@@ -113,11 +116,13 @@ class ScoreBook:
                 self.distances[c][1].append(backward.astype(np.float32))
         fg = [row[f"dice/{cls}"] for cls in self.class_names[1:]]
         row["dice/mean_fg"] = _nanmean(fg)
+        row["pixel_error"] = float(pixel_error(counts))
         self.rows.append(row)
         return row
 
     def summary(self) -> dict[str, float]:
-        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts."""
+        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts,
+        and `pixel_error/pooled`."""
         out: dict[str, float] = {"images": len(self.rows)}
         pooled = ratio_scores(self.counts, empty=1.0)
         pooled["hd95"] = np.array([self._pooled_hd95(c) for c in range(self.num_classes)])
@@ -135,6 +140,7 @@ class ScoreBook:
                 1 for r in self.rows
                 if np.isnan(r[f"hd95/{cls}"]) and not np.isnan(r[f"dice/{cls}"])
             )  # fmt: skip
+        out["pixel_error/pooled"] = float(pixel_error(self.counts))
         return out
 
     def _pooled_hd95(self, c: int) -> float:
