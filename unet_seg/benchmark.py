@@ -21,7 +21,6 @@ With `output=FILE` the same figures are written as JSON, under the keys
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
@@ -49,6 +48,7 @@ from unet_seg.bench.models import (
 from unet_seg.bench.overhead import measure_overhead
 from unet_seg.bench.pipeline import measure_pipeline
 from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.files import write_json
 from unet_seg.models.registry import ARCHITECTURES
 from unet_seg.train import build_datamodule, build_module
 
@@ -424,20 +424,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the results as JSON (figures as numbers) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
-
-
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark, write the table to stdout and, with `cfg.output`, the JSON."""
     result = benchmark(cfg)
     sys.stdout.write(format_table(result))
     if cfg.get("output"):
-        log.info("wrote %s", write_json(result, cfg.output))
+        log.info("wrote %s", write_json(result, cfg.output, sort_keys=False))  # documented order
     return result
 
 
