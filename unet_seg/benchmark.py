@@ -49,6 +49,7 @@ from unet_seg.bench.overhead import measure_overhead
 from unet_seg.bench.pipeline import measure_pipeline
 from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.files import write_json
+from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
 from unet_seg.train import build_datamodule, build_module
 
@@ -58,13 +59,6 @@ SECTIONS = ("overhead", "data", "models", "inference", "fastpath", "precision")
 TARGETS = {"overhead_pct_cpu": 5.0, "overhead_pct_gpu": 3.0, "loader_over_consumption": 2.0}
 """The issue's targets: framework overhead at most 5% (CPU) / 3% (GPU) over a plain loop;
 the loader delivering at least twice what training consumes."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> `cuda` when a GPU is there, else `cpu`; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
