@@ -224,10 +224,9 @@ def _models(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN00
 
 def _inference(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
     i = cfg.inference
-    rows, notes = measure_inference(build_module(train_cfg), device, cfg.size, i.image_size,
-                                    i.images, cfg.batch, i.overlap, i.tta, cfg.seed)  # fmt: skip
-    result["inference"] = rows
-    result["notes"] += notes
+    result["inference"] = measure_inference(build_module(train_cfg), device, cfg.size,
+                                            i.image_size, i.images, cfg.batch, i.overlap, i.tta,
+                                            cfg.seed)  # fmt: skip
 
 
 def _fastpath(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
