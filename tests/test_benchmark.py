@@ -20,6 +20,7 @@ from unet_seg.bench.measure import HostReads, count_flops, peak_memory
 from unet_seg.benchmark import SECTIONS, format_table, task
 from unet_seg.config import CONF_DIR
 from unet_seg.models.nested_unet import NestedUNet
+from unet_seg.models.registry import ARCHITECTURES
 from unet_seg.models.unet import UNet
 from unet_seg.module import FastPath, apply_fast_path
 from unet_seg.train import build_module
@@ -201,6 +202,13 @@ def test_models_without_monai_say_so_and_skip_its_rows(monkeypatch: pytest.Monke
     )
     assert [r["name"] for r in rows] == ["unet"]
     assert notes and "MONAI not installed" in notes[0]
+
+
+def test_paper_widths_are_the_widths_training_uses_at_scale_paper() -> None:
+    for name in sorted(ARCHITECTURES):
+        cfg = compose_train([f"arch={name}", "scale=paper", "run_dir=."])
+        assert bench_models.paper_width(name) == cfg.arch.base_channels, name
+    assert bench_models.paper_width("nested") == 32 and bench_models.paper_width("unet") == 64
 
 
 def test_benchmark_refuses_unknown_sections(tmp_path: Path) -> None:

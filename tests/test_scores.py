@@ -9,8 +9,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from unet_seg.metrics import SegmentationScores
-from unet_seg.scores import ScoreBook, boundary, confusion_counts, hd95, ratio_scores
+from unet_seg.metrics import SegmentationScores, confusion_counts, ratio_scores
+from unet_seg.scores import ScoreBook, boundary, hd95
 
 
 def blobs(shape: tuple[int, int], seed: int, n: int = 3) -> np.ndarray:
@@ -119,3 +119,25 @@ def test_pooled_dice_and_iou_equal_the_training_metric() -> None:
         assert s[f"dice/pooled/{name}"] == pytest.approx(float(ref[f"dice/{name}"]), abs=1e-6)
         assert s[f"iou/pooled/{name}"] == pytest.approx(float(ref[f"iou/{name}"]), abs=1e-6)
     assert s["dice/pooled/mean_fg"] == pytest.approx(float(ref["dice"]), abs=1e-6)
+
+
+def test_pooled_mean_foreground_scores_and_pixel_error_equal_the_training_metric() -> None:
+    """What scoring the fold ensemble through ScoreBook relies on: pooled mean-foreground
+    Dice and IoU and the pixel error are the training metric's, whatever the image sizes."""
+    rng = np.random.default_rng(1)
+    names = ["bg", "a", "b"]
+    book, metric = ScoreBook(names), SegmentationScores(names)
+    wrong = pixels = 0
+    for i, shape in enumerate([(20, 30), (17, 23), (32, 9), (25, 25)]):
+        classes = 2 if i == 1 else 3  # one image without class b at all
+        truth = rng.integers(0, classes, shape)
+        pred = np.where(rng.random(shape) < 0.7, truth, rng.integers(0, classes, shape))
+        row = book.add(str(i), pred, truth)
+        metric.update(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
+        assert row["pixel_error"] == pytest.approx(np.mean(pred != truth))
+        wrong, pixels = wrong + np.count_nonzero(pred != truth), pixels + pred.size
+    s, ref = book.summary(), metric.compute()
+    assert s["dice/pooled/mean_fg"] == pytest.approx(float(ref["dice"]), abs=1e-6)
+    assert s["iou/pooled/mean_fg"] == pytest.approx(float(ref["iou"]), abs=1e-6)
+    assert s["pixel_error/pooled"] == pytest.approx(float(ref["pixel_error"]), abs=1e-6)
+    assert s["pixel_error/pooled"] == pytest.approx(wrong / pixels)

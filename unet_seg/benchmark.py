@@ -21,7 +21,6 @@ With `output=FILE` the same figures are written as JSON, under the keys
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
@@ -49,6 +48,8 @@ from unet_seg.bench.models import (
 from unet_seg.bench.overhead import measure_overhead
 from unet_seg.bench.pipeline import measure_pipeline
 from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.files import write_json
+from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
 from unet_seg.train import build_datamodule, build_module
 
@@ -58,13 +59,6 @@ SECTIONS = ("overhead", "data", "models", "inference", "fastpath", "precision")
 TARGETS = {"overhead_pct_cpu": 5.0, "overhead_pct_gpu": 3.0, "loader_over_consumption": 2.0}
 """The issue's targets: framework overhead at most 5% (CPU) / 3% (GPU) over a plain loop;
 the loader delivering at least twice what training consumes."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> `cuda` when a GPU is there, else `cpu`; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -230,10 +224,9 @@ def _models(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN00
 
 def _inference(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
     i = cfg.inference
-    rows, notes = measure_inference(build_module(train_cfg), device, cfg.size, i.image_size,
-                                    i.images, cfg.batch, i.overlap, i.tta, cfg.seed)  # fmt: skip
-    result["inference"] = rows
-    result["notes"] += notes
+    result["inference"] = measure_inference(build_module(train_cfg), device, cfg.size,
+                                            i.image_size, i.images, cfg.batch, i.overlap, i.tta,
+                                            cfg.seed)  # fmt: skip
 
 
 def _fastpath(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
@@ -424,20 +417,12 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the results as JSON (figures as numbers) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return path
-
-
 def task(cfg: DictConfig) -> dict[str, Any]:
     """Run the benchmark, write the table to stdout and, with `cfg.output`, the JSON."""
     result = benchmark(cfg)
     sys.stdout.write(format_table(result))
     if cfg.get("output"):
-        log.info("wrote %s", write_json(result, cfg.output))
+        log.info("wrote %s", write_json(result, cfg.output, sort_keys=False))  # documented order
     return result
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -28,6 +29,12 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json(data: dict[str, Any], path: str | Path, sort_keys: bool = True) -> Path:
+    """Write `data` as indented JSON atomically (see `atomic_write_text`); NaN is written as
+    `NaN`, as `json.dumps` does. `sort_keys=False` keeps the dict's order."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def _umask() -> int:

@@ -1,7 +1,8 @@
 """Evaluation scores per image and pooled: Dice, IoU, precision, recall (from pixel counts)
-and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class.
-The rules for empty classes and reductions are in `RULES` (also written into every
-evaluation JSON).
+and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class, and
+the pixel error. The counts and the scores from counts are those of the training metric
+(`unet_seg.metrics`). The rules for empty classes and reductions are in `RULES` (also
+written into every evaluation JSON).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from unet_seg.data.weight_map import consecutive_labels, touching_border
+from unet_seg.metrics import confusion_counts, pixel_error, ratio_scores
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
 METRICS = (*RATIO_METRICS, "hd95")
@@ -32,46 +34,11 @@ RULES = (
     "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
     "percentiles over the distances of all images together.",
     "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
+    "pixel_error: the share of misclassified pixels, 1 - sum(TP) / sum(TP + FN) over the "
+    "classes: per image in the CSV, and pixel_error/pooled over the pixels of all images (the "
+    "training metric's pixel_error).",
 )
 """How every score is reduced and what an empty class scores."""
-
-
-def confusion_counts(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class true positives, false positives and false negatives.
-
-    Shape: pred, truth `[H, W]` class indices -> `[3, K]` int64 (rows tp, fp, fn).
-    """
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
-    k = num_classes
-    pairs = truth.astype(np.int64).ravel() * k + pred.astype(np.int64).ravel()
-    confusion = np.bincount(pairs, minlength=k * k).reshape(k, k)  # [true, pred]
-    tp = np.diagonal(confusion)
-    return np.stack([tp, confusion.sum(0) - tp, confusion.sum(1) - tp])
-
-
-def ratio_scores(counts: np.ndarray, empty: float = np.nan) -> dict[str, np.ndarray]:
-    """Dice, IoU, precision, recall per class from `[3, K]` counts (see the module rules).
-
-    Args:
-        counts: rows tp, fp, fn.
-        empty: the score of a class absent from both truth and prediction.
-    Returns:
-        `{metric: [K] float64}`.
-    """
-    tp, fp, fn = counts.astype(np.float64)
-    absent = tp + fp + fn == 0
-
-    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-        return np.where(absent, empty, out)
-
-    return {
-        "dice": ratio(2 * tp, 2 * tp + fp + fn),
-        "iou": ratio(tp, tp + fp + fn),
-        "precision": ratio(tp, tp + fp),
-        "recall": ratio(tp, tp + fn),
-    }
 
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -93,16 +60,27 @@ def surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return to_target[boundary(source)].astype(np.float64)
 
 
+def directed_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boundary distances pred -> truth and truth -> pred (see `surface_distances`) of two
+    boolean `[H, W]` regions; both empty unless both regions are non-empty."""
+    if not pred.any() or not truth.any():
+        return np.empty(0), np.empty(0)
+    return surface_distances(pred, truth), surface_distances(truth, pred)
+
+
+def hd95_from_distances(forward: np.ndarray, backward: np.ndarray) -> float:
+    """The larger of the 95th percentiles of the two directed distances; NaN without any."""
+    if not forward.size or not backward.size:
+        return float("nan")
+    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
+
+
 def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     """95th-percentile Hausdorff distance in pixels between two boolean `[H, W]` regions.
 
     Returns NaN unless both regions are non-empty (see the module rules).
     """
-    if not pred.any() or not truth.any():
-        return float("nan")
-    forward = np.percentile(surface_distances(pred, truth), 95)
-    backward = np.percentile(surface_distances(truth, pred), 95)
-    return float(max(forward, backward))
+    return hd95_from_distances(*directed_distances(pred, truth))
 
 
 class ScoreBook:
@@ -131,23 +109,20 @@ class ScoreBook:
         for c, cls in enumerate(self.class_names):
             for metric in RATIO_METRICS:
                 row[f"{metric}/{cls}"] = float(ratios[metric][c])
-            p, t = pred == c, truth == c
-            if p.any() and t.any():
-                forward, backward = surface_distances(p, t), surface_distances(t, p)
+            forward, backward = directed_distances(pred == c, truth == c)
+            row[f"hd95/{cls}"] = hd95_from_distances(forward, backward)
+            if forward.size:
                 self.distances[c][0].append(forward.astype(np.float32))
                 self.distances[c][1].append(backward.astype(np.float32))
-                row[f"hd95/{cls}"] = float(
-                    max(np.percentile(forward, 95), np.percentile(backward, 95))
-                )
-            else:
-                row[f"hd95/{cls}"] = float("nan")
         fg = [row[f"dice/{cls}"] for cls in self.class_names[1:]]
         row["dice/mean_fg"] = _nanmean(fg)
+        row["pixel_error"] = float(pixel_error(counts))
         self.rows.append(row)
         return row
 
     def summary(self) -> dict[str, float]:
-        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts."""
+        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts,
+        and `pixel_error/pooled`."""
         out: dict[str, float] = {"images": len(self.rows)}
         pooled = ratio_scores(self.counts, empty=1.0)
         pooled["hd95"] = np.array([self._pooled_hd95(c) for c in range(self.num_classes)])
@@ -165,15 +140,14 @@ class ScoreBook:
                 1 for r in self.rows
                 if np.isnan(r[f"hd95/{cls}"]) and not np.isnan(r[f"dice/{cls}"])
             )  # fmt: skip
+        out["pixel_error/pooled"] = float(pixel_error(self.counts))
         return out
 
     def _pooled_hd95(self, c: int) -> float:
         forward, backward = self.distances[c]
         if not forward:
             return float("nan")
-        pred_to_truth = np.percentile(np.concatenate(forward), 95)
-        truth_to_pred = np.percentile(np.concatenate(backward), 95)
-        return float(max(pred_to_truth, truth_to_pred))
+        return hd95_from_distances(np.concatenate(forward), np.concatenate(backward))
 
 
 def _nanmean(values: Sequence[float]) -> float:

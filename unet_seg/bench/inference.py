@@ -4,7 +4,6 @@ test-time augmentation."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -14,19 +13,10 @@ import numpy as np
 import torch
 
 from unet_seg.bench.measure import peak_memory, synchronize
+from unet_seg.inference import TTA_TRANSFORMS, Predictor
 from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
-
-
-def _predictor_class() -> Any:
-    """`unet_seg.inference.Predictor` if it has the resize/tile and TTA options, else None."""
-    try:
-        from unet_seg.inference import Predictor
-    except ImportError:
-        return None
-    wanted = {"mode", "tile_size", "overlap", "tta", "batch_size", "size"}
-    return Predictor if wanted <= set(inspect.signature(Predictor).parameters) else None
 
 
 def passes_per_image(mode: str, image_size: int, size: int, overlap: float, tta_passes: int) -> int:
@@ -48,8 +38,8 @@ def measure_inference(
     overlap: float,
     tta: str,
     seed: int = 0,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows for resize and tile modes, each without TTA and with `tta`; and notes.
+) -> list[dict[str, Any]]:
+    """Rows for resize and tile modes, each without TTA and with `tta`.
 
     Args:
         module: a `SegModule` (its weights do not matter for speed).
@@ -62,18 +52,10 @@ def measure_inference(
     rng = np.random.default_rng(seed)
     shape = (image_size, image_size, in_channels)
     data = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(images)]
-    predictor_cls = _predictor_class()
-    if predictor_cls is None:
-        return _whole_image_rows(module, device, data), [
-            "inference: unet_seg.inference.Predictor has no resize/tile/TTA options yet; "
-            "plain whole-image forward passes only (tiling and TTA rows pending)"
-        ]
-    from unet_seg.inference import TTA_TRANSFORMS
-
     rows = []
     for mode in ("resize", "tile"):
         for aug in dict.fromkeys(("none", tta)):
-            predictor = predictor_cls(
+            predictor = Predictor(
                 module, mode=mode, tile_size=size, overlap=overlap, tta=aug, batch_size=batch,
                 size=size,
             )  # fmt: skip
@@ -92,30 +74,4 @@ def measure_inference(
                 "peak_mib": mem.bytes / 2**20, "memory_method": mem.method,
             })  # fmt: skip
             log.info("inference: %s tta=%s %.2f img/s", mode, aug, rows[-1]["images_per_s"])
-    return rows, []
-
-
-def _whole_image_rows(
-    module: SegModule, device: torch.device, data: list[np.ndarray]
-) -> list[dict[str, Any]]:
-    """Fallback: the whole image in one forward pass (normalised as training does)."""
-    from unet_seg.data.transforms import normalize
-
-    norm = module.hparams.normalization
-    x = torch.stack([normalize(im, norm["mean"], norm["std"]) for im in data]).to(device)
-    with torch.inference_mode():
-        module(x[:1])
-        synchronize(device)
-        start = time.perf_counter()
-        for i in range(len(x)):
-            module(x[i : i + 1]).argmax(1).cpu()
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        with peak_memory(device) as mem:
-            module(x[:1]).argmax(1).cpu()
-    return [{
-        "mode": "whole", "tta": "none", "image_size": data[0].shape[0],
-        "net_input": data[0].shape[0], "passes_per_image": 1,
-        "images_per_s": len(x) / seconds, "peak_mib": mem.bytes / 2**20,
-        "memory_method": mem.method,
-    }]  # fmt: skip
+    return rows

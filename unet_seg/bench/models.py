@@ -11,12 +11,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from unet_seg.bench.measure import AUTOCAST, count_flops, peak_memory, time_per_step
+from unet_seg.config import CONF_DIR
 from unet_seg.losses import build_loss
 from unet_seg.models.registry import build_net
 from unet_seg.models.unet_valid import next_valid_size, valid_output_size
@@ -24,9 +27,11 @@ from unet_seg.module import apply_fast_path
 
 log = logging.getLogger(__name__)
 
-PAPER_WIDTHS = {"unet": 64, "nested": 32, "attention_unet": 64, "res_unet": 64, "unet_valid": 64}
-"""Base widths of the papers (Ronneberger et al., 2015; Zhou et al., 2018; Oktay et al.,
-2018), as in `conf/arch/`."""
+
+def paper_width(arch_name: str) -> int:
+    """The base width of the architecture's paper: `base_channels` in `conf/arch/<name>.yaml`
+    (e.g. 64 for U-Net, 32 for UNet++)."""
+    return int(OmegaConf.load(Path(CONF_DIR) / "arch" / f"{arch_name}.yaml").base_channels)
 
 
 @dataclass(frozen=True)
@@ -247,7 +252,7 @@ def measure_models(
         for name in names:
             spec = NETS[name]
             arch = archs[spec.arch]
-            base = base_channels or PAPER_WIDTHS[spec.arch]
+            base = base_channels or paper_width(spec.arch)
             torch.manual_seed(seed)
             net = spec.build(arch, base).to(device)
             # a valid-convolution net scores `size` pixels from a larger input with its context
@@ -306,7 +311,7 @@ def measure_fast_path(
         arch = dict(archs[arch_name])
         if arch_name == "nested":
             arch["deep_supervision"] = deep_supervision or arch.get("deep_supervision", False)
-        base = base_channels or PAPER_WIDTHS[arch_name]
+        base = base_channels or paper_width(arch_name)
         x, y = random_batch(batch, size, arch["in_channels"], arch["num_classes"], device, seed)
         label = NETS["nested_ds" if arch.get("deep_supervision") else arch_name].label
         cases: dict[str, TrainStep] = {}
@@ -362,7 +367,7 @@ def measure_precision(
         One row per combination: `precision`, `channels_last`, `compile`, `images_per_s`,
         `gflops_per_s`, `peak_mib`, `first_step_s`, and `fraction_of_peak` when known.
     """
-    base = base_channels or PAPER_WIDTHS[arch_name]
+    base = base_channels or paper_width(arch_name)
     x, y = random_batch(batch, size, arch["in_channels"], arch["num_classes"], device, seed)
     probe = TrainStep(build_net({**arch, "base_channels": base}).to(device), loss_cfg, x, y)
     gflop = prepare_step(probe)["gflop_train_per_image"]  # the same in every combination
