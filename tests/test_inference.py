@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from unet_seg.data.contract import DataContract
 from unet_seg.inference import (
     Predictor,
     check_image,
@@ -331,3 +332,33 @@ def test_checkpoints_that_are_not_ours_get_clear_errors(
     for message, path in cases.items():
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             SegModule.from_checkpoint(path)
+
+
+def test_format_1_checkpoints_still_load(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """Checkpoints written before the data contract (format 1: its fields separate, the
+    patch size in `input_size` or only in the run's config) load as the same model."""
+    from omegaconf import OmegaConf
+
+    def to_format_1(c: dict, input_size: bool) -> None:
+        hp, data = c["hyper_parameters"], c["hyper_parameters"].pop("data")
+        hp.update(class_names=data["class_names"], mask_values=data["mask_values"],
+                  mask_format=data["mask_format"], mask_colors=data["mask_colors"],
+                  normalization={k: data[k] for k in ("mean", "std", "intensity")})  # fmt: skip
+        if input_size:
+            hp["input_size"] = 40
+        c["unet_seg_format"] = 1
+
+    new = SegModule.from_checkpoint(checkpoints["unet"])
+    old = SegModule.from_checkpoint(
+        _corrupt(checkpoints["unet"], tmp_path / "v1.ckpt", lambda c: to_format_1(c, True))
+    )
+    assert old.contract == DataContract.from_dict({**new.contract.to_dict(), "crop_size": 40})
+    for key, value in new.state_dict().items():
+        torch.testing.assert_close(old.state_dict()[key], value)
+    run = tmp_path / "run"  # the oldest: the patch size only in the run's config.yaml
+    (run / "checkpoints").mkdir(parents=True)
+    OmegaConf.save({"data": {"crop_size": 24}}, run / "config.yaml")
+    oldest = _corrupt(
+        checkpoints["unet"], run / "checkpoints" / "best.ckpt", lambda c: to_format_1(c, False)
+    )
+    assert SegModule.from_checkpoint(oldest).contract.crop_size == 24

@@ -208,7 +208,31 @@ def test_compose_arch_forward(name: str) -> None:
     with torch.no_grad():
         x = torch.randn(1, in_channels, 40, 40)
         # a valid-convolution net answers for the centre of its input: mirror the context
-        out = model.eval().forward_same(x) if hasattr(model, "margin") else model.eval()(x)
+        out = model.eval().forward_same(x)
     outs = out if isinstance(out, list) else [out]
     assert outs
     assert all(o.shape == (1, num_classes, 40, 40) for o in outs)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_arch_declares_the_net_interface(name: str) -> None:
+    """Subclass and register: every net is a `SegNet`, its margin is known from its config
+    before it is built, its heads are counted, and the traced path matches `forward_same`."""
+    from unet_seg.models.base import SegNet
+    from unet_seg.models.registry import context_margin
+
+    cfg, model = compose_arch(name)
+    assert isinstance(model, SegNet)
+    assert model.margin == context_margin(to_plain(cfg.arch))
+    side = model.min_side  # the smallest side the traced graph takes
+    x = torch.randn(2, cfg.arch.in_channels, side + 5, side + 11)
+    with torch.no_grad():
+        same = model.eval().forward_same(x)
+        heads = same if isinstance(same, list) else [same]
+        assert len(heads) == model.num_heads
+        traced = model.forward_traceable(x)
+    torch.testing.assert_close(traced, heads[-1], atol=1e-5, rtol=1e-5)
+    assert model.min_side == model.pad_multiple + model.margin
+    if name != "nested":
+        with pytest.raises(ValueError, match="prunes UNet\\+\\+ only"):
+            model.check_level(2)

@@ -244,7 +244,7 @@ def test_train_evaluate_predict_export(tmp_path: Path, arch: str) -> None:
     saved = torch.load(ckpt, weights_only=True)
     assert saved["hyper_parameters"]["arch"]["name"] == arch
     # the valid-convolution net scores the centre of 92 pixels of context on each side
-    assert SegModule.from_checkpoint(ckpt).context == (92 if arch == "unet_valid" else 0)
+    assert SegModule.from_checkpoint(ckpt).net.margin == (92 if arch == "unet_valid" else 0)
 
     eval_cfg = OmegaConf.load(CONF / "evaluate.yaml")
     eval_cfg.pop("defaults")

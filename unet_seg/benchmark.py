@@ -47,11 +47,11 @@ from unet_seg.bench.models import (
 )
 from unet_seg.bench.overhead import measure_overhead
 from unet_seg.bench.pipeline import measure_pipeline
+from unet_seg.build import build_datamodule, build_module
 from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.files import write_json
 from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
-from unet_seg.train import build_datamodule, build_module
 
 log = logging.getLogger(__name__)
 

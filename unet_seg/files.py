@@ -42,8 +42,3 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def write_json(data: dict, path: str | Path) -> Path:
-    """Write `data` as indented JSON atomically (temporary file, then rename); return `path`."""
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

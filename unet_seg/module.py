@@ -13,7 +13,8 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
-from unet_seg.data.contract import DEFAULT_INTENSITY, DataContract
+from unet_seg.data.contract import DataContract
+from unet_seg.data.readers import DEFAULT_INTENSITY
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
 from unet_seg.models.base import SegNet
@@ -57,6 +58,7 @@ class SegModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.contract = DataContract.from_dict(data)
+        self.hparams["data"] = self.contract.to_dict()  # complete, whatever was left default
         check_net_fits(arch, self.contract)
         self.net = build_net(arch)
         self.loss_fn = build_loss(loss, num_heads=self.net.num_heads)

@@ -33,6 +33,7 @@ from unet_seg.run_dir import RunDir, continue_run, resume_config
 
 log = logging.getLogger(__name__)
 
+
 class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM or Ctrl+C after saving `last.ckpt`."""
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from unet_seg.bench.measure import AUTOCAST, count_flops, peak_memory, time_per_step
 from unet_seg.config import CONF_DIR
 from unet_seg.losses import build_loss
+from unet_seg.models.base import SegNet
 from unet_seg.models.registry import build_net
 from unet_seg.models.unet_valid import next_valid_size, valid_output_size
 from unet_seg.module import apply_fast_path
@@ -214,8 +215,9 @@ def random_batch(
 
 def input_side(net: nn.Module, size: int) -> int:
     """The input side that gives `size`-pixel logits (or the nearest larger): `size`, or for
-    a valid-convolution net the next side it accepts beyond `size` plus its context."""
-    margin = getattr(net, "margin", 0)
+    a valid-convolution net the next side it accepts beyond `size` plus its context.
+    Nets from outside unet-seg (MONAI's) pad, like ours but the valid one."""
+    margin = net.margin if isinstance(net, SegNet) else 0
     return next_valid_size(size + 2 * margin, net.depth) if margin else size
 
 

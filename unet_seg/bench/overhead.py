@@ -28,7 +28,8 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from unet_seg.bench.measure import AUTOCAST, HostReads, synchronize
-from unet_seg.train import build_datamodule, build_module, train
+from unet_seg.build import build_datamodule, build_module
+from unet_seg.train import train
 
 log = logging.getLogger(__name__)
 

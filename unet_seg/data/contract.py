@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 
 from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.readers import read_image, size_mismatch
-
-DEFAULT_INTENSITY = {"mode": "range"}
+from unet_seg.data.readers import DEFAULT_INTENSITY, read_image, size_mismatch
 
 CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
                  "mask_colors", "intensity", "mean", "std", "crop_size")  # fmt: skip

@@ -11,7 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
-from unet_seg.data.readers import IMAGE_EXTENSIONS, read_image, size_mismatch, to_unit_range
+from unet_seg.data.readers import (
+    DEFAULT_INTENSITY,
+    IMAGE_EXTENSIONS,
+    read_image,
+    size_mismatch,
+    to_unit_range,
+)
 from unet_seg.data.transforms import mask_to_tensor, normalize
 from unet_seg.data.weight_map import read_instances, weight_map_params, weights_and_borders
 
@@ -177,7 +183,7 @@ class SegDataset(Dataset):
         self.crop_size = crop_size
         self.foreground_crop = foreground_crop
         self.pad_to_crop = pad_to_crop
-        self.intensity = intensity or {"mode": "range"}
+        self.intensity = intensity or DEFAULT_INTENSITY
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         self.weight_map = None if weight_map is None else weight_map_params(weight_map)
         self.instance_paths = None if instance_paths is None else list(instance_paths)

@@ -262,7 +262,6 @@ def instance_labels(labels: np.ndarray) -> np.ndarray:
     return objects.astype(np.uint8 if count <= 256 else np.uint16)
 
 
-
 def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:
     """The mask of `class_name` for the image whose mask name is `name`, under `masks_dir`."""
     folder = masks_dir / class_name

@@ -26,6 +26,8 @@ import tifffile
 from PIL import Image
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
+DEFAULT_INTENSITY = {"mode": "range"}
+"""`data.intensity` when none is given: divide by the pixel type's maximum."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
 
