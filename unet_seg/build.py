@@ -1,4 +1,5 @@
-"""The objects a composed training config describes: the data module and the `SegModule`.
+"""The objects a composed training config describes: the data module, the `SegModule`
+and the Lightning `Trainer`.
 
 Used by `train` and the benchmark, so both build exactly the same run.
 """
@@ -8,8 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig
 
+from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
@@ -64,4 +69,17 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
         optimizer=to_plain(cfg.optimizer),
         scheduler=to_plain(cfg.scheduler),
         data=contract.to_dict(),
+    )
+
+
+def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
+    """The Trainer of `cfg.trainer` with the configured loggers and callbacks, plus
+    graceful stops (SIGTERM, Ctrl+C: save `last.ckpt`) and atomic checkpoint writes."""
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if not loggers:  # nothing to log the learning rate to (it refuses to run without)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks.append(GracefulStop(run.last))
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )

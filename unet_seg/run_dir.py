@@ -244,3 +244,28 @@ def continue_run(cfg: DictConfig) -> dict | None:
         return run.load_metrics()
     log.info("%s holds this run, unfinished: resuming it", run)
     return None
+
+
+def open_run(
+    cfg: DictConfig, overrides: Sequence[str] = ()
+) -> tuple[DictConfig, Path | None, dict | None]:
+    """Decide what `train(cfg)` does with its run directory.
+
+    Returns:
+        `(config to run, checkpoint to resume from or None, metrics or None)`: a fresh
+        run; `resume=RUN_DIR` (its config plus `overrides`) from its `last.ckpt`; or,
+        for a directory already holding this run (a sweep run again), the metrics it
+        finished with, else a resume of it.
+    """
+    resuming = bool(cfg.get("resume"))
+    if resuming:
+        cfg = resume_config(cfg.resume, overrides)
+    elif RunDir(cfg.run_dir).holds_run:
+        finished = continue_run(cfg)
+        if finished is not None:
+            return cfg, None, finished
+        cfg, resuming = RunDir(cfg.run_dir).load_config(), True
+    run = RunDir(cfg.run_dir)
+    if resuming and not run.last.is_file():
+        log.warning("%s has no checkpoint yet (stopped in epoch 0): starting it over", run)
+    return cfg, run.last if resuming and run.last.is_file() else None, None

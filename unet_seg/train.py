@@ -18,18 +18,16 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unet_seg.build import build_datamodule, build_module
-from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop, StopRequested
+from unet_seg.build import build_datamodule, build_module, build_trainer
+from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.module import SegModule
-from unet_seg.run_dir import RunDir, continue_run, resume_config
+from unet_seg.run_dir import RunDir, open_run
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +75,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     Returns:
         The flat metrics also written to `run_dir/metrics.json`.
     """
-    resuming = bool(cfg.get("resume"))
-    if resuming:
-        cfg = resume_config(cfg.resume, overrides)
-    elif RunDir(cfg.run_dir).holds_run:
-        # this directory already holds this run (a sweep run again after an interruption)
-        finished = continue_run(cfg)
-        if finished is not None:
-            return finished
-        cfg, resuming = RunDir(cfg.run_dir).load_config(), True
+    cfg, ckpt_path, finished = open_run(cfg, overrides)
+    if finished is not None:  # this directory already holds this run, finished
+        return finished
     check_targets(cfg)
     run = RunDir(cfg.run_dir)
-    last = run.last
-    ckpt_path = None
-    if resuming and last.is_file():
-        ckpt_path = last
-    elif resuming:
-        log.warning("%s has no checkpoint yet (stopped in epoch 0): starting it over", run)
     pl.seed_everything(cfg.seed, workers=True)
     run.save_config(cfg)
     log.info("run directory: %s%s", run, " (resumed)" if ckpt_path else "")
@@ -101,14 +87,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     datamodule = build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
     check_output_dir(run, module)
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-    if not loggers:  # nothing to log the learning rate to (it refuses to run without)
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(GracefulStop(last))
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
+    trainer = build_trainer(cfg, run)
 
     if ckpt_path:  # the checkpoint folder is ours and meant to be reused
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empt")
@@ -118,7 +97,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
         signum = getattr(err, "signum", signal.SIGTERM)
         raise TrainingInterrupted(
             f"{signal.Signals(signum).name}: training stopped at epoch {trainer.current_epoch}, "
-            f"step {trainer.global_step}, saved in {last}. Continue with: "
+            f"step {trainer.global_step}, saved in {run.last}. Continue with: "
             f"python -m unet_seg.train resume={run}",
             signum,
         ) from None
