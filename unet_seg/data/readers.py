@@ -166,6 +166,36 @@ def fit_channels(
     raise ValueError(f"{name}: {kind} image but data.in_channels={in_channels}; {hint}")
 
 
+def channel_kind(image: np.ndarray) -> tuple[str, int]:
+    """What the channels of a decoded `[H, W(, C)]` image are, and how many it feeds a net.
+
+    Returns:
+        `(kind, channels)`: `grey` 1; `grey+alpha` (opaque: 1); `grey as RGB` (R = G = B) 1;
+        `RGB` 3; `grey as RGBA` (R = G = B, opaque) 1; `RGBA` (opaque: 3, else 4);
+        `C-channel` C. An alpha that carries transparency counts as a channel.
+    """
+    if image.ndim == 2 or image.shape[2] == 1:
+        return "grey", 1
+    channels = image.shape[2]
+    opaque = _alpha_is_opaque(image) if channels in (2, 4) else False
+    if channels == 2:
+        return ("grey+alpha", 1) if opaque else ("grey+alpha (transparent)", 2)
+    grey = channels in (3, 4) and bool((image[:, :, :1] == image[:, :, :3]).all())
+    if channels == 3:
+        return ("grey as RGB", 1) if grey else ("RGB", 3)
+    if channels == 4:
+        if opaque:
+            return ("grey as RGBA", 1) if grey else ("RGBA", 3)
+        return "RGBA (transparent)", 4
+    return f"{channels}-channel", channels
+
+
+def _alpha_is_opaque(image: np.ndarray) -> bool:
+    """Whether the last channel of `[H, W, C]` is fully opaque (the dtype's maximum, or 1.0)."""
+    opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+    return bool((image[:, :, -1] == opaque).all())
+
+
 def to_unit_range(
     image: np.ndarray, mode: str = "range", low: float = 1.0, high: float = 99.0
 ) -> np.ndarray:
@@ -190,5 +220,6 @@ def to_unit_range(
         flat = flat[:: max(1, len(flat) // 1_000_000)].astype(np.float32)  # <= ~1M samples
         lo, hi = np.percentile(flat, [low, high], axis=0)  # [C] each
         scale = np.where(hi > lo, hi - lo, 1.0)
-        return np.clip((image.astype(np.float32) - lo) / scale, 0.0, 1.0)
+        scaled = (image.astype(np.float32) - lo.astype(np.float32)) / scale.astype(np.float32)
+        return np.clip(scaled, 0.0, 1.0)  # float32: np.percentile's float64 not carried on
     raise ValueError(f"data.intensity.mode={mode!r}: choose 'range' or 'percentile'")
