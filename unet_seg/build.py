@@ -6,24 +6,55 @@ Used by `train` and the benchmark, so both build exactly the same run.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
+from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config, plan_table
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
+
+
+def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
+    """Fill the `auto` keys of `cfg.data` (data=auto) from the folder's fingerprint.
+
+    Returns:
+        `(cfg with the plan in force, the plan record)`, or `(cfg, None)` when nothing is
+        left to the plan. The fingerprint is cached under `paths.output_dir/.cache`.
+    """
+    data = to_plain(cfg.data)
+    if not has_auto(data):
+        return cfg, None
+    cache = str(Path(cfg.paths.output_dir) / ".cache") if cfg.get("paths") else None
+    planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key in PLANNED_KEYS:
+            cfg.data[key] = planned[key]
+    log.info("data plan for %s:\n%s", data["root"], plan_table(record))
+    return cfg, record
+
+
+def _gpu_memory_gb(cfg: DictConfig) -> float | None:
+    """Memory of the GPU a run will train on, or None for a CPU run."""
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
 def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataModule:

@@ -3,6 +3,8 @@
     outputs/train/<time>/
       config.yaml       the resolved config, as run (resume and evaluate read it)
       .hydra/           Hydra's record of the command
+      fingerprint.json  what the data looked like (data=auto: unet_seg.data.fingerprint)
+      plan.json         the plan in force: each planned data key, its value and why
       splits.json       which images went to train/val/test
       checkpoints/      best.ckpt, last.ckpt
       tensorboard/      scalars, images, hparams
@@ -46,6 +48,8 @@ class RunDir:
     CONFIG = "config.yaml"
     SPLITS = "splits.json"
     METRICS = "metrics.json"
+    FINGERPRINT = "fingerprint.json"
+    PLAN = "plan.json"
     CHECKPOINTS = "checkpoints"
     BEST = "best"
     LAST = "last"
@@ -149,6 +153,12 @@ class RunDir:
                 f"{self.splits_path}: the {name} split is empty; choose split=val or split=train"
             )
         return names
+
+    def save_plan(self, record: dict) -> None:
+        """Write a plan record (`unet_seg.data.plan.plan_data_config`): the fingerprint to
+        fingerprint.json, the planned and given keys to plan.json."""
+        write_json(record["fingerprint"], self.path / self.FINGERPRINT)
+        write_json({k: v for k, v in record.items() if k != "fingerprint"}, self.path / self.PLAN)
 
     def split_pairs(self, name: str, class_folders: list[str] | None = None) -> list:
         """The (image, mask) paths of one split, found in the run's data folder."""

@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unet_seg.build import build_datamodule, build_module, build_trainer
+from unet_seg.build import build_datamodule, build_module, build_trainer, plan_config
 from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
@@ -80,8 +80,11 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
         return finished
     check_targets(cfg)
     run = RunDir(cfg.run_dir)
+    cfg, plan = plan_config(cfg)  # data=auto: the folder's fingerprint fills the data keys
     pl.seed_everything(cfg.seed, workers=True)
     run.save_config(cfg)
+    if plan is not None:
+        run.save_plan(plan)
     log.info("run directory: %s%s", run, " (resumed)" if ckpt_path else "")
 
     datamodule = build_datamodule(cfg, run)

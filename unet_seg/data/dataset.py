@@ -283,7 +283,9 @@ class SegDataset(Dataset):
         weight: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """A `crop_size` patch: centred on a foreground pixel with `foreground_crop`
-        probability (when the image has any), else uniformly placed. `weight` (a
+        probability (when the image has any; with several foreground classes present, on
+        a pixel of one of them picked uniformly, so that rare classes are seen as often
+        as common ones), else uniformly placed. `weight` (a
         per-pixel loss weight map, or None) is cut with the same window (padding: 0)."""
         size = self.crop_size + 2 * self.context  # the patch and its context
         h, w = indices.shape
@@ -303,6 +305,10 @@ class SegDataset(Dataset):
         x = int(rng.integers(0, w - size + 1))
         if self.foreground_crop and rng.random() < self.foreground_crop:
             foreground = np.flatnonzero((indices > 0) & (indices != PAD_LABEL))
+            classes = np.unique(indices.flat[foreground]) if foreground.size else []
+            if len(classes) > 1:  # a class picked uniformly, then one of its pixels (nnU-Net)
+                chosen = classes[rng.integers(len(classes))]
+                foreground = foreground[indices.flat[foreground] == chosen]
             if foreground.size:
                 cy, cx = divmod(int(foreground[rng.integers(foreground.size)]), w)
                 y = min(max(cy - size // 2, 0), h - size)

@@ -29,6 +29,7 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 DEFAULT_INTENSITY = {"mode": "range"}
 """`data.intensity` when none is given: divide by the pixel type's maximum."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
 
 
 def size_mismatch(
@@ -197,13 +198,25 @@ def _alpha_is_opaque(image: np.ndarray) -> bool:
 
 
 def to_unit_range(
-    image: np.ndarray, mode: str = "range", low: float = 1.0, high: float = 99.0
+    image: np.ndarray,
+    mode: str = "range",
+    low: float = 1.0,
+    high: float = 99.0,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
 ) -> np.ndarray:
     """Intensities to [0, 1] as `data.intensity` says; uint8 in `range` mode stays uint8.
+
+    Modes: `range` divides by the type's maximum; `percentile` maps each image's
+    `low`..`high` percentiles to 0..1; `fixed` maps the pixel values `vmin`..`vmax`
+    (the same for every image: the plan's dataset percentiles) to 0..1. Both clip.
 
     Returns uint8 (to be divided by 255 once, after augmentation) or float32 in [0, 1].
     Shape `[H, W, C]` kept.
     """
+    if mode == "fixed":
+        scale = np.float32(vmax - vmin) if vmax > vmin else np.float32(1.0)
+        return np.clip((image.astype(np.float32) - np.float32(vmin)) / scale, 0.0, 1.0)
     if mode == "range":
         if image.dtype == np.uint8:
             return image
@@ -222,4 +235,4 @@ def to_unit_range(
         scale = np.where(hi > lo, hi - lo, 1.0)
         scaled = (image.astype(np.float32) - lo.astype(np.float32)) / scale.astype(np.float32)
         return np.clip(scaled, 0.0, 1.0)  # float32: np.percentile's float64 not carried on
-    raise ValueError(f"data.intensity.mode={mode!r}: choose 'range' or 'percentile'")
+    raise ValueError(f"data.intensity.mode={mode!r}: choose 'range', 'percentile' or 'fixed'")

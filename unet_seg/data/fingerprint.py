@@ -1,0 +1,261 @@
+"""The fingerprint of an image/mask folder: one pass that records what the data looks like.
+
+Per image: format, pixel type and bit depth, stored channels and what they are
+(`readers.channel_kind`), size, intensity statistics (min, max, 0.5/99.5
+percentiles, mean and spread per channel, the share of the type's range used,
+NaNs). Per mask: the encoding it looks like (class values, palette indices, RGB
+colours, instance labels, JPEG noise), pixel counts per value and, for instance
+labels, objects, their sizes and how many touch. `unet_seg.data.plan` turns it
+into training settings.
+
+The fingerprint is cached (`cache_dir/fingerprint-<hash of the folder>.json`) and
+recomputed when any file's name, size or modification time changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from unet_seg.data.dataset import find_pairs, list_images
+from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.readers import JPEG_EXTENSIONS, channel_kind, read_array
+from unet_seg.data.weight_map import touching_border
+from unet_seg.files import write_json
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+"""Bumped when what a fingerprint records changes (older caches are recomputed)."""
+
+MAX_VALUES = 256
+"""Distinct mask values recorded with their pixel counts (more: only their number)."""
+
+
+def fingerprint(
+    root: str | Path,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    mask_suffix: str = "",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The fingerprint of the image/mask pairs under `root` (see the module docstring).
+
+    Args:
+        root, images_dir, masks_dir, mask_suffix: the folder, as in `data=folder`.
+        cache_dir: where to keep the cached fingerprint; None: no cache.
+        progress: show a progress bar over the files.
+    Returns:
+        `{"version", "root", "signature", "images": [...], "masks": [...]}`, one entry per
+        pair, in pair order, plus `"unmatched"` file counts.
+    """
+    root = Path(root)
+    class_folders = mask_class_folders(root / masks_dir)
+    pairs = find_pairs(root, images_dir, masks_dir, mask_suffix, class_folders)
+    signature = _signature(pairs)
+    cache = _cache_path(cache_dir, root, images_dir, masks_dir, mask_suffix)
+    if cache is not None and cache.is_file():
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        if cached.get("version") == VERSION and cached.get("signature") == signature:
+            log.info("fingerprint of %s: cached in %s (no file changed)", root, cache)
+            return cached
+    images, masks = [], []
+    for image_path, mask_path in tqdm(pairs, desc="fingerprint", unit="pair", disable=not progress):
+        images.append(_guarded(describe_image, image_path))
+        if class_folders:
+            masks.append(_guarded(lambda p: describe_class_folders(p, class_folders), mask_path))
+        else:
+            masks.append(_guarded(describe_mask, mask_path))
+    result = {"version": VERSION, "root": str(root), "signature": signature,
+              "class_folders": class_folders, "images": images, "masks": masks}  # fmt: skip
+    if cache is not None:
+        write_json(result, cache)
+    return result
+
+
+def describe_image(path: Path) -> dict[str, Any]:
+    """One image's entry: format, dtype, bits, size, channels, kind, intensity statistics."""
+    array = read_array(path)
+    kind, feeds = channel_kind(array)
+    image = array if array.ndim == 3 else array[:, :, None]
+    stored = image.shape[2]
+    colour = image[:, :, : min(stored, 3)] if kind.startswith(("RGB", "grey as")) else image
+    if kind.startswith("grey"):  # one channel carries the picture (alpha and copies dropped)
+        colour = image[:, :, :1]
+    values = colour.reshape(-1, colour.shape[2])
+    sample = values[:: max(1, len(values) // 500_000)].astype(np.float64)  # <= ~1M samples
+    finite = np.isfinite(sample).all(axis=1)
+    nans = int(len(sample) - finite.sum())
+    sample = sample[finite]
+    low, high = np.percentile(sample, [0.5, 99.5], axis=0) if len(sample) else ([0.0], [0.0])
+    type_max = float(np.iinfo(array.dtype).max) if array.dtype.kind in "ui" else 1.0
+    vmin, vmax = sample.min(axis=0), sample.max(axis=0)
+    return {
+        "name": path.name,
+        "format": path.suffix.lower().lstrip("."),
+        "dtype": str(array.dtype),
+        "bits": array.dtype.itemsize * 8,
+        "height": int(array.shape[0]),
+        "width": int(array.shape[1]),
+        "stored_channels": int(stored),
+        "kind": kind,
+        "channels": int(feeds),
+        "min": _floats(vmin),
+        "max": _floats(vmax),
+        "p0_5": _floats(low),
+        "p99_5": _floats(high),
+        "mean": _floats(sample.mean(axis=0)),
+        "std": _floats(sample.std(axis=0)),
+        "range_used": float((np.max(vmax) - np.min(vmin)) / type_max) if type_max else 0.0,
+        "nan_samples": nans,
+    }
+
+
+def describe_mask(path: Path) -> dict[str, Any]:
+    """One mask's entry: how it stores classes (`encoding`) and what values it holds.
+
+    `encoding`: `palette` (palette PNG: the values are palette indices), `rgb` (colours
+    with differing channels: `colors`), or `values` (one channel). For one-channel
+    integer masks, `instance_like` says whether its non-zero values look like numbered
+    objects (three or more, numbered 1..N, each one connected region).
+    """
+    entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
+    entry["jpeg"] = path.suffix.lower() in JPEG_EXTENSIONS
+    if _is_palette(path):
+        with Image.open(path) as im:
+            array = np.asarray(im)
+        entry["encoding"] = "palette"
+    else:
+        array = read_array(path)
+        entry["encoding"] = "values"
+        if array.ndim == 3:
+            if (array[:, :, :1] == array[:, :, : min(3, array.shape[2])]).all():
+                array = array[:, :, 0]  # grey stored as colour
+            else:
+                entry["encoding"] = "rgb"
+    entry.update(dtype=str(array.dtype), height=int(array.shape[0]), width=int(array.shape[1]))
+    if entry["encoding"] == "rgb":
+        rgb = array[:, :, :3].astype(np.int64)
+        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
+        values, counts = np.unique(codes, return_counts=True)
+        entry["n_values"] = int(len(values))
+        if len(values) <= MAX_VALUES:
+            entry["colors"] = {
+                f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c)
+                for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+            }
+        return entry
+    if array.dtype.kind not in "ui":
+        entry["error"] = f"mask pixel type {array.dtype}: expected integers"
+        return entry
+    values, counts = np.unique(array, return_counts=True)
+    entry["n_values"] = int(len(values))
+    if len(values) <= MAX_VALUES:
+        entry["values"] = {
+            str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+        }
+    nonzero = values[values > 0]
+    numbered = len(nonzero) >= 3 and int(nonzero.max()) <= 2 * len(nonzero)
+    entry["instance_like"] = bool(numbered and _objects_are_connected(array))
+    if entry["instance_like"]:
+        sizes = counts[values > 0]
+        touching = np.unique(array[touching_border(array)])
+        entry["objects"] = int(len(nonzero))
+        entry["object_area_median"] = float(np.median(sizes))
+        entry["touching_objects"] = int((touching > 0).sum())
+    return entry
+
+
+def mask_class_folders(masks: Path) -> list[str] | None:
+    """The class folders of `data.mask_format=folders` (`masks/<class>/<stem>.png`): the
+    sub-folders of `masks`, sorted, when it holds folders and no mask files; else None."""
+    if not masks.is_dir() or list_images(masks):
+        return None
+    folders = sorted(p.name for p in masks.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return folders or None
+
+
+def describe_class_folders(path: Path, class_folders: list[str]) -> dict[str, Any]:
+    """One image's masks in class folders (`path` is `masks/<stem>`): pixels of each class
+    (index 1.. in folder order; 0 where no folder claims the pixel)."""
+    encoding = MaskEncoding(mask_format="folders", class_names=["background", *class_folders])
+    indices = encoding.load(path)
+    counts = np.bincount(indices.ravel(), minlength=len(class_folders) + 1)
+    return {"name": path.name, "format": "folders", "encoding": "folders", "jpeg": False,
+            "dtype": "uint8", "height": int(indices.shape[0]), "width": int(indices.shape[1]),
+            "n_values": int((counts > 0).sum()),
+            "values": {str(v): int(c) for v, c in enumerate(counts.tolist()) if c}}  # fmt: skip
+
+
+def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
+    """Whether (almost) every non-zero value of `labels` is one 8-connected region, as in
+    instance labels; class-index masks have classes in many pieces."""
+    ys, xs = np.nonzero(labels)
+    if not len(ys):
+        return False
+    values = labels[ys, xs]
+    order = np.argsort(values, kind="stable")
+    values, ys, xs = values[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    single = 0
+    checked = list(zip(starts, ends, strict=True))[:max_objects]
+    for s, e in checked:
+        y0, y1, x0, x1 = ys[s:e].min(), ys[s:e].max() + 1, xs[s:e].min(), xs[s:e].max() + 1
+        region = (labels[y0:y1, x0:x1] == values[s]).astype(np.uint8)
+        count, _ = cv2.connectedComponents(region, connectivity=8)
+        single += count == 2  # background + one region
+    return single >= 0.9 * len(checked)
+
+
+def _is_palette(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.mode == "P"
+    except Exception:  # noqa: BLE001 - not readable by Pillow: not a palette image
+        return False
+
+
+def _guarded(describe: Callable[[Path], dict], path: Path) -> dict[str, Any]:
+    """`describe(path)`, or `{"name", "error"}` for a file that cannot be read."""
+    try:
+        return describe(path)
+    except (ValueError, OSError, cv2.error) as err:
+        return {"name": path.name, "error": str(err)}
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in np.atleast_1d(values)]
+
+
+def _signature(pairs: list[tuple[Path, Path]]) -> str:
+    """A hash of every paired file's name, size and modification time."""
+    digest = hashlib.sha256()
+    for pair in pairs:
+        for path in pair:
+            files = sorted(path.iterdir()) if path.is_dir() else [path]
+            for file in files:
+                stat = os.stat(file)
+                digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _cache_path(cache_dir: str | Path | None, root: Path, *layout: str) -> Path | None:
+    if cache_dir is None:
+        return None
+    key = hashlib.sha256("|".join([str(root.resolve()), *layout]).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"fingerprint-{key}.json"
