@@ -21,7 +21,7 @@ from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
-from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config, plan_table
+from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
@@ -45,7 +45,6 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     with open_dict(cfg):
         for key in PLANNED_KEYS:
             cfg.data[key] = planned[key]
-    log.info("data plan for %s:\n%s", data["root"], plan_table(record))
     return cfg, record
 
 

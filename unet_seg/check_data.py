@@ -17,19 +17,34 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from unet_seg.build import plan_config
 from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.data.checks import inspect_folder
 from unet_seg.data.contract import DataContract
+from unet_seg.data.fingerprint import summary
+from unet_seg.data.plan import plan_table
 from unet_seg.data.synthetic import ensure_synthetic
+from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
 
 def check_data(cfg: DictConfig) -> dict:
-    """Inspect the dataset of `cfg.data`; log a summary, write JSON; return the report."""
+    """Inspect the dataset of `cfg.data`; log a summary, write JSON; return the report.
+
+    With `data=auto` (the default) the folder's fingerprint and the plan come first,
+    with the command line that trains on it.
+    """
     data = cfg.data
     if data.get("synthetic"):
         ensure_synthetic(data.root, **to_plain(data.synthetic))
+    cfg, plan = plan_config(cfg)
+    data = cfg.data
+    if plan is not None:
+        log.info("%s\n\nplan (python -m unet_seg.train data=auto data.root=%s uses it; "
+                 "any key given on the command line wins):\n%s\n\ntrain with:\n  %s",
+                 summary(plan["fingerprint"]), data.root, plan_table(plan),
+                 train_command(to_plain(data), plan))  # fmt: skip
     contract = DataContract.from_config(data)
     report = inspect_folder(
         data.root, contract.encoding, contract.in_channels, data.images_dir, data.masks_dir,
@@ -50,11 +65,28 @@ def check_data(cfg: DictConfig) -> dict:
     lines.append(f"  problems: {len(problems) or 'none'}")
     lines += [f"    {p}" for p in problems[:50]]
     (log.warning if problems else log.info)("\n".join(lines))
+    if plan is not None:
+        report["plan"] = {k: v for k, v in plan.items() if k != "fingerprint"}
+        report["fingerprint"] = plan["fingerprint"]
     output = Path(cfg.output) if cfg.get("output") else _default_output()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(report, output)
     log.info("wrote %s", output)
     return report
+
+
+def train_command(data: dict, plan: dict) -> str:
+    """The command that trains on this folder with this plan (planned keys spelled out, so
+    that it keeps working if the plan's rules change)."""
+    keys = [*plan["plan"], *plan["given"]]
+    args = [f"data.{k}={_cli(data[k])}" for k in keys if data.get(k) is not None]
+    return " ".join(["python -m unet_seg.train data=auto", f"data.root={data['root']}", *args])
+
+
+def _cli(value: object) -> str:
+    """A value as Hydra's command line reads it (quoted when it holds spaces or braces)."""
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    text = text.replace('"', "")
+    return f"'{text}'" if any(c in text for c in " {}[],:") else text
 
 
 def _short(value: object, limit: int = 12) -> str:

@@ -26,6 +26,7 @@ from unet_seg.build import build_datamodule, build_module, build_trainer, plan_c
 from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
+from unet_seg.data.plan import plan_table
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir, open_run
 
@@ -85,6 +86,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     run.save_config(cfg)
     if plan is not None:
         run.save_plan(plan)
+        log.info("data plan for %s (%s):\n%s", cfg.data.root, run.path / RunDir.PLAN,
+                 plan_table(plan))  # fmt: skip
     log.info("run directory: %s%s", run, " (resumed)" if ckpt_path else "")
 
     datamodule = build_datamodule(cfg, run)

@@ -63,7 +63,7 @@ def fingerprint(
     root = Path(root)
     class_folders = mask_class_folders(root / masks_dir)
     pairs = find_pairs(root, images_dir, masks_dir, mask_suffix, class_folders)
-    signature = _signature(pairs)
+    signature = _signature(root / images_dir, root / masks_dir)
     cache = _cache_path(cache_dir, root, images_dir, masks_dir, mask_suffix)
     if cache is not None and cache.is_file():
         try:
@@ -242,15 +242,13 @@ def _floats(values: Any) -> list[float]:
     return [float(v) for v in np.atleast_1d(values)]
 
 
-def _signature(pairs: list[tuple[Path, Path]]) -> str:
-    """A hash of every paired file's name, size and modification time."""
+def _signature(*folders: Path) -> str:
+    """A hash of the name, size and modification time of every file below `folders`."""
     digest = hashlib.sha256()
-    for pair in pairs:
-        for path in pair:
-            files = sorted(path.iterdir()) if path.is_dir() else [path]
-            for file in files:
-                stat = os.stat(file)
-                digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for folder in folders:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            stat = os.stat(file)
+            digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -259,3 +257,60 @@ def _cache_path(cache_dir: str | Path | None, root: Path, *layout: str) -> Path 
         return None
     key = hashlib.sha256("|".join([str(root.resolve()), *layout]).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"fingerprint-{key}.json"
+
+
+def summary(fp: dict[str, Any]) -> str:
+    """The fingerprint as a few readable lines: images, intensities, masks, classes, objects."""
+    images = [e for e in fp["images"] if "error" not in e]
+    masks = [e for e in fp["masks"] if "error" not in e]
+    lines = [f"{len(fp['images'])} image/mask pairs in {fp['root']}"]
+    if images:
+        lines.append("  images      " + _counted(
+            f"{e['format']} {e['dtype']} {e['kind']}" for e in images))  # fmt: skip
+        sizes = sorted((e["height"], e["width"]) for e in images)
+        lines.append(f"  sizes       {_hw(sizes[0])} .. {_hw(sizes[-1])}, median "
+                     f"{_hw(sizes[len(sizes) // 2])} (height x width)")  # fmt: skip
+        used = [e["range_used"] for e in images]
+        low = min(min(e["min"]) for e in images)
+        high = max(max(e["max"]) for e in images)
+        lines.append(f"  intensity   values {low:g}..{high:g}; share of the type's range "
+                     f"used {min(used):.1%}..{max(used):.1%}")  # fmt: skip
+        nans = sum(e["nan_samples"] for e in images)
+        if nans:
+            lines.append(f"  NaN         {nans} sampled pixels are NaN")
+    if masks:
+        lines.append("  masks       " + _counted(
+            f"{e['format']} {e['dtype']} {e['encoding']}" for e in masks))  # fmt: skip
+        totals: dict[str, int] = {}
+        for m in masks:
+            for v, c in (m.get("values") or m.get("colors") or {}).items():
+                totals[v] = totals.get(v, 0) + c
+        pixels = max(1, sum(totals.values()))
+        shown = sorted(totals.items(), key=lambda kv: -kv[1])[:12]
+        lines.append("  mask values " + ", ".join(f"{v}: {c / pixels:.2%}" for v, c in shown)
+                     + (f" ... ({len(totals)} in all)" if len(totals) > 12 else ""))  # fmt: skip
+        objects = [m for m in masks if m.get("instance_like")]
+        if objects:
+            count = sum(m["objects"] for m in objects)
+            touching = sum(m["touching_objects"] for m in objects)
+            area = float(np.median([m["object_area_median"] for m in objects]))
+            lines.append(f"  objects     {count} numbered objects in {len(objects)} masks, median "
+                         f"area {area:g} px, {touching} touching another")  # fmt: skip
+        jpeg = [m["name"] for m in masks if m.get("jpeg")]
+        if jpeg:
+            lines.append(f"  JPEG masks  {len(jpeg)}, e.g. {jpeg[:3]}: save masks as PNG")
+    errors = [e for e in fp["images"] + fp["masks"] if "error" in e]
+    for e in errors[:20]:
+        lines.append(f"  unreadable  {e['name']}: {e['error']}")
+    return "\n".join(lines)
+
+
+def _counted(items: Any) -> str:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return "; ".join(f"{n} x {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _hw(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}"

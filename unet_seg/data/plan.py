@@ -61,8 +61,20 @@ def plan(
     Raises:
         PlanError: listing every unreadable file and every contradiction at once.
     """
-    problems = [f"{fp['root']}: {e['name']}: {e['error']}"
-                for e in fp["images"] + fp["masks"] if "error" in e]  # fmt: skip
+    problems = [e["error"] for e in fp["images"] + fp["masks"] if "error" in e]
+    encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
+    if len(encodings) > 1:
+        problems.append(
+            f"{fp['root']}: masks mix encodings {encodings} (palette PNGs, colour and grey "
+            "masks): save them all one way, or set data.mask_format"
+        )
+    jpeg = [m["name"] for m in fp["masks"] if m.get("jpeg")]
+    if jpeg and data.get("mask_format") == AUTO:
+        problems.append(
+            f"{fp['root']}: {len(jpeg)} mask(s) are JPEG files, e.g. {jpeg[:3]}: JPEG's "
+            "compression noise turns class values into dozens of others. Save the masks as "
+            "PNG (lossless)."
+        )
     if problems:
         raise PlanError(_listing(problems))
     data, why = dict(data), {}
@@ -87,18 +99,6 @@ def plan(
 def _plan_classes(fp: dict, data: dict, fill) -> None:
     masks = fp["masks"]
     encodings = sorted({m["encoding"] for m in masks})
-    if len(encodings) > 1:
-        raise PlanError(
-            f"{fp['root']}: masks mix encodings {encodings} (palette PNGs, colour and grey "
-            "masks): save them all one way, or set data.mask_format"
-        )
-    jpeg = [m["name"] for m in masks if m.get("jpeg")]
-    if jpeg and data.get("mask_format") == AUTO:
-        raise PlanError(
-            f"{fp['root']}: {len(jpeg)} mask(s) are JPEG files, e.g. {jpeg[:3]}: JPEG's "
-            "compression noise turns class values into dozens of others. Save the masks as "
-            "PNG (lossless)."
-        )
     if fp.get("class_folders"):
         fill("mask_format", "folders", f"masks are class folders {fp['class_folders']}")
     elif encodings == ["rgb"]:

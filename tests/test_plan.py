@@ -1,0 +1,198 @@
+"""The fingerprint of a folder and the plan made from it (`data=auto`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.conftest import compose_train
+from unet_seg.config import to_plain
+from unet_seg.data import fingerprint as fingerprint_module
+from unet_seg.data.fingerprint import fingerprint
+from unet_seg.data.plan import AUTO, PLANNED_KEYS, PlanError, plan, plan_data_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def blobs(n: int = 4, size: tuple[int, int] = (48, 64), seed: int = 0) -> list[tuple]:
+    """`n` (grey uint8 image, instance labels uint16) pairs: a few bright ellipses each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        labels = np.zeros(size, np.uint16)
+        for k in range(1, 4 + i):
+            center = (int(rng.integers(6, size[1] - 6)), int(rng.integers(6, size[0] - 6)))
+            cv2.ellipse(labels, center, (4, 3), 0, 0, 360, k, -1)
+        image = (40 + 150 * (labels > 0) + rng.integers(0, 30, size)).astype(np.uint8)
+        out.append((image, labels))
+    return out
+
+
+def write(root: Path, images: list, masks: list, image_ext: str = ".png") -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        path = root / "images" / f"im{i}{image_ext}"
+        tifffile.imwrite(path, image) if image_ext == ".tif" else cv2.imwrite(str(path), image)
+        if isinstance(mask, Image.Image):
+            mask.save(root / "masks" / f"im{i}.png")
+        elif mask.dtype != np.uint8:
+            tifffile.imwrite(root / "masks" / f"im{i}.tif", mask)
+        else:
+            cv2.imwrite(str(root / "masks" / f"im{i}.png"), mask)
+    return root
+
+
+def auto_data(root: Path, *overrides: str) -> dict:
+    return to_plain(compose_train(["data=auto", f"data.root={root}", *overrides]).data)
+
+
+def test_8_bit_and_16_bit_at_1_percent_plan_the_same_net_input(tmp_path: Path) -> None:
+    """The plan maps the dataset's percentile range to 0..1, then standardises: a 16-bit copy
+    using 1% of its range is the same input to the net as the 8-bit original."""
+    pairs = blobs()
+    binary = [np.where(m > 0, 255, 0).astype(np.uint8) for _, m in pairs]
+    eight = write(tmp_path / "8", [im for im, _ in pairs], binary)
+    sixteen = [np.round(im * (655 / 255)).astype(np.uint16) for im, _ in pairs]
+    wide = write(tmp_path / "16", sixteen, binary, image_ext=".tif")
+    a, why = plan(fingerprint(eight, progress=False), auto_data(eight))
+    b, _ = plan(fingerprint(wide, progress=False), auto_data(wide))
+    assert set(why) == set(PLANNED_KEYS)
+    for key in ("in_channels", "mask_values", "class_names", "num_classes", "crop_size"):
+        assert a[key] == b[key]
+    assert a["in_channels"] == 1 and a["mask_values"] == [0, 255] and a["num_classes"] == 2
+    assert a["intensity"]["mode"] == b["intensity"]["mode"] == "fixed"
+    np.testing.assert_allclose(a["mean"], b["mean"], atol=2e-3)
+    np.testing.assert_allclose(a["std"], b["std"], atol=2e-3)
+    from unet_seg.data.readers import to_unit_range
+
+    x8 = to_unit_range(pairs[0][0][:, :, None], **a["intensity"])
+    x16 = to_unit_range(sixteen[0][:, :, None], **b["intensity"])
+    assert np.abs(x8 - x16).max() < 0.005  # quantisation of the 16-bit copy only
+
+
+@pytest.mark.parametrize(
+    "kind,expect",
+    [
+        ("indices", {"mask_format": "values", "mask_values": [0, 1, 2, 3], "num_classes": 4}),
+        ("instances", {"mask_format": "instances", "mask_values": [0, 1], "num_classes": 2}),
+        ("rgb", {"mask_format": "rgb", "mask_colors": [[0, 0, 0], [0, 255, 0], [255, 0, 0]],
+                 "num_classes": 3}),
+        ("palette", {"mask_format": "palette", "mask_values": [0, 1, 2], "num_classes": 3}),
+        ("folders", {"mask_format": "folders", "class_names": ["background", "a", "b"],
+                     "num_classes": 3}),
+    ],
+)  # fmt: skip
+def test_the_plan_reads_the_mask_encoding(tmp_path: Path, kind: str, expect: dict) -> None:
+    pairs = blobs(n=4)
+    images = [im for im, _ in pairs]
+    if kind == "indices":  # classes 0..3 by object number, the same set in every mask
+        masks = [np.minimum(m, 3).astype(np.uint8) for _, m in pairs]
+        for m in masks:
+            m[:2, :4] = [0, 1, 2, 3]
+    elif kind == "instances":
+        masks = [m for _, m in pairs]
+    elif kind == "rgb":
+        colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
+        masks = [colours[np.minimum(m, 2)][:, :, ::-1].copy() for _, m in pairs]  # BGR files
+    elif kind == "palette":
+        masks = []
+        for _, m in pairs:
+            p = Image.fromarray(np.minimum(m, 2).astype(np.uint8), mode="P")
+            p.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * 759)
+            masks.append(p)
+    else:
+        masks = [np.zeros(1)] * 0
+    if kind == "folders":
+        root = tmp_path / "d"
+        (root / "images").mkdir(parents=True)
+        for i, (image, m) in enumerate(pairs):
+            cv2.imwrite(str(root / "images" / f"im{i}.png"), image)
+            for c, name in ((1, "a"), (2, "b")):
+                (root / "masks" / name).mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(root / "masks" / name / f"im{i}.png"),
+                            ((m % 2 + 1 == c) & (m > 0)).astype(np.uint8) * 255)  # fmt: skip
+    else:
+        root = write(tmp_path / "d", images, masks)
+    planned, _ = plan(fingerprint(root, progress=False), auto_data(root))
+    for key, value in expect.items():
+        assert planned[key] == value, key
+    assert len(planned["class_names"]) == planned["num_classes"]
+
+
+def test_a_given_key_wins_and_the_plan_follows_it(tmp_path: Path) -> None:
+    pairs = blobs()
+    masks = [np.where(m > 0, 255, 0).astype(np.uint8) for _, m in pairs]
+    root = write(tmp_path / "d", [im for im, _ in pairs], masks)
+    data = auto_data(root, "data.in_channels=3", "data.crop_size=32",
+                     "data.intensity={mode: range}")  # fmt: skip
+    planned, why = plan(fingerprint(root, progress=False), data)
+    assert planned["in_channels"] == 3 and planned["crop_size"] == 32
+    assert planned["intensity"] == {"mode": "range"}
+    assert not {"in_channels", "crop_size", "intensity"} & set(why)
+    assert len(planned["mean"]) == 3  # per given channel
+    assert planned["batch_size"] > 4  # smaller patches, more of them
+    _, record = plan_data_config(data)
+    assert record["given"]["crop_size"] == 32 and "crop_size" not in record["plan"]
+
+
+def test_jpeg_masks_and_unreadable_files_are_refused_together(tmp_path: Path) -> None:
+    pairs = blobs(n=3)
+    root = write(tmp_path / "d", [im for im, _ in pairs],
+                 [np.where(m > 0, 255, 0).astype(np.uint8) for _, m in pairs])  # fmt: skip
+    (root / "masks" / "im0.png").unlink()
+    cv2.imwrite(str(root / "masks" / "im0.jpg"), np.where(pairs[0][1] > 0, 255, 0).astype(np.uint8))
+    with pytest.raises(PlanError, match=r"JPEG files, e.g. \['im0.jpg'\].*PNG"):
+        plan(fingerprint(root, progress=False), auto_data(root))
+    (root / "images" / "im1.png").write_bytes(b"not an image")
+    (root / "images" / "im2.png").write_bytes(b"not one either")
+    with pytest.raises(PlanError, match=r"(?s)3 problem\(s\).*im1.png.*im2.png.*im0.jpg"):
+        plan(fingerprint(root, progress=False), auto_data(root))
+
+
+def test_the_fingerprint_is_cached_until_a_file_changes(tmp_path: Path, monkeypatch) -> None:
+    pairs = blobs(n=2)
+    root = write(tmp_path / "d", [im for im, _ in pairs],
+                 [np.where(m > 0, 255, 0).astype(np.uint8) for _, m in pairs])  # fmt: skip
+    first = fingerprint(root, cache_dir=tmp_path / "cache", progress=False)
+    calls = []
+    original = fingerprint_module.describe_image
+    monkeypatch.setattr(fingerprint_module, "describe_image",
+                        lambda p: calls.append(p) or original(p))  # fmt: skip
+    assert fingerprint(root, cache_dir=tmp_path / "cache", progress=False) == first
+    assert calls == []  # nothing read again
+    cv2.imwrite(str(root / "images" / "im1.png"), pairs[1][0] // 2)
+    again = fingerprint(root, cache_dir=tmp_path / "cache", progress=False)
+    assert len(calls) == 2 and again["images"][1]["max"] != first["images"][1]["max"]
+
+
+@pytest.mark.slow
+def test_data_auto_trains_with_one_command(tmp_path: Path) -> None:
+    """Grey instance labels in uint16 TIFF, nothing typed but the folder: the run plans,
+    keeps fingerprint.json and plan.json, and its checkpoint carries the planned contract."""
+    from unet_seg.module import SegModule
+    from unet_seg.train import train
+
+    pairs = blobs(n=6)
+    root = write(tmp_path / "d", [im for im, _ in pairs], [m for _, m in pairs])
+    run = tmp_path / "run"
+    cfg = compose_train(["data=auto", f"data.root={root}", f"run_dir={run}",
+                         "arch.base_channels=4", "trainer.max_epochs=1", "data.num_workers=0",
+                         "data.val_fraction=0.34", "data.test_fraction=0.0"])  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["epochs"] == 1
+    recorded = json.loads((run / "plan.json").read_text())
+    assert recorded["plan"]["mask_format"]["value"] == "instances"
+    assert json.loads((run / "fingerprint.json").read_text())["masks"][0]["instance_like"]
+    saved = OmegaConf.load(run / "config.yaml").data
+    assert all(saved[key] != AUTO for key in PLANNED_KEYS)
+    contract = SegModule.from_checkpoint(run / "checkpoints" / "last.ckpt").contract
+    assert contract.mask_format == "instances" and contract.crop_size == 48
+    assert contract.intensity["mode"] == "fixed"
