@@ -139,3 +139,21 @@ def test_evaluate_counts_separated_objects_when_instances_exist(tmp_path: Path) 
     with pytest.raises(FileNotFoundError, match="nowhere"):
         evaluate(config(ckpt=str(ckpt), data_root=str(data), output=str(output),
                         instances_dir="nowhere"))  # fmt: skip
+
+
+def test_evaluate_and_predict_take_trains_data_options(tmp_path: Path) -> None:
+    """`data=folder data.root=DIR` (with its folder names) works as `data_root=DIR` does."""
+    from hydra import compose, initialize_config_dir
+
+    from unet_seg.predict import predict
+
+    data = write_folder(tmp_path / "data", n=3, size=(40, 56))
+    (data / "images").rename(data / "pictures")
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    overrides = [f"ckpt={ckpt}", "data=folder", f"data.root={data}", "data.images_dir=pictures",
+                 "device=cpu"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("evaluate", overrides=[*overrides, f"output={tmp_path / 'e.json'}"])
+        written = compose("predict", overrides=[*overrides, f"output={tmp_path / 'masks'}"])
+    assert evaluate(cfg)["images"] == 3
+    assert sorted(p.name for p in predict(written)) == ["img00.png", "img01.png", "img02.png"]

@@ -23,7 +23,7 @@ from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
 from unet_seg.models.registry import context_margin
-from unet_seg.module import SegModule
+from unet_seg.module import SegModule, check_net_fits
 from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,48 @@ def _gpu_memory_gb(cfg: DictConfig) -> float | None:
     if accelerator == "cpu" or not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+class DataProblems(ValueError):
+    """Problems found before training, listed together; nothing of the run was written."""
+
+
+def preflight(cfg: DictConfig, run: RunDir) -> None:
+    """Raise once, listing every problem a run of `cfg` would meet in its data and config
+    (the data contract, the net against it, the loss against the data, the files), before
+    anything is written. A single problem is raised as it is."""
+    problems: list[Exception] = []
+    try:
+        datamodule = build_datamodule(cfg, run)
+    except (ValueError, FileNotFoundError) as err:
+        problems.append(err)
+        # the files can still be checked: channels, sizes and folders do not need the classes
+        neutral = {"num_classes": 2, "mask_format": "values", "mask_values": [0, 1],
+                   "mask_colors": None, "class_names": ["class0", "class1"]}  # fmt: skip
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.data.update(neutral if cfg.data.get("mask_format") != "folders" else {})
+            cfg.loss.weight_map = None
+        try:
+            datamodule = build_datamodule(cfg, run)
+        except (ValueError, FileNotFoundError):
+            datamodule = None
+    else:
+        try:
+            check_net_fits(to_plain(cfg.arch), datamodule.contract)
+        except ValueError as err:
+            problems.append(err)
+    if datamodule is not None:
+        problems += [ValueError(p) for p in datamodule.check()]
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        shown = "\n  ".join(str(p).replace("\n", "\n    ") for p in problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise DataProblems(
+            f"{len(problems)} problems, all to fix before training (nothing was written):"
+            f"\n  {shown}{more}"
+        )
 
 
 def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataModule:

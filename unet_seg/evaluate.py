@@ -48,7 +48,7 @@ def _checkpoint(cfg: DictConfig) -> Path:
     if cfg.ckpt:
         return Path(cfg.ckpt)
     if not cfg.run_dir:
-        raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
+        raise ValueError("give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR")
     return RunDir(cfg.run_dir).best
 
 
@@ -57,8 +57,16 @@ def _pairs(cfg: DictConfig, class_folders: list[str] | None) -> tuple[list, str]
     if cfg.run_dir:
         run = RunDir(cfg.run_dir)
         return run.split_pairs(cfg.split, class_folders), f"{cfg.split} split of {run}"
+    data = cfg.get("data") or {}
+    if data.get("root"):  # data=folder data.root=DIR (train's data options)
+        pairs = find_pairs(data.root, data.get("images_dir", "images"),
+                           data.get("masks_dir", "masks"), data.get("mask_suffix") or "",
+                           class_folders)  # fmt: skip
+        return pairs, str(data.root)
     if not cfg.data_root:
-        raise ValueError("give run_dir=RUN_DIR, or both ckpt=PATH and data_root=DIR")
+        raise ValueError(
+            "give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR (or data=folder data.root=DIR)"
+        )
     pairs = find_pairs(cfg.data_root, mask_suffix=cfg.get("mask_suffix") or "",
                        class_folders=class_folders)  # fmt: skip
     return pairs, str(cfg.data_root)
@@ -69,8 +77,8 @@ def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path]
     `instances_dir=` (or the run's `data.instances_dir`, beside its images), or the masks
     themselves when they are instance labels."""
     folder, root, suffix = cfg.get("instances_dir"), cfg.data_root, cfg.get("mask_suffix")
-    if cfg.run_dir:
-        data = RunDir(cfg.run_dir).load_config().data
+    data = RunDir(cfg.run_dir).load_config().data if cfg.run_dir else cfg.get("data")
+    if data is not None and data.get("root"):  # the run's data, or data=... data.root=DIR
         folder = folder or data.get("instances_dir")
         root, suffix = data.root, data.get("mask_suffix")
     if not folder and mask_format != "instances":

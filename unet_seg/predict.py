@@ -50,6 +50,19 @@ def resolve_inputs(spec: str) -> list[Path]:
     return files
 
 
+def input_spec(cfg: DictConfig) -> str | Path:
+    """`input=`, else the images folder of `data=... data.root=DIR`."""
+    if cfg.get("input"):
+        return cfg.input
+    data = cfg.get("data")
+    if data is not None and data.get("root"):
+        return Path(data.root) / data.get("images_dir", "images")
+    raise ValueError(
+        "give input=FILE_FOLDER_OR_GLOB (the images to predict), or data=folder data.root=DIR "
+        "(predicts DIR/images)"
+    )
+
+
 def output_stems(files: list[Path]) -> list[str]:
     """One output name per input: its stem where that is unique, else its path below the
     inputs' common folder with `_` for separators, extension included (`a/x.tif` -> `a_x_tif`)."""
@@ -104,7 +117,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
-    files = resolve_inputs(str(cfg.input))
+    files = resolve_inputs(str(input_spec(cfg)))
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
     output = Path(cfg.output)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -124,6 +125,17 @@ class RunDir:
         return self.metrics_path.is_file()
 
     # ---- files --------------------------------------------------------------------------
+
+    def discard(self) -> None:
+        """Remove what Hydra wrote for a run that never started (`.hydra/`, the command's
+        log), and the directory itself if nothing else is in it. Refuses a started run."""
+        if self.holds_run:
+            raise RuntimeError(f"{self} holds a run: it is not discarded")
+        shutil.rmtree(self.path / ".hydra", ignore_errors=True)
+        for log_file in self.path.glob("*.log"):
+            log_file.unlink(missing_ok=True)
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def save_config(self, cfg: DictConfig) -> Path:
         """Write the resolved config atomically; return its path."""

@@ -22,7 +22,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unet_seg.build import build_datamodule, build_module, build_trainer, plan_config
+from unet_seg.build import (
+    build_datamodule,
+    build_module,
+    build_trainer,
+    plan_config,
+    preflight,
+)
 from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
@@ -82,6 +88,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     check_targets(cfg)
     run = RunDir(cfg.run_dir)
     cfg, plan = plan_config(cfg)  # data=auto: the folder's fingerprint fills the data keys
+    if ckpt_path is None:  # a resumed run was checked when it started
+        preflight(cfg, run)
     pl.seed_everything(cfg.seed, workers=True)
     run.save_config(cfg)
     if plan is not None:
@@ -154,11 +162,21 @@ def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict)
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
+    run = RunDir(cfg.run_dir)
+    fresh = not cfg.get("resume") and not run.holds_run
     try:
         metrics = train(cfg, overrides=HydraConfig.get().overrides.task)
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)
+    except (ValueError, FileNotFoundError) as refused:
+        if not fresh or run.holds_run:  # the run had started: show where it failed
+            raise
+        # refused before anything was written: a message, not a traceback, and nothing left
+        run.discard()  # Hydra's .hydra/ and log
+        log.debug("refused", exc_info=True)
+        log.error("%s", refused)
+        sys.exit(1)
     metric = cfg.get("optimized_metric")
     if metric is None:
         return None

@@ -26,22 +26,26 @@ CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "ma
 
 
 def check_class_config(num_classes: int, num_mask_classes: int, class_names: Sequence[str]):
-    """Raise unless `num_classes`, the mask encoding's class count and `class_names` agree.
+    """Raise unless `num_classes`, the mask encoding's class count and `class_names` agree,
+    naming every disagreement at once.
 
     `num_classes: 1` means a binary task with a sigmoid output (two mask classes).
     """
     expected = 2 if num_classes == 1 else num_classes
+    problems = []
     if num_mask_classes != expected:
-        raise ValueError(
+        problems.append(
             f"data.num_classes={num_classes} needs {expected} mask classes, but the mask "
             f"encoding (data.mask_values / mask_colors / class folders) has {num_mask_classes}: "
             "give one value per class (num_classes: 1 is binary, two values)"
         )
     if len(class_names) != expected:
-        raise ValueError(
+        problems.append(
             f"data.class_names={list(class_names)} must name {expected} classes "
             f"(background first) to match the {num_mask_classes} mask classes"
         )
+    if problems:
+        raise ValueError("; and ".join(problems) + " (data=auto plans all three from the masks)")
 
 
 @dataclass(frozen=True)

@@ -166,6 +166,29 @@ class SegDataModule(pl.LightningDataModule):
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
 
+    def check(self) -> list[str]:
+        """Every problem that would stop training, each naming its file and the fix, found
+        without writing anything: missing folders or masks, a split listing vanished images,
+        unreadable files, sizes, channels, images smaller than the patch."""
+        if self.synthetic:
+            return []  # generated on first use, by the same code that reads it
+        try:
+            pairs = dict(
+                (img.name, (img, mask)) for img, mask in find_pairs(self.root, **self.folders)
+            )
+            splits = self._load_or_make_splits(sorted(pairs), save=False)
+        except (FileNotFoundError, ValueError) as err:
+            return [str(err)]
+        crop = None if self.crop["pad_to_crop"] else self.crop["crop_size"]
+        problems = []
+        for names, size in ((splits["train"], crop), (splits["val"] + splits["test"], None)):
+            try:
+                check_pairs([pairs[n] for n in names], self.contract.in_channels, size)
+            except ValueError as err:
+                problems += [line.strip() for line in str(err).splitlines()[1:]
+                             if not line.strip().startswith("...")]  # fmt: skip
+        return problems
+
     def _weight_args(self, pairs: list[tuple[Path, Path]]) -> dict:
         """`SegDataset` arguments for the weight map: instance files and settings."""
         if self.weight_map is None:
@@ -175,8 +198,9 @@ class SegDataModule(pl.LightningDataModule):
                                self.folders["mask_suffix"])  # fmt: skip
         return {"instance_paths": paths, "weight_map": self.weight_map}
 
-    def _load_or_make_splits(self, names: list[str]) -> dict[str, list[str]]:
-        """The run's own split if it has one, else an explicit file, folds, or ratios."""
+    def _load_or_make_splits(self, names: list[str], save: bool = True) -> dict[str, list[str]]:
+        """The run's own split if it has one, else an explicit file, folds, or ratios
+        (written to `splits_path` when `save`)."""
         s = self.split
         source = self.splits_path if self.splits_path and self.splits_path.is_file() else None
         source = source or (Path(s["split_file"]) if s["split_file"] else None)
@@ -195,7 +219,7 @@ class SegDataModule(pl.LightningDataModule):
         else:
             splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"],
                                  s["group_regex"])  # fmt: skip
-        if self.splits_path and source != self.splits_path:
+        if save and self.splits_path and source != self.splits_path:
             save_splits(splits, self.splits_path)
         return splits
 
