@@ -22,6 +22,9 @@ What is planned, and how:
   at most 256 on a CPU (512 on a GPU); images smaller than that are padded.
 - `batch_size`, `eval_batch_size`: 4 patches of 256x256 on a CPU (scaled by the
   patch area; more with a GPU's memory), and about the same pixels per evaluation.
+- `train_repeats`: patches drawn per training image and epoch, so that an epoch
+  is at least `MIN_STEPS` steps (a small dataset still trains for a while); the
+  number of epochs is `trainer.max_epochs`, as configured.
 - `foreground_crop`: a third of the patches centred on a foreground class picked
   uniformly among those present (rare-class oversampling, as nnU-Net).
 """
@@ -36,8 +39,11 @@ import numpy as np
 AUTO = "auto"
 PLANNED_KEYS = ("in_channels", "mask_format", "mask_values", "mask_colors", "class_names",
                 "num_classes", "intensity", "mean", "std", "crop_size", "pad_to_crop",
-                "batch_size", "eval_batch_size", "foreground_crop")  # fmt: skip
+                "batch_size", "eval_batch_size", "train_repeats", "foreground_crop")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
+
+MIN_STEPS = 20
+"""Training steps an epoch has at least (`train_repeats` draws each image more often)."""
 
 MAX_CLASSES = 32
 """More distinct mask values than this are not classes: instance labels (or noise)."""
@@ -223,6 +229,14 @@ def _plan_patches(
     pixels = float(np.median([e["height"] * e["width"] for e in images]))
     fill("eval_batch_size", int(max(1, min(batch, math.floor(budget / pixels)))),
          "about the same pixels per evaluation step")  # fmt: skip
+    held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
+    if data.get("num_folds"):
+        held_out = 1 / data["num_folds"] + (data.get("test_fraction") or 0)
+    train_images = max(1, round(len(images) * (1 - held_out)))
+    repeats = max(1, math.ceil(MIN_STEPS * data["batch_size"] / train_images))
+    fill("train_repeats", repeats,
+         f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
+         f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch")  # fmt: skip
     counts = np.zeros(0)
     for m in masks:
         values = m.get("values") or {}
