@@ -184,6 +184,8 @@ def _read_tiff(path: Path) -> np.ndarray:
             array = tif.series[0].asarray()
         except Exception as err:  # noqa: BLE001 - a codec tifffile lacks (LZW, as OpenCV writes)
             return _read_tiff_with_opencv(path, pages, err)
+    if array.size != int(np.prod(shape)):
+        raise _unreadable(path, f"TIFF data of shape {array.shape}, expected {shape}")
     array = array.reshape(shape)
     if layout == "channels first":
         return np.ascontiguousarray(np.moveaxis(array, 0, -1))
@@ -299,9 +301,16 @@ def plan_channels(
     if take is not None:
         return kind, channels, take
     hint = fix.format(channels=channels)
+    feed = " to feed alpha to the net" if "{channels}" in fix else ""
+    if stored == 2:  # grey+alpha, or two channels of anything: say what was found
+        alpha = "with transparent pixels" if transparent else "with an opaque alpha"
+        flatten = "flatten the images onto a background, or " if transparent else ""
+        raise ValueError(
+            f"{name}: 2-channel image but data.in_channels={wanted}: grey+alpha {alpha}; "
+            f"{flatten}{hint}{feed if transparent else ''}"
+        )
     if transparent:
         label = kind.replace(" (transparent)", "").replace("grey as RGBA", "grey RGBA")
-        feed = " to feed alpha to the net" if "{channels}" in fix else ""
         also = f" ({stored}: all channels as stored)" if stored != channels and feed else ""
         raise ValueError(
             f"{name}: {label} image with transparent pixels, but data.in_channels={wanted}; "
@@ -323,7 +332,7 @@ def _check_pixels(image: np.ndarray, name: str) -> None:
         bad = int(np.count_nonzero(~np.isfinite(image)))
         if bad:
             raise ValueError(
-                f"{name}: float image holds NaN or infinite values ({bad} pixels); replace "
+                f"{name}: float image holds NaN or infinite values ({bad} pixel(s)); replace "
                 "them with numbers (e.g. numpy.nan_to_num) or remove the image"
             )
 
