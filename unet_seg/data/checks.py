@@ -163,6 +163,19 @@ def check_pairs(
     _raise_problems([problem for problems in found for problem in problems])
 
 
+def shared_stems(kind: str, files: Sequence[tuple[str, Path]], folder: Path) -> list[str]:
+    """One problem per stem that several `(stem, file)` of `kind` (images, masks) share:
+    a pair needs one image and one mask."""
+    by_stem: dict[str, list[str]] = {}
+    for stem, path in files:
+        by_stem.setdefault(stem, []).append(path.name)
+    return [
+        f"{kind} {names} in {folder} share the stem {stem!r} (images and masks pair by "
+        "stem, one each): keep one of them"
+        for stem, names in by_stem.items() if len(names) > 1
+    ]  # fmt: skip
+
+
 def _stem(path: Path, suffix: str) -> str | None:
     if suffix and not path.stem.endswith(suffix):
         return None
@@ -242,16 +255,18 @@ def inspect_folder(
     def files(folder: Path) -> list[Path]:
         return sorted(p for p in folder.iterdir() if is_image_file(p))
 
-    images = {p.stem: p for p in files(image_folder)}
+    image_files = files(image_folder)
+    images = {p.stem: p for p in image_files}
+    problems += shared_stems("images", [(p.stem, p) for p in image_files], image_folder)
     folders = encoding.mask_format == "folders"
     masks: dict[str, Path] = {}
     if folders:
         masks = {stem: mask_folder / f"{stem}{mask_suffix}" for stem in images}
     else:
-        for p in files(mask_folder):
-            stem = _stem(p, mask_suffix)
-            if stem is not None:
-                masks[stem] = p
+        stems = [(_stem(p, mask_suffix), p) for p in files(mask_folder)]
+        stems = [(stem, p) for stem, p in stems if stem is not None]
+        problems += shared_stems("masks", stems, mask_folder)
+        masks = dict(stems)
     pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
     report: dict = {
         "root": str(root),

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from unet_seg.data.checks import shared_stems
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
 from unet_seg.data.readers import (
     DEFAULT_INTENSITY,
@@ -31,14 +32,6 @@ def list_images(folder: str | Path) -> list[Path]:
     (`.PNG`, `.TIF`), hidden files (macOS `._a.png`) left out (`readers.is_image_file`)."""
     folder = Path(folder)
     return sorted(p for p in folder.iterdir() if is_image_file(p))
-
-
-def _shared_stems(files: Sequence[tuple[str, Path]]) -> dict[str, list[str]]:
-    """Stems that more than one of `(stem, path)` has, with their file names."""
-    by_stem: dict[str, list[str]] = {}
-    for stem, path in files:
-        by_stem.setdefault(stem, []).append(path.name)
-    return {stem: names for stem, names in by_stem.items() if len(names) > 1}
 
 
 def find_pairs(
@@ -74,11 +67,7 @@ def find_pairs(
             f"case){held}: put the images there, or point data.root (and data.images_dir) at "
             "their folder"
         )
-    problems = [
-        f"images {names} in {image_folder} share the stem {stem!r}, so one mask would pair "
-        "with both: keep one of them"
-        for stem, names in _shared_stems([(p.stem, p) for p in images]).items()
-    ]
+    problems = shared_stems("images", [(p.stem, p) for p in images], image_folder)
     if class_folders:
         if problems:
             raise ValueError("\n".join(problems))
@@ -89,10 +78,7 @@ def find_pairs(
             continue
         stem = path.stem[: len(path.stem) - len(mask_suffix)] if mask_suffix else path.stem
         masks.append((stem, path))
-    problems += [
-        f"masks {names} in {mask_folder} all match the image stem {stem!r}: keep one of them"
-        for stem, names in _shared_stems(masks).items()
-    ]
+    problems += shared_stems("masks", masks, mask_folder)
     mask_of = dict(masks)
     unmatched = [p.name for p in images if p.stem not in mask_of]
     if unmatched:
