@@ -11,9 +11,15 @@ import tifffile
 import torch
 from PIL import Image
 
-from unet_seg.data.dataset import SegDataset, find_pairs
-from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.readers import read_image, to_unit_range
+from unet_seg.data.dataset import SegDataset, find_pairs, list_images
+from unet_seg.data.masks import MaskEncoding, looks_like_jpeg
+from unet_seg.data.readers import (
+    channel_kind,
+    fit_channels,
+    read_array,
+    read_image,
+    to_unit_range,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -237,3 +243,169 @@ def test_carvana_layout(tmp_path: Path) -> None:
     cars = {k: {n.split("_")[0] for n in v} for k, v in dm.splits.items()}
     assert len(cars["train"]) == len(cars["val"]) == len(cars["test"]) == 1  # whole cars
     assert (dm.datasets["val"][0]["mask"] == 1).sum() == 20 * 30
+
+
+# ---------------------------------------------------------------- one decision: check and loader
+
+
+def test_grey_alpha_png_counts_the_same_in_the_check_and_the_loader(tmp_path: Path) -> None:
+    """A grey+alpha PNG was 2 channels to the header check and 4 (BGRA) to the loader."""
+    from unet_seg.data.checks import check_pairs, read_header
+
+    grey = RGB_RAMP[:, :, 0]
+    la = np.dstack([grey, np.full_like(grey, 255)])
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    cv2.imwrite(str(tmp_path / "m.png"), np.zeros(grey.shape, np.uint8))
+    assert read_array(tmp_path / "la.png").shape == (*grey.shape, 2)  # as stored
+    assert read_header(tmp_path / "la.png")[2] == 1  # opaque alpha: feeds one channel
+    for channels in (1, 2, 3):  # 1 and 3 drop the alpha, 2 keeps it
+        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], channels)
+        image = read_image(tmp_path / "la.png", channels)
+        assert image.shape[2] == channels and (image[:, :, 0] == grey).all()
+    with pytest.raises(ValueError, match=r"la\.png: 2-channel image but data.in_channels=4: "
+                       r"grey\+alpha with an opaque alpha; set data.in_channels=1"):  # fmt: skip
+        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 4)
+    la[0, 0, 1] = 0  # one transparent pixel
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert read_header(tmp_path / "la.png")[2] == 2
+    with pytest.raises(ValueError, match=r"la\.png: 2-channel .* grey\+alpha with transparent"):
+        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 1)
+    assert read_image(tmp_path / "la.png", 2)[0, 0].tolist() == [grey[0, 0], 0]
+
+
+RGB_RAMP = np.dstack([np.arange(48, dtype=np.uint8).reshape(6, 8) * 5] * 3)
+
+
+def test_channel_kind_names_every_layout() -> None:
+    grey = RGB_RAMP[:, :, 0]
+    opaque = np.full_like(grey, 255)
+    see_through = opaque.copy()
+    see_through[0, 0] = 0
+    colour = RGB_RAMP.copy()
+    colour[:, :, 1] //= 2
+    cases = {
+        "grey": (grey, 1),
+        "grey+alpha": (np.dstack([grey, opaque]), 1),
+        "grey+alpha (transparent)": (np.dstack([grey, see_through]), 2),
+        "grey as RGB": (RGB_RAMP, 1),
+        "RGB": (colour, 3),
+        "grey as RGBA": (np.dstack([RGB_RAMP, opaque]), 1),
+        "grey as RGBA (transparent)": (np.dstack([RGB_RAMP, see_through]), 2),
+        "RGBA": (np.dstack([colour, opaque]), 3),
+        "RGBA (transparent)": (np.dstack([colour, see_through]), 4),
+        "5-channel": (np.dstack([grey] * 5), 5),
+    }
+    for kind, (image, channels) in cases.items():
+        assert channel_kind(image) == (kind, channels)
+        assert fit_channels(image, channels, kind).shape[2] == channels  # its count is taken
+
+
+def test_tiff_pages(tmp_path: Path) -> None:
+    page = RNG.integers(0, 4000, (16, 12), dtype=np.uint16)
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:  # an image and its thumbnail
+        tif.write(page)
+        tif.write(page[:4, :3], subfiletype=1)
+    assert (read_array(tmp_path / "thumb.tif") == page).all()
+    with tifffile.TiffWriter(tmp_path / "sizes.tif") as tif:
+        tif.write(page)
+        tif.write(page[:8])
+    with pytest.raises(ValueError, match=r"sizes\.tif: 2 pages of different sizes: split"):
+        read_array(tmp_path / "sizes.tif")
+    stack = np.stack([page, page // 2, page // 3])
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"z\.tif: 3 pages \(axes ZYX\): split the stack"):
+        read_array(tmp_path / "z.tif")
+    five = np.stack([page + k for k in range(5)])
+    tifffile.imwrite(tmp_path / "c.tif", five, imagej=True, metadata={"axes": "CYX"})
+    assert (read_array(tmp_path / "c.tif") == np.moveaxis(five, 0, -1)).all()  # labelled
+    tifffile.imwrite(tmp_path / "q.tif", stack, photometric="minisblack")  # unlabelled pages
+    assert (read_array(tmp_path / "q.tif") == np.moveaxis(stack, 0, -1)).all()
+    # OpenCV writes LZW, which tifffile cannot decode without imagecodecs: OpenCV reads it
+    assert cv2.imwritemulti(str(tmp_path / "lzw.tif"), list(stack))
+    assert (read_array(tmp_path / "lzw.tif") == np.moveaxis(stack, 0, -1)).all()
+    assert cv2.imwritemulti(str(tmp_path / "lzw8.tif"), [page] * 8)
+    with pytest.raises(ValueError, match=r"lzw8\.tif: 8 pages: split the stack"):
+        read_array(tmp_path / "lzw8.tif")
+
+
+def test_odd_tiffs(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "cmyk.tif", np.zeros((4, 4, 4), np.uint8), photometric="separated")
+    with pytest.raises(ValueError, match=r"cmyk\.tif: CMYK TIFF; convert it to RGB"):
+        read_array(tmp_path / "cmyk.tif")
+    tifffile.imwrite(tmp_path / "bits.tif", np.eye(4, dtype=bool))
+    assert read_array(tmp_path / "bits.tif").tolist() == (np.eye(4) * 255).tolist()
+    tifffile.imwrite(tmp_path / "half.tif", np.full((4, 4), 0.25, np.float16))
+    assert read_image(tmp_path / "half.tif", 1).dtype == np.float32
+    tifffile.imwrite(tmp_path / "signed.tif", np.full((4, 4), -3, np.int16))
+    with pytest.raises(ValueError, match=r"signed\.tif: pixel type int16 unsupported; save"):
+        read_image(tmp_path / "signed.tif", 1)
+    png = cv2.imencode(".png", np.full((4, 4), 7, np.uint8))[1]
+    (tmp_path / "png.tif").write_bytes(png.tobytes())  # a PNG named .tif
+    assert read_array(tmp_path / "png.tif").tolist() == [[7] * 4] * 4
+
+
+def test_cmyk_jpeg_reads_as_rgb(tmp_path: Path) -> None:
+    cmyk = np.zeros((8, 8, 4), np.uint8)
+    cmyk[:, :, 0] = 255  # full cyan: no red
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "c.jpg", quality=95)
+    rgb = read_image(tmp_path / "c.jpg", 3)
+    assert rgb.shape == (8, 8, 3)
+    assert rgb[4, 4, 0] < 60 and rgb[4, 4, 1] > 200 and rgb[4, 4, 2] > 200
+
+
+# ---------------------------------------------------------------- odd masks
+
+
+def test_jpeg_verdict_is_about_compression_not_value_counts(tmp_path: Path) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[5:40, 9:50] = 255
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", mask, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], -1)
+    cv2.imwrite(str(tmp_path / "was_jpeg.png"), jpeg)  # a JPEG saved again as PNG
+    assert looks_like_jpeg(read_array(tmp_path / "was_jpeg.png"), tmp_path / "was_jpeg.png")
+    cv2.imwrite(str(tmp_path / "exact.jpg"), mask, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert looks_like_jpeg(mask, tmp_path / "exact.jpg")  # the file is JPEG
+    assert not looks_like_jpeg(mask)
+    labels = np.zeros((64, 64), np.uint16)
+    labels[::2, ::2] = np.arange(1, 32 * 32 + 1).reshape(32, 32)  # 1024 one-pixel objects
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert not looks_like_jpeg(read_array(tmp_path / "labels.tif"), tmp_path / "labels.tif")
+    blobs = np.zeros((128, 128), np.uint8)
+    for k in range(1, 41):  # 8-bit instance labels: 40 small objects, labels near 0
+        cv2.circle(blobs, (int(RNG.integers(0, 128)), int(RNG.integers(0, 128))), 4, k, -1)
+    assert not looks_like_jpeg(blobs)
+
+
+def test_masks_of_other_pixel_types(tmp_path: Path) -> None:
+    enc = MaskEncoding([0, 1, 2])
+    truth = np.array([[0, 1], [2, 1]])
+    for dtype in (np.uint32, np.int32, np.float32):
+        tifffile.imwrite(tmp_path / "m.tif", truth.astype(dtype))
+        assert enc.load(tmp_path / "m.tif").tolist() == truth.tolist()
+    tifffile.imwrite(tmp_path / "half.tif", np.array([[0, 0.5]], np.float32))
+    with pytest.raises(ValueError, match=r"half\.tif: mask pixel type float32 with values "
+                       r"0\.\.0\.5; masks must hold whole numbers"):  # fmt: skip
+        enc.load(tmp_path / "half.tif")
+    la = np.dstack([np.array([[0, 1], [2, 1]], np.uint8), np.full((2, 2), 255, np.uint8)])
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert enc.load(tmp_path / "la.png").tolist() == truth.tolist()  # alpha ignored
+    labels = np.zeros((4, 4), np.uint32)
+    labels[1, 1], labels[2, 3] = 70000, 3
+    tifffile.imwrite(tmp_path / "inst.tif", labels)
+    assert MaskEncoding(mask_format="instances").load(tmp_path / "inst.tif").sum() == 2
+
+
+def test_palette_masks_with_transparency_read_as_indices(tmp_path: Path) -> None:
+    indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+    im = Image.fromarray(indices, "P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 0, 255] + [0] * 759)
+    im.save(tmp_path / "m.png", transparency=0)
+    assert MaskEncoding([0, 1, 2], "palette").load(tmp_path / "m.png").tolist() == indices.tolist()
+    with pytest.raises(ValueError, match=r"m\.png is a palette image: data.mask_format=palette"):
+        MaskEncoding([0, 1, 2]).load(tmp_path / "m.png")
+
+
+def test_listing_any_case_and_no_hidden_files(tmp_path: Path) -> None:
+    for name in ("a.PNG", "b.Tif", "c.TIFF", "d.jpeg", "._a.png", "e.txt"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "f.png").mkdir()  # a folder is no image
+    assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.Tif", "c.TIFF", "d.jpeg"]

@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from unet_seg.data.checks import shared_stems
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
 from unet_seg.data.readers import (
     DEFAULT_INTENSITY,
     IMAGE_EXTENSIONS,
+    is_image_file,
     read_image,
     size_mismatch,
     to_unit_range,
@@ -26,9 +28,10 @@ __all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_instances", "find_pairs", "li
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name."""
+    """Image files directly inside `folder`, sorted by name: image extensions in any case
+    (`.PNG`, `.TIF`), hidden files (macOS `._a.png`) left out (`readers.is_image_file`)."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def find_pairs(
@@ -43,8 +46,9 @@ def find_pairs(
     With `class_folders` (`data.mask_format=folders`), each image's masks are
     `root/masks/<class>/<stem><mask_suffix>.*`, and its pair holds the
     extension-less `root/masks/<stem><mask_suffix>`.
-    Raises with the folder or file named when a folder is missing or empty, or
-    when an image has no mask.
+    Raises with the folder or file named when a folder is missing or empty, when an
+    image has no mask, or when two images (or two masks) share a stem; every
+    problem of the last kinds in one error.
     """
     root = Path(root)
     image_folder, mask_folder = root / images_dir, root / masks_dir
@@ -56,25 +60,38 @@ def find_pairs(
             )
     images = list_images(image_folder)
     if not images:
+        others = sorted(p.name for p in image_folder.iterdir() if p.is_file())
+        held = f"; it holds {len(others)} other file(s), e.g. {others[:5]}" if others else ""
         raise FileNotFoundError(
-            f"{image_folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})"
+            f"{image_folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)}, in any "
+            f"case){held}: put the images there, or point data.root (and data.images_dir) at "
+            "their folder"
         )
+    problems = shared_stems("images", [(p.stem, p) for p in images], image_folder)
     if class_folders:
+        if problems:
+            raise ValueError("\n".join(problems))
         return _folder_pairs(images, mask_folder, mask_suffix, class_folders)
-    masks: dict[str, Path] = {}
+    masks: list[tuple[str, Path]] = []
     for path in list_images(mask_folder):
         if mask_suffix and not path.stem.endswith(mask_suffix):
             continue
         stem = path.stem[: len(path.stem) - len(mask_suffix)] if mask_suffix else path.stem
-        masks[stem] = path
-    unmatched = [p.name for p in images if p.stem not in masks]
+        masks.append((stem, path))
+    problems += shared_stems("masks", masks, mask_folder)
+    mask_of = dict(masks)
+    unmatched = [p.name for p in images if p.stem not in mask_of]
     if unmatched:
-        raise FileNotFoundError(
+        missing = (
             f"{len(unmatched)} image(s) in {image_folder} have no mask in {mask_folder} "
             f"(expected <stem>{mask_suffix}.<ext>), e.g. {unmatched[:5]}. "
             "Add the masks, remove the images, or set data.mask_suffix (Carvana: _mask)."
         )
-    return [(p, masks[p.stem]) for p in images]
+        problems.insert(0, missing)
+    if problems:
+        error = FileNotFoundError if unmatched else ValueError
+        raise error(problems[0] if len(problems) == 1 else "\n".join(problems))
+    return [(p, mask_of[p.stem]) for p in images]
 
 
 def find_instances(folder: str | Path, images: Sequence[Path], mask_suffix: str = "") -> list[Path]:
@@ -203,7 +220,8 @@ class SegDataset(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         image_path, mask_path = self.pairs[index]
-        image = to_unit_range(read_image(image_path, self.in_channels), **self.intensity)
+        image = read_image(image_path, self.in_channels)
+        image = to_unit_range(image, **self.intensity, name=image_path)
         indices = self.encoding.load(mask_path)
         mismatch = size_mismatch(mask_path, "mask", indices.shape, image_path, image.shape)
         if mismatch:

@@ -28,8 +28,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from unet_seg.data.dataset import find_pairs, list_images
-from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.readers import JPEG_EXTENSIONS, channel_kind, read_array
+from unet_seg.data.masks import MaskEncoding, looks_like_jpeg
+from unet_seg.data.readers import channel_kind, is_jpeg_file, read_array
 from unet_seg.data.weight_map import touching_border
 from unet_seg.files import write_json
 
@@ -134,7 +134,6 @@ def describe_mask(path: Path) -> dict[str, Any]:
     objects (three or more, numbered 1..N, each one connected region).
     """
     entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
-    entry["jpeg"] = path.suffix.lower() in JPEG_EXTENSIONS
     if _is_palette(path):
         with Image.open(path) as im:
             array = np.asarray(im)
@@ -148,6 +147,7 @@ def describe_mask(path: Path) -> dict[str, Any]:
             else:
                 entry["encoding"] = "rgb"
     entry.update(dtype=str(array.dtype), height=int(array.shape[0]), width=int(array.shape[1]))
+    entry["jpeg"] = looks_like_jpeg(array, path) if array.ndim == 2 else is_jpeg_file(path)
     if entry["encoding"] == "rgb":
         rgb = array[:, :, :3].astype(np.int64)
         codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]

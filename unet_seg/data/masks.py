@@ -14,6 +14,14 @@
 - `instances`: instance labels (0 = background, 1..N = objects, 8/16/32-bit),
   reduced to one foreground class.
 
+Files are read by `unet_seg.data.readers.read_array` (8/16-bit PNG, TIFF, GIF,
+BMP; upper-case extensions too). A mask stored as grey+alpha, or as RGB(A) with
+R = G = B, counts as single-channel (the alpha is ignored); integer or whole
+float masks of other pixel types (uint32, int16, float32 TIFF) are read when
+their values lie in 0..65535. `palette` reads palette indices, whatever the
+palette's colours or transparency. Masks that are (or were) JPEG files carry
+compression noise and are refused with the advice to save them as PNG.
+
 Predictions are written back (`decode`) as mask values, palette indices or
 colours; `folders` and `instances` come back as class-index images.
 """
@@ -27,7 +35,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from unet_seg.data.readers import IMAGE_EXTENSIONS, read_array
+from unet_seg.data.readers import (
+    file_signature,
+    is_image_file,
+    is_jpeg_file,
+    png_colour_type,
+    read_array,
+)
 
 IGNORE_INDEX = -1
 """Class index of pixels that count for nothing (padding), in int64 target tensors."""
@@ -109,16 +123,31 @@ class MaskEncoding:
         if self.mask_format == "folders":
             return self._load_folders(path)
         if self.mask_format == "palette":
-            return self.encode(_read_palette_indices(path), path)
-        array = read_array(path)
+            return self.encode(read_palette_indices(path), path)
+        try:
+            return self.indices_of(read_array(path), path)
+        except ValueError as err:
+            if self.mask_format != "values" or not _is_palette_file(path):
+                raise
+            raise ValueError(
+                f"{err} {path.name} is a palette image: data.mask_format=palette reads its "
+                "palette indices (data.mask_values then lists the index of each class)"
+            ) from None
+
+    def indices_of(self, array: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
+        """A mask as `read_array` decodes it -> uint8 class indices `[H, W]`, for the
+        `values`, `rgb` and `instances` formats (what `load` does after reading)."""
         if self.mask_format == "rgb":
             return self._encode_colors(array, path)
-        array = _single_channel(array, path)
+        array = single_channel(array, path)
         if self.mask_format == "instances":
             if array.dtype.kind not in "ui":
-                raise ValueError(f"{path}: instance labels must be integers, got {array.dtype}")
+                raise ValueError(
+                    f"{path}: instance labels must be integers, got {array.dtype}; save them as "
+                    "16-bit PNG or 16/32-bit integer TIFF"
+                )
             return (array > 0).astype(np.uint8)
-        return self.encode(array, path)
+        return self.encode(_whole_numbers(array, path), path)
 
     def encode(self, mask: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
         """Pixel values `[H, W]` -> uint8 class indices; unknown values raise, naming `path`."""
@@ -132,7 +161,7 @@ class MaskEncoding:
             unknown = [int(v) for v in found if self._lut[v] == PAD_LABEL]
             jpeg = (
                 " Masks saved as JPEG carry compression noise: save them as PNG."
-                if len(found) > 2 * len(self.mask_values)
+                if looks_like_jpeg(mask, path)
                 else ""
             )
             raise ValueError(
@@ -169,7 +198,7 @@ class MaskEncoding:
         indices: np.ndarray | None = None
         for c, name in enumerate(self.class_names[1:], start=1):
             file = class_mask_file(path.parent, name, path.name)
-            binary = _single_channel(read_array(file), file) > 0
+            binary = single_channel(read_array(file), file) > 0
             if indices is None:
                 indices = np.zeros(binary.shape, np.uint8)
             elif binary.shape != indices.shape:
@@ -265,7 +294,8 @@ def instance_labels(labels: np.ndarray) -> np.ndarray:
 def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:
     """The mask of `class_name` for the image whose mask name is `name`, under `masks_dir`."""
     folder = masks_dir / class_name
-    matches = sorted(p for p in folder.glob(f"{name}.*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = folder.iterdir() if folder.is_dir() else ()
+    matches = sorted(p for p in files if p.stem == name and is_image_file(p))
     if not matches:
         raise FileNotFoundError(
             f"{folder}/{name}.*: missing; data.mask_format=folders needs one mask per image "
@@ -274,8 +304,11 @@ def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:
     return matches[0]
 
 
-def _single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:
+def single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """`[H, W]`, `[H, W, 1]`, grey+alpha, or RGB(A) with R = G = B -> `[H, W]` (alpha ignored)."""
     if array.ndim == 3:
+        if array.shape[2] in (1, 2):
+            return array[:, :, 0]
         if array.shape[2] in (3, 4) and (array[:, :, :1] == array[:, :, :3]).all():
             return array[:, :, 0]
         raise ValueError(
@@ -285,15 +318,68 @@ def _single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:
     return array
 
 
-def _read_palette_indices(path: Path) -> np.ndarray:
+def _whole_numbers(mask: np.ndarray, path: str | Path) -> np.ndarray:
+    """uint8/uint16 as they are; other integer or float masks as uint16 when every value is a
+    whole number in 0..65535 (uint32 or float32 TIFFs of class values), else refused."""
+    if mask.dtype in (np.uint8, np.uint16) or mask.dtype.kind not in "uif" or mask.size == 0:
+        return mask  # `encode` names types it cannot take
+    lo, hi = mask.min(), mask.max()
+    whole = mask.dtype.kind in "ui" or bool(np.isfinite([lo, hi]).all())
+    if whole and mask.dtype.kind == "f":
+        whole = bool((mask == np.round(mask)).all())
+    if whole and lo >= 0 and hi <= 65535:
+        return mask.astype(np.uint16)
+    raise ValueError(
+        f"{path}: mask pixel type {mask.dtype} with values {lo:.6g}..{hi:.6g}; masks must hold "
+        "whole numbers 0..65535: save them as 8 or 16-bit PNG or TIFF"
+    )
+
+
+def looks_like_jpeg(mask: np.ndarray, path: str | Path | None = None) -> bool:
+    """Whether a mask is, or once was, a JPEG: the file holds JPEG data, or its 8-bit
+    values are a few dominant ones with compression noise around them (noise values near
+    a dominant value, scattered single pixels along region edges rather than regions of
+    their own). Lossless label images (16-bit instance labels, class indices) are not
+    called JPEG however many distinct values they hold.
+    """
+    if path is not None and is_jpeg_file(path):
+        return True
+    if mask.dtype != np.uint8 or mask.ndim != 2 or mask.size == 0:
+        return False  # JPEG decodes to 8 bits
+    values, counts = np.unique(mask, return_counts=True)
+    major = counts >= 0.02 * mask.size
+    dominant, others, other_counts = values[major], values[~major], counts[~major]
+    noise_pixels = int(other_counts.sum())
+    if not len(dominant) or len(others) < 3 or noise_pixels > 0.3 * mask.size:
+        return False
+    gap = np.abs(others[:, None].astype(int) - dominant[None, :].astype(int)).min(axis=1)
+    if other_counts[gap <= 48].sum() < 0.9 * noise_pixels:
+        return False
+    padded = np.pad(mask, 1, mode="edge")
+    interior = (
+        (padded[1:-1, :-2] == mask) & (padded[1:-1, 2:] == mask)
+        & (padded[:-2, 1:-1] == mask) & (padded[2:, 1:-1] == mask)
+    )  # fmt: skip
+    noise = ~np.isin(mask, dominant)
+    return bool(interior[noise].mean() < 0.2)
+
+
+def _is_palette_file(path: Path) -> bool:
+    return png_colour_type(path) == 3 or file_signature(path, 4) == b"GIF8"
+
+
+def read_palette_indices(path: str | Path) -> np.ndarray:
+    """The palette indices `[H, W]` of a palette (mode P) image, whatever its palette's colours
+    or transparency (a grayscale image is taken as its own indices); errors name `path`."""
     try:
         with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
+            if im.mode not in ("P", "PA", "L"):
                 raise ValueError(
                     f"{path}: data.mask_format=palette needs palette (mode P) PNGs, "
-                    f"got mode {im.mode}"
+                    f"got mode {im.mode}; use data.mask_format=values (or rgb for colour maps)"
                 )
-            return np.asarray(im)
+            indices = np.asarray(im)
+            return indices[:, :, 0] if indices.ndim == 3 else indices
     except ValueError:
         raise
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files

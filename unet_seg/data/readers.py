@@ -1,14 +1,46 @@
 """Reading image and mask files into arrays, with explicit channel and intensity rules.
 
-How an image on disk becomes `data.in_channels` channels (anything else is an
+`read_array` decodes a file as stored; `channel_kind` says what its channels are
+and how many it feeds a net; `plan_channels` decides how it becomes
+`data.in_channels` channels (or refuses, naming the file and the fix) and
+`fit_channels` applies that decision. The loader (`read_image`) and the checks
+before training (`unet_seg.data.checks`) call these same functions, so they
+cannot disagree about a file.
+
+How a decoded image becomes `data.in_channels` = N channels (anything else is an
 error naming the file and the fix, never a guess):
 
-- grayscale: as is for 1 channel, repeated for 3;
-- RGB: as is for 3; for 1 only when R = G = B everywhere (grey saved as RGB);
-- RGBA: as is for 4; for 3 only when alpha is fully opaque (then dropped);
-- a multi-channel TIFF of C channels: only for C channels.
+| stored as                               | feeds | N accepted, and how              |
+|-----------------------------------------|-------|----------------------------------|
+| grey                                    | 1     | 1; 3 (repeated)                  |
+| grey+alpha, alpha fully opaque          | 1     | 1, 3 (alpha dropped); 2 (as is)  |
+| grey+alpha, alpha with transparency     | 2     | 2 (grey, alpha)                  |
+| RGB with R = G = B (grey as RGB)        | 1     | 1 (one copy); 3 (as is)          |
+| RGB                                     | 3     | 3                                |
+| RGBA, R = G = B, alpha fully opaque     | 1     | 1, 3 (alpha dropped); 2; 4       |
+| RGBA, R = G = B, alpha with transparency| 2     | 2 (grey, alpha); 4 (as is)       |
+| RGBA, alpha fully opaque                | 3     | 3 (alpha dropped); 4 (as is)     |
+| RGBA, alpha with transparency           | 4     | 4                                |
+| C channels (TIFF)                       | C     | C                                |
 
-Pixel types: uint8, uint16 and float32/64 (float: finite values only).
+"Fully opaque" is the pixel type's maximum (1.0 for float) everywhere. A stored
+channel count is always accepted as it is. Transparency that `data.in_channels`
+would drop is refused: flatten the images onto a background, or feed the alpha.
+
+Files: PNG, JPEG, BMP and GIF through OpenCV (Pillow for what OpenCV cannot
+read); a grey+alpha PNG stays 2 channels (grey, alpha); palette images decode to
+RGB, or RGBA when the palette has transparency (a grey palette then feeds 1
+channel by the R = G = B rule); CMYK JPEGs decode to RGB. TIFF through tifffile
+(OpenCV where tifffile lacks a codec): one page, interleaved or planar samples
+of any count; several pages only when they are clearly channels: labelled so
+(ImageJ/OME axis C), or 2..4 unlabelled pages of one size (tifffile axes I or
+Q, as `tifffile.imwrite(path, array_CHW)` and `cv2.imwritemulti` write them),
+read as channels in page order. Any other stack (more pages, slices along
+Z or T, pages of different sizes) is refused: split it into one file per slice.
+CMYK TIFFs are refused (convert them to RGB).
+
+Pixel types: uint8, uint16 and float16/32/64 (float: finite values only, read
+as float32); 1-bit images read as 0/255 uint8.
 Intensity (`data.intensity`): `range` divides by the type's maximum (float
 images must already lie in [0, 1]); `percentile` maps each image's channel
 percentiles `low`..`high` to 0..1 (for 16-bit microscopy, whose useful range
@@ -29,7 +61,26 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 DEFAULT_INTENSITY = {"mode": "range"}
 """`data.intensity` when none is given: divide by the pixel type's maximum."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
-JPEG_EXTENSIONS = (".jpg", ".jpeg")
+"""Extensions of image and mask files, matched in any case (`.PNG`, `.TIF`)."""
+CHANNEL_FIX = "set data.in_channels={channels}"
+"""The fix `read_image` offers when an image cannot feed `data.in_channels`."""
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_PNG_GREY_ALPHA = 4  # IHDR colour type
+_PNG_PALETTE = 3
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether `path` names an image or mask file to list: an image extension in any case,
+    not hidden (names starting with `.`, such as macOS `._a.png` resource files), and a
+    file (a broken link counts, so that reading it fails with its name)."""
+    path = Path(path)
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS
+        and not path.name.startswith(".")
+        and (path.is_file() or path.is_symlink())
+    )
 
 
 def size_mismatch(
@@ -55,140 +106,285 @@ def size_mismatch(
 def _unreadable(path: str | Path, why: str = "") -> ValueError:
     detail = f": {why}" if why else ""
     return ValueError(
-        f"{path}: cannot be read as an image (unreadable, truncated or not an image{detail})"
+        f"{path}: cannot be read as an image (unreadable, truncated or not an image{detail}); "
+        "replace or remove the file"
     )
+
+
+def file_signature(path: str | Path, size: int = 32) -> bytes:
+    """The first `size` bytes of a file (b"" when it cannot be opened)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def is_jpeg_file(path: str | Path) -> bool:
+    """Whether the file holds JPEG data (by its content, whatever its extension)."""
+    return file_signature(path, 3) == _JPEG_SIGNATURE
+
+
+def png_colour_type(path: str | Path) -> int | None:
+    """The IHDR colour type of a PNG file (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA),
+    or None when the file is no PNG."""
+    head = file_signature(path, 26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        return None
+    return head[25]
 
 
 def read_array(path: str | Path) -> np.ndarray:
     """Decode a file as stored: `[H, W]` or `[H, W, C]`, colour in RGB(A) order.
 
-    TIFF goes through tifffile (any channel count, planar or interleaved);
-    other formats through OpenCV, with Pillow for what OpenCV cannot read (GIF).
+    TIFF goes through tifffile (any channel count, planar or interleaved; stacks
+    as the module docstring says); other formats through OpenCV, with Pillow for
+    what OpenCV cannot read. Raises a ValueError naming the file when it cannot
+    be read.
     """
     path = Path(path)
     if path.suffix.lower() in TIFF_EXTENSIONS:
-        return _read_tiff(path)
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        array = _read_tiff(path)
+    else:
+        array = _read_other(path)
+    if array.dtype == bool:  # 1-bit: as OpenCV reads 1-bit PNGs
+        array = array.astype(np.uint8) * 255
+    return array
+
+
+def _read_other(path: Path, tiff_error: Exception | None = None) -> np.ndarray:
+    """OpenCV, then Pillow; a grey+alpha PNG as `[H, W, 2]`."""
+    try:
+        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        array = None
     if array is None:
-        array = _read_with_pillow(path)
-    elif array.ndim == 3 and array.shape[2] == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-    elif array.ndim == 3 and array.shape[2] == 4:
-        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
+        return _read_with_pillow(path, tiff_error)
+    if array.ndim == 3 and array.shape[2] == 4 and png_colour_type(path) == _PNG_GREY_ALPHA:
+        return np.ascontiguousarray(array[:, :, [0, 3]])  # OpenCV made BGRA of grey+alpha
+    return _bgr_to_rgb(array)
+
+
+def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 3:
+        return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    if array.ndim == 3 and array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     return array
 
 
 def _read_tiff(path: Path) -> np.ndarray:
     try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array, axes = series.asarray(), series.axes
+        tif = tifffile.TiffFile(path)
+    except Exception as err:  # noqa: BLE001 - not a TIFF after all, or broken: try the others
+        return _read_other(path, err)
+    with tif:
+        pages, layout, shape = _tiff_layout(tif, path)
+        try:
+            array = tif.series[0].asarray()
+        except Exception as err:  # noqa: BLE001 - a codec tifffile lacks (LZW, as OpenCV writes)
+            return _read_tiff_with_opencv(path, pages, err)
+    if array.size != int(np.prod(shape)):
+        raise _unreadable(path, f"TIFF data of shape {array.shape}, expected {shape}")
+    array = array.reshape(shape)
+    if layout == "channels first":
+        return np.ascontiguousarray(np.moveaxis(array, 0, -1))
+    return array
+
+
+def _tiff_layout(tif: tifffile.TiffFile, path: Path) -> tuple[int, str, tuple[int, ...]]:
+    """(pages, `"image"` or `"channels first"`, shape without unit axes) of the first series
+    of a TIFF, refusing stacks and CMYK with the fix."""
+    try:
+        series = tif.series[0]
+        photometric = tif.pages[0].photometric
+        in_series, pages = len(series.pages), len(tif.pages)
+        if pages > in_series:  # pages outside the first series: reduced-size thumbnails only?
+            extra = [tif.pages[i] for i in range(in_series, pages)]
+            pages = in_series + sum(not getattr(p, "is_reduced", False) for p in extra)
+        axes_of, shape_of = series.axes, series.shape
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for broken files
-        # compressions tifffile needs extra codecs for (LZW, as OpenCV writes): try OpenCV
-        array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if array is None:
-            raise _unreadable(path, f"{type(err).__name__}: {err}") from err
-        if array.ndim == 3 and array.shape[2] in (3, 4):
-            array = cv2.cvtColor(
-                array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
-            )
-        return array
-    if axes in ("YX", "YXS"):
-        return array
-    if axes == "CYX" or (axes == "SYX" and array.ndim == 3):
-        return np.moveaxis(array, 0, -1)  # planar -> [H, W, C]
-    if array.ndim == 2:
-        return array
+        raise _unreadable(path, f"{type(err).__name__}: {err}") from err
+    if photometric == tifffile.PHOTOMETRIC.SEPARATED:
+        raise ValueError(f"{path}: CMYK TIFF; convert it to RGB (or grayscale) and save it again")
+    dims = [(a, n) for a, n in zip(axes_of, shape_of, strict=True) if n > 1 or a in "YX"]
+    axes, shape = "".join(a for a, _ in dims), tuple(n for _, n in dims)
+    if pages <= in_series:
+        if axes in ("YX", "YXS"):
+            return pages, "image", shape
+        if axes in ("SYX", "CYX") or (axes in ("IYX", "QYX") and 2 <= shape[0] <= 4):
+            return pages, "channels first", shape
+    if pages <= 1:
+        raise ValueError(
+            f"{path}: TIFF with axes {axes_of!r} and shape {shape_of}: expected one 2-D "
+            "image (YX), with channels (YXS, CYX); save one image per file"
+        )
+    if pages > in_series:
+        slices = " of different sizes"
+    else:
+        slices = f" (axes {axes_of})" if axes not in ("IYX", "QYX") else ""
     raise ValueError(
-        f"{path}: TIFF with axes {axes!r} and shape {array.shape}: expected one 2-D image "
-        "(YX), with channels (YXS or CYX); stacks and volumes must be split into slices"
+        f"{path}: {pages} pages{slices}: split the stack into one file per slice "
+        "(pages are read as channels only when the TIFF labels them channels, or for 2 to 4 "
+        "pages of one size)"
     )
 
 
-def _read_with_pillow(path: Path) -> np.ndarray:
+def _read_tiff_with_opencv(path: Path, pages: int, err: Exception) -> np.ndarray:
+    why = f"{type(err).__name__}: {err}"
+    if pages > 1:
+        ok, frames = cv2.imreadmulti(str(path), flags=cv2.IMREAD_UNCHANGED)
+        if not ok or len(frames) != pages or any(f.ndim != 2 for f in frames):
+            raise _unreadable(path, why) from err
+        return np.stack(frames, axis=-1)
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise _unreadable(path, why) from err
+    return _bgr_to_rgb(array)
+
+
+def _read_with_pillow(path: Path, tiff_error: Exception | None = None) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # Pillow's decompression-bomb warning
             with Image.open(path) as im:
                 im.load()
-                if im.mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                if im.mode in ("P", "PA"):
+                    alpha = im.mode == "PA" or "transparency" in im.info
+                    im = im.convert("RGBA" if alpha else "RGB")
+                elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("RGB")
                 return np.asarray(im)
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for broken files
-        raise _unreadable(path) from err
+        why = f"{type(tiff_error).__name__}: {tiff_error}" if tiff_error else ""
+        raise _unreadable(path, why) from err
 
 
 def read_image(path: str | Path, in_channels: int) -> np.ndarray:
     """An image as `[H, W, in_channels]`, following the rules in this module's docstring."""
-    fix = "set data.in_channels={channels}"
-    return fit_channels(read_array(path), in_channels, str(path), fix)
+    return fit_channels(read_array(path), in_channels, str(path), CHANNEL_FIX)
+
+
+def plan_channels(
+    image: np.ndarray, in_channels: int, name: str, fix: str = CHANNEL_FIX
+) -> tuple[str, int, list[int] | None]:
+    """Check a decoded image and decide how it gives `in_channels` channels, converting nothing.
+
+    Returns:
+        `(kind, channels, take)`: `channel_kind`'s answer, and the stored channels to take
+        in order (None: the image as it is).
+    Raises:
+        ValueError naming the image (`name`) and ending with the fix: `fix` with
+        `{channels}` filled in, and for transparency also flattening.
+    """
+    _check_pixels(image, name)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(
+            f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}; save one 2-D image "
+            "per file"
+        )
+    kind, channels = channel_kind(image)
+    stored, wanted = image.shape[2], in_channels
+    if wanted == stored:
+        return kind, channels, None
+    grey_alpha = kind.startswith(("grey+alpha", "grey as RGBA"))
+    transparent = kind.endswith("(transparent)")
+    take = None
+    if grey_alpha and wanted == 2:
+        take = [0, stored - 1]  # grey, alpha
+    elif channels == 1 and wanted in (1, 3) and not transparent:
+        take = [0] * wanted  # grey (as grey, RGB, grey+alpha or RGBA): one copy or three
+    elif kind == "RGBA" and wanted == 3:
+        take = [0, 1, 2]
+    if take is not None:
+        return kind, channels, take
+    hint = fix.format(channels=channels)
+    feed = " to feed alpha to the net" if "{channels}" in fix else ""
+    if stored == 2:  # grey+alpha, or two channels of anything: say what was found
+        alpha = "with transparent pixels" if transparent else "with an opaque alpha"
+        flatten = "flatten the images onto a background, or " if transparent else ""
+        raise ValueError(
+            f"{name}: 2-channel image but data.in_channels={wanted}: grey+alpha {alpha}; "
+            f"{flatten}{hint}{feed if transparent else ''}"
+        )
+    if transparent:
+        label = kind.replace(" (transparent)", "").replace("grey as RGBA", "grey RGBA")
+        also = f" ({stored}: all channels as stored)" if stored != channels and feed else ""
+        raise ValueError(
+            f"{name}: {label} image with transparent pixels, but data.in_channels={wanted}; "
+            f"flatten the images onto a background, or {hint}{feed}{also}"
+        )
+    if kind == "RGB" and wanted == 1:
+        hint += " (the channels differ, so a grayscale conversion would be a guess)"
+    label = {"grey": "grayscale"}.get(kind, kind)
+    raise ValueError(f"{name}: {label} image but data.in_channels={wanted}; {hint}")
+
+
+def _check_pixels(image: np.ndarray, name: str) -> None:
+    if image.dtype not in (np.uint8, np.uint16, np.float16, np.float32, np.float64):
+        raise ValueError(
+            f"{name}: pixel type {image.dtype} unsupported; save the image as 8 or 16 bit "
+            "unsigned integers, or as float"
+        )
+    if image.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        if bad:
+            raise ValueError(
+                f"{name}: float image holds NaN or infinite values ({bad} pixel(s)); replace "
+                "them with numbers (e.g. numpy.nan_to_num) or remove the image"
+            )
 
 
 def fit_channels(
-    image: np.ndarray, in_channels: int, name: str, fix: str = "set data.in_channels={channels}"
+    image: np.ndarray, in_channels: int, name: str, fix: str = CHANNEL_FIX
 ) -> np.ndarray:
     """Check pixel type and values, then give `[H, W(, C)]` exactly `in_channels` channels.
 
-    The conversions are the module docstring's; anything else raises a ValueError
-    that names the image (`name`) and ends with `fix` (`{channels}` is filled in).
-    Float images must be finite and become float32.
+    The conversions are the module docstring's table, decided by `plan_channels`;
+    anything else raises a ValueError that names the image (`name`) and ends with
+    `fix` (`{channels}` is filled in). Float images must be finite and become float32.
     """
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise ValueError(
-            f"{name}: pixel type {image.dtype} unsupported; expected 8 or 16 bit, or float"
-        )
+    _, _, take = plan_channels(image, in_channels, name, fix)
     if image.dtype.kind == "f":
-        if not np.isfinite(image).all():
-            raise ValueError(f"{name}: float image holds NaN or infinite values; fix the file")
         image = image.astype(np.float32, copy=False)
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}")
-    channels = image.shape[2]
-    if channels == in_channels:
-        return image
-    if channels == 1 and in_channels == 3:
-        return np.repeat(image, 3, axis=2)
-    if channels == 3 and in_channels == 1 and (image[:, :, :1] == image).all():
-        return image[:, :, :1]
-    if channels == 4 and in_channels == 3:
-        opaque = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0
-        if (image[:, :, 3] == opaque).all():
-            return image[:, :, :3]
-        raise ValueError(
-            f"{name}: RGBA image with transparent pixels, but data.in_channels=3; flatten "
-            "the images onto a background, or set data.in_channels=4 to feed alpha to the net"
-        )
-    kind = {1: "grayscale", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
-    hint = fix.format(channels=channels)
-    if channels == 3 and in_channels == 1:
-        hint += " (the channels differ, so a grayscale conversion would be a guess)"
-    raise ValueError(f"{name}: {kind} image but data.in_channels={in_channels}; {hint}")
+    return image if take is None else np.ascontiguousarray(image[:, :, take])
 
 
 def channel_kind(image: np.ndarray) -> tuple[str, int]:
     """What the channels of a decoded `[H, W(, C)]` image are, and how many it feeds a net.
 
     Returns:
-        `(kind, channels)`: `grey` 1; `grey+alpha` (opaque: 1); `grey as RGB` (R = G = B) 1;
-        `RGB` 3; `grey as RGBA` (R = G = B, opaque) 1; `RGBA` (opaque: 3, else 4);
-        `C-channel` C. An alpha that carries transparency counts as a channel.
+        `(kind, channels)`: `grey` 1; `grey+alpha` (opaque: 1, else `grey+alpha
+        (transparent)` 2); `grey as RGB` (R = G = B) 1; `RGB` 3; `grey as RGBA` (R = G = B,
+        opaque) 1, `grey as RGBA (transparent)` 2; `RGBA` (opaque) 3, `RGBA (transparent)`
+        4; `C-channel` C. An alpha that carries transparency counts as a channel.
     """
     if image.ndim == 2 or image.shape[2] == 1:
         return "grey", 1
     channels = image.shape[2]
-    opaque = _alpha_is_opaque(image) if channels in (2, 4) else False
     if channels == 2:
-        return ("grey+alpha", 1) if opaque else ("grey+alpha (transparent)", 2)
-    grey = channels in (3, 4) and bool((image[:, :, :1] == image[:, :, :3]).all())
+        return ("grey+alpha", 1) if _alpha_is_opaque(image) else ("grey+alpha (transparent)", 2)
+    if channels not in (3, 4):
+        return f"{channels}-channel", channels
+    red = image[:, :, 0]
+    grey = _all_equal(red, image[:, :, 1]) and _all_equal(red, image[:, :, 2])
     if channels == 3:
         return ("grey as RGB", 1) if grey else ("RGB", 3)
-    if channels == 4:
-        if opaque:
-            return ("grey as RGBA", 1) if grey else ("RGBA", 3)
-        return "RGBA (transparent)", 4
-    return f"{channels}-channel", channels
+    if _alpha_is_opaque(image):
+        return ("grey as RGBA", 1) if grey else ("RGBA", 3)
+    return ("grey as RGBA (transparent)", 2) if grey else ("RGBA (transparent)", 4)
+
+
+def _all_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two `[H, W]` planes are equal: a sparse sample first, which settles most
+    colour images without comparing every pixel."""
+    if not np.array_equal(a[::7, ::7], b[::7, ::7]):
+        return False
+    return bool(np.array_equal(a, b))
 
 
 def _alpha_is_opaque(image: np.ndarray) -> bool:
@@ -204,6 +400,8 @@ def to_unit_range(
     high: float = 99.0,
     vmin: float = 0.0,
     vmax: float = 1.0,
+    *,
+    name: str | Path | None = None,
 ) -> np.ndarray:
     """Intensities to [0, 1] as `data.intensity` says; uint8 in `range` mode stays uint8.
 
@@ -212,7 +410,7 @@ def to_unit_range(
     (the same for every image: the plan's dataset percentiles) to 0..1. Both clip.
 
     Returns uint8 (to be divided by 255 once, after augmentation) or float32 in [0, 1].
-    Shape `[H, W, C]` kept.
+    Shape `[H, W, C]` kept. `name` (the file) prefixes errors.
     """
     if mode == "fixed":
         scale = np.float32(vmax - vmin) if vmax > vmin else np.float32(1.0)
@@ -223,9 +421,10 @@ def to_unit_range(
         if image.dtype == np.uint16:
             return image.astype(np.float32) / 65535.0
         if image.min() < 0 or image.max() > 1:
+            prefix = f"{name}: " if name else ""
             raise ValueError(
-                f"float image values span {image.min():.3g}..{image.max():.3g}, outside [0, 1]: "
-                "set data.intensity.mode=percentile, or rescale the images"
+                f"{prefix}float image values span {image.min():.3g}..{image.max():.3g}, outside "
+                "[0, 1]: set data.intensity.mode=percentile, or rescale the images"
             )
         return image.astype(np.float32, copy=False)
     if mode == "percentile":
