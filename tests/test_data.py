@@ -387,3 +387,18 @@ def test_folds_can_share_a_held_out_test_split() -> None:
     held_out = [n for f in folds for n in f["val"]]
     assert sorted(held_out) == sorted(set(names) - test)  # the rest is cross-validated
     assert all(not test & set(f["train"]) for f in folds)
+
+
+def test_grey_images_into_a_colour_net_are_named(folder: Path, tmp_path: Path, caplog) -> None:
+    """data=folder's in_channels is 3: grey images train, but not silently."""
+    dm = SegDataModule(str(folder), 3, 2, ["bg", "fg"], [0, 255], crop_size=32,
+                       splits_path=str(tmp_path / "splits.json"))  # fmt: skip
+    with caplog.at_level("WARNING"):
+        assert dm.check() == []
+    assert "are grey but data.in_channels=3" in caplog.text
+    assert not (tmp_path / "splits.json").exists()  # checking writes nothing
+    caplog.clear()
+    grey = SegDataModule(str(folder), 1, 2, ["bg", "fg"], [0, 255], crop_size=32)
+    with caplog.at_level("WARNING"):
+        assert grey.check() == []
+    assert "data.in_channels" not in caplog.text

@@ -45,6 +45,8 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     with open_dict(cfg):
         for key in PLANNED_KEYS:
             cfg.data[key] = planned[key]
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    record["epochs"] = {"value": epochs, "why": "trainer.max_epochs, as configured"}
     return cfg, record
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from unet_seg.data.checks import check_pairs
+from unet_seg.data.checks import check_pairs, read_header
 from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
@@ -180,6 +180,7 @@ class SegDataModule(pl.LightningDataModule):
         except (FileNotFoundError, ValueError) as err:
             return [str(err)]
         crop = None if self.crop["pad_to_crop"] else self.crop["crop_size"]
+        self._warn_grey_into_colour([pairs[n][0] for n in splits["train"][:16]])
         problems = []
         for names, size in ((splits["train"], crop), (splits["val"] + splits["test"], None)):
             try:
@@ -188,6 +189,22 @@ class SegDataModule(pl.LightningDataModule):
                 problems += [line.strip() for line in str(err).splitlines()[1:]
                              if not line.strip().startswith("...")]  # fmt: skip
         return problems
+
+    def _warn_grey_into_colour(self, images: list[Path]) -> None:
+        """Say so when grey images would feed a colour net (data=folder's in_channels: 3):
+        it trains, on three copies of one channel, and the checkpoint then wants 3."""
+        if self.contract.in_channels != 3 or not images:
+            return
+        try:
+            feeds = {read_header(path)[2] for path in images}
+        except ValueError:
+            return  # unreadable files are reported by the checks
+        if feeds == {1}:
+            log.warning(
+                "the images of %s are grey but data.in_channels=3: each is fed as three "
+                "copies of one channel. Set data.in_channels=1 (data=auto plans it).",
+                self.root,
+            )
 
     def _weight_args(self, pairs: list[tuple[Path, Path]]) -> dict:
         """`SegDataset` arguments for the weight map: instance files and settings."""

@@ -298,6 +298,9 @@ def plan_table(record: dict[str, Any]) -> str:
         lines.append(f"  {key:<16} {_short(entry['value']):<34} {entry['why']}")
     for key, value in record["given"].items():
         lines.append(f"  {key:<16} {_short(value):<34} (given)")
+    if "epochs" in record:
+        lines.append(f"  {'epochs':<16} {_short(record['epochs']['value']):<34} "
+                     f"{record['epochs']['why']}")  # fmt: skip
     return "\n".join(lines)
 
 
