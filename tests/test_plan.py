@@ -196,3 +196,24 @@ def test_data_auto_trains_with_one_command(tmp_path: Path) -> None:
     contract = SegModule.from_checkpoint(run / "checkpoints" / "last.ckpt").contract
     assert contract.mask_format == "instances" and contract.crop_size == 48
     assert contract.intensity["mode"] == "fixed"
+
+
+def test_few_objects_per_tile_are_still_instances_and_class_masks_are_not(tmp_path) -> None:
+    """Tiles numbering 1..2 or 1..3 objects (the sets vary) are instance labels; class masks
+    holding the same classes in every image are not, even when each class is one region."""
+    pairs = blobs(n=4)
+    few = [np.where(m > 2, 0, m).astype(np.uint16) for _, m in pairs]  # objects 1..2 each
+    few[3][few[3] == 2] = 0
+    for i, m in enumerate(few[:3]):
+        cv2.circle(m, (50 + i, 40), 3, 3, -1)  # a third object in some tiles
+    root = write(tmp_path / "few", [im for im, _ in pairs], few)
+    planned, _ = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["mask_format"] == "instances"
+    same = []
+    for _, m in pairs:
+        classes = np.zeros(m.shape, np.uint8)
+        classes[5:15, 5:15], classes[30:40, 40:50] = 1, 2  # one region per class, every image
+        same.append(classes)
+    root = write(tmp_path / "same", [im for im, _ in pairs], same)
+    planned, _ = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["mask_format"] == "values" and planned["mask_values"] == [0, 1, 2]

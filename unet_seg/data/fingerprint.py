@@ -35,7 +35,7 @@ from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 """Bumped when what a fingerprint records changes (older caches are recomputed)."""
 
 MAX_VALUES = 256
@@ -131,7 +131,7 @@ def describe_mask(path: Path) -> dict[str, Any]:
     `encoding`: `palette` (palette PNG: the values are palette indices), `rgb` (colours
     with differing channels: `colors`), or `values` (one channel). For one-channel
     integer masks, `instance_like` says whether its non-zero values look like numbered
-    objects (three or more, numbered 1..N, each one connected region).
+    objects (two or more, numbered about 1..N, each one connected region).
     """
     entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
     if _is_palette(path):
@@ -169,7 +169,7 @@ def describe_mask(path: Path) -> dict[str, Any]:
             str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
         }
     nonzero = values[values > 0]
-    numbered = len(nonzero) >= 3 and int(nonzero.max()) <= 2 * len(nonzero)
+    numbered = len(nonzero) >= 2 and int(nonzero.max()) <= 2 * len(nonzero)
     entry["instance_like"] = bool(numbered and _objects_are_connected(array))
     if entry["instance_like"]:
         sizes = counts[values > 0]

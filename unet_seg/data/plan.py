@@ -159,7 +159,7 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
 def _instance_like(masks: list[dict]) -> bool:
     """Whether the masks are instance labels: numbered, connected objects whose numbers vary
     from mask to mask (class masks repeat one small set of values)."""
-    numbered = [m.get("instance_like", False) for m in masks if m.get("n_values", 0) > 3]
+    numbered = [m.get("instance_like", False) for m in masks if m.get("n_values", 0) > 2]
     if not numbered or sum(numbered) < 0.8 * len(numbered):
         return False
     sets = {tuple(sorted(m.get("values") or {})) for m in masks}
