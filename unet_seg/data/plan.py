@@ -237,16 +237,15 @@ def _plan_patches(
     fill("train_repeats", repeats,
          f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
          f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch")  # fmt: skip
-    counts = np.zeros(0)
-    for m in masks:
-        values = m.get("values") or {}
-        for v, c in values.items():
-            i = int(v) if data["mask_format"] != "values" else _index(data, int(v))
-            if i is not None and i > 0:
-                counts = np.pad(counts, (0, max(0, i + 1 - len(counts))))
-                counts[i] += c
-    total = sum(sum((m.get("values") or m.get("colors") or {}).values()) for m in masks)
-    rare = [i for i, c in enumerate(counts) if i > 0 and c < 0.01 * total]
+    counts = np.zeros(data["num_classes"])  # pixels per class, for the reason given below
+    if data["mask_format"] in ("values", "palette", "folders"):
+        for m in masks:
+            for v, c in (m.get("values") or {}).items():
+                i = int(v) if data["mask_format"] == "folders" else _index(data, int(v))
+                if i is not None and i < len(counts):
+                    counts[i] += c
+    total = counts.sum()
+    rare = [i for i, c in enumerate(counts) if i > 0 and total and c < 0.01 * total]
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
          + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
