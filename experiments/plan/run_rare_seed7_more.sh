@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Part 2, seed 7, where the dots class stayed near 0 under the plan: does a longer run, or a
-# larger share of foreground patches, bring it back? (split pinned as in run_rare_seed.sh)
+# Part 2, seed 7, where the dots class stayed near 0 under the plan: does a longer run, or
+# patches smaller than the 256x256 images (so that foreground oversampling can act at all),
+# bring it back? (split pinned as in run_rare_seed.sh)
 set -euo pipefail
 root=outputs/plan_data/multiclass
 run() {  # name, extra overrides...
@@ -10,6 +11,6 @@ run() {  # name, extra overrides...
     hydra.run.dir=outputs/plan/$name > "outputs/plan/$name.log" 2>&1 \
     || echo "$name: FAILED, see outputs/plan/$name.log"
 }
-run rare_plan_seed7_fg066 data.foreground_crop=0.66
+run rare_plan_seed7_crop128 data.crop_size=128
 run rare_plan_seed7_40epochs trainer.max_epochs=40
-python experiments/plan/summarize.py --rare rare_plan_seed7_fg066 rare_plan_seed7_40epochs
+python experiments/plan/summarize.py --rare rare_plan_seed7_crop128 rare_plan_seed7_40epochs
