@@ -151,3 +151,30 @@ def test_the_configs_share_the_inference_keys() -> None:
         OmegaConf.load(CONF / "predict.yaml").postprocess
         == OmegaConf.load(CONF / "evaluate.yaml").postprocess
     )
+
+
+def test_predict_says_what_failed_and_fails_when_nothing_was_written(
+    three_classes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last line counts the failures; the hint is one predict can follow (the checkpoint
+    fixes the channels); with nothing written the command exits 1."""
+    import subprocess
+    import sys
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "broken.png").write_bytes(b"garbage")
+    colour = np.stack([image((20, 20), s) for s in range(3)], axis=2)
+    cv2.imwrite(str(inputs / "colour.png"), colour)
+    cfg = config(ckpt=three_classes, input=inputs, output=tmp_path / "out", device="cpu")
+    with caplog.at_level(logging.INFO):
+        assert predict(cfg) == []
+    assert "convert it to 1 channel(s): the model was trained on 1" in caplog.text
+    assert "set data.in_channels" not in caplog.text
+    assert caplog.records[-1].getMessage().endswith("2 of 2 file(s) failed (listed above)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_seg.predict", f"ckpt={three_classes}", f"input={inputs}",
+         f"output={tmp_path / 'out2'}", "device=cpu"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -25,8 +26,9 @@ from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
-from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images, read_image
+from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
+from unet_seg.data.readers import fit_channels, read_array
 from unet_seg.visualize import display_image, mask_palette, overlay
 
 log = logging.getLogger(__name__)
@@ -138,10 +140,12 @@ def predict(cfg: DictConfig) -> list[Path]:
             written.append(writer(stem, image, labels, probs))
         pending.clear()
 
+    fix = (f"convert it to {predictor.in_channels} channel(s): the model was trained on "
+           f"{predictor.in_channels}")  # fmt: skip
     named = list(zip(files, output_stems(files), strict=True))
     for path, stem in tqdm(named, desc="predict", unit="image"):
-        try:
-            image = read_image(path, predictor.in_channels)
+        try:  # the checkpoint fixes the channels: the fix is converting the image
+            image = fit_channels(read_array(path), predictor.in_channels, str(path), fix)
         except (ValueError, OSError, cv2.error) as err:
             failed.append(str(err))
             continue
@@ -150,15 +154,17 @@ def predict(cfg: DictConfig) -> list[Path]:
             flush()
     if pending:
         flush()
-    log.info("wrote %d mask(s) to %s", len(written), output)
     if failed:
         log.warning("%d file(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
+    skipped = f"; {len(failed)} of {len(files)} file(s) failed (listed above)" if failed else ""
+    log.info("wrote %d mask(s) to %s%s", len(written), output, skipped)
     return written
 
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base=None)
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    if not predict(cfg):  # nothing written: every input failed
+        sys.exit(1)
 
 
 if __name__ == "__main__":
