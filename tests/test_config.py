@@ -96,6 +96,17 @@ def test_resume_config_applies_key_overrides_and_refuses_groups(tmp_path: Path) 
         resume_config(tmp_path, ["arch=unet"])
 
 
+def test_resume_accepts_hydras_plus_spellings_of_a_value(tmp_path: Path) -> None:
+    """`++key=value` and `+key=value` are what users type for a key Hydra already has."""
+    cfg = compose_train([f"run_dir={tmp_path}", "arch.base_channels=4"])
+    RunDir(tmp_path).save_config(cfg)
+    assert resume_config(tmp_path, ["++trainer.max_epochs=6"]).trainer.max_epochs == 6
+    assert resume_config(tmp_path, ["+trainer.max_epochs=8"]).trainer.max_epochs == 8
+    for refused in ("+arch=nested", "~trainer.max_epochs"):
+        with pytest.raises(ValueError, match="groups are fixed"):
+            resume_config(tmp_path, [refused])
+
+
 def test_unknown_architecture_lists_choices() -> None:
     cfg = compose_train(["arch.name=segformer"])
     names = r"\['attention_unet', 'nested', 'res_unet', 'unet', 'unet_valid'\]"

@@ -215,16 +215,19 @@ def find_runs(folders: Iterable[str | Path]) -> list[RunDir]:
 
 
 def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The config a run started with, plus `key=value` overrides (e.g. trainer.max_epochs=50).
+    """The config a run started with, plus `key=value` overrides (e.g. trainer.max_epochs=50,
+    also spelled `+key=value` or `++key=value`).
 
-    Group choices (`arch=nested`) cannot change on resume: the checkpoint holds that net.
+    Group choices (`arch=nested`) and deletions (`~key`) cannot change on resume: the
+    checkpoint holds that net.
     """
     cfg = RunDir(run_dir).load_config()
     for override in overrides:
         key, _, value = override.partition("=")
+        key = key.lstrip("+")  # ++key=value and +key=value: ordinary Hydra spellings of a value
         if key == "resume":
             continue
-        if key in CONFIG_GROUPS or key.startswith(("+", "~")) or not value:
+        if key in CONFIG_GROUPS or key.startswith("~") or not value:
             raise ValueError(
                 f"cannot apply {override!r} when resuming: the run's config groups are fixed. "
                 "Only key=value changes such as trainer.max_epochs=50 are allowed."
