@@ -154,3 +154,15 @@ def test_only_allowed_targets_are_built(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not allowed"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()  # refused before anything was built
+
+
+def test_ddp_on_the_cpu_turns_sync_batchnorm_off_and_says_so(caplog) -> None:
+    from unet_seg.build import cpu_safe
+
+    cfg = compose_train(["trainer=ddp", "trainer.accelerator=cpu"])
+    assert cfg.trainer.sync_batchnorm
+    with caplog.at_level("WARNING"):
+        safe = cpu_safe(cfg.trainer)
+    assert safe.sync_batchnorm is False and cfg.trainer.sync_batchnorm  # a copy
+    assert "sync_batchnorm=true needs GPUs" in caplog.text
+    assert cpu_safe(compose_train().trainer) == compose_train().trainer  # nothing to change

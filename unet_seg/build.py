@@ -155,5 +155,24 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks.append(GracefulStop(run.last))
     return instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cpu_safe(cfg.trainer), callbacks=callbacks, logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )  # fmt: skip
+
+
+def cpu_safe(trainer: DictConfig) -> DictConfig:
+    """`trainer` with `sync_batchnorm` off, said in the log, when the run has no GPU to sync
+    on (PyTorch's SyncBatchNorm works on GPUs only: `trainer=ddp trainer.accelerator=cpu`)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if not trainer.get("sync_batchnorm") or gpu:
+        return trainer
+    log.warning(
+        "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); it is off for this "
+        "%s run: each process normalises with its own batch statistics",
+        "CPU" if accelerator == "cpu" else "GPU-less",
     )
+    trainer = copy.deepcopy(trainer)
+    with open_dict(trainer):
+        trainer.sync_batchnorm = False
+    return trainer
