@@ -166,3 +166,14 @@ def test_ddp_on_the_cpu_turns_sync_batchnorm_off_and_says_so(caplog) -> None:
     assert safe.sync_batchnorm is False and cfg.trainer.sync_batchnorm  # a copy
     assert "sync_batchnorm=true needs GPUs" in caplog.text
     assert cpu_safe(compose_train().trainer) == compose_train().trainer  # nothing to change
+
+
+def test_resuming_past_the_schedule_says_so(tmp_path: Path, caplog) -> None:
+    cfg = compose_train([f"run_dir={tmp_path}", "trainer.max_epochs=5"])
+    RunDir(tmp_path).save_config(cfg)
+    with caplog.at_level("WARNING"):
+        resume_config(tmp_path, ["trainer.max_epochs=5"])
+    assert "schedule" not in caplog.text
+    with caplog.at_level("WARNING"):
+        resume_config(tmp_path, ["trainer.max_epochs=9"])
+    assert "past the end of this run's learning-rate schedule (CosineAnnealingLR, 5" in caplog.text

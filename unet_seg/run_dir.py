@@ -233,8 +233,27 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
                 "Only key=value changes such as trainer.max_epochs=50 are allowed."
             )
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+    _warn_schedule_ends(cfg)
     cfg.resume = str(run_dir)
     return cfg
+
+
+def _warn_schedule_ends(cfg: DictConfig) -> None:
+    """Say so when a resumed run will train past the end of its learning-rate schedule: the
+    schedule's length was fixed when the run started (and its state is in the checkpoint),
+    so a cosine schedule then climbs back up and a polynomial one stays at zero."""
+    scheduler = (cfg.get("scheduler") or {}).get("scheduler") or {}
+    length = scheduler.get("T_max", scheduler.get("total_iters"))
+    epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if length is None or epochs is None or int(epochs) <= int(length):
+        return
+    log.warning(
+        "trainer.max_epochs=%s goes past the end of this run's learning-rate schedule (%s, "
+        "%s epochs, fixed when the run started and restored from its checkpoint): after epoch "
+        "%s a cosine schedule climbs back up and a polynomial one stays at 0. To train longer "
+        "with a schedule that fits, start a new run with trainer.max_epochs=%s.",
+        epochs, scheduler.get("_target_", "?").rsplit(".", 1)[-1], length, length, epochs,
+    )  # fmt: skip
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
