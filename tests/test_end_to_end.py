@@ -187,11 +187,17 @@ def test_cli_errors_are_clear(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "not a loadable unet-seg checkpoint" in proc.stderr
 
 
-def test_training_without_a_logger_and_the_crop_size_in_the_checkpoint(tmp_path: Path) -> None:
+def test_training_without_a_logger_and_the_crop_size_in_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     run_dir = tmp_path / "run"
     cfg = compose_train([*TINY, "logger=none", "trainer.max_epochs=1", f"run_dir={run_dir}",
                          f"data.root={tmp_path / 'data'}"])  # fmt: skip
-    assert 0 <= train(cfg)["val/dice"] <= 1
+    with caplog.at_level("INFO", logger="unet_seg.epochs"):
+        assert 0 <= train(cfg)["val/dice"] <= 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "unet_seg.epochs"]
+    assert len(lines) == 1 and lines[0].startswith("epoch 1/1 | step ")  # one plain line an epoch
+    assert "train loss " in lines[0] and "val dice " in lines[0] and "left" in lines[0]
     assert not (run_dir / "tensorboard").exists()
     ckpt = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["data"]["crop_size"] == 48  # resize-mode inference needs it

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
-from unet_seg.callbacks import AtomicCheckpointIO, GracefulStop
+from unet_seg.callbacks import AtomicCheckpointIO, EpochLog, GracefulStop
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
@@ -153,7 +153,7 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks.append(GracefulStop(run.last))
+    callbacks += [GracefulStop(run.last), EpochLog()]
     return instantiate(
         cpu_safe(cfg.trainer), callbacks=callbacks, logger=loggers or False,
         plugins=[AtomicCheckpointIO()],

@@ -126,6 +126,12 @@ class SegModule(pl.LightningModule):
         self._epoch_loss, self._epoch_images = 0.0, 0
         self._train_nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
 
+    def epoch_train_loss(self) -> float | None:
+        """Mean training loss of this process over the epoch so far (None before a step)."""
+        if not self._epoch_images:
+            return None
+        return float(self._epoch_loss / self._epoch_images)
+
     def on_train_epoch_end(self) -> None:
         self._check_train_loss("in this epoch")
         if self._epoch_images:  # on the progress bar only (TensorBoard has every step's loss)
