@@ -52,20 +52,31 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
 
 def _gpu_memory_gb(cfg: DictConfig) -> float | None:
     """Memory of the GPU a run will train on, or None for a CPU run."""
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
-    if accelerator == "cpu" or not torch.cuda.is_available():
+    if not _uses_gpu(cfg.get("trainer") or {}):
         return None
     return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def _uses_gpu(trainer: DictConfig | dict) -> bool:
+    """Whether a trainer config runs on a GPU (`auto` does when one is there)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator == "auto":
+        return torch.cuda.is_available()
+    return accelerator in ("gpu", "cuda") and torch.cuda.is_available()
 
 
 class DataProblems(ValueError):
     """Problems found before training, listed together; nothing of the run was written."""
 
 
-def preflight(cfg: DictConfig, run: RunDir) -> None:
+def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
     """Raise once, listing every problem a run of `cfg` would meet in its data and config
     (the data contract, the net against it, the loss against the data, the files), before
-    anything is written. A single problem is raised as it is."""
+    anything is written. A single problem is raised as it is.
+
+    Returns:
+        The checked data module, to train with (its files are not read again in `setup`).
+    """
     problems: list[Exception] = []
     try:
         datamodule = build_datamodule(cfg, run)
@@ -98,6 +109,7 @@ def preflight(cfg: DictConfig, run: RunDir) -> None:
             f"{len(problems)} problems, all to fix before training (nothing was written):"
             f"\n  {shown}{more}"
         )
+    return datamodule
 
 
 def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataModule:
@@ -163,10 +175,9 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
 def cpu_safe(trainer: DictConfig) -> DictConfig:
     """`trainer` with `sync_batchnorm` off, said in the log, when the run has no GPU to sync
     on (PyTorch's SyncBatchNorm works on GPUs only: `trainer=ddp trainer.accelerator=cpu`)."""
-    accelerator = str(trainer.get("accelerator", "auto"))
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if not trainer.get("sync_batchnorm") or gpu:
+    if not trainer.get("sync_batchnorm") or _uses_gpu(trainer):
         return trainer
+    accelerator = str(trainer.get("accelerator", "auto"))
     log.warning(
         "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm); it is off for this "
         "%s run: each process normalises with its own batch statistics",

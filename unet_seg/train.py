@@ -88,8 +88,8 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     check_targets(cfg)
     run = RunDir(cfg.run_dir)
     cfg, plan = plan_config(cfg)  # data=auto: the folder's fingerprint fills the data keys
-    if ckpt_path is None:  # a resumed run was checked when it started
-        preflight(cfg, run)
+    # every problem at once, before anything is written (a resumed run was checked at its start)
+    datamodule = preflight(cfg, run) if ckpt_path is None else None
     pl.seed_everything(cfg.seed, workers=True)
     run.save_config(cfg)
     if plan is not None:
@@ -98,7 +98,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
                  plan_table(plan))  # fmt: skip
     log.info("run directory: %s%s", run, " (resumed)" if ckpt_path else "")
 
-    datamodule = build_datamodule(cfg, run)
+    datamodule = datamodule or build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
     check_output_dir(run, module)
     trainer = build_trainer(cfg, run)

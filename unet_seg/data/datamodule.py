@@ -128,6 +128,7 @@ class SegDataModule(pl.LightningDataModule):
         self.seed = seed
         self.synthetic = synthetic
         self.splits: dict[str, list[str]] | None = None
+        self._checked = False  # check() found every file fit: setup need not read them again
         self.pairs: dict[str, tuple[Path, Path]] = {}
         self.datasets: dict[str, SegDataset] = {}
 
@@ -140,14 +141,13 @@ class SegDataModule(pl.LightningDataModule):
             return
         if self.synthetic:  # also when prepare_data was not called (direct use, tests)
             ensure_synthetic(self.root, **self.synthetic)
-        pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
+        pairs, self.splits = self._pairs_and_splits(save=True)
         self.pairs = pairs
-        self.splits = self._load_or_make_splits(sorted(pairs))
-        crop_size = self.crop["crop_size"]
         train_pairs = [pairs[n] for n in self.splits["train"]]
-        channels = self.contract.in_channels
-        check_pairs(train_pairs, channels, None if self.crop["pad_to_crop"] else crop_size)
-        check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], channels)
+        if not self._checked:  # check() already read every file (train's preflight)
+            channels, crop = self.contract.in_channels, self._crop_to_check()
+            check_pairs(train_pairs, channels, crop)
+            check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], channels)
         c = self.contract
         common = {"encoding": c.encoding, "in_channels": c.in_channels, "mean": c.mean,
                   "std": c.std, "intensity": c.intensity, "cache": self.cache}  # fmt: skip
@@ -173,22 +173,30 @@ class SegDataModule(pl.LightningDataModule):
         if self.synthetic:
             return []  # generated on first use, by the same code that reads it
         try:
-            pairs = dict(
-                (img.name, (img, mask)) for img, mask in find_pairs(self.root, **self.folders)
-            )
-            splits = self._load_or_make_splits(sorted(pairs), save=False)
+            pairs, splits = self._pairs_and_splits(save=False)
         except (FileNotFoundError, ValueError) as err:
             return [str(err)]
-        crop = None if self.crop["pad_to_crop"] else self.crop["crop_size"]
         self._warn_grey_into_colour([pairs[n][0] for n in splits["train"][:16]])
         problems = []
+        crop = self._crop_to_check()
         for names, size in ((splits["train"], crop), (splits["val"] + splits["test"], None)):
             try:
                 check_pairs([pairs[n] for n in names], self.contract.in_channels, size)
             except ValueError as err:
                 problems += [line.strip() for line in str(err).splitlines()[1:]
                              if not line.strip().startswith("...")]  # fmt: skip
+        self._checked = not problems
         return problems
+
+    def _pairs_and_splits(self, save: bool) -> tuple[dict, dict[str, list[str]]]:
+        """`{image name: (image, mask)}` of the folder and the split in force (written to
+        `splits_path` when `save`)."""
+        pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
+        return pairs, self._load_or_make_splits(sorted(pairs), save=save)
+
+    def _crop_to_check(self) -> int | None:
+        """The side every training image must reach (None when smaller ones are padded)."""
+        return None if self.crop["pad_to_crop"] else self.crop["crop_size"]
 
     def _warn_grey_into_colour(self, images: list[Path]) -> None:
         """Say so when grey images would feed a colour net (data=folder's in_channels: 3):
