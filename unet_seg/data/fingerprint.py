@@ -24,11 +24,15 @@ from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from unet_seg.data.dataset import find_pairs, list_images
-from unet_seg.data.masks import MaskEncoding, looks_like_jpeg
+from unet_seg.data.masks import (
+    MaskEncoding,
+    is_palette_file,
+    looks_like_jpeg,
+    read_palette_indices,
+)
 from unet_seg.data.readers import channel_kind, is_jpeg_file, read_array
 from unet_seg.data.weight_map import touching_border
 from unet_seg.files import write_json
@@ -134,9 +138,8 @@ def describe_mask(path: Path) -> dict[str, Any]:
     objects (two or more, numbered about 1..N, each one connected region).
     """
     entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
-    if _is_palette(path):
-        with Image.open(path) as im:
-            array = np.asarray(im)
+    if is_palette_file(path):  # the loader's test: the pixels are palette indices
+        array = read_palette_indices(path)
         entry["encoding"] = "palette"
     else:
         array = read_array(path)
@@ -220,14 +223,6 @@ def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
         count, _ = cv2.connectedComponents(region, connectivity=8)
         single += count == 2  # background + one region
     return single >= 0.9 * len(checked)
-
-
-def _is_palette(path: Path) -> bool:
-    try:
-        with Image.open(path) as im:
-            return im.mode == "P"
-    except Exception:  # noqa: BLE001 - not readable by Pillow: not a palette image
-        return False
 
 
 def _guarded(describe: Callable[[Path], dict], path: Path) -> dict[str, Any]:

@@ -127,7 +127,7 @@ class MaskEncoding:
         try:
             return self.indices_of(read_array(path), path)
         except ValueError as err:
-            if self.mask_format != "values" or not _is_palette_file(path):
+            if self.mask_format != "values" or not is_palette_file(path):
                 raise
             raise ValueError(
                 f"{err} {path.name} is a palette image: data.mask_format=palette reads its "
@@ -364,7 +364,9 @@ def looks_like_jpeg(mask: np.ndarray, path: str | Path | None = None) -> bool:
     return bool(interior[noise].mean() < 0.2)
 
 
-def _is_palette_file(path: Path) -> bool:
+def is_palette_file(path: str | Path) -> bool:
+    """Whether `path` is a palette image (a PNG of colour type 3, or a GIF): its pixels are
+    palette indices."""
     return png_colour_type(path) == 3 or file_signature(path, 4) == b"GIF8"
 
 
