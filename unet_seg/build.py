@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
+from unet_seg.budget import TimeBudget, budget_scheduler, parse_duration
 from unet_seg.callbacks import AtomicCheckpointIO, EpochLog, GracefulStop
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
@@ -45,8 +46,16 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     with open_dict(cfg):
         for key in PLANNED_KEYS:
             cfg.data[key] = planned[key]
-    epochs = (cfg.get("trainer") or {}).get("max_epochs")
-    record["epochs"] = {"value": epochs, "why": "trainer.max_epochs, as configured"}
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("budget") is not None:
+        record["epochs"] = {
+            "value": f"budget {trainer.budget}",
+            "why": "trainer.budget: the steps are sized at run time from the measured step "
+            "time (logged, and saved in metrics.json as budget_steps)",
+        }
+    else:
+        record["epochs"] = {"value": trainer.get("max_epochs"),
+                            "why": "trainer.max_epochs, as configured"}  # fmt: skip
     return cfg, record
 
 
@@ -149,27 +158,46 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
             )
         loss["class_weights"] = median_frequency_weights(freq)
         log.info("class weights (median frequency balancing): %s", loss["class_weights"])
+    scheduler = to_plain(cfg.get("scheduler"))
+    if budget_seconds(cfg) is not None:  # the schedule follows the steps the budget allows
+        scheduler = budget_scheduler(scheduler, initial_steps=10**6)
     return SegModule(
         arch=to_plain(cfg.arch),
         loss=loss,
         optimizer=to_plain(cfg.optimizer),
-        scheduler=to_plain(cfg.scheduler),
+        scheduler=scheduler,
         data=contract.to_dict(),
     )
 
 
-def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
+def budget_seconds(cfg: DictConfig) -> float | None:
+    """`trainer.budget` in seconds, or None when the run trains for `trainer.max_epochs`."""
+    budget = (cfg.get("trainer") or {}).get("budget")
+    return None if budget is None else parse_duration(budget)
+
+
+def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) -> pl.Trainer:
     """The Trainer of `cfg.trainer` with the configured loggers and callbacks, plus
-    graceful stops (SIGTERM, Ctrl+C: save `last.ckpt`) and atomic checkpoint writes."""
+    graceful stops (SIGTERM, Ctrl+C: save `last.ckpt`) and atomic checkpoint writes.
+
+    With `trainer.budget` the run trains until its time budget (counted from `started`,
+    a `time.monotonic()` value) is used up instead of for `trainer.max_epochs`.
+    """
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks += [GracefulStop(run.last), EpochLog()]
+    trainer = copy.deepcopy(cpu_safe(cfg.trainer))
+    seconds = budget_seconds(cfg)
+    with open_dict(trainer):
+        trainer.pop("budget", None)
+        if seconds is not None:  # the budget decides when to stop
+            trainer.max_epochs, trainer.max_steps, trainer.max_time = -1, -1, None
+            callbacks.append(TimeBudget(seconds, started, bool(cfg.get("final_eval", True))))
     return instantiate(
-        cpu_safe(cfg.trainer), callbacks=callbacks, logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-    )  # fmt: skip
+        trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
 
 def cpu_safe(trainer: DictConfig) -> DictConfig:

@@ -17,6 +17,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from unet_seg.budget import TimeBudget
 from unet_seg.data.transforms import denormalize
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.visualize import attention_strip, prediction_grid, to_rgb8
@@ -93,6 +94,9 @@ class EpochLog(pl.Callback):
             return
         metrics = trainer.callback_metrics
         done, total = trainer.current_epoch + 1, trainer.max_epochs
+        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+        if budget is not None:  # trainer.budget: the epochs its current plan fits
+            total = budget.planned_epochs(trainer) or done
         parts = [f"epoch {done}/{total}", f"step {trainer.global_step}"]
         loss = pl_module.epoch_train_loss()
         if loss is not None:
@@ -108,6 +112,8 @@ class EpochLog(pl.Callback):
             parts.append(f"next lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
         elapsed = time.monotonic() - self.start
         left = elapsed / max(1, done - self.first_epoch) * max(0, total - done)
+        if budget is not None:
+            left = max(0.0, budget.left())
         parts.append(f"{_duration(elapsed)}, about {_duration(left)} left")
         epoch_log.info("%s", " | ".join(parts))
 

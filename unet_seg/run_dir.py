@@ -245,6 +245,8 @@ def _warn_schedule_ends(cfg: DictConfig) -> None:
     scheduler = (cfg.get("scheduler") or {}).get("scheduler") or {}
     length = scheduler.get("T_max", scheduler.get("total_iters"))
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    if (cfg.get("trainer") or {}).get("budget") is not None:  # its schedule follows the budget
+        return
     if length is None or epochs is None or int(epochs) <= int(length):
         return
     log.warning(

@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from unet_seg.budget import TimeBudget, process_start
 from unet_seg.build import (
     build_datamodule,
     build_module,
@@ -73,15 +75,20 @@ def check_output_dir(run: RunDir | str | Path, module: SegModule) -> None:
         )
 
 
-def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | str]:
+def train(
+    cfg: DictConfig, overrides: Sequence[str] = (), started: float | None = None
+) -> dict[str, float | str]:
     """Fit (or resume) a run and score its best checkpoint; return the final metrics.
 
     Args:
         cfg: composed `conf/train.yaml`.
         overrides: command-line `key=value` overrides, applied on resume.
+        started: `time.monotonic()` when the run began (a `trainer.budget` counts from it);
+            default now.
     Returns:
         The flat metrics also written to `run_dir/metrics.json`.
     """
+    started = time.monotonic() if started is None else started  # a budget counts from here
     cfg, ckpt_path, finished = open_run(cfg, overrides)
     if finished is not None:  # this directory already holds this run, finished
         return finished
@@ -101,7 +108,7 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
     datamodule = datamodule or build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
     check_output_dir(run, module)
-    trainer = build_trainer(cfg, run)
+    trainer = build_trainer(cfg, run, started)
 
     if ckpt_path:  # the checkpoint folder is ours and meant to be reused
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empt")
@@ -120,9 +127,15 @@ def train(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float | s
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
     }
+    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
     if cfg.get("final_eval", True):
         metrics.update(final_evaluation(trainer, module, datamodule, cfg.get("final_ckpt", "best")))
         log_hparams_with_scores(trainer, cfg, metrics)
+    if budget is not None:  # how the budget was used, the final evaluation included
+        metrics.update({"budget_s": budget.seconds, "budget_steps": budget.total_steps or 0,
+                        "budget_spent_s": round(budget.spent(), 1)})  # fmt: skip
+        log.info("time budget %.0f s: %.0f s used, %d steps", budget.seconds, budget.spent(),
+                 trainer.global_step)  # fmt: skip
     if trainer.is_global_zero:
         run.save_metrics(metrics)
     return metrics
@@ -165,7 +178,7 @@ def main(cfg: DictConfig) -> float | None:
     run = RunDir(cfg.run_dir)
     fresh = not cfg.get("resume") and not run.holds_run
     try:
-        metrics = train(cfg, overrides=HydraConfig.get().overrides.task)
+        metrics = train(cfg, overrides=HydraConfig.get().overrides.task, started=process_start())
     except TrainingInterrupted as stop:
         log.warning("%s", stop)
         sys.exit(128 + stop.signum)

@@ -1,0 +1,147 @@
+"""trainer.budget: durations, the fitted learning-rate schedule, the step plan, and a budgeted
+run that is killed, resumed, and still ends within its budget."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import compose_train
+from unet_seg.budget import ProgressLR, TimeBudget, budget_scheduler, parse_duration
+from unet_seg.callbacks import StopRequested
+from unet_seg.train import TrainingInterrupted, train
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15m", 900), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("45", 45), (120, 120),
+     ("1.5h", 5400), ("10min", 600), (" 2m 30s ", 150)],
+)  # fmt: skip
+def test_parse_duration(text, seconds) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15 minutes", "m", "-5m", "0", "1d"])
+def test_parse_duration_refuses_with_the_form(text) -> None:
+    with pytest.raises(ValueError, match="trainer.budget"):
+        parse_duration(text)
+
+
+def _rates(scheduler: ProgressLR, steps: int) -> list[float]:
+    out = []
+    for _ in range(steps):
+        out.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return out
+
+
+def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_progress_lr_shapes_reach_their_end_value_at_total_steps() -> None:
+    cosine = ProgressLR(_optimizer(), total_steps=10, shape="cosine", eta_min=0.01)
+    rates = _rates(cosine, 11)
+    assert rates[0] == 1.0 and rates[10] == pytest.approx(0.01)
+    assert rates[5] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert all(a > b for a, b in zip(rates[:10], rates[1:11], strict=True))
+    poly = ProgressLR(_optimizer(), total_steps=10, shape="poly", power=2.0)
+    assert _rates(poly, 11)[4] == pytest.approx(0.6**2) and poly.get_last_lr()[0] == 0.0
+    warm = ProgressLR(_optimizer(), total_steps=12, shape="cosine", warmup_steps=4)
+    assert _rates(warm, 5) == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_progress_lr_follows_a_new_total() -> None:
+    """A re-planned total moves the schedule; the rate is the new schedule's at this step."""
+    scheduler = ProgressLR(_optimizer(), total_steps=100, shape="cosine")
+    _rates(scheduler, 50)
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.5)
+    scheduler.total_steps = 200
+    scheduler.set_rates()
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.5 * (1 + 2**-0.5))
+    assert scheduler.optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
+
+
+def test_budget_scheduler_keeps_the_shape_and_refuses_epoch_counts() -> None:
+    cosine = {"scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
+                            "T_max": 20, "eta_min": 1e-6}, "interval": "epoch"}  # fmt: skip
+    fitted = budget_scheduler(cosine, 100)
+    assert fitted["interval"] == "step"
+    assert fitted["scheduler"]["shape"] == "cosine" and fitted["scheduler"]["eta_min"] == 1e-6
+    poly = {"scheduler": {"_target_": "torch.optim.lr_scheduler.PolynomialLR", "power": 0.9}}
+    assert budget_scheduler(poly, 100)["scheduler"]["power"] == 0.9
+    assert budget_scheduler({"scheduler": None}, 100)["scheduler"]["shape"] == "constant"
+    for target in ("MultiStepLR", "ReduceLROnPlateau"):
+        with pytest.raises(ValueError, match="scheduler=cosine"):
+            budget_scheduler({"scheduler": {"_target_": f"torch.optim.lr_scheduler.{target}"}}, 9)
+
+
+def test_plan_fits_whole_epochs_then_a_part_worth_its_validation() -> None:
+    """100 s left, 1 s a step, 10 steps and 5 s of validation an epoch: this epoch (15 s),
+    five whole epochs (75 s), then 5 steps and their validation (10 s) = 100 s."""
+    assert TimeBudget._fit(100, 10, 10, 1.0, 5.0) == 10 + 50 + 5
+    # after this epoch's validation, 90 s: six whole epochs, nothing left for a part
+    assert TimeBudget._fit(90, 0, 10, 1.0, 5.0, epoch_ended=True) == 60
+    # a part of one step is not worth a validation
+    assert TimeBudget._fit(100 - 4, 10, 10, 1.0, 5.0) == 10 + 50
+    # too little left for this epoch: stop within it, leaving time to validate
+    assert TimeBudget._fit(8, 10, 10, 1.0, 5.0) == 3
+    assert TimeBudget._fit(2, 10, 10, 1.0, 5.0) == 0
+
+
+TINY = [
+    "data.synthetic.num_images=24",
+    "data.synthetic.size=64",
+    "data.crop_size=48",
+    "data.batch_size=4",
+    "arch.base_channels=4",
+    "logger=none",
+    "callbacks.validation_images.num_samples=1",
+]
+BUDGET = 30.0
+TOLERANCE = 4.0
+"""Seconds a budgeted run may end past its budget here: the last validation after a step
+that a slower machine made late, and the process clock's resolution."""
+
+
+@pytest.mark.slow
+def test_killed_budget_run_resumes_and_ends_within_its_budget(tmp_path: Path, monkeypatch):
+    """A 30 s budget, killed (as by SIGTERM) after 10 s and resumed: both sessions together
+    take at most the budget, the restart and a small tolerance; the rate ends at eta_min."""
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, f"data.root={tmp_path / 'data'}", f"run_dir={run_dir}",
+                 f"trainer.budget={BUDGET:g}s"]  # fmt: skip
+    compose_train(overrides)  # composed before the clock starts, as Hydra does
+    plain_batch_end = TimeBudget.on_train_batch_end
+
+    def killed_at_10s(self, trainer, *args):
+        plain_batch_end(self, trainer, *args)
+        if self.spent() > 10:
+            raise StopRequested(signal.SIGTERM)
+
+    monkeypatch.setattr(TimeBudget, "on_train_batch_end", killed_at_10s)
+    start = time.monotonic()
+    with pytest.raises(TrainingInterrupted):
+        train(compose_train(overrides), started=start)
+    first = time.monotonic() - start
+    assert 10 <= first < 20
+    monkeypatch.setattr(TimeBudget, "on_train_batch_end", plain_batch_end)
+
+    resumed = [f"resume={run_dir}"]
+    restart = time.monotonic()
+    metrics = train(compose_train(resumed), overrides=resumed, started=restart)
+    second = time.monotonic() - restart
+    assert first + second <= BUDGET + TOLERANCE, (first, second)
+    assert first + second >= BUDGET * 0.8, "the budget was not used"  # it trained on
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["budget_s"] == BUDGET and saved["budget_steps"] == metrics["global_step"]
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == metrics["global_step"] > 50
+    lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-6), "the cosine schedule did not end at eta_min"
