@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,14 @@ from tests.conftest import compose_train
 from unet_seg.config import to_plain
 from unet_seg.data import fingerprint as fingerprint_module
 from unet_seg.data.fingerprint import fingerprint
-from unet_seg.data.plan import AUTO, PLANNED_KEYS, PlanError, plan, plan_data_config
+from unet_seg.data.plan import (
+    AUTO,
+    MIN_STEPS,
+    PLANNED_KEYS,
+    PlanError,
+    plan,
+    plan_data_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -217,3 +225,27 @@ def test_few_objects_per_tile_are_still_instances_and_class_masks_are_not(tmp_pa
     root = write(tmp_path / "same", [im for im, _ in pairs], same)
     planned, _ = plan(fingerprint(root, progress=False), auto_data(root))
     assert planned["mask_format"] == "values" and planned["mask_values"] == [0, 1, 2]
+
+
+def test_a_rare_class_doubles_the_steps_an_epoch(tmp_path: Path) -> None:
+    """A foreground class under 1% of the mask pixels is learned late: the plan draws twice
+    the patches per epoch (and says why); without one it keeps the usual count."""
+    rng = np.random.default_rng(0)
+    images, common, with_rare = [], [], []
+    for _ in range(10):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[8:40, 8:40] = 1  # 25% of the pixels
+        images.append(rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        common.append(mask.copy())
+        mask[50:52, 50:52] = 2  # 4 of 4096 pixels
+        with_rare.append(mask)
+    plain = auto_data(write(tmp_path / "common", images, common), "data.batch_size=4")
+    rare = auto_data(write(tmp_path / "rare", images, with_rare), "data.batch_size=4")
+    plain_plan, plain_why = plan(fingerprint(tmp_path / "common"), plain)
+    rare_plan, rare_why = plan(fingerprint(tmp_path / "rare"), rare)
+    assert rare_plan["num_classes"] == 3 and plain_plan["num_classes"] == 2
+    train_images = 7  # of 10, with 20% validation and 10% test
+    assert plain_plan["train_repeats"] == math.ceil(MIN_STEPS * 4 / train_images)
+    assert rare_plan["train_repeats"] == math.ceil(2 * MIN_STEPS * 4 / train_images)
+    assert "under 1% of pixels" in rare_why["train_repeats"]
+    assert "under 1%" not in plain_why["train_repeats"]

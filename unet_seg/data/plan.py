@@ -23,8 +23,10 @@ What is planned, and how:
 - `batch_size`, `eval_batch_size`: 4 patches of 256x256 on a CPU (scaled by the
   patch area; more with a GPU's memory), and about the same pixels per evaluation.
 - `train_repeats`: patches drawn per training image and epoch, so that an epoch
-  is at least `MIN_STEPS` steps (a small dataset still trains for a while); the
-  number of epochs is `trainer.max_epochs`, as configured.
+  is at least `MIN_STEPS` steps (a small dataset still trains for a while), twice
+  that when a foreground class covers under 1% of the mask pixels (rare classes
+  are learned late); the number of epochs is `trainer.max_epochs`, or the steps
+  fit `trainer.budget`.
 - `foreground_crop`: a third of the patches centred on a foreground class picked
   uniformly among those present (rare-class oversampling, as nnU-Net).
 """
@@ -44,6 +46,14 @@ PLANNED_KEYS = ("in_channels", "mask_format", "mask_values", "mask_colors", "cla
 
 MIN_STEPS = 20
 """Training steps an epoch has at least (`train_repeats` draws each image more often)."""
+
+RARE_SHARE = 0.01
+"""A foreground class under this share of all mask pixels is rare."""
+
+RARE_STEPS_FACTOR = 2
+"""With a rare class, an epoch has this many times `MIN_STEPS`: a rare class is learned late
+(experiments/plan: a class of 0.3% of the pixels was learned after about 400 steps, and
+only when the schedule still had a high learning rate then)."""
 
 MAX_CLASSES = 32
 """More distinct mask values than this are not classes: instance labels (or noise)."""
@@ -233,11 +243,7 @@ def _plan_patches(
     if data.get("num_folds"):
         held_out = 1 / data["num_folds"] + (data.get("test_fraction") or 0)
     train_images = max(1, round(len(images) * (1 - held_out)))
-    repeats = max(1, math.ceil(MIN_STEPS * data["batch_size"] / train_images))
-    fill("train_repeats", repeats,
-         f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
-         f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch")  # fmt: skip
-    counts = np.zeros(data["num_classes"])  # pixels per class, for the reason given below
+    counts = np.zeros(data["num_classes"])  # pixels per class, to find the rare ones
     if data["mask_format"] in ("values", "palette", "folders"):
         for m in masks:
             for v, c in (m.get("values") or {}).items():
@@ -245,7 +251,14 @@ def _plan_patches(
                 if i is not None and i < len(counts):
                     counts[i] += c
     total = counts.sum()
-    rare = [i for i, c in enumerate(counts) if i > 0 and total and c < 0.01 * total]
+    rare = [i for i, c in enumerate(counts) if i > 0 and total and c < RARE_SHARE * total]
+    steps = MIN_STEPS * (RARE_STEPS_FACTOR if rare else 1)
+    repeats = max(1, math.ceil(steps * data["batch_size"] / train_images))
+    fill("train_repeats", repeats,
+         f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
+         f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch"
+         + (f", twice the usual {MIN_STEPS}: classes {rare} are under 1% of pixels" if rare
+            else ""))  # fmt: skip
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
          + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
