@@ -107,6 +107,19 @@ def test_resume_accepts_hydras_plus_spellings_of_a_value(tmp_path: Path) -> None
             resume_config(tmp_path, [refused])
 
 
+def test_resume_keeps_whether_a_run_trains_to_a_budget(tmp_path: Path) -> None:
+    """The schedule of a budgeted run counts steps of its budget, another's counts epochs: a
+    resume may change the budget's value, not add or drop it."""
+    epochs, budgeted = tmp_path / "epochs", tmp_path / "budget"
+    RunDir(epochs).save_config(compose_train([f"run_dir={epochs}"]))
+    RunDir(budgeted).save_config(compose_train([f"run_dir={budgeted}", "trainer.budget=10m"]))
+    assert resume_config(budgeted, ["trainer.budget=20m"]).trainer.budget == "20m"
+    with pytest.raises(ValueError, match="started without trainer.budget"):
+        resume_config(epochs, ["trainer.budget=10m"])
+    with pytest.raises(ValueError, match="started with trainer.budget"):
+        resume_config(budgeted, ["trainer.budget=null"])
+
+
 def test_unknown_architecture_lists_choices() -> None:
     cfg = compose_train(["arch.name=segformer"])
     names = r"\['attention_unet', 'nested', 'res_unet', 'unet', 'unet_valid'\]"

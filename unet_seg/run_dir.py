@@ -222,6 +222,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
     checkpoint holds that net.
     """
     cfg = RunDir(run_dir).load_config()
+    budgeted = (cfg.get("trainer") or {}).get("budget") is not None
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+")  # ++key=value and +key=value: ordinary Hydra spellings of a value
@@ -233,6 +234,13 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
                 "Only key=value changes such as trainer.max_epochs=50 are allowed."
             )
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
+    if ((cfg.get("trainer") or {}).get("budget") is not None) != budgeted:
+        raise ValueError(
+            f"{run_dir} was started {'with' if budgeted else 'without'} trainer.budget, and its "
+            "learning-rate schedule counts "
+            + ("steps of the budget" if budgeted else "epochs")
+            + ": a resumed run keeps that. Change the budget's value, or start a new run."
+        )
     _warn_schedule_ends(cfg)
     cfg.resume = str(run_dir)
     return cfg
