@@ -190,6 +190,23 @@ def test_augmentation_moves_image_and_mask_together() -> None:
     assert moved
 
 
+def test_elastic_deformation_bends_image_and_mask_alike() -> None:
+    """The elastic option moves pixels by a smooth field: straight stripes come out curved,
+    with the mask still on the image's stripes and no new mask values."""
+    t = build_train_transform({"elastic": {"p": 1.0, "alpha": 60, "sigma": 6}})
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 8::16] = 1
+    mask[:, 9::16] = 1
+    image = (mask * 200)[:, :, None].astype(np.uint8)
+    out = t(image=image, mask=mask)
+    assert set(np.unique(out["mask"])) <= {0, 1}
+    assert not np.array_equal(out["mask"], mask)
+    columns = [np.flatnonzero(row)[:1] for row in out["mask"][4:-4]]  # first stripe per row
+    assert len({int(c[0]) for c in columns if len(c)}) > 1, "the stripes stayed straight"
+    agree = (out["image"][:, :, 0] > 100) == (out["mask"] == 1)
+    assert agree.mean() > 0.9
+
+
 def test_pad_collate_pads_masks_with_ignore() -> None:
     a = {"image": torch.ones(1, 4, 6), "mask": torch.zeros(4, 6, dtype=torch.long), "name": "a"}
     b = {"image": torch.ones(1, 5, 3), "mask": torch.ones(5, 3, dtype=torch.long), "name": "b"}

@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
 from unet_seg.budget import TimeBudget, budget_scheduler, parse_duration
-from unet_seg.callbacks import AtomicCheckpointIO, EpochLog, GracefulStop
+from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
@@ -187,6 +187,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) ->
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    callbacks = [c for c in callbacks if c is not None and not (isinstance(c, EMA) and not c.decay)]
     callbacks += [GracefulStop(run.last), EpochLog()]
     trainer = copy.deepcopy(cpu_safe(cfg.trainer))
     seconds = budget_seconds(cfg)

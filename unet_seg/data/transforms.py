@@ -14,7 +14,8 @@ from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 
 
 def build_train_transform(augment: dict | None) -> A.Compose | None:
-    """Random augmentation for training: flips, 90-degree rotations, affine, brightness/contrast.
+    """Random augmentation for training: flips, 90-degree rotations, affine, elastic,
+    brightness/contrast.
 
     Patches are cut before this (`SegDataset`), so augmentation works at patch size.
 
@@ -40,6 +41,16 @@ def build_train_transform(augment: dict | None) -> A.Compose | None:
                 translate_percent=affine.get("translate", 0.0),
                 border_mode=cv2.BORDER_REFLECT_101,
                 p=affine["p"],
+            )
+        )
+    elastic = aug.get("elastic") or {}
+    if elastic.get("p", 0):  # the U-Net paper's smooth random deformations
+        ops.append(
+            A.ElasticTransform(
+                alpha=float(elastic.get("alpha", 40.0)),
+                sigma=float(elastic.get("sigma", 8.0)),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=elastic["p"],
             )
         )
     bc = aug.get("brightness_contrast") or {}
