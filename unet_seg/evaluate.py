@@ -2,9 +2,16 @@
 or `python -m unet_seg.evaluate ckpt=PATH data_root=DIR` (every image/mask pair in DIR).
 
 Per class: Dice, IoU, precision, recall and HD95, each pooled over all pixels and
-averaged per image (the rules are in `unet_seg.scores`). Outputs: a table in the
-log, JSON, a per-image CSV and a picture of the worst images. Inference options
-(`mode`, `tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
+averaged per image (the rules are in `unet_seg.scores`). With instance labels (the
+masks with `mask_format=instances`, `instances_dir=`, or the run's `data.instances_dir`),
+also the objects: AP over IoU 0.5..0.95 (the 2018 Data Science Bowl metric), F1 at 0.5,
+panoptic quality (`unet_seg.instances`) and the matched / merged / split / missed counts
+(`unet_seg.scores.object_counts`), of the predicted objects: the watershed-decoded
+objects of a net trained on an instance target (`data.target=instances`, whose pixel
+scores are then those of its foreground against the instance labels' foreground), else
+the 8-connected components of the predicted foreground. Outputs: a table in the log,
+JSON, a per-image CSV and a picture of the worst images. Inference options (`mode`,
+`tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_pairs, instance_files
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
+from unet_seg.instances import InstanceBook
 from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
 from unet_seg.visualize import display_image, error_map, overlay
@@ -99,21 +107,29 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     contract = predictor.contract
     folders = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs, what = _pairs(cfg, folders)
-    book = ScoreBook(contract.class_names)
+    decoded = contract.instance_target  # pixel scores: the objects' foreground
+    book = ScoreBook(["background", "foreground"] if decoded else contract.class_names)
     instances = instance_paths(cfg, pairs, contract.mask_format)
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
+    scores = InstanceBook() if instances else None
     worst = _WorstCases(int(cfg.get("worst", 4)))
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
         loaded = [contract.read_pair(image_path, mask_path) for image_path, mask_path in chunk]
-        results = predictor.run([image for image, _ in loaded])
-        for i, ((path, _), (image, truth), (labels, _)) in enumerate(
+        results = predictor.run_instances([image for image, _ in loaded])
+        for i, ((path, _), (image, truth), (found, labels, _)) in enumerate(
             zip(chunk, loaded, results, strict=True), start=start
         ):
+            true_objects = read_instances(instances[i]) if instances else None
+            if decoded:  # foreground against foreground
+                labels = (found > 0).astype(np.uint8)
+                truth = (true_objects > 0).astype(np.uint8)
             row = book.add(path.name, labels, truth)
-            if objects is not None:  # foreground (any class > 0) components vs true objects
-                counts = object_counts(labels > 0, read_instances(instances[i]))
+            if true_objects is not None:  # predicted objects against true objects
+                row.update({f"instances/{k}": v
+                            for k, v in scores.add(found, true_objects).items()})  # fmt: skip
+                counts = object_counts(found, true_objects, labelled=True)
                 row.update({f"objects/{k}": v for k, v in counts.items()})
                 for key, value in counts.items():
                     objects[key] += value
@@ -122,6 +138,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     results["dice"] = results["dice/pooled/mean_fg"]
     results["iou"] = results["iou/pooled/mean_fg"]
     log.info("%s, %d images:\n%s", what, len(pairs), format_table(results, book.class_names))
+    if scores is not None:
+        results.update(scores.summary())
+        log.info("objects (%s):\n%s", "watershed-decoded" if decoded else
+                 "connected components of the foreground", format_instances(results))  # fmt: skip
     if objects is not None:
         results.update({f"objects/{k}": v for k, v in objects.items()})
         log.info(
@@ -165,6 +185,18 @@ def format_table(results: dict[str, float], class_names: list[str]) -> str:
     for metric, what in counted:
         counts = [f"{results[f'n/{metric}/{c}']:>{width}d}" for c in class_names]
         lines.append(f"{what:<34}" + "".join(counts))
+    return "\n".join(lines)
+
+
+def format_instances(results: dict[str, float]) -> str:
+    """Rows AP@0.5:0.95, F1@0.5, PQ, SQ, RQ; columns the two reductions."""
+    lines = [f"{'':<34}{'mean of images':>16}{'pooled':>10}"]
+    names = (("ap", "AP, IoU 0.5..0.95 (DSB2018)"), ("f1@0.5", "F1, IoU > 0.5"),
+             ("pq", "panoptic quality PQ"), ("sq", "segmentation quality SQ"),
+             ("rq", "recognition quality RQ"))  # fmt: skip
+    for key, label in names:
+        mean, pooled = (results[f"instances/{key}/{r}"] for r in ("image_mean", "pooled"))
+        lines.append(f"{label:<34}{mean:>16.4f}{pooled:>10.4f}")
     return "\n".join(lines)
 
 
