@@ -253,6 +253,30 @@ def test_every_split_carries_the_three_classes(tmp_path: Path) -> None:
     assert set(datamodule.class_frequencies().nonzero()[0]) == {0, 1, 2}
 
 
+def test_a_planned_folder_of_16_bit_instance_labels_takes_the_target(tmp_path: Path) -> None:
+    """`data=auto data.target=instances` alone: the plan reads the masks as instance labels,
+    the target sets the classes, every split gets the three classes."""
+    from unet_seg.data.synthetic import render_sample
+
+    root = tmp_path / "tiles"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        image, objects = render_sample(np.random.default_rng([5, i]), 64)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), image.astype(np.uint16) * 200)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), objects.astype(np.uint16))
+    cfg, plan = plan_config(compose_train([
+        "data=auto", f"data.root={root}", "data.target=instances", f"run_dir={tmp_path / 'run'}",
+        f"paths.output_dir={tmp_path}"]))  # fmt: skip
+    assert plan["plan"]["mask_format"]["value"] == "instances"
+    assert cfg.data.num_classes == cfg.arch.num_classes == 3
+    datamodule = build_datamodule(cfg, tmp_path / "run")
+    datamodule.setup()
+    name = datamodule.datasets["val"].pairs[0][0].name
+    expected = instance_target(read_array(root / "masks" / name))
+    assert np.array_equal(datamodule.datasets["val"].mask(0), expected)
+
+
 def test_the_target_needs_instance_labels_and_no_carving(tmp_path: Path, folder: Path) -> None:
     cfg = target_classes(compose_train(["data=folder", f"data.root={folder}",
                                         "data.target=instances"]))  # fmt: skip

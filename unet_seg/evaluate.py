@@ -35,6 +35,7 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_pairs, instance_files
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
+from unet_seg.instances import RULES as INSTANCE_RULES
 from unet_seg.instances import InstanceBook
 from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
@@ -158,7 +159,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if predictor.mode == "tile":
         inference.update(tile_size=predictor.tile_size, overlap=predictor.overlap)
     meta = {"checkpoint": str(ckpt), "evaluated": what, "inference": inference,
-            "rules": RULES}  # fmt: skip
+            "rules": RULES + (INSTANCE_RULES if scores is not None else ())}  # fmt: skip
     write_json({**meta, **_json_safe(results)}, output)
     table = output.with_name(f"{output.stem}_per_image.csv")
     write_rows(book.rows, table)

@@ -56,6 +56,16 @@ INSTANCE_SCORES = ("ap", "f1@0.5", "pq", "sq", "rq",
                    *(f"ap@{t:.2f}" for t in THRESHOLDS))  # fmt: skip
 """The keys of `instance_scores`, in report order."""
 
+RULES = (
+    "objects are matched one-to-one at IoU > t; ap: TP / (TP + FP + FN) at each t in 0.5, "
+    "0.55, ..., 0.95, averaged (the 2018 Data Science Bowl metric); f1@0.5: 2 TP / (2 TP + "
+    "FP + FN) at 0.5; pq = sq x rq, sq the mean IoU of the pairs matched at 0.5, rq = f1@0.5.",
+    "image_mean: the mean of per-image scores; pooled: TP, FP, FN (and matched IoU) summed "
+    "over images first. An image with no true and no predicted object scores 1; with one "
+    "side empty 0 (sq: none, left out of the mean).",
+)
+"""How the instance scores are computed and reduced (written into evaluation JSONs)."""
+
 DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16}
 """`data.instances` defaults: boundary rim width (pixels) and the smallest object kept."""
 
