@@ -277,14 +277,34 @@ def test_a_planned_folder_of_16_bit_instance_labels_takes_the_target(tmp_path: P
     assert np.array_equal(datamodule.datasets["val"].mask(0), expected)
 
 
-def test_the_target_needs_instance_labels_and_no_carving(tmp_path: Path, folder: Path) -> None:
+def test_the_target_needs_instance_labels(tmp_path: Path, folder: Path) -> None:
     cfg = target_classes(compose_train(["data=folder", f"data.root={folder}",
                                         "data.target=instances"]))  # fmt: skip
     with pytest.raises(ValueError, match="data.mask_format=instances"):
         build_datamodule(cfg, tmp_path)
-    cfg, _ = plan_config(compose_train([*synthetic_overrides(tmp_path), "loss=weighted_ce_dice"]))
-    with pytest.raises(ValueError, match="separate_touching=false"):
-        build_datamodule(cfg, tmp_path / "run")
+
+
+def test_the_weight_map_of_a_target_weighs_touching_boundaries_and_carves_nothing(
+    tmp_path: Path,
+) -> None:
+    from unet_seg.data.dataset import SegDataset
+    from unet_seg.data.masks import MaskEncoding
+
+    labels = np.zeros((40, 60), np.uint16)
+    labels[5:15, 5:15], labels[5:15, 15:25], labels[25:35, 45:55] = 1, 2, 3
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), (labels > 0).astype(np.uint8) * 200)
+    cv2.imwrite(str(tmp_path / "a.png"), labels)
+    dataset = SegDataset(
+        [(tmp_path / "images" / "a.png", tmp_path / "a.png")], MaskEncoding([0, 1]), 1,
+        [0.5], [0.25], instance_paths=[tmp_path / "a.png"], instance_target=1,
+        weight_map={"w0": 10.0, "sigma": 5.0},
+    )  # fmt: skip
+    sample = dataset[0]
+    assert np.array_equal(sample["mask"].numpy(), instance_target(labels))  # not carved
+    weight = sample["weight"].numpy()
+    # the boundary between touching objects 1 and 2 against the rim of lone object 3
+    assert weight[10, 14] > 5 * weight[25, 50] and weight[10, 15] > 5 * weight[30, 54]
 
 
 # ---------------------------------------------------------------- prediction

@@ -101,7 +101,7 @@ class SegDataModule(pl.LightningDataModule):
         self.context = int(context)
         self.target = target
         if target == "instances":
-            check_instance_target(root, mask_format, instances_dir, weight_map)
+            check_instance_target(root, mask_format, instances_dir)
         if weight_map is not None and mask_format != "instances" and not instances_dir:
             raise ValueError(
                 "loss=weighted_ce_dice computes its weight map from instance labels, and "
@@ -164,7 +164,7 @@ class SegDataModule(pl.LightningDataModule):
                   "std": c.std, "intensity": c.intensity, "cache": self.cache}  # fmt: skip
         self.datasets["train"] = SegDataset(
             train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
-            **self._weight_args(train_pairs), **self._target_args(train_pairs),
+            **{**self._weight_args(train_pairs), **self._target_args(train_pairs)},
             context=self.context,
         )  # fmt: skip
         if self.weight_map is not None:  # once per image, before workers copy the dataset
@@ -317,21 +317,12 @@ class SegDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
 
-def check_instance_target(
-    root: str, mask_format: str, instances_dir: str | None, weight_map: dict | None
-) -> None:
-    """Refuse `data.target=instances` without instance labels, or with a weight map that
-    carves touching objects apart (the boundary class already separates them)."""
+def check_instance_target(root: str, mask_format: str, instances_dir: str | None) -> None:
+    """Refuse `data.target=instances` without instance labels."""
     if mask_format != "instances" and not instances_dir:
         raise ValueError(
             f"data.target=instances builds its classes from instance labels, and the data at "
             f"{root} has none configured (data.mask_format={mask_format}): use "
             "data.mask_format=instances when the masks are instance labels (0 = background, "
             "1..N = objects), or set data.instances_dir to a folder of them named like the images"
-        )
-    if weight_map is not None and weight_map.get("separate_touching", True):
-        raise ValueError(
-            "data.target=instances separates touching objects by its boundary class; "
-            "loss=weighted_ce_dice would carve them apart again: use loss=ce_dice, or set "
-            "loss.weight_map.separate_touching=false to keep the weight map alone"
         )

@@ -21,7 +21,12 @@ from unet_seg.data.readers import (
     to_unit_range,
 )
 from unet_seg.data.transforms import mask_to_tensor, normalize
-from unet_seg.data.weight_map import read_instances, weight_map_params, weights_and_borders
+from unet_seg.data.weight_map import (
+    read_instances,
+    unet_weight_map,
+    weight_map_params,
+    weights_and_borders,
+)
 from unet_seg.instances import instance_target
 
 __all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_instances", "find_pairs", "list_images",
@@ -170,6 +175,9 @@ class SegDataset(Dataset):
             sample gets the U-Net weight map as `"weight"` (float32 `[H, W]`),
             computed once per image and always kept in memory (`precompute_weights`);
             with `separate_touching` the mask's touching-object borders become background.
+            With `instance_target` the map is that of the objects' interiors: its border
+            term lies on the boundary (and background) pixels between close objects, and
+            nothing is carved.
         context: pixels of input context around each training sample (a valid-convolution
             net's margin, `arch=unet_valid`): the image comes `context` pixels larger on
             each side than the patch the loss scores, mirrored where it leaves the image;
@@ -266,7 +274,13 @@ class SegDataset(Dataset):
                                      self.pairs[index][0], shape)  # fmt: skip
             if mismatch:
                 raise ValueError(mismatch)
-            weight, border = weights_and_borders(instances, self.weight_map)
+            if self.instance_target is None:
+                weight, border = weights_and_borders(instances, self.weight_map)
+            else:  # the boundary class separates: the map is of the interiors, nothing carved
+                p = self.weight_map
+                interiors = np.where(self.mask(index) == 1, instances, 0)
+                weight = unet_weight_map(interiors, p["w0"], p["sigma"], p["class_balance"])
+                border = np.zeros(instances.shape, bool)
             self._weights[index] = (weight, np.flatnonzero(border))
         return self._weights[index]
 
