@@ -231,7 +231,7 @@ def test_the_target_sets_the_classes_the_net_learns(tmp_path: Path) -> None:
     assert cfg.data.num_classes == 3 and cfg.arch.num_classes == 3
     contract = DataContract.from_config(cfg.data)
     assert contract.class_names == list(INSTANCE_CLASSES) and contract.out_channels == 3
-    assert contract.instances == {"boundary_width": 1, "min_size": 16}
+    assert contract.instances == {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.5}
     assert DataContract.from_dict(contract.to_dict()) == contract
     assert target_classes(compose_train()).data.num_classes == 2  # semantic: untouched
     with pytest.raises(ValueError, match="leave them to the target"):

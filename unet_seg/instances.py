@@ -12,10 +12,12 @@
   The image edge does not count as a boundary.
 
 `decode_instances` turns the net's probabilities back into numbered objects: the
-connected regions of confident interior seed a watershed (scikit-image) that floods the
-foreground (background probability below 0.5) over the boundary probability; foreground
-regions no seed reaches become objects of their own, and objects under `min_size`
-pixels are dropped.
+connected regions of confident interior (probability above `seed_threshold`) seed a
+watershed (scikit-image) that floods the foreground (background probability below 0.5)
+over the boundary probability; foreground regions no seed reaches become objects of
+their own, and objects under `min_size` pixels are dropped. A seed threshold well above
+0.5 keeps two touching objects apart where the net's interior leaks faintly across the
+border between them.
 
 The scores (`instance_scores`) match predicted and true objects one-to-one at IoU > t
 (for t >= 0.5 each object has at most one partner, so no assignment is needed):
@@ -66,8 +68,9 @@ RULES = (
 )
 """How the instance scores are computed and reduced (written into evaluation JSONs)."""
 
-DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16}
-"""`data.instances` defaults: boundary rim width (pixels) and the smallest object kept."""
+DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.5}
+"""`data.instances` defaults: boundary rim width (pixels), the smallest object kept
+(pixels), and the interior probability above which pixels seed the watershed."""
 
 
 def instance_settings(settings: dict | None) -> dict:
@@ -79,9 +82,14 @@ def instance_settings(settings: dict | None) -> dict:
             f"data.instances: unknown keys {unknown}; known: {list(DEFAULT_INSTANCES)}"
         )
     out = {**DEFAULT_INSTANCES, **settings}
-    if int(out["boundary_width"]) < 1 or int(out["min_size"]) < 0:
-        raise ValueError(f"data.instances needs boundary_width >= 1 and min_size >= 0, got {out}")
-    return {k: int(v) for k, v in out.items()}
+    out = {"boundary_width": int(out["boundary_width"]), "min_size": int(out["min_size"]),
+           "seed_threshold": float(out["seed_threshold"])}  # fmt: skip
+    if out["boundary_width"] < 1 or out["min_size"] < 0 or not 0 <= out["seed_threshold"] < 1:
+        raise ValueError(
+            "data.instances needs boundary_width >= 1, min_size >= 0 and 0 <= seed_threshold "
+            f"< 1, got {out}"
+        )
+    return out
 
 
 def instance_target(instances: np.ndarray, boundary_width: int = 1) -> np.ndarray:
@@ -116,7 +124,9 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return new_ids[labels]
 
 
-def decode_instances(probs: np.ndarray, min_size: int = 16) -> np.ndarray:
+def decode_instances(
+    probs: np.ndarray, min_size: int = 16, seed_threshold: float = 0.5
+) -> np.ndarray:
     """Probabilities `[3, H, W]` (background, interior, boundary) -> int32 object labels
     `[H, W]` (0 = background, 1..N), by a seeded watershed (see the module docstring).
 
@@ -129,7 +139,7 @@ def decode_instances(probs: np.ndarray, min_size: int = 16) -> np.ndarray:
             f"got {list(probs.shape)}"
         )
     foreground = probs[0] < 0.5
-    seeds, n = ndimage.label(probs[1] > 0.5)  # 4-connected: a diagonal touch is two seeds
+    seeds, n = ndimage.label(probs[1] > seed_threshold)  # 4-connected: a diagonal touch: 2
     labels = watershed(probs[2], seeds, mask=foreground).astype(np.int32)
     orphans = foreground & (labels == 0)  # foreground no seed reached: objects of their own
     if orphans.any():

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from unet_seg.data.contract import DataContract
 from unet_seg.data.readers import DEFAULT_INTENSITY
-from unet_seg.instances import decode_instances
+from unet_seg.instances import DEFAULT_INSTANCES, decode_instances
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
 from unet_seg.models.base import SegNet
@@ -105,8 +105,9 @@ class SegModule(pl.LightningModule):
                 "connected components of its labels (train with data.target=instances for "
                 "an instance target)"
             )
-        settings = self.contract.instances
-        return decode_instances(probs, settings["min_size"] if min_size is None else min_size)
+        settings = {**DEFAULT_INSTANCES, **self.contract.instances}
+        min_size = settings["min_size"] if min_size is None else min_size
+        return decode_instances(probs, min_size, settings["seed_threshold"])
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         images, masks, weights = batch["image"], batch["mask"], batch.get("weight")

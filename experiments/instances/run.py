@@ -1,10 +1,11 @@
 """Instances: does an instance target with watershed decoding separate touching nuclei?
 
-Trains the default U-Net (`scale=small`) on the default synthetic nuclei three times
+Trains the default U-Net (`scale=small`) on the default synthetic nuclei four times
 with the same seed, split and budget, as `experiments/touching_cells` does:
 `loss=ce_dice` and `loss=weighted_ce_dice`, whose objects are the connected components
 of the predicted foreground, and `data.target=instances` (background / interior /
-boundary from the instance labels, CE + Dice), whose objects are decoded by the seeded
+boundary from the instance labels) with `loss=ce_dice` and with `loss=weighted_ce_dice`
+(the weight map of the objects' interiors), whose objects are decoded by the seeded
 watershed of `unet_seg.instances`. Each checkpoint (last and best) predicts the test
 images whole through `model.instances(image)`, and is scored against the instance
 labels: pixel Dice of the objects' foreground against the masks as stored, AP over
@@ -52,9 +53,10 @@ ARMS = {  # run directory name -> train overrides
     "ce_dice": ["loss=ce_dice"],
     "weighted_ce_dice": ["loss=weighted_ce_dice"],
     "instances": ["data.target=instances"],
+    "instances_weighted": ["data.target=instances", "loss=weighted_ce_dice"],
 }
 DECODING = {"ce_dice": "components", "weighted_ce_dice": "components",
-            "instances": "watershed"}  # fmt: skip
+            "instances": "watershed", "instances_weighted": "watershed"}  # fmt: skip
 
 
 def train_command(arm: str, run_dir: Path, overrides: list[str]) -> list[str]:
