@@ -231,7 +231,8 @@ def test_the_target_sets_the_classes_the_net_learns(tmp_path: Path) -> None:
     assert cfg.data.num_classes == 3 and cfg.arch.num_classes == 3
     contract = DataContract.from_config(cfg.data)
     assert contract.class_names == list(INSTANCE_CLASSES) and contract.out_channels == 3
-    assert contract.instances == {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.5}
+    assert contract.instances == {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.7,
+                                  "weight_map": True}  # fmt: skip
     assert DataContract.from_dict(contract.to_dict()) == contract
     assert target_classes(compose_train()).data.num_classes == 2  # semantic: untouched
     with pytest.raises(ValueError, match="leave them to the target"):
@@ -251,6 +252,11 @@ def test_every_split_carries_the_three_classes(tmp_path: Path) -> None:
         assert np.array_equal(dataset.mask(0), target)
         assert set(np.unique(dataset[0]["mask"].numpy())) <= {0, 1, 2}
     assert set(datamodule.class_frequencies().nonzero()[0]) == {0, 1, 2}
+    # training weighs by the interiors' weight map unless data.instances.weight_map=false
+    assert "weight" in datamodule.datasets["train"][0] and "weight" not in dataset[0]
+    cfg, _ = plan_config(compose_train([*synthetic_overrides(tmp_path),
+                                        "data.instances.weight_map=false"]))  # fmt: skip
+    assert build_datamodule(cfg, tmp_path / "run").weight_map is None
 
 
 def test_a_planned_folder_of_16_bit_instance_labels_takes_the_target(tmp_path: Path) -> None:

@@ -68,9 +68,12 @@ RULES = (
 )
 """How the instance scores are computed and reduced (written into evaluation JSONs)."""
 
-DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.5}
+DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.7,
+                     "weight_map": True}  # fmt: skip
 """`data.instances` defaults: boundary rim width (pixels), the smallest object kept
-(pixels), and the interior probability above which pixels seed the watershed."""
+(pixels), the interior probability above which pixels seed the watershed (0.7: chosen
+on the validation split of `experiments/instances`), and whether training weighs the
+cross-entropy by the U-Net weight map of the objects' interiors."""
 
 
 def instance_settings(settings: dict | None) -> dict:
@@ -83,7 +86,8 @@ def instance_settings(settings: dict | None) -> dict:
         )
     out = {**DEFAULT_INSTANCES, **settings}
     out = {"boundary_width": int(out["boundary_width"]), "min_size": int(out["min_size"]),
-           "seed_threshold": float(out["seed_threshold"])}  # fmt: skip
+           "seed_threshold": float(out["seed_threshold"]),
+           "weight_map": bool(out["weight_map"])}  # fmt: skip
     if out["boundary_width"] < 1 or out["min_size"] < 0 or not 0 <= out["seed_threshold"] < 1:
         raise ValueError(
             "data.instances needs boundary_width >= 1, min_size >= 0 and 0 <= seed_threshold "
@@ -125,7 +129,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def decode_instances(
-    probs: np.ndarray, min_size: int = 16, seed_threshold: float = 0.5
+    probs: np.ndarray, min_size: int = 16, seed_threshold: float = 0.7
 ) -> np.ndarray:
     """Probabilities `[3, H, W]` (background, interior, boundary) -> int32 object labels
     `[H, W]` (0 = background, 1..N), by a seeded watershed (see the module docstring).

@@ -4,9 +4,10 @@ Trains the default U-Net (`scale=small`) on the default synthetic nuclei four ti
 with the same seed, split and budget, as `experiments/touching_cells` does:
 `loss=ce_dice` and `loss=weighted_ce_dice`, whose objects are the connected components
 of the predicted foreground, and `data.target=instances` (background / interior /
-boundary from the instance labels) with `loss=ce_dice` and with `loss=weighted_ce_dice`
-(the weight map of the objects' interiors), whose objects are decoded by the seeded
-watershed of `unet_seg.instances`. Each checkpoint (last and best) predicts the test
+boundary from the instance labels) without and with the U-Net weight map of the
+objects' interiors (`data.instances.weight_map=false`; `loss=weighted_ce_dice`, the
+same weights as `data.target=instances` alone), whose objects are decoded by the
+seeded watershed of `unet_seg.instances`. Each checkpoint (last and best) predicts the test
 images whole through `model.instances(image)`, and is scored against the instance
 labels: pixel Dice of the objects' foreground against the masks as stored, AP over
 IoU 0.5..0.95 (the 2018 Data Science Bowl metric), F1 at 0.5, panoptic quality, and
@@ -52,7 +53,8 @@ HERE = Path(__file__).parent
 ARMS = {  # run directory name -> train overrides
     "ce_dice": ["loss=ce_dice"],
     "weighted_ce_dice": ["loss=weighted_ce_dice"],
-    "instances": ["data.target=instances"],
+    # the instance target without and with the U-Net weight map of the objects' interiors
+    "instances": ["data.target=instances", "data.instances.weight_map=false"],
     "instances_weighted": ["data.target=instances", "loss=weighted_ce_dice"],
 }
 DECODING = {"ce_dice": "components", "weighted_ce_dice": "components",
@@ -192,7 +194,7 @@ def main() -> None:
         for ckpt in ("last", "best"):
             rows[f"{arm}, {ckpt}.ckpt, {DECODING[arm]}"] = evaluate_run(run_dir, ckpt, args.split)
     rows.update(reference_rows(args.out / "ce_dice", args.split))
-    timing = time_large_tiles(args.out / "instances")
+    timing = time_large_tiles(args.out / "instances_weighted")
 
     args.results.mkdir(parents=True, exist_ok=True)
     result = {"commands": commands, "train_seconds": seconds, "rows": rows,

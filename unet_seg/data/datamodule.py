@@ -19,6 +19,7 @@ from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
+from unet_seg.instances import instance_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class SegDataModule(pl.LightningDataModule):
         target: `semantic` (the masks' classes) or `instances`: every split's masks are
             the background / interior / boundary classes of its instance labels (the masks
             with `mask_format=instances`, else `instances_dir`), see `unet_seg.instances`.
-        instances: `data.instances` (`boundary_width`, `min_size`) for `target=instances`.
+        instances: `data.instances` for `target=instances` (`unet_seg.instances`); with
+            its `weight_map` (the default) and no `weight_map` argument, training samples
+            carry the U-Net weight map of the objects' interiors at its default settings.
     """
 
     def __init__(
@@ -102,6 +105,8 @@ class SegDataModule(pl.LightningDataModule):
         self.target = target
         if target == "instances":
             check_instance_target(root, mask_format, instances_dir)
+            if weight_map is None and instance_settings(instances)["weight_map"]:
+                weight_map = {}  # the weight map's defaults (loss=weighted_ce_dice's)
         if weight_map is not None and mask_format != "instances" and not instances_dir:
             raise ValueError(
                 "loss=weighted_ce_dice computes its weight map from instance labels, and "
