@@ -3,6 +3,7 @@ through the data, the predictor, predict and evaluate."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -374,6 +375,10 @@ def test_train_predict_and_evaluate_an_instance_target(tmp_path: Path) -> None:
     assert labels.dtype == np.uint16 and labels.shape == (64, 64)
     assert (tmp_path / "pred" / "overlays" / written[0].name).is_file()
     results = evaluate(evaluate_cfg)
+    test_names = json.loads((tmp_path / "run" / "splits.json").read_text())["test"]
+    true_objects = sum(int(read_array(tmp_path / "synthetic" / "instances" / n).max())
+                       for n in test_names)  # fmt: skip
+    assert results["objects/true_objects"] == true_objects > len(test_names)
     for key in ("instances/ap/image_mean", "instances/f1@0.5/pooled", "instances/pq/pooled",
                 "objects/matched", "dice/pooled/foreground"):  # fmt: skip
         assert key in results

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
-from unet_seg.data.dataset import find_pairs, instance_files
+from unet_seg.data.dataset import find_instances, find_pairs
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
 from unet_seg.instances import RULES as INSTANCE_RULES
@@ -90,9 +90,10 @@ def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path]
     if data is not None and data.get("root"):  # the run's data, or data=... data.root=DIR
         folder = folder or data.get("instances_dir")
         root, suffix = data.root, data.get("mask_suffix")
-    if not folder and mask_format != "instances":
-        return None
-    return instance_files(pairs, mask_format, Path(root) / (folder or ""), suffix or "")
+        mask_format = data.get("mask_format") or mask_format  # the files' own format
+    if folder:  # a folder named is used, whatever the masks are
+        return find_instances(Path(root) / folder, [image for image, _ in pairs], suffix or "")
+    return [mask for _, mask in pairs] if mask_format == "instances" else None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -111,6 +112,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     decoded = contract.instance_target  # pixel scores: the objects' foreground
     book = ScoreBook(["background", "foreground"] if decoded else contract.class_names)
     instances = instance_paths(cfg, pairs, contract.mask_format)
+    if decoded and instances is None:
+        raise ValueError(
+            f"{ckpt} predicts objects (data.target=instances) and is scored against instance "
+            f"labels, but {what} has none: give instances_dir=FOLDER, or data.mask_format="
+            "instances when the masks are instance labels"
+        )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     scores = InstanceBook() if instances else None
     worst = _WorstCases(int(cfg.get("worst", 4)))
@@ -146,7 +153,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if objects is not None:
         results.update({f"objects/{k}": v for k, v in objects.items()})
         log.info(
-            "objects (predicted components matched to true instances at IoU > 0.5): %d of %d "
+            "objects (predicted objects matched to true instances at IoU > 0.5): %d of %d "
             "matched, %d merged, %d split, %d missed, %d false positives; touching pairs "
             "separated: %d of %d", objects["matched"], objects["true_objects"],
             objects["merged"], objects["split"], objects["missed"], objects["false_positives"],
