@@ -15,6 +15,8 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONF, compose_train
 from unet_seg.build import build_datamodule, plan_config, target_classes
+from unet_seg.check_data import train_command
+from unet_seg.config import to_plain
 from unet_seg.data.contract import DataContract
 from unet_seg.data.readers import read_array
 from unet_seg.inference import Predictor
@@ -279,6 +281,7 @@ def test_a_planned_folder_of_16_bit_instance_labels_takes_the_target(tmp_path: P
     assert cfg.data.num_classes == cfg.arch.num_classes == 3
     datamodule = build_datamodule(cfg, tmp_path / "run")
     datamodule.setup()
+    assert "data.target=instances" in train_command(to_plain(cfg.data), plan)
     name = datamodule.datasets["val"].pairs[0][0].name
     expected = instance_target(read_array(root / "masks" / name))
     assert np.array_equal(datamodule.datasets["val"].mask(0), expected)
