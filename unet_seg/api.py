@@ -4,6 +4,7 @@
     mask = model.predict(image)          # [H, W] in the dataset's mask values (e.g. 0/255)
     labels = model.labels(image)         # [H, W] class indices 0..K-1
     probs = model.probabilities(image)   # [K, H, W] float32
+    objects = model.instances(image)     # [H, W] int32 objects: 0 = background, 1..N
 
 `image` is a NumPy `[H, W]` or `[H, W, C]` uint8/uint16 array in RGB order, of any size.
 """

@@ -23,6 +23,7 @@ from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
+from unet_seg.instances import INSTANCE_CLASSES
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.run_dir import RunDir
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
-    """Fill the `auto` keys of `cfg.data` (data=auto) from the folder's fingerprint.
+    """Fill the `auto` keys of `cfg.data` (data=auto) from the folder's fingerprint, then
+    the classes of an instance target (`target_classes`).
 
     Returns:
         `(cfg with the plan in force, the plan record)`, or `(cfg, None)` when nothing is
@@ -39,7 +41,7 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     """
     data = to_plain(cfg.data)
     if not has_auto(data):
-        return cfg, None
+        return target_classes(cfg), None
     cache = str(Path(cfg.paths.output_dir) / ".cache") if cfg.get("paths") else None
     planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
     cfg = copy.deepcopy(cfg)
@@ -56,7 +58,27 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     else:
         record["epochs"] = {"value": trainer.get("max_epochs"),
                             "why": "trainer.max_epochs, as configured"}  # fmt: skip
-    return cfg, record
+    return target_classes(cfg), record
+
+
+def target_classes(cfg: DictConfig) -> DictConfig:
+    """`data.target=instances`: `data.num_classes` and `data.class_names` set to the
+    target's three classes (background, interior, boundary), which the net's logits follow
+    (`arch.num_classes: ${data.num_classes}`); a semantic target is returned as it is."""
+    data = cfg.get("data") or {}
+    if data.get("target", "semantic") != "instances":
+        return cfg
+    names = list(INSTANCE_CLASSES)
+    if data.get("num_classes") == len(names) and list(data.get("class_names") or []) == names:
+        return cfg
+    log.info("data.target=instances: the net learns the classes %s (in place of "
+             "data.num_classes=%s, class_names=%s)", names, data.get("num_classes"),
+             list(data.get("class_names") or []))  # fmt: skip
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.data.num_classes = len(names)
+        cfg.data.class_names = names
+    return cfg
 
 
 def _gpu_memory_gb(cfg: DictConfig) -> float | None:

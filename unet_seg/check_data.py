@@ -79,6 +79,8 @@ def train_command(data: dict, plan: dict) -> str:
     that it keeps working if the plan's rules change)."""
     keys = [*plan["plan"], *plan["given"]]
     args = [f"data.{k}={_cli(data[k])}" for k in keys if data.get(k) is not None]
+    if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
+        args.insert(0, f"data.target={data['target']}")
     return " ".join(["python -m unet_seg.train data=auto", f"data.root={data['root']}", *args])
 
 

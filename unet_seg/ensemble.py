@@ -47,6 +47,11 @@ def ensemble(
     checkpoints = [r.scored_checkpoint() for r in runs]
     models = [load_model(c, device=device, **inference) for c in checkpoints]
     contract = models[0].contract
+    if contract.instance_target:
+        raise ValueError(
+            f"{checkpoints[0]} predicts objects (data.target=instances), which this pixel-class "
+            "ensemble does not decode: score each fold with python -m unet_seg.evaluate"
+        )
     folders_ = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs = runs[0].split_pairs(split, folders_)
     books = [ScoreBook(contract.class_names) for _ in range(len(models) + 1)]

@@ -2,9 +2,16 @@
 or `python -m unet_seg.evaluate ckpt=PATH data_root=DIR` (every image/mask pair in DIR).
 
 Per class: Dice, IoU, precision, recall and HD95, each pooled over all pixels and
-averaged per image (the rules are in `unet_seg.scores`). Outputs: a table in the
-log, JSON, a per-image CSV and a picture of the worst images. Inference options
-(`mode`, `tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
+averaged per image (the rules are in `unet_seg.scores`). With instance labels (the
+masks with `mask_format=instances`, `instances_dir=`, or the run's `data.instances_dir`),
+also the objects: AP over IoU 0.5..0.95 (the 2018 Data Science Bowl metric), F1 at 0.5,
+panoptic quality (`unet_seg.instances`) and the matched / merged / split / missed counts
+(`unet_seg.scores.object_counts`), of the predicted objects: the watershed-decoded
+objects of a net trained on an instance target (`data.target=instances`, whose pixel
+scores are then those of its foreground against the instance labels' foreground), else
+the 8-connected components of the predicted foreground. Outputs: a table in the log,
+JSON, a per-image CSV and a picture of the worst images. Inference options (`mode`,
+`tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
-from unet_seg.data.dataset import find_pairs, instance_files
+from unet_seg.data.dataset import find_instances, find_pairs
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
+from unet_seg.instances import RULES as INSTANCE_RULES
+from unet_seg.instances import InstanceBook
 from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
 from unet_seg.visualize import display_image, error_map, overlay
@@ -81,9 +90,10 @@ def instance_paths(cfg: DictConfig, pairs: list, mask_format: str) -> list[Path]
     if data is not None and data.get("root"):  # the run's data, or data=... data.root=DIR
         folder = folder or data.get("instances_dir")
         root, suffix = data.root, data.get("mask_suffix")
-    if not folder and mask_format != "instances":
-        return None
-    return instance_files(pairs, mask_format, Path(root) / (folder or ""), suffix or "")
+        mask_format = data.get("mask_format") or mask_format  # the files' own format
+    if folder:  # a folder named is used, whatever the masks are
+        return find_instances(Path(root) / folder, [image for image, _ in pairs], suffix or "")
+    return [mask for _, mask in pairs] if mask_format == "instances" else None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -99,21 +109,35 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     contract = predictor.contract
     folders = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs, what = _pairs(cfg, folders)
-    book = ScoreBook(contract.class_names)
+    decoded = contract.instance_target  # pixel scores: the objects' foreground
+    book = ScoreBook(["background", "foreground"] if decoded else contract.class_names)
     instances = instance_paths(cfg, pairs, contract.mask_format)
+    if decoded and instances is None:
+        raise ValueError(
+            f"{ckpt} predicts objects (data.target=instances) and is scored against instance "
+            f"labels, but {what} has none: give instances_dir=FOLDER, or data.mask_format="
+            "instances when the masks are instance labels"
+        )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
+    scores = InstanceBook() if instances else None
     worst = _WorstCases(int(cfg.get("worst", 4)))
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
         loaded = [contract.read_pair(image_path, mask_path) for image_path, mask_path in chunk]
-        results = predictor.run([image for image, _ in loaded])
-        for i, ((path, _), (image, truth), (labels, _)) in enumerate(
+        results = predictor.run_instances([image for image, _ in loaded])
+        for i, ((path, _), (image, truth), (found, labels, _)) in enumerate(
             zip(chunk, loaded, results, strict=True), start=start
         ):
+            true_objects = read_instances(instances[i]) if instances else None
+            if decoded:  # foreground against foreground
+                labels = (found > 0).astype(np.uint8)
+                truth = (true_objects > 0).astype(np.uint8)
             row = book.add(path.name, labels, truth)
-            if objects is not None:  # foreground (any class > 0) components vs true objects
-                counts = object_counts(labels > 0, read_instances(instances[i]))
+            if true_objects is not None:  # predicted objects against true objects
+                row.update({f"instances/{k}": v
+                            for k, v in scores.add(found, true_objects).items()})  # fmt: skip
+                counts = object_counts(found, true_objects, labelled=True)
                 row.update({f"objects/{k}": v for k, v in counts.items()})
                 for key, value in counts.items():
                     objects[key] += value
@@ -122,10 +146,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     results["dice"] = results["dice/pooled/mean_fg"]
     results["iou"] = results["iou/pooled/mean_fg"]
     log.info("%s, %d images:\n%s", what, len(pairs), format_table(results, book.class_names))
+    if scores is not None:
+        results.update(scores.summary())
+        log.info("objects (%s):\n%s", "watershed-decoded" if decoded else
+                 "connected components of the foreground", format_instances(results))  # fmt: skip
     if objects is not None:
         results.update({f"objects/{k}": v for k, v in objects.items()})
         log.info(
-            "objects (predicted components matched to true instances at IoU > 0.5): %d of %d "
+            "objects (predicted objects matched to true instances at IoU > 0.5): %d of %d "
             "matched, %d merged, %d split, %d missed, %d false positives; touching pairs "
             "separated: %d of %d", objects["matched"], objects["true_objects"],
             objects["merged"], objects["split"], objects["missed"], objects["false_positives"],
@@ -138,7 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if predictor.mode == "tile":
         inference.update(tile_size=predictor.tile_size, overlap=predictor.overlap)
     meta = {"checkpoint": str(ckpt), "evaluated": what, "inference": inference,
-            "rules": RULES}  # fmt: skip
+            "rules": RULES + (INSTANCE_RULES if scores is not None else ())}  # fmt: skip
     write_json({**meta, **_json_safe(results)}, output)
     table = output.with_name(f"{output.stem}_per_image.csv")
     write_rows(book.rows, table)
@@ -165,6 +193,18 @@ def format_table(results: dict[str, float], class_names: list[str]) -> str:
     for metric, what in counted:
         counts = [f"{results[f'n/{metric}/{c}']:>{width}d}" for c in class_names]
         lines.append(f"{what:<34}" + "".join(counts))
+    return "\n".join(lines)
+
+
+def format_instances(results: dict[str, float]) -> str:
+    """Rows AP@0.5:0.95, F1@0.5, PQ, SQ, RQ; columns the two reductions."""
+    lines = [f"{'':<34}{'mean of images':>16}{'pooled':>10}"]
+    names = (("ap", "AP, IoU 0.5..0.95 (DSB2018)"), ("f1@0.5", "F1, IoU > 0.5"),
+             ("pq", "panoptic quality PQ"), ("sq", "segmentation quality SQ"),
+             ("rq", "recognition quality RQ"))  # fmt: skip
+    for key, label in names:
+        mean, pooled = (results[f"instances/{key}/{r}"] for r in ("image_mean", "pooled"))
+        lines.append(f"{label:<34}{mean:>16.4f}{pooled:>10.4f}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from unet_seg.data.readers import fit_channels, to_unit_range
 from unet_seg.data.transforms import normalize
+from unet_seg.instances import components
 from unet_seg.module import SegModule
 from unet_seg.postprocess import PostProcess
 
@@ -130,7 +131,9 @@ class Predictor:
         tta: `none`, `flips` (4 passes) or `d4` (8 passes), averaged over probabilities.
         batch_size: tiles (or same-size images) per forward pass.
         size: `resize` mode's net input, `[height, width]` or one side for a square.
-        postprocess: applied to the label maps, or None.
+        postprocess: applied to the label maps, or None. For a net trained on an instance
+            target, `min_size` (if > 0) is the smallest object its decoding keeps instead
+            of the checkpoint's, and the other steps do not apply.
         progress: show a progress bar over the tile rows of each tiled image.
     """
 
@@ -170,6 +173,13 @@ class Predictor:
         self.postprocess = postprocess or PostProcess()
         self.progress = progress
         self.contract = contract
+        if contract.instance_target and (
+            self.postprocess.fill_holes or self.postprocess.keep_largest
+        ):
+            raise ValueError(
+                "postprocess.fill_holes and keep_largest act on classes; this checkpoint "
+                "predicts objects (data.target=instances): use postprocess.min_size alone"
+            )
         self.in_channels = contract.in_channels
         self.class_names = contract.class_names
         self.encoding = contract.encoding
@@ -187,8 +197,35 @@ class Predictor:
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Image `[H, W(, C)]` -> mask in the dataset's encoding, post-processed: `[H, W]`
         mask values (e.g. 0/255) or palette indices; `[H, W, 3]` RGB colours for `rgb` masks;
-        class indices for `folders` and `instances` masks."""
+        class indices for `folders` and `instances` masks; for a net trained on an instance
+        target, its objects (`instances`)."""
+        if self.contract.instance_target:
+            return self.instances(image)
         return self.encoding.decode(self.labels(image))
+
+    def instances(self, image: np.ndarray) -> np.ndarray:
+        """Image `[H, W(, C)]` -> object labels int32 `[H, W]` (0 = background, 1..N): for a
+        net trained on an instance target, its probabilities decoded by a seeded watershed
+        (after tiles are blended, so objects across tile borders stay whole); else the
+        8-connected components of the post-processed foreground."""
+        return self.run_instances([image])[0][0]
+
+    def run_instances(
+        self, images: Sequence[np.ndarray], probabilities: bool = False
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """`run`, with each image's objects (see `instances`).
+
+        Returns:
+            One `(objects [H, W] int32, labels [H, W] uint8, probabilities or None)` per image.
+        """
+        decode = self.contract.instance_target
+        results = self.run(images, probabilities=probabilities or decode)
+        min_size = self.postprocess.min_size or None
+        return [
+            (self.module.instances(p, min_size) if decode else components(labels), labels,
+             p if probabilities else None)
+            for labels, p in results
+        ]  # fmt: skip
 
     def labels(self, image: np.ndarray) -> np.ndarray:
         """Image `[H, W(, C)]` -> class indices `[H, W]` uint8, post-processed."""
@@ -224,7 +261,7 @@ class Predictor:
                     p = self._restore(p, images[i].shape[:2])  # [K, H, W]
                     labels = p.argmax(0).to(torch.uint8).cpu().numpy()
                     results[i] = (labels, p.cpu().numpy() if probabilities else None)
-        if self.postprocess.active:
+        if self.postprocess.active and not self.contract.instance_target:
             results = [(self.postprocess(lab), p) for lab, p in results]
         return results
 

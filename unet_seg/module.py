@@ -1,6 +1,6 @@
 """`SegModule`: the LightningModule that trains any registered net with CE + Dice.
 
-It is the one place logits become probabilities or labels.
+It is the one place logits become probabilities, labels or instances.
 """
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
 
 from unet_seg.data.contract import DataContract
 from unet_seg.data.readers import DEFAULT_INTENSITY
+from unet_seg.instances import DEFAULT_INSTANCES, decode_instances
 from unet_seg.losses import build_loss, class_probabilities
 from unet_seg.metrics import SegmentationScores
 from unet_seg.models.base import SegNet
@@ -89,6 +91,23 @@ class SegModule(pl.LightningModule):
         if logits.shape[1] == 1:
             return (logits[:, 0] > 0).long()
         return logits.argmax(dim=1)
+
+    def instances(self, probs: np.ndarray, min_size: int | None = None) -> np.ndarray:
+        """One image's probabilities `[3, H, W]` -> object labels int32 `[H, W]`, for a net
+        trained on an instance target (`unet_seg.instances.decode_instances`).
+
+        Args:
+            min_size: smallest object kept, in pixels (None: the contract's `min_size`).
+        """
+        if not self.contract.instance_target:
+            raise ValueError(
+                "this checkpoint was trained on a semantic target: its objects are the "
+                "connected components of its labels (train with data.target=instances for "
+                "an instance target)"
+            )
+        settings = {**DEFAULT_INSTANCES, **self.contract.instances}
+        min_size = settings["min_size"] if min_size is None else min_size
+        return decode_instances(probs, min_size, settings["seed_threshold"])
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         images, masks, weights = batch["image"], batch["mask"], batch.get("weight")

@@ -5,6 +5,9 @@ Masks come out at each image's own size in the dataset's mask format: mask value
 (a `[0, 255]` dataset gets 0/255 PNGs; more than two classes a palette PNG whose
 indices are the values), palette PNGs, RGB colour PNGs, one `<class>/` folder of
 0/255 masks per foreground class, or numbered objects for instance masks.
+A net trained on an instance target (`data.target=instances`) writes its objects:
+uint16 PNG labels (0 = background, 1..N; a 32-bit TIFF past 65535 objects), decoded
+after the tiles are blended, and overlays with each object outlined in its own colour.
 Optional overlays (`overlays/`) and probability maps (`probabilities/`, float32
 TIFF, one page per class; for two classes one page, class 1). Files that cannot
 be read are listed at the end; the others still finish.
@@ -29,7 +32,8 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_array
-from unet_seg.visualize import display_image, mask_palette, overlay
+from unet_seg.instances import write_objects
+from unet_seg.visualize import display_image, mask_palette, outline_objects, overlay
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +94,16 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
 
 class _Writer:
     """Writes one image's outputs under `output`: its mask in the dataset's format
-    (`MaskEncoding.write`), `overlays/` and `probabilities/` when asked."""
+    (`MaskEncoding.write`) or, with `objects`, its object labels (`write_objects`);
+    `overlays/` (`auto`: with objects) and `probabilities/` when asked."""
 
-    def __init__(self, encoding: MaskEncoding, output: Path, cfg: DictConfig) -> None:
-        self.encoding, self.output = encoding, output
-        self.overlays = output / "overlays" if cfg.get("overlays") else None
+    def __init__(
+        self, encoding: MaskEncoding, output: Path, cfg: DictConfig, objects: bool = False
+    ) -> None:
+        self.encoding, self.output, self.objects = encoding, output, objects
+        overlays = cfg.get("overlays", "auto")
+        overlays = objects if overlays == "auto" else bool(overlays)
+        self.overlays = output / "overlays" if overlays else None
         self.probabilities = output / "probabilities" if cfg.get("probabilities") else None
         for folder in (output, self.overlays, self.probabilities):
             if folder is not None:
@@ -105,9 +114,15 @@ class _Writer:
     def __call__(
         self, stem: str, image: np.ndarray, labels: np.ndarray, probs: np.ndarray | None
     ) -> Path:
-        target = self.encoding.write(self.output, stem, labels, self.palette)
+        """Write one image's outputs; `labels` are its objects when the writer has `objects`."""
+        if self.objects:
+            target = write_objects(self.output, stem, labels)
+            picture = outline_objects(display_image(image), labels)
+        else:
+            target = self.encoding.write(self.output, stem, labels, self.palette)
+            picture = overlay(display_image(image), labels)
         if self.overlays is not None:
-            write_png(self.overlays / f"{stem}.png", overlay(display_image(image), labels))
+            write_png(self.overlays / f"{stem}.png", picture)
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
         return target
@@ -123,7 +138,8 @@ def predict(cfg: DictConfig) -> list[Path]:
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
     output = Path(cfg.output)
-    writer = _Writer(predictor.encoding, output, cfg)
+    objects = predictor.contract.instance_target
+    writer = _Writer(predictor.encoding, output, cfg, objects)
     want_probs = bool(cfg.get("probabilities"))
     tiling = f" tile_size={predictor.tile_size} overlap={predictor.overlap}"
     log.info(
@@ -135,7 +151,11 @@ def predict(cfg: DictConfig) -> list[Path]:
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
-        results = predictor.run([im for _, im in pending], probabilities=want_probs)
+        images = [im for _, im in pending]
+        if objects:  # (objects, class labels, probabilities): the objects are written
+            results = [(o, p) for o, _, p in predictor.run_instances(images, want_probs)]
+        else:
+            results = predictor.run(images, probabilities=want_probs)
         for (stem, image), (labels, probs) in zip(pending, results, strict=True):
             written.append(writer(stem, image, labels, probs))
         pending.clear()

@@ -163,12 +163,17 @@ OBJECT_COUNTS = ("true_objects", "predicted_objects", "matched", "merged", "spli
 
 
 def object_counts(
-    pred: np.ndarray, instances: np.ndarray, iou_threshold: float = 0.5, connectivity: int = 8
+    pred: np.ndarray,
+    instances: np.ndarray,
+    iou_threshold: float = 0.5,
+    connectivity: int = 8,
+    labelled: bool = False,
 ) -> dict[str, int]:
     """How many true objects come out as objects of their own in a predicted foreground.
 
     The predicted objects are the connected components of `pred` (8-connected by
-    default, so a separating gap must be 4-connected background). A true object
+    default, so a separating gap must be 4-connected background), or with `labelled`
+    the objects `pred` numbers (an instance prediction). A true object
     is *matched* when one component has IoU > `iou_threshold` with it (with 0.5
     or more each object matches at most one component and vice versa). Every
     true object falls into exactly one class:
@@ -187,10 +192,12 @@ def object_counts(
     matched (and so lie in two different components).
 
     Args:
-        pred: `[H, W]` predicted foreground (bool, or class indices > 0).
+        pred: `[H, W]` predicted foreground (bool, or class indices > 0), or with
+            `labelled` predicted object labels (0 = background).
         instances: `[H, W]` true instance labels (0 = background, 1..N).
         iou_threshold: at least 0.5.
         connectivity: 4 or 8, for the predicted components.
+        labelled: `pred` numbers its objects: take them as they are.
     Returns:
         `{key: count}` for the keys of `OBJECT_COUNTS`.
     """
@@ -199,8 +206,13 @@ def object_counts(
     if iou_threshold < 0.5:
         raise ValueError(f"iou_threshold must be >= 0.5 (one-to-one matches), got {iou_threshold}")
     truth, n_true = consecutive_labels(instances)
-    n_comp, comp = cv2.connectedComponents((pred > 0).astype(np.uint8), connectivity=connectivity)
-    n_pred = n_comp - 1
+    if labelled:
+        comp, n_pred = consecutive_labels(pred)
+        n_comp = n_pred + 1
+    else:
+        n_comp, comp = cv2.connectedComponents((pred > 0).astype(np.uint8),
+                                               connectivity=connectivity)  # fmt: skip
+        n_pred = n_comp - 1
     pairs = truth.ravel().astype(np.int64) * n_comp + comp.ravel()
     overlap = np.bincount(pairs, minlength=(n_true + 1) * n_comp).reshape(n_true + 1, n_comp)
     inter = overlap[1:, 1:]  # [true, component] shared pixels, background row/column dropped

@@ -3,6 +3,7 @@ input | truth | prediction grids."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 _PALETTE = np.array(
@@ -132,3 +133,32 @@ def mask_palette(mask_values: list[int]) -> list[int]:
     colours = colorize(np.arange(len(mask_values))[None])[0]  # [K, 3]
     palette[mask_values] = colours
     return palette.ravel().tolist()
+
+
+def object_colours(n: int) -> np.ndarray:
+    """RGB uint8 `[n + 1, 3]`: black for 0, then a bright colour per object whose hue steps
+    by the golden ratio, so neighbouring numbers differ (deterministic)."""
+    hue = (np.arange(n + 1) * 0.618034 % 1.0 * 180).astype(np.uint8)  # OpenCV hue: 0..179
+    hsv = np.stack([hue, np.full_like(hue, 230), np.full_like(hue, 255)], axis=1)[None]
+    colours = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+    colours[0] = 0
+    return colours
+
+
+def outline_objects(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """Draw each object of `objects` (`[H, W]` labels, 0 = background) outlined in its own
+    colour (`object_colours`) on an RGB uint8 image `[H, W, 3]`; returns a new image.
+
+    An outline pixel is an object pixel with a 4-neighbour of another label (or background).
+    """
+    edge = np.zeros(objects.shape, bool)
+    vertical = objects[1:] != objects[:-1]  # [H - 1, W]
+    horizontal = objects[:, 1:] != objects[:, :-1]  # [H, W - 1]
+    edge[1:] |= vertical
+    edge[:-1] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    edge &= objects > 0
+    out = image.copy()
+    out[edge] = object_colours(int(objects.max(initial=0)))[objects[edge]]
+    return out

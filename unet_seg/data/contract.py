@@ -5,6 +5,11 @@ checkpoint as plain data (`to_dict`), and read back by inference, evaluate,
 predict, export and the Python API (`from_dict`). Every class count comes from
 here: `num_classes` (K >= 2, background first) and `out_channels` (the net's
 logits: 1 for a binary task with a sigmoid, else K).
+
+An instance target (`data.target: instances`) is a contract of its own kind: the
+classes are `unet_seg.instances.INSTANCE_CLASSES` (background, interior, boundary),
+built from instance labels, and `instances` holds how they were built and are decoded
+back into objects (`boundary_width`, `min_size`); its masks are instance labels.
 """
 
 from __future__ import annotations
@@ -19,9 +24,14 @@ import numpy as np
 
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.readers import DEFAULT_INTENSITY, read_image, size_mismatch
+from unet_seg.instances import INSTANCE_CLASSES, instance_settings
+
+TARGETS = ("semantic", "instances")
+"""`data.target`: the masks' classes, or objects from instance labels."""
 
 CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
-                 "mask_colors", "intensity", "mean", "std", "crop_size")  # fmt: skip
+                 "mask_colors", "intensity", "mean", "std", "crop_size", "target",
+                 "instances")  # fmt: skip
 """The keys of a data config (`conf/data/*.yaml`) that the contract holds."""
 
 
@@ -61,6 +71,8 @@ class DataContract:
         intensity: `{"mode": "range" | "percentile", "low", "high"}`: how pixels reach [0, 1].
         mean, std: then `(x - mean) / std`, one value or one per channel.
         crop_size: the training patch side (resize-mode inference uses it), or None.
+        instances: for an instance target, `{"boundary_width", "min_size"}`
+            (`unet_seg.instances`); None for a semantic one.
     """
 
     class_names: list[str]
@@ -73,12 +85,18 @@ class DataContract:
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
     crop_size: int | None = None
+    instances: dict[str, int] | None = None
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> DataContract:
         """The contract of a data config (`cfg.data`, or any mapping with its keys); checks
         that `num_classes`, the mask encoding and `class_names` agree."""
         data = {k: _plain(data.get(k)) for k in CONTRACT_KEYS}
+        target = data["target"] or "semantic"
+        if target not in TARGETS:
+            raise ValueError(f"data.target={target!r}: choose one of {list(TARGETS)}")
+        if target == "instances":
+            return cls._instance_target(data)
         encoding = MaskEncoding(
             data["mask_values"], data["mask_format"] or "values", data["mask_colors"],
             data["class_names"],
@@ -101,6 +119,29 @@ class DataContract:
         return contract
 
     @classmethod
+    def _instance_target(cls, data: dict[str, Any]) -> DataContract:
+        """The contract of `data.target: instances`: three classes from instance labels."""
+        if data["num_classes"] != len(INSTANCE_CLASSES) or data["class_names"] != list(
+            INSTANCE_CLASSES
+        ):
+            raise ValueError(
+                f"data.target=instances trains the classes {list(INSTANCE_CLASSES)}, but "
+                f"data.num_classes={data['num_classes']} and data.class_names="
+                f"{data['class_names']}: leave them to the target (train sets them)"
+            )
+        return cls(
+            class_names=list(INSTANCE_CLASSES),
+            in_channels=int(data["in_channels"]),
+            mask_format="instances",
+            mask_values=[0, 1],
+            intensity=dict(data["intensity"] or DEFAULT_INTENSITY),
+            mean=_floats(data["mean"], [0.5]),
+            std=_floats(data["std"], [0.25]),
+            crop_size=int(data["crop_size"]) if data["crop_size"] else None,
+            instances=instance_settings(data["instances"]),
+        )
+
+    @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> DataContract:
         """The contract `to_dict` stored (in a checkpoint)."""
         return cls(**{k: _plain(v) for k, v in stored.items()})
@@ -108,6 +149,11 @@ class DataContract:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, dicts, numbers, strings) for a checkpoint."""
         return asdict(self)
+
+    @property
+    def instance_target(self) -> bool:
+        """Whether the net was trained on an instance target (and predicts objects)."""
+        return self.instances is not None
 
     @property
     def num_classes(self) -> int:

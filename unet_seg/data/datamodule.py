@@ -19,6 +19,7 @@ from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
+from unet_seg.instances import instance_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class SegDataModule(pl.LightningDataModule):
         context: pixels of mirrored or real context around each training patch (the
             margin of `arch=unet_valid`, set by `train` from the architecture, not by a
             data config); validation and test images come whole, without.
+        target: `semantic` (the masks' classes) or `instances`: every split's masks are
+            the background / interior / boundary classes of its instance labels (the masks
+            with `mask_format=instances`, else `instances_dir`), see `unet_seg.instances`.
+        instances: `data.instances` for `target=instances` (`unet_seg.instances`); with
+            its `weight_map` (the default) and no `weight_map` argument, training samples
+            carry the U-Net weight map of the objects' interiors at its default settings.
     """
 
     def __init__(
@@ -90,9 +97,16 @@ class SegDataModule(pl.LightningDataModule):
         instances_dir: str | None = None,
         weight_map: dict | None = None,
         context: int = 0,
+        target: str = "semantic",
+        instances: dict | None = None,
     ) -> None:
         super().__init__()
         self.context = int(context)
+        self.target = target
+        if target == "instances":
+            check_instance_target(root, mask_format, instances_dir)
+            if weight_map is None and instance_settings(instances)["weight_map"]:
+                weight_map = {}  # the weight map's defaults (loss=weighted_ce_dice's)
         if weight_map is not None and mask_format != "instances" and not instances_dir:
             raise ValueError(
                 "loss=weighted_ce_dice computes its weight map from instance labels, and "
@@ -107,7 +121,9 @@ class SegDataModule(pl.LightningDataModule):
             "in_channels": in_channels, "num_classes": num_classes, "class_names": class_names,
             "mask_format": mask_format, "mask_values": mask_values, "mask_colors": mask_colors,
             "intensity": intensity, "mean": mean, "std": std, "crop_size": crop_size,
+            "target": target, "instances": instances,
         })  # fmt: skip
+        self.mask_format = mask_format  # of the files (the contract's: instances for a target)
         self.root = Path(root)
         class_folders = class_names[1:] if mask_format == "folders" else None
         self.folders = {"images_dir": images_dir, "masks_dir": masks_dir,
@@ -153,7 +169,8 @@ class SegDataModule(pl.LightningDataModule):
                   "std": c.std, "intensity": c.intensity, "cache": self.cache}  # fmt: skip
         self.datasets["train"] = SegDataset(
             train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
-            **self._weight_args(train_pairs), context=self.context,
+            **{**self._weight_args(train_pairs), **self._target_args(train_pairs)},
+            context=self.context,
         )  # fmt: skip
         if self.weight_map is not None:  # once per image, before workers copy the dataset
             start = time.perf_counter()
@@ -161,7 +178,8 @@ class SegDataModule(pl.LightningDataModule):
             log.info("weight maps of %d training images computed in %.1f s",
                      len(train_pairs), time.perf_counter() - start)  # fmt: skip
         for name in ("val", "test"):
-            self.datasets[name] = SegDataset([pairs[n] for n in self.splits[name]], **common)
+            split = [pairs[n] for n in self.splits[name]]
+            self.datasets[name] = SegDataset(split, **common, **self._target_args(split))
         log.info(
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
@@ -218,10 +236,18 @@ class SegDataModule(pl.LightningDataModule):
         """`SegDataset` arguments for the weight map: instance files and settings."""
         if self.weight_map is None:
             return {}
+        return {"instance_paths": self._instance_files(pairs), "weight_map": self.weight_map}
+
+    def _target_args(self, pairs: list[tuple[Path, Path]]) -> dict:
+        """`SegDataset` arguments for an instance target: instance files and boundary width."""
+        if not self.contract.instance_target:
+            return {}
+        width = self.contract.instances["boundary_width"]
+        return {"instance_paths": self._instance_files(pairs), "instance_target": width}
+
+    def _instance_files(self, pairs: list[tuple[Path, Path]]) -> list[Path]:
         folder = self.root / (self.instances_dir or "")
-        paths = instance_files(pairs, self.contract.mask_format, folder,
-                               self.folders["mask_suffix"])  # fmt: skip
-        return {"instance_paths": paths, "weight_map": self.weight_map}
+        return instance_files(pairs, self.mask_format, folder, self.folders["mask_suffix"])
 
     def _load_or_make_splits(self, names: list[str], save: bool = True) -> dict[str, list[str]]:
         """The run's own split if it has one, else an explicit file, folds, or ratios
@@ -251,10 +277,10 @@ class SegDataModule(pl.LightningDataModule):
     def class_frequencies(self) -> np.ndarray:
         """Pixel share of each class over the training split (decodes every training mask)."""
         self.setup()
-        k, encoding = self.contract.num_classes, self.contract.encoding
+        k, train = self.contract.num_classes, self.datasets["train"]
         counts = np.zeros(k, np.int64)
-        for _, mask_path in self.datasets["train"].pairs:
-            counts += np.bincount(encoding.load(mask_path).ravel(), minlength=k)[:k]
+        for index in range(len(train)):
+            counts += np.bincount(train.mask(index).ravel(), minlength=k)[:k]
         return counts / max(1, counts.sum())
 
     def _loader(self, stage: str, batch_size: int, sampler: Sampler) -> DataLoader:
@@ -294,3 +320,14 @@ class SegDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
+
+
+def check_instance_target(root: str, mask_format: str, instances_dir: str | None) -> None:
+    """Refuse `data.target=instances` without instance labels."""
+    if mask_format != "instances" and not instances_dir:
+        raise ValueError(
+            f"data.target=instances builds its classes from instance labels, and the data at "
+            f"{root} has none configured (data.mask_format={mask_format}): use "
+            "data.mask_format=instances when the masks are instance labels (0 = background, "
+            "1..N = objects), or set data.instances_dir to a folder of them named like the images"
+        )

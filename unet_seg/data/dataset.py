@@ -21,7 +21,13 @@ from unet_seg.data.readers import (
     to_unit_range,
 )
 from unet_seg.data.transforms import mask_to_tensor, normalize
-from unet_seg.data.weight_map import read_instances, weight_map_params, weights_and_borders
+from unet_seg.data.weight_map import (
+    read_instances,
+    unet_weight_map,
+    weight_map_params,
+    weights_and_borders,
+)
+from unet_seg.instances import instance_target
 
 __all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_instances", "find_pairs", "list_images",
            "pad_collate", "read_image"]  # fmt: skip
@@ -163,15 +169,23 @@ class SegDataset(Dataset):
         pad_to_crop: pad images smaller than the patch (padding is ignored by the loss).
         intensity: `{"mode": "range" | "percentile", "low", "high"}` (see `readers`).
         cache: keep decoded images and masks in memory (per DataLoader worker).
-        instance_paths: one instance label file per pair, for `weight_map`.
+        instance_paths: one instance label file per pair, for `weight_map` and
+            `instance_target`.
         weight_map: `loss.weight_map` settings (`unet_seg.data.weight_map`): each
             sample gets the U-Net weight map as `"weight"` (float32 `[H, W]`),
             computed once per image and always kept in memory (`precompute_weights`);
             with `separate_touching` the mask's touching-object borders become background.
+            With `instance_target` the map is that of the objects' interiors: its border
+            term lies on the boundary (and background) pixels between close objects, and
+            nothing is carved.
         context: pixels of input context around each training sample (a valid-convolution
             net's margin, `arch=unet_valid`): the image comes `context` pixels larger on
             each side than the patch the loss scores, mirrored where it leaves the image;
             the mask and weight are padded to match (ignored, weight 0).
+        instance_target: the boundary width of an instance target (`data.target:
+            instances`): each mask is then the three classes background / interior /
+            boundary of the pair's instance labels (`unet_seg.instances`), computed once
+            per image and kept in memory; None: the masks' own classes.
     """
 
     def __init__(
@@ -190,6 +204,7 @@ class SegDataset(Dataset):
         instance_paths: Sequence[Path] | None = None,
         weight_map: dict | None = None,
         context: int = 0,
+        instance_target: int | None = None,
     ) -> None:
         self.pairs = list(pairs)
         self.context = int(context)
@@ -206,9 +221,15 @@ class SegDataset(Dataset):
         self.instance_paths = None if instance_paths is None else list(instance_paths)
         # image index -> (weight map float32 [H, W], flat indices of touching borders)
         self._weights: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if self.weight_map is not None:
+        self.instance_target = instance_target
+        self._targets: dict[int, np.ndarray] = {}  # image index -> instance target [H, W]
+        if self.weight_map is not None or instance_target is not None:
             if self.instance_paths is None or len(self.instance_paths) != len(self.pairs):
-                raise ValueError("a weight map needs one instance label file per image/mask pair")
+                raise ValueError(
+                    "a weight map or an instance target needs one instance label file per "
+                    "image/mask pair"
+                )
+        if self.weight_map is not None:
             if transform is not None:  # warped like the mask (nearest neighbour), stays aligned
                 transform.add_targets({"weight": "mask"})
 
@@ -222,7 +243,9 @@ class SegDataset(Dataset):
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path, self.in_channels)
         image = to_unit_range(image, **self.intensity, name=image_path)
-        indices = self.encoding.load(mask_path)
+        indices = self.mask(index)
+        if self.instance_target is not None:
+            mask_path = self.instance_paths[index]
         mismatch = size_mismatch(mask_path, "mask", indices.shape, image_path, image.shape)
         if mismatch:
             raise ValueError(mismatch)
@@ -231,6 +254,16 @@ class SegDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = (image, indices)
         return image, indices
+
+    def mask(self, index: int) -> np.ndarray:
+        """Class indices `[H, W]` of pair `index`: its mask decoded, or for an instance
+        target the three classes of its instance labels (computed on first use, kept)."""
+        if self.instance_target is None:
+            return self.encoding.load(self.pairs[index][1])
+        if index not in self._targets:
+            instances = read_instances(self.instance_paths[index])
+            self._targets[index] = instance_target(instances, self.instance_target)
+        return self._targets[index].copy()
 
     def _weight_map(self, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Image `index`'s weight map and touching-border pixels, computed on first use."""
@@ -241,7 +274,13 @@ class SegDataset(Dataset):
                                      self.pairs[index][0], shape)  # fmt: skip
             if mismatch:
                 raise ValueError(mismatch)
-            weight, border = weights_and_borders(instances, self.weight_map)
+            if self.instance_target is None:
+                weight, border = weights_and_borders(instances, self.weight_map)
+            else:  # the boundary class separates: the map is of the interiors, nothing carved
+                p = self.weight_map
+                interiors = np.where(self.mask(index) == 1, instances, 0)
+                weight = unet_weight_map(interiors, p["w0"], p["sigma"], p["class_balance"])
+                border = np.zeros(instances.shape, bool)
             self._weights[index] = (weight, np.flatnonzero(border))
         return self._weights[index]
 
