@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from tests.conftest import CONF, compose_train
+from unet_seg.api import load_model
 from unet_seg.build import build_module
 from unet_seg.config import to_plain
+from unet_seg.export import export
 from unet_seg.finetune import check_source, init_from_checkpoint, problems, transfer
 from unet_seg.models.registry import build_net
 from unet_seg.run_dir import RunDir
@@ -224,7 +228,8 @@ def test_frozen_encoder_then_resume(tmp_path: Path, source: Path) -> None:
 
 def test_a_run_directory_as_init_from_with_nested_and_the_weight_map(tmp_path: Path) -> None:
     """UNet++ with deep supervision (four heads) and the U-Net weight map: a source run, then a
-    fine-tuning run from its directory; the finished fine-tuning run is not run again."""
+    fine-tuning run from its directory; the finished fine-tuning run is not run again, and its
+    checkpoint predicts (tiles, test-time augmentation) and exports as any other."""
     common = [*TINY, f"data.root={tmp_path / 'data'}", "arch=nested", "trainer.max_epochs=1",
               "loss=weighted_ce_dice"]  # fmt: skip
     train(compose_train([*common, f"run_dir={tmp_path / 'src'}", "final_eval=false"]))
@@ -236,3 +241,11 @@ def test_a_run_directory_as_init_from_with_nested_and_the_weight_map(tmp_path: P
     assert record["reset"] == [f"heads.{i}.{w}" for i in range(4) for w in ("weight", "bias")]
     assert "test/dice" in metrics
     assert train(cfg) == metrics  # a sweep run again keeps what finished
+
+    best = RunDir(tmp_path / "ft").best
+    model = load_model(best, device="cpu", mode="tile", tile_size=32, tta="flips")
+    image = np.random.default_rng(0).integers(0, 255, (45, 70), dtype=np.uint8)
+    assert model.labels(image).shape == (45, 70)
+    result = export(OmegaConf.create({"ckpt": str(best), "format": "torchscript", "output": None,
+                                      "level": None, "opset": 18, "check": True}))  # fmt: skip
+    assert result["max_abs_diff"] < 1e-4
