@@ -40,13 +40,14 @@ FREE_ARCH_KEYS = ("in_channels", "num_classes")
 in_channels is then checked on its own)."""
 
 
+DEFAULTS = {"freeze_encoder_epochs": 0, "pretrained_lr_scale": 1.0}
+"""The `finetune` keys and their values when not given (as in conf/train.yaml)."""
+
+
 def settings(cfg: DictConfig) -> dict:
     """The `finetune` keys of a config, with their defaults."""
     given = to_plain(cfg.get("finetune")) or {}
-    return {
-        "freeze_encoder_epochs": given.get("freeze_encoder_epochs", 0),
-        "pretrained_lr_scale": given.get("pretrained_lr_scale", 1.0),
-    }
+    return {key: given.get(key, default) for key, default in DEFAULTS.items()}
 
 
 def source_path(init_from: str | Path) -> Path:
@@ -132,8 +133,7 @@ def problems(cfg: DictConfig) -> list[Exception]:
         ))  # fmt: skip
     init_from = cfg.get("init_from")
     if not init_from:
-        changed = [f"finetune.{k}={_value(v)}" for k, v in options.items()
-                   if v != {"freeze_encoder_epochs": 0, "pretrained_lr_scale": 1.0}[k]]  # fmt: skip
+        changed = [f"finetune.{k}={_value(v)}" for k, v in options.items() if v != DEFAULTS[k]]
         if changed:
             found.append(ValueError(
                 f"{', '.join(changed)} without init_from: these fine-tune a net started from a "
