@@ -10,7 +10,8 @@ trained on other nuclei (`init_from=`), on 1, 2, 4 and 8 target training images.
 - Each target run trains for the same epochs whatever its training set, with
   `data.train_repeats = 16 / k` (16 patches an epoch) and is scored on its last weights
   (`final_ckpt=last`: with a handful of images there is no validation set worth picking an
-  epoch with). Fine-tuned runs use the defaults (no frozen encoder, one learning rate).
+  epoch with). Arms: from scratch; fine-tuned with the defaults (no frozen encoder, one
+  learning rate); fine-tuned with the encoder frozen for the first third of the epochs.
 
     OMP_NUM_THREADS=1 python experiments/finetune/run.py              # everything, then the table
     OMP_NUM_THREADS=1 python experiments/finetune/run.py --seeds 0    # fewer runs
@@ -66,6 +67,14 @@ def source_command(out: Path, epochs: int) -> list[str]:
             f"data.crop_size={SIZE}", f"trainer.max_epochs={epochs}", "logger=none"]  # fmt: skip
 
 
+def arm_overrides(arm: str, out: Path, epochs: int) -> list[str]:
+    """What an arm adds to a target run: nothing (scratch), the source's weights (finetuned),
+    and those with the encoder frozen for the first third of the epochs (frozen)."""
+    start = [f"init_from={out / 'source'}"]
+    return {"scratch": [], "finetuned": start,
+            "frozen": [*start, f"finetune.freeze_encoder_epochs={epochs // 3}"]}[arm]  # fmt: skip
+
+
 def target_command(out: Path, k: int, seed: int, arm: str, epochs: int) -> list[str]:
     command = [
         "python", "-m", "unet_seg.train", f"hydra.run.dir={out / f'k{k}_seed{seed}_{arm}'}",
@@ -76,7 +85,7 @@ def target_command(out: Path, k: int, seed: int, arm: str, epochs: int) -> list[
         f"data.train_repeats={PATCHES_PER_EPOCH // k}", f"trainer.max_epochs={epochs}",
         f"seed={seed}", "final_ckpt=last", "logger=none",
     ]  # fmt: skip
-    return command + ([f"init_from={out / 'source'}"] if arm == "finetuned" else [])
+    return command + arm_overrides(arm, out, epochs)
 
 
 def run(command: list[str]) -> float:
@@ -87,18 +96,25 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def table(dice: dict, sizes: list[int], seeds: list[int]) -> str:
-    """Test Dice per training-set size: each arm's mean and its seeds, and the difference."""
-    lines = ["| target training images | from scratch | fine-tuned | fine-tuned - scratch |",
-             "|---|---|---|---|"]  # fmt: skip
+LABELS = {"scratch": "from scratch", "finetuned": "fine-tuned",
+          "frozen": "fine-tuned, encoder frozen for the first third"}  # fmt: skip
+
+
+def table(dice: dict, sizes: list[int], seeds: list[int], arms: list[str]) -> str:
+    """Test Dice per training-set size: each arm's mean and its seeds, and each fine-tuned
+    arm's difference to scratch."""
+    tuned = [a for a in arms if a != "scratch"]
+    lines = ["| target training images | " + " | ".join(LABELS[a] for a in arms)
+             + "".join(f" | {LABELS[a]} - scratch" for a in tuned) + " |",
+             "|---" * (1 + len(arms) + len(tuned)) + "|"]  # fmt: skip
     for k in sizes:
         cells, means = [], {}
-        for arm in ("scratch", "finetuned"):
+        for arm in arms:
             values = [dice[f"k{k}_seed{s}_{arm}"] for s in seeds]
             means[arm] = float(np.mean(values))
             cells.append(f"{means[arm]:.3f} ({', '.join(f'{v:.3f}' for v in values)})")
-        gain = means["finetuned"] - means["scratch"]
-        lines.append(f"| {k} | {cells[0]} | {cells[1]} | {gain:+.3f} |")
+        cells += [f"{means[a] - means['scratch']:+.3f}" for a in tuned]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -110,6 +126,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=30, help="epochs of each target run")
     parser.add_argument("--source-epochs", type=int, default=10)
+    parser.add_argument("--arms", nargs="+", default=list(LABELS), choices=list(LABELS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -123,7 +140,7 @@ def main() -> None:
     commands = {"source": source_command(args.out, args.source_epochs)}
     for k in args.sizes:
         for seed in args.seeds:
-            for arm in ("scratch", "finetuned"):
+            for arm in args.arms:
                 commands[f"k{k}_seed{seed}_{arm}"] = target_command(args.out, k, seed, arm,
                                                                     args.epochs)  # fmt: skip
     seconds = {name: run(command) for name, command in commands.items()}
@@ -146,7 +163,7 @@ def main() -> None:
         f"({seconds['source'] / 60:.1f} min).\n\nTest Dice (nucleus, {TEST} target test "
         f"images, last weights after {args.epochs} epochs of {PATCHES_PER_EPOCH} patches): mean "
         f"over seeds {args.seeds}, each seed in brackets.\n\n"
-        f"{table(dice, args.sizes, args.seeds)}\n"
+        f"{table(dice, args.sizes, args.seeds, args.arms)}\n"
     )
     (args.results / "results.md").write_text(text)
     log.info("\n%s", text)
