@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
+from unet_seg import finetune
 from unet_seg.budget import TimeBudget, budget_scheduler, parse_duration
 from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop
 from unet_seg.config import to_plain
@@ -102,13 +103,13 @@ class DataProblems(ValueError):
 
 def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
     """Raise once, listing every problem a run of `cfg` would meet in its data and config
-    (the data contract, the net against it, the loss against the data, the files), before
-    anything is written. A single problem is raised as it is.
+    (the data contract, the net against it, the loss against the data, the files, the
+    `init_from` checkpoint), before anything is written. A single problem is raised as it is.
 
     Returns:
         The checked data module, to train with (its files are not read again in `setup`).
     """
-    problems: list[Exception] = []
+    problems: list[Exception] = finetune.problems(cfg)
     try:
         datamodule = build_datamodule(cfg, run)
     except (ValueError, FileNotFoundError) as err:

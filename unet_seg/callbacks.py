@@ -111,7 +111,12 @@ class EpochLog(pl.Callback):
                                   if f"val/dice/{n}" in metrics)  # fmt: skip
             parts.append(f"val dice {float(metrics['val/dice']):.4f} ({per_class})")
         if trainer.optimizers:
-            parts.append(f"next lr {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+            groups = trainer.optimizers[0].param_groups
+            named = len(groups) > 1  # fine-tuning: pretrained and new tensors at their own rates
+            parts.append("next lr " + ", ".join(
+                f"{g['lr']:.2e}" + (f" ({g.get('name', i)})" if named else "")
+                for i, g in enumerate(groups)
+            ))  # fmt: skip
         elapsed = time.monotonic() - self.start
         left = elapsed / max(1, done - self.first_epoch) * max(0, total - done)
         if budget is not None:

@@ -5,6 +5,7 @@ It is the one place logits become probabilities, labels or instances.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import center_crop
 from unet_seg.models.registry import build_net
 from unet_seg.run_dir import RunDir
+
+log = logging.getLogger(__name__)
 
 NONFINITE_CHECK_EVERY = 20
 """Training steps between host reads of the non-finite-loss flag (NaN is caught within these)."""
@@ -47,6 +50,9 @@ class SegModule(pl.LightningModule):
         data: the data contract, `DataContract.to_dict()`: classes, mask encoding,
             intensity scaling, normalisation, input channels, training patch size.
         scheduler: `{"scheduler": partial config, "interval", "monitor"}` or None.
+        finetune: for a run started from another checkpoint's weights (`init_from=`, see
+            `unet_seg.finetune`): `{"init_from": path, "reset": [net state-dict names not
+            loaded], "pretrained_lr_scale": float, "freeze_encoder_epochs": int}`; else None.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class SegModule(pl.LightningModule):
         optimizer: dict,
         data: dict,
         scheduler: dict | None = None,
+        finetune: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -144,6 +151,11 @@ class SegModule(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_loss, self._epoch_images = 0.0, 0
         self._train_nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        frozen = self.frozen_epochs()
+        if frozen and self.current_epoch == 0:
+            log.info("epochs 1-%d: the encoder is frozen (fine-tuning)", frozen)
+        elif frozen and self.current_epoch == frozen:
+            log.info("epoch %d: the encoder is unfrozen and trains from now on", frozen + 1)
 
     def epoch_train_loss(self) -> float | None:
         """Mean training loss of this process over the epoch so far (None before a step)."""
@@ -208,7 +220,11 @@ class SegModule(pl.LightningModule):
         self._log_scores("test")
 
     def configure_optimizers(self) -> dict:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer)(params=self._param_groups())
+        scale = float((self.hparams.get("finetune") or {}).get("pretrained_lr_scale", 1.0))
+        for group in optimizer.param_groups:
+            if group.get("name") == "pretrained":
+                group["lr"] *= scale
         sched = self.hparams.scheduler
         if not sched or not sched.get("scheduler"):
             return {"optimizer": optimizer}
@@ -217,6 +233,35 @@ class SegModule(pl.LightningModule):
         if sched.get("monitor"):
             config["monitor"] = sched["monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _param_groups(self) -> list[dict]:
+        """One group of every parameter; a fine-tuning run with `pretrained_lr_scale` != 1 has
+        "pretrained" (loaded from `init_from`, trained at lr x the scale) and, when some were
+        reset (the head, for another class count), "new" (the configured lr)."""
+        finetune = self.hparams.get("finetune") or {}
+        if float(finetune.get("pretrained_lr_scale", 1.0)) == 1.0:
+            return [{"params": list(self.parameters())}]
+        reset = {f"net.{name}" for name in finetune["reset"]}
+        groups: dict[str, list] = {"pretrained": [], "new": []}
+        for name, param in self.named_parameters():
+            groups["new" if name in reset else "pretrained"].append(param)
+        return [{"params": params, "name": name} for name, params in groups.items() if params]
+
+    def frozen_epochs(self) -> int:
+        """Epochs at the start of a fine-tuning run in which the encoder does not train."""
+        return int((self.hparams.get("finetune") or {}).get("freeze_encoder_epochs", 0))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """While the encoder is frozen, drop its gradients before the step: optimizers skip a
+        parameter without one (no update, no weight decay, no moments). Decided by the epoch,
+        so a resumed run freezes exactly as an uninterrupted one; the parameters keep
+        `requires_grad` (DDP needs the same set of parameters in every step)."""
+        if self.current_epoch >= self.frozen_epochs():
+            return
+        parts = self.net.parts()
+        for name, param in self.net.named_parameters():
+            if parts[name] == "encoder":
+                param.grad = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["unet_seg_format"] = CHECKPOINT_FORMAT

@@ -6,6 +6,8 @@
       fingerprint.json  what the data looked like (data=auto: unet_seg.data.fingerprint)
       plan.json         the plan in force: each planned data key, its value and why
       splits.json       which images went to train/val/test
+      init.json         init_from=CKPT: the checkpoint a fine-tuning run started from, and
+                        which tensors it loaded, reset and froze (unet_seg.finetune)
       checkpoints/      best.ckpt, last.ckpt
       tensorboard/      scalars, images, hparams
       metrics.json      final val/test scores (present once the run finished)
@@ -51,6 +53,7 @@ class RunDir:
     METRICS = "metrics.json"
     FINGERPRINT = "fingerprint.json"
     PLAN = "plan.json"
+    INIT = "init.json"
     CHECKPOINTS = "checkpoints"
     BEST = "best"
     LAST = "last"
@@ -85,6 +88,10 @@ class RunDir:
     @property
     def metrics_path(self) -> Path:
         return self.path / self.METRICS
+
+    @property
+    def init_path(self) -> Path:
+        return self.path / self.INIT
 
     @property
     def checkpoints(self) -> Path:
@@ -171,6 +178,20 @@ class RunDir:
         fingerprint.json, the planned and given keys to plan.json."""
         write_json(record["fingerprint"], self.path / self.FINGERPRINT)
         write_json({k: v for k, v in record.items() if k != "fingerprint"}, self.path / self.PLAN)
+
+    def save_init(self, record: dict) -> Path:
+        """Write what a fine-tuning run took from its `init_from` checkpoint."""
+        return write_json(record, self.init_path)
+
+    def load_init(self) -> dict:
+        """The record `save_init` wrote, with a clear error when it is missing."""
+        if not self.init_path.is_file():
+            raise FileNotFoundError(
+                f"{self.init_path} not found: {self.path} was started with init_from= but "
+                f"lacks its record of the weights it loaded; start a new run instead of "
+                f"resuming this one"
+            )
+        return json.loads(self.init_path.read_text())
 
     def split_pairs(self, name: str, class_folders: list[str] | None = None) -> list:
         """The (image, mask) paths of one split, found in the run's data folder."""

@@ -1,7 +1,8 @@
 """Train a segmentation net: `python -m unet_seg.train [arch=nested] [key=value ...]`.
 
-`train(cfg)` reads top to bottom: seed, run directory, data, model, trainer,
-fit (or resume), then a final evaluation of the best checkpoint.
+`train(cfg)` reads top to bottom: seed, run directory, data, model (from a checkpoint's
+weights with `init_from=`), trainer, fit (or resume), then a final evaluation of the best
+checkpoint.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import plan_table
+from unet_seg.finetune import init_from_checkpoint
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir, open_run
 
@@ -107,6 +109,8 @@ def train(
 
     datamodule = datamodule or build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
+    if cfg.get("init_from"):  # fine-tuning: a new run that starts from a checkpoint's weights
+        init_from_checkpoint(module, cfg, run, resumed=ckpt_path is not None)
     check_output_dir(run, module)
     trainer = build_trainer(cfg, run, started)
 

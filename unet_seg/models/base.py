@@ -4,12 +4,14 @@ A padded net (U-Net, UNet++, ...) keeps every default: its logits are the size o
 its input, `margin` is 0, and `forward_same` and `forward_with_context` are
 `forward`. A valid-convolution net (`ValidUNet`) sets `margin` and overrides them;
 UNet++ sets `num_heads` (deep supervision) and pruned inference (`check_level`).
+Each net names its encoder and its heads (`encoder_modules`, `head_modules`): fine-tuning
+(`init_from=`) freezes the one and rebuilds the other by these, never by parameter names.
 A new architecture subclasses `SegNet` and is added to `registry.ARCHITECTURES`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,6 +51,26 @@ class SegNet(nn.Module):
     def min_side(self) -> int:
         """The smallest H and W the net (and its traced graph) takes."""
         return self.pad_multiple + self.margin
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The contracting path, down to and including the bottleneck: what
+        `finetune.freeze_encoder_epochs` keeps fixed."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its encoder")
+
+    def head_modules(self) -> list[nn.Module]:
+        """The layers that turn features into logits (1x1 convolutions): their shapes follow
+        the class count, so a fine-tuned run with another class count trains them anew."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its head")
+
+    def parts(self) -> dict[str, Literal["encoder", "decoder", "head"]]:
+        """Each `state_dict()` entry (parameters and buffers) -> the part of the net it is in:
+        `encoder_modules`, `head_modules`, or the decoder (everything else)."""
+        owner: dict[int, Literal["encoder", "head"]] = {}
+        for part, modules in (("encoder", self.encoder_modules()), ("head", self.head_modules())):
+            for module in modules:
+                owner.update({id(t): part for t in (*module.parameters(), *module.buffers())})
+        return {name: owner.get(id(t), "decoder")
+                for name, t in self.state_dict(keep_vars=True).items()}  # fmt: skip
 
     def forward_with_context(self, x: Tensor) -> Tensor | list[Tensor]:
         """Logits for the centre of `x`, which carries `margin` pixels of context on each

@@ -136,6 +136,12 @@ class NestedUNet(SegNet):
         for node in self._decoder_nodes():
             node.checkpointing = bool(on)
 
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.conv0_0, self.conv1_0, self.conv2_0, self.conv3_0, self.conv4_0]
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.heads]
+
     def _decoder_nodes(self) -> Iterator[NestedNode]:
         return (m for m in self.modules() if isinstance(m, NestedNode))
 

@@ -67,6 +67,12 @@ class UNet(SegNet):
         )
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
 
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.inc, self.downs]
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, size = pad_to_multiple(x, 2**self.depth)
         skips = [self.inc(x)]

@@ -148,6 +148,12 @@ class ValidUNet(SegNet):
         self.head = nn.Conv2d(base_channels, num_classes, kernel_size=1)
         self.skip_crops = self.skip_crops_for(depth)
 
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.inc, self.downs]
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
     @staticmethod
     def skip_crops_for(depth: int) -> list[int]:
         """Pixels cropped from each side of each skip, deepest first, the same for every accepted
