@@ -99,18 +99,18 @@ def test_a_run_directory_holding_another_run_is_refused(tmp_path: Path) -> None:
     assert train(compose_train(common))["epochs"] == 1  # the same config: its metrics back
 
 
-def test_config_differences_names_keys_and_tolerates_new_null_options() -> None:
-    """A run made before an option existed (absent from its config.yaml, null by default
-    now) is still the same run; any value that differs is named."""
+def test_config_differences_names_keys_and_tolerates_new_options() -> None:
+    """A run made before an option existed (absent from its config.yaml, whatever its
+    default now: `finetune.pretrained_lr_scale: 1.0`, `callbacks.ema`) is still the same run;
+    any value that both sides hold and that differs is named."""
     from unet_seg.run_dir import config_differences
 
     saved = {"seed": 1, "data": {"root": "d", "fold": 0}, "arch": {"name": "unet"}}
     assert config_differences(saved, {**saved, "data": {**saved["data"],
                                                         "instances_dir": None}}) == []  # fmt: skip
     assert config_differences(saved, {**saved, "data": {"root": "d", "fold": 1}}) == ["data.fold"]
-    assert config_differences(saved, {**saved, "data": {**saved["data"], "new": "x"}}) == [
-        "data.new"
-    ]
+    assert config_differences(saved, {**saved, "data": {**saved["data"], "new": "x"}}) == []
+    assert config_differences(saved, {**saved, "finetune": {"pretrained_lr_scale": 1.0}}) == []
     assert config_differences(saved, {"seed": 2, "data": saved["data"], "arch": "unet"}) == [
         "arch", "seed"
     ]  # fmt: skip

@@ -289,10 +289,10 @@ def _warn_schedule_ends(cfg: DictConfig) -> None:
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two plain configs. A key that one side lacks
-    counts only when the other side sets it: an option added to unet-seg later, null by
-    default, does not make a run made before it "another config"."""
+    does not count: an option added to unet-seg later (`trainer.budget`, `callbacks.ema`,
+    `finetune`) does not make a run made before it "another config"."""
     differ = []
-    for key in sorted(set(saved) | set(current), key=str):
+    for key in sorted(set(saved) & set(current), key=str):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             differ += config_differences(a, b, f"{prefix}{key}.")
