@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
-from unet_seg.callbacks import AtomicCheckpointIO, EpochLog, GracefulStop
+from unet_seg.callbacks import AtomicCheckpointIO, EpochLog, GracefulStop, LogInterval
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
@@ -24,6 +24,7 @@ from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
+from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,12 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
 def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
     """The Trainer of `cfg.trainer` with the configured loggers and callbacks, plus
     graceful stops (SIGTERM, Ctrl+C: save `last.ckpt`) and atomic checkpoint writes."""
+    silence_known_noise()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    callbacks += [GracefulStop(run.last), EpochLog()]
+    callbacks += [GracefulStop(run.last), EpochLog(), LogInterval()]
     return instantiate(
         cpu_safe(cfg.trainer), callbacks=callbacks, logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
