@@ -29,7 +29,7 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_array
-from unet_seg.visualize import display_image, mask_palette, overlay
+from unet_seg.visualize import class_legend, display_image, mask_palette, overlay, with_legend
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,14 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
 
 class _Writer:
     """Writes one image's outputs under `output`: its mask in the dataset's format
-    (`MaskEncoding.write`), `overlays/` and `probabilities/` when asked."""
+    (`MaskEncoding.write`), `overlays/` (with a legend naming the classes of `class_names`)
+    and `probabilities/` when asked."""
 
-    def __init__(self, encoding: MaskEncoding, output: Path, cfg: DictConfig) -> None:
+    def __init__(
+        self, encoding: MaskEncoding, output: Path, cfg: DictConfig, class_names: list[str]
+    ) -> None:
         self.encoding, self.output = encoding, output
+        self.legend = class_legend(class_names)
         self.overlays = output / "overlays" if cfg.get("overlays") else None
         self.probabilities = output / "probabilities" if cfg.get("probabilities") else None
         for folder in (output, self.overlays, self.probabilities):
@@ -107,7 +111,8 @@ class _Writer:
     ) -> Path:
         target = self.encoding.write(self.output, stem, labels, self.palette)
         if self.overlays is not None:
-            write_png(self.overlays / f"{stem}.png", overlay(display_image(image), labels))
+            picture = with_legend(overlay(display_image(image), labels), self.legend)
+            write_png(self.overlays / f"{stem}.png", picture)
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
         return target
@@ -123,7 +128,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
     output = Path(cfg.output)
-    writer = _Writer(predictor.encoding, output, cfg)
+    writer = _Writer(predictor.encoding, output, cfg, predictor.contract.class_names)
     want_probs = bool(cfg.get("probabilities"))
     tiling = f" tile_size={predictor.tile_size} overlap={predictor.overlap}"
     log.info(
