@@ -18,17 +18,24 @@ def _not_an_advert(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage()
 
 
+def _not_watcher_progress(record: logging.LogRecord) -> bool:
+    """False for TensorBoard's line at every event file it reads (`report`'s curves)."""
+    return not record.getMessage().startswith("Directory watcher advancing from")
+
+
 def silence_known_noise() -> None:
     """Drop the messages a run used to print that the user can do nothing about
-    (idempotent): Lightning's `litlogger` tip at every Trainer, and PyTorch's deprecation of
-    `LeafSpec` that Lightning's own `_pytree` helper triggers at every step."""
+    (idempotent): Lightning's `litlogger` tip at every Trainer, PyTorch's deprecation of
+    `LeafSpec` that Lightning's own `_pytree` helper triggers at every step, and
+    TensorBoard's `Directory watcher advancing from ...` at every event file read."""
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
-    for name in LIGHTNING_RANK_ZERO_LOGGERS:
+    filters = [(name, _not_an_advert) for name in LIGHTNING_RANK_ZERO_LOGGERS]
+    for name, drop in [*filters, ("tensorboard", _not_watcher_progress)]:
         logger = logging.getLogger(name)
-        if _not_an_advert not in logger.filters:
-            logger.addFilter(_not_an_advert)
+        if drop not in logger.filters:
+            logger.addFilter(drop)
