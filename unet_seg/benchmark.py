@@ -52,6 +52,7 @@ from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.files import write_json
 from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
+from unet_seg.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def train_overrides(cfg: DictConfig, device: torch.device, arch: str) -> list[st
         f"data.synthetic.num_images={cfg.data.num_images}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
         f"trainer.precision={cfg.precision}",
+        f"trainer.threads={torch.get_num_threads()}",  # the benchmark's own, set before
     ]
     if device.type == "cuda":
         overrides.append(f"trainer.devices=[{device.index or 0}]")
@@ -131,8 +133,7 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             "nested, attention_unet or res_unet; every architecture is in models.names"
         )
     device = resolve_device(str(cfg.device))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    set_threads(cfg.get("threads"), "threads")
     train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
     archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
              for a in sorted(ARCHITECTURES)}  # fmt: skip

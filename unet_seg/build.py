@@ -26,6 +26,7 @@ from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir
+from unet_seg.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,20 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks += [GracefulStop(run.last), EpochLog(), LogInterval()]
     return instantiate(
-        cpu_safe(cfg.trainer), callbacks=callbacks, logger=loggers or False,
+        apply_threads(cpu_safe(cfg.trainer)), callbacks=callbacks, logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )  # fmt: skip
+
+
+def apply_threads(trainer: DictConfig) -> DictConfig:
+    """Set torch's CPU threads from `trainer.threads` (`auto`: the free cores this process
+    may use, `unet_seg.threads`) and return `trainer` without that key, which is no
+    Trainer argument."""
+    trainer = copy.deepcopy(trainer)
+    with open_dict(trainer):
+        setting = trainer.pop("threads", "auto")
+    set_threads(setting, "trainer.threads")
+    return trainer
 
 
 def cpu_safe(trainer: DictConfig) -> DictConfig:

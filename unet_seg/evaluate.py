@@ -30,6 +30,7 @@ from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
 from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
+from unet_seg.threads import set_threads
 from unet_seg.visualize import (
     class_legend,
     display_image,
@@ -101,6 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
         the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
     """
+    set_threads(cfg.get("threads", "auto"), "threads")
     ckpt = _checkpoint(cfg)
     predictor = load_model_from_config(ckpt, cfg)
     contract = predictor.contract

@@ -29,6 +29,7 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_array
+from unet_seg.threads import set_threads
 from unet_seg.visualize import class_legend, display_image, mask_palette, overlay, with_legend
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
+    set_threads(cfg.get("threads", "auto"), "threads")
     files = resolve_inputs(str(input_spec(cfg)))
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
