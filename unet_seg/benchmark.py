@@ -133,8 +133,15 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             "nested, attention_unet or res_unet; every architecture is in models.names"
         )
     device = resolve_device(str(cfg.device))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={cfg.device}: this machine has no CUDA device (torch {torch.__version__}, "
+            "torch.cuda.is_available() is False); run this on a GPU machine, or use device=cpu"
+        )
     set_threads(cfg.get("threads"), "threads")
     train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
+    if device.type == "cuda":  # as training sets it (trainer.matmul_precision: TF32)
+        torch.set_float32_matmul_precision(train_cfg.trainer.get("matmul_precision") or "highest")
     archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
              for a in sorted(ARCHITECTURES)}  # fmt: skip
     result: dict[str, Any] = {
@@ -429,7 +436,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base=None)
 def main(cfg: DictConfig) -> None:
-    task(cfg)
+    try:
+        task(cfg)
+    except ValueError as refused:  # a setting this machine or benchmark cannot run
+        log.debug("refused", exc_info=True)
+        log.error("%s", refused)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,8 @@ def build_trainer(cfg: DictConfig, run: RunDir) -> pl.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks += [GracefulStop(run.last), EpochLog(), LogInterval()]
     return instantiate(
-        apply_threads(cpu_safe(cfg.trainer)), callbacks=callbacks, logger=loggers or False,
+        gpu_settings(apply_threads(cpu_safe(cfg.trainer))), callbacks=callbacks,
+        logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )  # fmt: skip
 
@@ -200,4 +201,25 @@ def cpu_safe(trainer: DictConfig) -> DictConfig:
     trainer = copy.deepcopy(trainer)
     with open_dict(trainer):
         trainer.sync_batchnorm = False
+    return trainer
+
+
+def gpu_settings(trainer: DictConfig) -> DictConfig:
+    """`trainer` without `matmul_precision`, which a GPU run applies: float32 matmuls in TF32
+    (`high`, Ampere and later) or full float32 (`highest`). bf16-mixed on a GPU without
+    bfloat16 (before Ampere) falls back to 16-mixed, said in the log."""
+    trainer = copy.deepcopy(trainer)
+    with open_dict(trainer):
+        matmul = trainer.pop("matmul_precision", None)
+    if matmul not in (None, "highest", "high", "medium"):
+        raise ValueError(f"trainer.matmul_precision={matmul!r}: choose highest, high or medium")
+    if not _uses_gpu(trainer):
+        return trainer
+    if matmul:
+        torch.set_float32_matmul_precision(str(matmul))
+    precision = str(trainer.get("precision"))
+    if precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log.warning("trainer.precision=%s: this GPU has no bfloat16, using 16-mixed", precision)
+        with open_dict(trainer):
+            trainer.precision = "16-mixed"
     return trainer
