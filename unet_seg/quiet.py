@@ -26,13 +26,21 @@ def _not_watcher_progress(record: logging.LogRecord) -> bool:
 def silence_known_noise() -> None:
     """Drop the messages a run used to print that the user can do nothing about
     (idempotent): Lightning's `litlogger` tip at every Trainer, PyTorch's deprecation of
-    `LeafSpec` that Lightning's own `_pytree` helper triggers at every step, and
+    `LeafSpec` that Lightning's own `_pytree` helper triggers at every step, the model
+    summary's warning that it sizes a mixed-precision model at 32 bits (which it is), and
     TensorBoard's `Directory watcher advancing from ...` at every event file read."""
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    # under mixed precision the weights are float32, so the summary's 32-bit size is right
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Precision (bf)?16-mixed is not supported by the model summary",
+        category=UserWarning,
+        module=r"lightning\.pytorch\.utilities\.model_summary",
     )
     filters = [(name, _not_an_advert) for name in LIGHTNING_RANK_ZERO_LOGGERS]
     for name, drop in [*filters, ("tensorboard", _not_watcher_progress)]:
