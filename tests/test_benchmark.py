@@ -216,6 +216,14 @@ def test_benchmark_refuses_unknown_sections(tmp_path: Path) -> None:
         task(tiny_config(tmp_path, sections=["overhead", "gpu"]))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refusing CUDA needs a machine without it")
+def test_a_cuda_benchmark_refuses_cleanly_without_cuda(tmp_path: Path) -> None:
+    """experiments/gpu/bench_gpu.sh asks for device=cuda: a CPU machine says why it cannot."""
+    with pytest.raises(ValueError, match=r"device=cuda: this machine has no CUDA device"):
+        task(tiny_config(tmp_path, device="cuda", sections=["precision"]))
+    assert not (tmp_path / "bench.json").exists()
+
+
 def test_precision_sweep_rows_and_fraction_of_peak(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, sections=["precision"], precision_sweep={
         "precisions": ["32-true", "bf16-mixed"], "channels_last": [False, True],

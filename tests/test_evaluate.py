@@ -19,6 +19,7 @@ from unet_seg.data.dataset import find_pairs, read_image
 from unet_seg.data.readers import read_array
 from unet_seg.evaluate import evaluate
 from unet_seg.scores import RULES, ScoreBook
+from unet_seg.visualize import FALSE_POSITIVE, MISSED, class_colours
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,6 +65,9 @@ def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path
 
     picture = cv2.imread(str(tmp_path / "eval" / "scores_worst.png"))
     assert picture is not None and picture.shape[0] > 3 * 40  # three rows of panels
+    band = picture[3 * (22 + 40 + 4) :, :, ::-1]  # below 3 x (title, panels, gap): the legend
+    for colour in (class_colours(2)[1], FALSE_POSITIVE, MISSED):  # class1, then the errors
+        assert (band == colour).all(-1).sum() >= 9 * 9, colour
 
     # the same scores from the predictions, recomputed outside evaluate
     model = load_model(ckpt, device="cpu", tile_size=32, tta="flips")

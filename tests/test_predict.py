@@ -18,6 +18,7 @@ from tests.test_inference import image, make_checkpoint
 from unet_seg import load_model
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.predict import output_stems, predict
+from unet_seg.visualize import class_colours
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,8 +73,10 @@ def test_predict_a_folder_with_every_output(
         probs = np.stack(pages)
         np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
         np.testing.assert_array_equal(np.array([0, 100, 200])[probs.argmax(0)], values)
-        overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"))
-        assert overlay.shape == (*shape, 3)
+        overlay = cv2.imread(str(out / "overlays" / f"{stem}.png"))[:, :, ::-1]
+        assert overlay.shape[0] > shape[0] and overlay.shape[1] >= shape[1]  # legend below
+        for colour in class_colours(3)[1:]:  # one swatch for each foreground class
+            assert (overlay[shape[0] :] == colour).all(-1).sum() >= 9 * 9
 
 
 def test_predict_a_glob_binary_masks_and_postprocessing(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_lower_is_better_metrics_rank_ascending(tmp_path: Path) -> None:
     fake_run(tmp_path / "s", "unet", 0, 0.7, lr=1e-2)
     result = report([tmp_path / "s"], tmp_path / "o", metric="val/pixel_error")
     assert result["best"]["setting"] == {"optimizer.lr": 0.001}
+
+
+def test_report_prints_no_tensorboard_progress(tmp_path: Path, caplog) -> None:
+    """TensorBoard said `Directory watcher advancing from ...` at every event file read."""
+    run = fake_run(tmp_path / "s", "unet", 0, 0.9)
+    writer = SummaryWriter(str(run / "tensorboard"))  # a second event file, as a resume writes
+    writer.add_scalar("train/loss", 0.1, 5)
+    writer.close()
+    caplog.set_level(logging.INFO)
+    report([tmp_path / "s"], tmp_path / "o")
+    assert "wrote " in caplog.text and "report.md" in caplog.text  # its own lines stay
+    assert "Directory watcher" not in caplog.text
 
 
 def test_cli_and_errors(tmp_path: Path, capsys) -> None:

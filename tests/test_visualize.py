@@ -7,13 +7,54 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_seg.visualize import attention_strip, colorize, error_map, prediction_grid, to_rgb8
+from unet_seg.visualize import (
+    FALSE_POSITIVE,
+    MISSED,
+    WRONG_CLASS,
+    attention_strip,
+    class_colours,
+    class_legend,
+    colorize,
+    error_legend,
+    error_map,
+    legend,
+    overlay,
+    prediction_grid,
+    to_rgb8,
+    with_legend,
+)
 
 
 def test_colorize_binary_and_ignored() -> None:
     rgb = colorize(np.array([[0, 1, -1]]))
-    assert rgb.tolist() == [[[0, 0, 0], [255, 255, 255], [128, 128, 128]]]
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 2].tolist() == [128, 128, 128]
+    assert rgb[0, 1].tolist() == list(class_colours(2)[1])
     assert colorize(np.array([[40]])).shape == (1, 1, 3)  # beyond the palette still works
+
+
+@pytest.mark.parametrize("num_classes", [2, 8, 20])
+def test_class_colours_are_distinct_and_none_near_white(num_classes: int) -> None:
+    """On bright nuclei or grey EM a near-white class disappears into the input."""
+    colours = np.array(class_colours(num_classes), np.int32)
+    assert len({tuple(c) for c in colours}) == num_classes
+    foreground = colours[1:]
+    assert (foreground.min(axis=1) < 200).all()  # not white nor near white
+    assert (foreground.max(axis=1) - foreground.min(axis=1) > 60).all()  # not grey either
+    distances = np.abs(colours[:, None] - colours[None]).sum(-1) + 999 * np.eye(num_classes)
+    assert distances.min() > 40
+
+
+def test_overlay_tints_regions_and_outlines_them_in_full_colour() -> None:
+    image = np.full((6, 6, 3), 230, np.uint8)  # bright: white would vanish on it
+    labels = np.zeros((6, 6), int)
+    labels[1:5, 1:5] = 1
+    out = overlay(image, labels)
+    colour = class_colours(2)[1]
+    assert out[0, 0].tolist() == [230, 230, 230]  # background as it is
+    assert out[1, 1].tolist() == list(colour)  # the region's edge in its colour
+    inside = out[2, 2].astype(int)  # tinted towards the class colour
+    assert np.abs(inside - np.array(colour)).sum() < np.abs(230 - np.array(colour)).sum()
+    assert np.abs(inside - 230).sum() > 60
 
 
 def test_error_map_marks_false_positives_and_misses() -> None:
@@ -21,10 +62,32 @@ def test_error_map_marks_false_positives_and_misses() -> None:
     pred = np.array([[0, 1, 1, 0, 1]])
     rgb = error_map(truth, pred)
     assert rgb[0, 0].tolist() == [0, 0, 0]  # right background
-    assert rgb[0, 1].tolist() == [85, 85, 85]  # right foreground, dimmed
-    assert rgb[0, 2].tolist() == [255, 0, 0]  # false positive
-    assert rgb[0, 3].tolist() == [0, 90, 255]  # miss
-    assert rgb[0, 4].tolist() == [255, 225, 25]  # wrong class
+    assert rgb[0, 1].tolist() == [c // 3 for c in class_colours(2)[1]]  # right, dimmed
+    assert rgb[0, 2].tolist() == list(FALSE_POSITIVE)
+    assert rgb[0, 3].tolist() == list(MISSED)
+    assert rgb[0, 4].tolist() == list(WRONG_CLASS)
+    assert len({FALSE_POSITIVE, MISSED, WRONG_CLASS}) == 3
+
+
+def test_legends_name_the_colours_they_show() -> None:
+    entries = class_legend(["background", "nucleus", "membrane"])
+    assert [name for name, _ in entries] == ["nucleus", "membrane"]  # background is untinted
+    assert [c for _, c in entries] == class_colours(3)[1:]
+    assert [name for name, _ in error_legend(2)] == ["false positive", "missed"]
+    assert ("wrong class", WRONG_CLASS) in error_legend(3)
+
+    band = legend([*entries, ("errors:", None), *error_legend(3)], width=120)
+    assert band.shape[1] == 120 and band.shape[0] > 2 * 18  # wrapped onto several rows
+    for colour in [*class_colours(3)[1:], FALSE_POSITIVE, MISSED, WRONG_CLASS]:
+        assert (band == colour).all(-1).sum() >= 9 * 9, colour  # each swatch is drawn
+    dark = (band.max(-1) < 100).sum()
+    assert dark > 300  # the names are written (swatch borders alone are ~44 px each)
+    assert legend([("a much longer class name", (0, 0, 0))], width=20).shape[1] > 20
+
+    image = np.full((10, 30, 3), 7, np.uint8)
+    framed = with_legend(image, entries)
+    assert (framed[:10, :30] == 7).all()  # the picture stays where it was, legend below
+    assert framed.shape[0] > 10 and framed.shape[1] >= 30
 
 
 def test_prediction_grid_layout() -> None:
@@ -33,7 +96,7 @@ def test_prediction_grid_layout() -> None:
     grid = prediction_grid([a, b], gap=2)
     assert grid.dtype == np.uint8
     assert grid.shape == (4 + 2 + 2 + 2, 4 * 5 + 3 * 2, 3)
-    assert grid[0, 2 * 7 + 1].tolist() == [255, 255, 255]  # the third panel: predicted class 1
+    assert grid[0, 2 * 7 + 1].tolist() == list(class_colours(2)[1])  # third panel: class 1
 
 
 def test_attention_strip_upsamples_each_gate_over_the_input() -> None:

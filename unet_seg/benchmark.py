@@ -52,6 +52,7 @@ from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.files import write_json
 from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
+from unet_seg.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def train_overrides(cfg: DictConfig, device: torch.device, arch: str) -> list[st
         f"data.synthetic.num_images={cfg.data.num_images}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
         f"trainer.precision={cfg.precision}",
+        f"trainer.threads={torch.get_num_threads()}",  # the benchmark's own, set before
     ]
     if device.type == "cuda":
         overrides.append(f"trainer.devices=[{device.index or 0}]")
@@ -131,9 +133,15 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             "nested, attention_unet or res_unet; every architecture is in models.names"
         )
     device = resolve_device(str(cfg.device))
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={cfg.device}: this machine has no CUDA device (torch {torch.__version__}, "
+            "torch.cuda.is_available() is False); run this on a GPU machine, or use device=cpu"
+        )
+    set_threads(cfg.get("threads"), "threads")
     train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
+    if device.type == "cuda":  # as training sets it (trainer.matmul_precision: TF32)
+        torch.set_float32_matmul_precision(train_cfg.trainer.get("matmul_precision") or "highest")
     archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
              for a in sorted(ARCHITECTURES)}  # fmt: skip
     result: dict[str, Any] = {
@@ -428,7 +436,12 @@ def task(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=CONF_DIR, config_name="benchmark", version_base=None)
 def main(cfg: DictConfig) -> None:
-    task(cfg)
+    try:
+        task(cfg)
+    except ValueError as refused:  # a setting this machine or benchmark cannot run
+        log.debug("refused", exc_info=True)
+        log.error("%s", refused)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, open_dict
 
 from unet_seg import finetune
 from unet_seg.budget import TimeBudget, budget_scheduler, parse_duration
-from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop
+from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop, LogInterval
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
@@ -27,7 +27,9 @@ from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
 from unet_seg.instances import INSTANCE_CLASSES
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
+from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir
+from unet_seg.threads import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +208,14 @@ def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) ->
     With `trainer.budget` the run trains until its time budget (counted from `started`,
     a `time.monotonic()` value) is used up instead of for `trainer.max_epochs`.
     """
+    silence_known_noise()
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values()]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks = [c for c in callbacks if c is not None and not (isinstance(c, EMA) and not c.decay)]
-    callbacks += [GracefulStop(run.last), EpochLog()]
-    trainer = copy.deepcopy(cpu_safe(cfg.trainer))
+    callbacks += [GracefulStop(run.last), EpochLog(), LogInterval()]
+    trainer = gpu_settings(apply_threads(cpu_safe(cfg.trainer)))
     seconds = budget_seconds(cfg)
     with open_dict(trainer):
         trainer.pop("budget", None)
@@ -222,6 +225,17 @@ def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) ->
     return instantiate(
         trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+
+
+def apply_threads(trainer: DictConfig) -> DictConfig:
+    """Set torch's CPU threads from `trainer.threads` (`auto`: the free cores this process
+    may use, `unet_seg.threads`) and return `trainer` without that key, which is no
+    Trainer argument."""
+    trainer = copy.deepcopy(trainer)
+    with open_dict(trainer):
+        setting = trainer.pop("threads", "auto")
+    set_threads(setting, "trainer.threads")
+    return trainer
 
 
 def cpu_safe(trainer: DictConfig) -> DictConfig:
@@ -238,4 +252,25 @@ def cpu_safe(trainer: DictConfig) -> DictConfig:
     trainer = copy.deepcopy(trainer)
     with open_dict(trainer):
         trainer.sync_batchnorm = False
+    return trainer
+
+
+def gpu_settings(trainer: DictConfig) -> DictConfig:
+    """`trainer` without `matmul_precision`, which a GPU run applies: float32 matmuls in TF32
+    (`high`, Ampere and later) or full float32 (`highest`). bf16-mixed on a GPU without
+    bfloat16 (before Ampere) falls back to 16-mixed, said in the log."""
+    trainer = copy.deepcopy(trainer)
+    with open_dict(trainer):
+        matmul = trainer.pop("matmul_precision", None)
+    if matmul not in (None, "highest", "high", "medium"):
+        raise ValueError(f"trainer.matmul_precision={matmul!r}: choose highest, high or medium")
+    if not _uses_gpu(trainer):
+        return trainer
+    if matmul:
+        torch.set_float32_matmul_precision(str(matmul))
+    precision = str(trainer.get("precision"))
+    if precision.startswith("bf16") and not torch.cuda.is_bf16_supported(including_emulation=False):
+        log.warning("trainer.precision=%s: this GPU has no bfloat16, using 16-mixed", precision)
+        with open_dict(trainer):
+            trainer.precision = "16-mixed"
     return trainer

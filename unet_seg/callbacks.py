@@ -128,6 +128,21 @@ class EpochLog(pl.Callback):
         self.first_epoch = trainer.current_epoch
 
 
+class LogInterval(pl.Callback):
+    """Log training values at least once an epoch: `trainer.log_every_n_steps` is clamped to
+    the training batches of an epoch (small data has fewer than the configured interval, and
+    Lightning would warn about it every run)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is None or not trainer.log_every_n_steps:
+            return
+        batches = len(datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))
+
+
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)

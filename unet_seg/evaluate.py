@@ -39,7 +39,15 @@ from unet_seg.instances import RULES as INSTANCE_RULES
 from unet_seg.instances import InstanceBook
 from unet_seg.run_dir import RunDir
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
-from unet_seg.visualize import display_image, error_map, overlay
+from unet_seg.threads import set_threads
+from unet_seg.visualize import (
+    class_legend,
+    display_image,
+    error_legend,
+    error_map,
+    overlay,
+    with_legend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +112,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
         the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
     """
+    set_threads(cfg.get("threads", "auto"), "threads")
     ckpt = _checkpoint(cfg)
     predictor = load_model_from_config(ckpt, cfg)
     contract = predictor.contract
     folders = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs, what = _pairs(cfg, folders)
     decoded = contract.instance_target  # pixel scores: the objects' foreground
-    book = ScoreBook(["background", "foreground"] if decoded else contract.class_names)
+    scored_classes = ["background", "foreground"] if decoded else contract.class_names
+    book = ScoreBook(scored_classes)
     instances = instance_paths(cfg, pairs, contract.mask_format)
     if decoded and instances is None:
         raise ValueError(
@@ -120,7 +130,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     scores = InstanceBook() if instances else None
-    worst = _WorstCases(int(cfg.get("worst", 4)))
+    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes)
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
@@ -219,10 +229,12 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 
 class _WorstCases:
-    """Keeps the `n` images with the lowest mean foreground Dice and draws them."""
+    """Keeps the `n` images with the lowest mean foreground Dice and draws them, with a
+    legend of the class and error colours."""
 
-    def __init__(self, n: int, max_side: int = 384) -> None:
+    def __init__(self, n: int, class_names: list[str], max_side: int = 384) -> None:
         self.n, self.max_side = n, max_side
+        self.class_names = class_names
         self.heap: list[tuple[float, int, str, tuple]] = []
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
@@ -263,7 +275,10 @@ class _WorstCases:
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
                 for r in rows]  # fmt: skip
-        cv2.imwrite(str(path), np.concatenate(rows, axis=0)[:, :, ::-1])  # RGB -> BGR
+        entries = [("truth, prediction:", None), *class_legend(self.class_names),
+                   ("errors:", None), *error_legend(len(self.class_names))]  # fmt: skip
+        picture = with_legend(np.concatenate(rows, axis=0), entries)
+        cv2.imwrite(str(path), picture[:, :, ::-1])  # RGB -> BGR
         return True
 
 

@@ -1,5 +1,5 @@
 """Export a checkpoint for deployment without unet-seg:
-`python -m unet_seg.export ckpt=best.ckpt format=onnx|torchscript [level=L] [output=PATH]`.
+`python -m unet_seg.export ckpt=best.ckpt format=onnx|pt2|torchscript [level=L] [output=PATH]`.
 
 The exported graph takes normalised `float32 [B, C, H, W]` images, with batch,
 height and width dynamic, and returns logits `[B, K, H, W]` (softmax over K, or a
@@ -7,7 +7,9 @@ sigmoid when K = 1). It pads H and W to a multiple of `2 ** depth` by reflection
 and crops the logits back, as the PyTorch nets do, so any side of at least
 `2 ** depth` pixels works. UNet++ exports its deepest head, or `level=L` pruned.
 The class names, mask values and normalisation ride along as metadata: ONNX
-`metadata_props`, TorchScript `_extra_files["unet_seg.json"]`.
+`metadata_props`, pt2 (`torch.export`, loaded with `torch.export.load`) and TorchScript
+the extra file `unet_seg.json`. TorchScript is deprecated upstream: pt2 is its successor,
+and TorchScript stays only while `torch.jit` still works.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
 EXTRA_FILE = "unet_seg.json"
 TOLERANCE = 1e-4
 
@@ -107,7 +109,10 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
     example = torch.zeros(1, channels, side, side)
     if fmt == "onnx":
         export_onnx(wrapper, example, output, metadata, int(cfg.get("opset", 18)))
+    elif fmt == "pt2":
+        export_pt2(wrapper, example, output, metadata)
     else:
+        log.warning("TorchScript is deprecated in PyTorch: format=pt2 (torch.export) replaces it")
         export_torchscript(wrapper, example, output, metadata)
     result: dict[str, str | float] = {"path": str(output), "max_abs_diff": float("nan")}
     if cfg.get("check", True):
@@ -133,17 +138,30 @@ def export_onnx(
     """ONNX through `torch.export` (needs `onnx` and `onnxscript`: `pip install .[export]`)."""
     import onnx  # optional: pip install ".[export]"
 
-    dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     with warnings.catch_warnings(), _quiet(("torch.onnx", "onnxscript", "onnx_ir")):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-            dynamic_shapes={"x": dims}, opset_version=opset, verbose=False,
+            dynamic_shapes=_dynamic_shapes(), opset_version=opset, verbose=False,
         )  # fmt: skip
     model = program.model_proto
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save_model(model, str(output))
+
+
+def _dynamic_shapes() -> dict[str, dict[int, object]]:
+    """Batch, height and width of the input `x` left dynamic."""
+    dynamic = torch.export.Dim.DYNAMIC
+    return {"x": {0: dynamic, 2: dynamic, 3: dynamic}}
+
+
+def export_pt2(wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str]) -> None:
+    """A `torch.export` program (`torch.export.save`); the metadata is the JSON extra file
+    `unet_seg.json`. Load it with `torch.export.load(path).module()`."""
+    batch = example.repeat(2, 1, 1, 1)  # a batch of 1 would be taken for a fixed size
+    program = torch.export.export(wrapper, (batch,), dynamic_shapes=_dynamic_shapes())
+    torch.export.save(program, str(output), extra_files={EXTRA_FILE: json.dumps(metadata)})
 
 
 @contextmanager
@@ -184,16 +202,19 @@ def load_exported(path: str | Path, fmt: str):
 
         return run_onnx, meta
     files = {EXTRA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    if fmt == "pt2":
+        net = torch.export.load(str(path), extra_files=files).module()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     meta = json.loads(files[EXTRA_FILE])
 
-    def run_torchscript(x: np.ndarray | Tensor) -> np.ndarray:
+    def run_torch(x: np.ndarray | Tensor) -> np.ndarray:
         with torch.no_grad():
-            return scripted(torch.as_tensor(x, dtype=torch.float32)).numpy()
+            return net(torch.as_tensor(x, dtype=torch.float32)).numpy()
 
-    return run_torchscript, meta
+    return run_torch, meta
 
 
 def compare_with_pytorch(module: SegModule, path: Path, fmt: str, x: Tensor) -> float:

@@ -78,6 +78,10 @@ class SegModule(pl.LightningModule):
         self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
         self._epoch_images = 0
         self._nonfinite = torch.zeros((), dtype=torch.bool)
+        # one training patch: Lightning's model summary counts the FLOPs and sizes from it
+        side = self.contract.crop_size
+        if side:
+            self.example_input_array = torch.zeros(1, self.contract.in_channels, side, side)
 
     def forward(self, x: Tensor) -> Tensor:
         """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level

@@ -33,7 +33,15 @@ from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_array
 from unet_seg.instances import write_objects
-from unet_seg.visualize import display_image, mask_palette, outline_objects, overlay
+from unet_seg.threads import set_threads
+from unet_seg.visualize import (
+    class_legend,
+    display_image,
+    mask_palette,
+    outline_objects,
+    overlay,
+    with_legend,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +103,15 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
 class _Writer:
     """Writes one image's outputs under `output`: its mask in the dataset's format
     (`MaskEncoding.write`) or, with `objects`, its object labels (`write_objects`);
-    `overlays/` (`auto`: with objects) and `probabilities/` when asked."""
+    `overlays/` (`auto`: with objects; classes with a legend naming `class_names`, objects
+    outlined each in its own colour) and `probabilities/` when asked."""
 
     def __init__(
-        self, encoding: MaskEncoding, output: Path, cfg: DictConfig, objects: bool = False
-    ) -> None:
+        self, encoding: MaskEncoding, output: Path, cfg: DictConfig, class_names: list[str],
+        objects: bool = False,
+    ) -> None:  # fmt: skip
         self.encoding, self.output, self.objects = encoding, output, objects
+        self.legend = None if objects else class_legend(class_names)
         overlays = cfg.get("overlays", "auto")
         overlays = objects if overlays == "auto" else bool(overlays)
         self.overlays = output / "overlays" if overlays else None
@@ -117,11 +128,13 @@ class _Writer:
         """Write one image's outputs; `labels` are its objects when the writer has `objects`."""
         if self.objects:
             target = write_objects(self.output, stem, labels)
-            picture = outline_objects(display_image(image), labels)
         else:
             target = self.encoding.write(self.output, stem, labels, self.palette)
-            picture = overlay(display_image(image), labels)
         if self.overlays is not None:
+            if self.objects:
+                picture = outline_objects(display_image(image), labels)
+            else:
+                picture = with_legend(overlay(display_image(image), labels), self.legend)
             write_png(self.overlays / f"{stem}.png", picture)
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
@@ -134,12 +147,13 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
+    set_threads(cfg.get("threads", "auto"), "threads")
     files = resolve_inputs(str(input_spec(cfg)))
     predictor = load_model_from_config(cfg.ckpt, cfg)
     predictor.progress = True
     output = Path(cfg.output)
     objects = predictor.contract.instance_target
-    writer = _Writer(predictor.encoding, output, cfg, objects)
+    writer = _Writer(predictor.encoding, output, cfg, predictor.contract.class_names, objects)
     want_probs = bool(cfg.get("probabilities"))
     tiling = f" tile_size={predictor.tile_size} overlap={predictor.overlap}"
     log.info(

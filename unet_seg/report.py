@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from unet_seg.config import to_plain
+from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def read_scalars(run: Path, tags: Sequence[str]) -> dict[str, tuple[list[int], l
     """Steps and values of each tag in the run's TensorBoard event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    silence_known_noise()  # TensorBoard's line per event file
     acc = EventAccumulator(str(RunDir(run).tensorboard), size_guidance={"scalars": 0})
     acc.Reload()
     present = set(acc.Tags().get("scalars", []))

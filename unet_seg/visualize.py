@@ -1,56 +1,134 @@
-"""Pictures of predictions: colour-coded masks, overlays, palettes for mask PNGs and
-input | truth | prediction grids."""
+"""Pictures of predictions: colour-coded masks, overlays with legends, palettes for mask
+PNGs and input | truth | prediction grids."""
 
 from __future__ import annotations
+
+import colorsys
 
 import cv2
 import numpy as np
 
+# Okabe & Ito's colours, told apart with every common colour-vision deficiency, and none
+# near white (an overlay on bright nuclei or grey EM stays visible): background black, then
+# orange, sky blue, bluish green, yellow, blue, vermillion, reddish purple
 _PALETTE = np.array(
     [
         [0, 0, 0],
-        [255, 255, 255],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
+        [230, 159, 0],
+        [86, 180, 233],
+        [0, 158, 115],
+        [240, 228, 66],
+        [0, 114, 178],
+        [213, 94, 0],
+        [204, 121, 167],
     ],
     dtype=np.uint8,
 )
 
+FALSE_POSITIVE = (213, 94, 0)  # vermillion: predicted where the truth is background
+MISSED = (86, 180, 233)  # sky blue: the truth's class predicted as background
+WRONG_CLASS = (240, 228, 66)  # yellow: one foreground class taken for another
+
 
 def colorize(labels: np.ndarray) -> np.ndarray:
-    """Class indices `[H, W]` -> RGB `[H, W, 3]` uint8 (background black, class 1 white).
+    """Class indices `[H, W]` -> RGB `[H, W, 3]` uint8 (background black, then Okabe-Ito's
+    colours, then `_further_colours`).
 
     Ignored pixels (negative labels) are drawn mid-grey.
     """
     palette = _PALETTE
     if labels.max(initial=0) >= len(palette):
-        rng = np.random.default_rng(0)
-        extra = rng.integers(0, 256, (int(labels.max()) + 1 - len(palette), 3), dtype=np.uint8)
-        palette = np.concatenate([palette, extra])
+        extra = int(labels.max()) + 1 - len(palette)
+        palette = np.concatenate([palette, _further_colours(extra)])
     rgb = palette[np.clip(labels, 0, None)]
     rgb[labels < 0] = 128
     return rgb
+
+
+def _further_colours(n: int) -> np.ndarray:
+    """Colours of classes beyond Okabe-Ito's: hues a golden-ratio turn apart, saturated and
+    alternately bright and dark (never grey, never near white). `[n, 3]` uint8."""
+    hues = (0.05 + 0.618034 * np.arange(n)) % 1.0
+    values = np.where(np.arange(n) % 2 == 0, 0.9, 0.6)
+    rgb = [colorsys.hsv_to_rgb(h, 0.85, v) for h, v in zip(hues, values, strict=True)]
+    return (np.array(rgb) * 255).round().astype(np.uint8)
+
+
+def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
+    """The RGB colour `colorize` gives each class index `0..num_classes-1`."""
+    return [tuple(int(v) for v in c) for c in colorize(np.arange(num_classes)[None])[0]]
 
 
 def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Where a prediction is wrong, `[H, W]` labels -> RGB `[H, W, 3]` uint8.
 
     Correct pixels show the truth dimmed; false positives (truth background) are
-    red, misses (predicted background) blue, other confusions yellow; ignored
-    pixels grey.
+    vermillion, misses (predicted background) sky blue, other confusions yellow
+    (`error_legend` names them); ignored pixels grey.
     """
     rgb = colorize(truth) // 3
     wrong = (truth != pred) & (truth >= 0)
-    rgb[wrong & (truth == 0)] = (255, 0, 0)
-    rgb[wrong & (pred == 0)] = (0, 90, 255)
-    rgb[wrong & (truth > 0) & (pred > 0)] = (255, 225, 25)
+    rgb[wrong & (truth == 0)] = FALSE_POSITIVE
+    rgb[wrong & (pred == 0)] = MISSED
+    rgb[wrong & (truth > 0) & (pred > 0)] = WRONG_CLASS
     return rgb
+
+
+Entry = tuple[str, tuple[int, int, int] | None]
+"""A legend entry: a name and its colour swatch (None: the name alone, as a heading)."""
+
+
+def class_legend(class_names: list[str]) -> list[Entry]:
+    """Legend entries naming the colour of each foreground class (background is untinted)."""
+    colours = class_colours(len(class_names))
+    return [(name, colours[i]) for i, name in enumerate(class_names) if i > 0]
+
+
+def error_legend(num_classes: int) -> list[Entry]:
+    """Legend entries of `error_map`'s colours (wrong class only with several foregrounds)."""
+    entries: list[Entry] = [("false positive", FALSE_POSITIVE), ("missed", MISSED)]
+    return entries + ([("wrong class", WRONG_CLASS)] if num_classes > 2 else [])
+
+
+_FONT, _SCALE, _ROW, _SWATCH = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 18, 11
+
+
+def legend(entries: list[Entry], width: int) -> np.ndarray:
+    """A white band naming colours: each entry a swatch then its name, in rows that wrap
+    at `width` pixels (wider when one entry alone is). RGB uint8 `[H, >=width, 3]`."""
+    sizes = [cv2.getTextSize(name, _FONT, _SCALE, 1)[0][0] + (_SWATCH + 4 if colour else 0) + 12
+             for name, colour in entries]  # fmt: skip
+    width = max(width, 8 + max(sizes, default=0))
+    rows: list[list[int]] = [[]]
+    x = 4
+    for i, size in enumerate(sizes):
+        if rows[-1] and x + size > width:
+            rows.append([])
+            x = 4
+        rows[-1].append(i)
+        x += size
+    band = np.full((_ROW * len(rows) + 4, width, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        x, y = 4, 4 + r * _ROW
+        for i in row:
+            name, colour = entries[i]
+            text_x = x
+            if colour is not None:
+                band[y + 2 : y + 2 + _SWATCH, x : x + _SWATCH] = colour
+                cv2.rectangle(band, (x, y + 2), (x + _SWATCH - 1, y + 1 + _SWATCH), (0, 0, 0), 1)
+                text_x += _SWATCH + 4
+            cv2.putText(band, name, (text_x, y + 12), _FONT, _SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+            x += sizes[i]
+    return band
+
+
+def with_legend(image: np.ndarray, entries: list[Entry]) -> np.ndarray:
+    """`image` (RGB uint8 `[H, W, 3]`) above a `legend` of `entries`; the picture is widened
+    with white when the legend needs more room. Pixel `[y, x]` of the image stays there."""
+    band = legend(entries, image.shape[1])
+    image = np.pad(image, ((0, 0), (0, band.shape[1] - image.shape[1]), (0, 0)),
+                   constant_values=255)  # fmt: skip
+    return np.concatenate([image, band], axis=0)
 
 
 def to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -118,13 +196,21 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]`
-    (background left untinted). Returns RGB uint8 `[H, W, 3]`."""
-    colours = colorize(labels).astype(np.float32)
-    tinted = image.astype(np.float32) * (1 - alpha) + colours * alpha
-    fg = (labels > 0)[:, :, None]
-    return np.where(fg, tinted, image).round().astype(np.uint8)
+def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]` and
+    outline each class region in its full colour (background left as it is), so a region
+    shows on bright and grey inputs alike. Returns RGB uint8 `[H, W, 3]`."""
+    colours = colorize(labels)
+    tinted = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    fg = labels > 0
+    out = np.where(fg[:, :, None], tinted, image).round().astype(np.uint8)
+    padded = np.pad(labels, 1, mode="edge")
+    h, w = labels.shape
+    edge = np.zeros_like(fg)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):  # a 4-neighbour of another label
+        edge |= padded[dy : dy + h, dx : dx + w] != labels
+    out[fg & edge] = colours[fg & edge]
+    return out
 
 
 def mask_palette(mask_values: list[int]) -> list[int]:

@@ -362,8 +362,9 @@ def measure_precision(
 
     Args:
         peak_tflops: the device's peak dense TFLOP/s per precision, from its data sheet
-            (e.g. `{"32-true": 67, "16-mixed": 989, "bf16-mixed": 989}` for an H100 SXM,
-            whose fp32 figure assumes TF32 matmuls); gives `fraction_of_peak`.
+            (e.g. `{"32-true": 495, "16-mixed": 989, "bf16-mixed": 989}` for an H100 SXM:
+            32-true runs TF32 matmuls on a GPU, whose peak is TF32's); gives
+            `fraction_of_peak`.
 
     Returns:
         One row per combination: `precision`, `channels_last`, `compile`, `images_per_s`,

@@ -143,20 +143,20 @@ class SegDataModule(pl.LightningDataModule):
         self.cache = cache
         self.seed = seed
         self.synthetic = synthetic
+        self._synthetic_ready = False  # prepare_data and setup both ask: check once
         self.splits: dict[str, list[str]] | None = None
         self._checked = False  # check() found every file fit: setup need not read them again
         self.pairs: dict[str, tuple[Path, Path]] = {}
         self.datasets: dict[str, SegDataset] = {}
 
     def prepare_data(self) -> None:
-        if self.synthetic and not self.datasets:
-            ensure_synthetic(self.root, **self.synthetic)
+        if not self.datasets:
+            self._ensure_synthetic()
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        if self.synthetic:  # also when prepare_data was not called (direct use, tests)
-            ensure_synthetic(self.root, **self.synthetic)
+        self._ensure_synthetic()  # also when prepare_data was not called (direct use, tests)
         pairs, self.splits = self._pairs_and_splits(save=True)
         self.pairs = pairs
         train_pairs = [pairs[n] for n in self.splits["train"]]
@@ -183,6 +183,12 @@ class SegDataModule(pl.LightningDataModule):
         log.info(
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
+
+    def _ensure_synthetic(self) -> None:
+        """Generate the synthetic data unless this data module has already made sure of it."""
+        if self.synthetic and not self._synthetic_ready:
+            ensure_synthetic(self.root, **self.synthetic)
+            self._synthetic_ready = True
 
     def check(self) -> list[str]:
         """Every problem that would stop training, each naming its file and the fix, found

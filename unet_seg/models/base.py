@@ -108,4 +108,6 @@ class SegNet(nn.Module):
         x = F.pad(x, [0, (m - w % m) % m, 0, (m - h % m) % m], mode="reflect")
         out = self(x) if level is None else self.forward_level(x, level)
         out = out[-1] if isinstance(out, list) else out  # deep supervision: the deepest head
-        return out[:, :, :h, :w]
+        # cropped by a negative pad, not a slice: torch.export would guard on the slice being
+        # a no-op or not, and so fix whether H and W are multiples of `pad_multiple`
+        return F.pad(out, [0, w - out.shape[-1], 0, h - out.shape[-2]])
