@@ -29,7 +29,7 @@ class SegDataModule(pl.LightningDataModule):
     Args:
         root: dataset folder.
         in_channels, num_classes, class_names, mask_format, mask_values, mask_colors,
-        intensity, mean, std, crop_size: the data contract (`DataContract`, built here
+        ignore_value, intensity, mean, std, crop_size: the data contract (`DataContract`, built here
             once, as `self.contract`); `crop_size` is the training patch side (validation
             and test use whole images).
         foreground_crop: share of training patches centred on foreground (nnU-Net: 1/3).
@@ -61,6 +61,7 @@ class SegDataModule(pl.LightningDataModule):
         mask_values: Sequence[int] | None = None,
         mask_format: str = "values",
         mask_colors: Sequence[Sequence[int]] | None = None,
+        ignore_value: int | Sequence[int] | str | None = None,
         images_dir: str = "images",
         masks_dir: str = "masks",
         mask_suffix: str = "",
@@ -106,7 +107,8 @@ class SegDataModule(pl.LightningDataModule):
         self.contract = DataContract.from_config({
             "in_channels": in_channels, "num_classes": num_classes, "class_names": class_names,
             "mask_format": mask_format, "mask_values": mask_values, "mask_colors": mask_colors,
-            "intensity": intensity, "mean": mean, "std": std, "crop_size": crop_size,
+            "ignore_value": ignore_value, "intensity": intensity, "mean": mean, "std": std,
+            "crop_size": crop_size,
         })  # fmt: skip
         self.root = Path(root)
         class_folders = class_names[1:] if mask_format == "folders" else None
