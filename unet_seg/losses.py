@@ -3,11 +3,11 @@
 Each loss is a pure function plus a thin `nn.Module`. Shapes everywhere:
 logits `[B, C, H, W]` (C = 1 means binary with a sigmoid), target `[B, H, W]`
 int64 class indices, `IGNORE_INDEX` marking pixels that count for nothing
-(padding, unlabelled pixels of `data.ignore_value`): they enter no term, so a loss
-equals the same loss computed on the labelled pixels alone. The math runs in float32 even under mixed precision. An optional
-third argument, per-pixel weights `[B, H, W]` (the U-Net weight map of
-`loss=weighted_ce_dice`, see `unet_seg.data.weight_map`), weighs the
-cross-entropy term; Dice is never weighted.
+(padding, unlabelled pixels of `data.ignore_value`): they enter no term, so a
+loss equals the same loss computed on the labelled pixels alone. The math runs
+in float32 even under mixed precision. An optional third argument, per-pixel
+weights `[B, H, W]` (the U-Net weight map of `loss=weighted_ce_dice`, see
+`unet_seg.data.weight_map`), weighs the cross-entropy term; Dice is never weighted.
 """
 
 from __future__ import annotations
