@@ -26,6 +26,7 @@ from tqdm import tqdm
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_pairs, instance_files
+from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
 from unet_seg.run_dir import RunDir
@@ -187,6 +188,8 @@ class _WorstCases:
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
     def offer(self, row: dict, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
+        """`truth`: uint8 class indices, `PAD_LABEL` where unlabelled (drawn grey)."""
+        truth = np.where(truth == PAD_LABEL, IGNORE_INDEX, truth).astype(np.int16)
         score = row["dice/mean_fg"]
         score = 1.0 if _is_nan(score) else score  # nothing to find and nothing found
         if self.n <= 0:
