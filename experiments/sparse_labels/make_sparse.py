@@ -28,8 +28,9 @@ def arm_name(fraction: float) -> str:
     return "full" if fraction >= 1 else f"p{round(fraction * 100):02d}"
 
 
-def labelled_squares(shape: tuple[int, int], fraction: float, side: int,
-                     rng: np.random.Generator) -> np.ndarray:
+def labelled_squares(
+    shape: tuple[int, int], fraction: float, side: int, rng: np.random.Generator
+) -> np.ndarray:
     """Boolean `[H, W]`: `round(fraction * cells)` grid cells of `side` pixels, at random."""
     rows, cols = shape[0] // side, shape[1] // side
     chosen = rng.choice(rows * cols, size=round(fraction * rows * cols), replace=False)
@@ -67,8 +68,10 @@ def main() -> None:
                 labelled += int((mask != IGNORE_VALUE).sum())
                 total += mask.size
             cv2.imwrite(str(arm / "masks" / name), mask)
-        sys.stdout.write(f"{arm}: {labelled / total:.4f} of the training pixels labelled; "
-                         f"held out (fully labelled): {sorted(held_out)}\n")
+        sys.stdout.write(
+            f"{arm}: {labelled / total:.4f} of the training pixels labelled; "
+            f"held out (fully labelled): {sorted(held_out)}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -11,11 +11,9 @@ mkdir -p outputs/sparse_labels/runs
 for arm in $arms; do
   dir=outputs/sparse_labels/runs/$arm
   rm -rf "$dir"
-  start=$(date +%s)
   python -m unet_seg.train experiment=isbi2012_cv data.root=outputs/sparse_labels/data/$arm \
     data.ignore_value=128 data.num_workers=0 trainer.max_epochs="$epochs" \
     hydra.run.dir="$dir" > "$dir.log" 2>&1 || { echo "$arm: FAILED, see $dir.log"; continue; }
-  echo $(( $(date +%s) - start )) > "$dir.seconds"
-  echo "$arm: done in $(cat "$dir.seconds") s"
+  echo "$arm: done"
 done
 python experiments/sparse_labels/summarize.py outputs/sparse_labels/runs

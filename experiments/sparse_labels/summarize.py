@@ -2,8 +2,9 @@
 
     python experiments/sparse_labels/summarize.py outputs/sparse_labels/runs
 
-Reads each arm's metrics.json, config.yaml, splits.json and wall time (`<arm>.seconds`,
-written by run.sh), counts the labelled share of its training masks, and writes
+Reads each arm's metrics.json, config.yaml and splits.json, counts the labelled share of
+its training masks, takes its wall time from the first line of its train.log (the run
+directory made) to its metrics.json (written after the final evaluation), and writes
 results.json and results.md beside this script (the table is also printed).
 """
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import cv2
-import numpy as np
 import yaml
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +31,12 @@ def labelled_share(root: Path, names: list[str], ignore_value: int) -> float:
     return labelled / total
 
 
+def wall_seconds(run: Path) -> int:
+    first = (run / "train.log").read_text().splitlines()[0]
+    start = datetime.strptime(first[1:20], "%Y-%m-%d %H:%M:%S").timestamp()
+    return round((run / "metrics.json").stat().st_mtime - start)
+
+
 def summarize(runs: Path) -> tuple[list[dict], str]:
     rows = []
     for metrics_file in sorted(runs.glob("*/metrics.json")):
@@ -37,27 +44,34 @@ def summarize(runs: Path) -> tuple[list[dict], str]:
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         metrics = json.loads(metrics_file.read_text())
         splits = json.loads((run / "splits.json").read_text())
-        seconds = run.with_suffix(".seconds")
-        rows.append({
-            "arm": run.name,
-            "labelled_share": labelled_share(Path(cfg["data"]["root"]), splits["train"],
-                                             cfg["data"]["ignore_value"]),
-            "epochs": metrics["epochs"],
-            "steps": metrics["global_step"],
-            "pixel_error": metrics["val/pixel_error"],
-            "dice_cell": metrics["val/dice/cell"],
-            "dice_membrane": metrics["val/dice/membrane"],
-            "seconds": int(seconds.read_text()) if seconds.is_file() else None,
-            "held_out": splits["val"],
-        })
+        rows.append(
+            {
+                "arm": run.name,
+                "labelled_share": labelled_share(
+                    Path(cfg["data"]["root"]), splits["train"], cfg["data"]["ignore_value"]
+                ),
+                "epochs": metrics["epochs"],
+                "steps": metrics["global_step"],
+                "pixel_error": metrics["val/pixel_error"],
+                "dice_cell": metrics["val/dice/cell"],
+                "dice_membrane": metrics["val/dice/membrane"],
+                "seconds": wall_seconds(run),
+                "held_out": splits["val"],
+            }
+        )
     rows.sort(key=lambda r: ORDER.index(r["arm"]) if r["arm"] in ORDER else len(ORDER))
-    lines = ["| arm | training pixels labelled | epochs (steps) | held-out pixel error | "
-             "cell Dice | membrane Dice | wall time |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | training pixels labelled | epochs (steps) | held-out pixel error | "
+        "cell Dice | membrane Dice | wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        wall = f"{r['seconds'] // 60} min {r['seconds'] % 60} s" if r["seconds"] else "?"
-        lines.append(f"| {r['arm']} | {r['labelled_share']:.2%} | {r['epochs']} ({r['steps']}) "
-                     f"| {r['pixel_error']:.4f} | {r['dice_cell']:.4f} | "
-                     f"{r['dice_membrane']:.4f} | {wall} |")
+        wall = f"{r['seconds'] // 60} min {r['seconds'] % 60} s"
+        lines.append(
+            f"| {r['arm']} | {r['labelled_share']:.2%} | {r['epochs']} ({r['steps']}) "
+            f"| {r['pixel_error']:.4f} | {r['dice_cell']:.4f} | "
+            f"{r['dice_membrane']:.4f} | {wall} |"
+        )
     return rows, "\n".join(lines)
 
 
