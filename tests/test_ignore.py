@@ -276,24 +276,72 @@ def test_training_refuses_a_mask_with_nothing_labelled_before_it_starts(tmp_path
     assert not (tmp_path / "run").exists()
 
 
-def test_train_and_evaluate_on_partly_labelled_masks(tmp_path: Path) -> None:
+def test_the_weight_map_sees_no_object_in_unlabelled_pixels(tmp_path: Path) -> None:
+    from unet_seg.data.weight_map import weights_and_borders
+
+    labels = np.zeros((24, 24), np.uint16)
+    labels[4:12, 4:12], labels[4:12, 12:20] = 1, 2  # two touching objects
+    labels[12:20, 4:12] = 65535  # unlabelled, right below object 1
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((24, 24), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), labels)
+    params = {"w0": 10.0, "sigma": 5.0, "class_balance": True, "separate_touching": True}
+    encoding = MaskEncoding(mask_format="instances", ignore_value=65535)
+    pairs = find_pairs(tmp_path)
+    ds = SegDataset(pairs, encoding, 1, [0.5], [0.25], instance_paths=[pairs[0][1]],
+                    weight_map=params)  # fmt: skip
+    sample = ds[0]
+    objects = np.where(labels == 65535, 0, labels)
+    weight, border = weights_and_borders(objects, params)
+    np.testing.assert_allclose(sample["weight"].numpy(), weight)
+    want = np.where(labels == 65535, IGNORE_INDEX, (objects > 0) & ~border)
+    assert np.array_equal(sample["mask"].numpy(), want)  # only the 1|2 border separated
+    assert (sample["mask"][11, 4:10] == 1).all()  # object 1 keeps its edge on the unlabelled
+
+
+def instance_folder(root: Path) -> Path:
+    """`partly_labelled` as 16-bit instance labels, 65535 where unlabelled."""
+    write_folder(root, n=6)
+    for path in sorted((root / "masks").iterdir()):
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        labels = np.where(mask > 0, 1, 0).astype(np.uint16)
+        labels[:20] = 65535
+        cv2.imwrite(str(path), labels)
+    return root
+
+
+ARMS = {
+    "unet": [f"data.ignore_value={IGNORE}", "data.foreground_crop=0.5"],
+    "nested_weight_map": ["arch=nested", "loss=weighted_ce_dice", "data.mask_format=instances",
+                          "data.mask_values=[0,1]", "data.class_names=[background,object]",
+                          "data.ignore_value=65535"],
+    "unet_valid_sigmoid": ["arch=unet_valid", "arch.depth=2", "data.crop_size=24",
+                           "data.num_classes=1", f"data.ignore_value={IGNORE}"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_train_and_evaluate_on_partly_labelled_masks(tmp_path: Path, arm: str) -> None:
     from tests.test_evaluate import config
     from unet_seg.evaluate import evaluate
     from unet_seg.train import train
 
-    root = partly_labelled(tmp_path / "d", n=6)
+    if arm.startswith("nested"):
+        root = instance_folder(tmp_path / "d")
+    else:
+        root = partly_labelled(tmp_path / "d", n=6)
     run = tmp_path / "run"
     cfg = compose_train([
         "data=folder", f"data.root={root}", "data.in_channels=1", "data.crop_size=32",
-        f"data.ignore_value={IGNORE}", "data.num_workers=0", "data.batch_size=2",
-        "data.foreground_crop=0.5", "arch.base_channels=4", "trainer.max_epochs=1",
-        f"run_dir={run}", "logger=none", "callbacks.validation_images.num_samples=1",
+        "data.num_workers=0", "data.batch_size=2", "arch.base_channels=4",
+        "trainer.max_epochs=1", f"run_dir={run}", "logger=none",
+        "callbacks.validation_images.num_samples=1", *ARMS[arm],
     ])  # fmt: skip
     metrics = train(cfg)
     assert metrics["global_step"] > 0 and 0 <= metrics["val/pixel_error"] <= 1
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["data"]["ignore_value"] == IGNORE
+    assert ckpt["hyper_parameters"]["data"]["ignore_value"] == cfg.data.ignore_value
     scores = evaluate(config(run_dir=str(run), split="val", mode="tile", tile_size=32,
                              tta="flips", output=str(tmp_path / "e.json")))  # fmt: skip
     assert 0 <= scores["pixel_error/pooled"] <= 1
-    assert scores["n/dice/foreground"] + scores["n/dice/background"] >= 1

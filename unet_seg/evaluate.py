@@ -113,8 +113,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             zip(chunk, loaded, results, strict=True), start=start
         ):
             row = book.add(path.name, labels, truth)
-            if objects is not None:  # foreground (any class > 0) components vs true objects
-                counts = object_counts(labels > 0, read_instances(instances[i]))
+            if objects is not None:  # labelled foreground (classes > 0) components vs objects
+                objects_true = contract.encoding.objects_of(read_instances(instances[i]))
+                counts = object_counts((labels > 0) & (truth != PAD_LABEL), objects_true)
                 row.update({f"objects/{k}": v for k, v in counts.items()})
                 for key, value in counts.items():
                     objects[key] += value

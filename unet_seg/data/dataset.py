@@ -237,7 +237,7 @@ class SegDataset(Dataset):
         """Image `index`'s weight map and touching-border pixels, computed on first use."""
         if index not in self._weights:
             path = self.instance_paths[index]
-            instances = read_instances(path)
+            instances = self.encoding.objects_of(read_instances(path))
             mismatch = size_mismatch(path, "instance labels", instances.shape,
                                      self.pairs[index][0], shape)  # fmt: skip
             if mismatch:

@@ -235,6 +235,13 @@ class MaskEncoding:
             )
         return indices
 
+    def objects_of(self, instances: np.ndarray) -> np.ndarray:
+        """Instance labels `[H, W]` as the weight map and object counts take them: with
+        `mask_format=instances`, the ignore value (unlabelled, not an object) made 0."""
+        if self.mask_format != "instances" or self.ignore_value is None:
+            return instances
+        return np.where(instances == self.ignore_value, 0, instances).astype(instances.dtype)
+
     def _encode_colors(self, array: np.ndarray, path: Path) -> np.ndarray:
         if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
             raise ValueError(
