@@ -239,6 +239,7 @@ def test_check_data_reports_the_labelled_share(tmp_path: Path) -> None:
     root = partly_labelled(tmp_path / "d")
     report = check_data(data_cfg(root, tmp_path / "r.json", f"data.ignore_value={IGNORE}"))
     assert report["problems"] == [] and report["labelled_share"] == pytest.approx(0.5)
+    assert report["suggested_mask_values"] == [0, 255]  # 128 marks no class
     assert report["least_labelled_mask"]["labelled_share"] == pytest.approx(0.5)
     masks = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted((root / "masks").iterdir())]
     labelled = np.concatenate([m[m != IGNORE] for m in masks])

@@ -360,6 +360,7 @@ def inspect_folder(
         )
     for hint in hints:
         log.warning("%s", hint)
+    suggested = sorted(v for v in values if v != encoding.ignore_value)  # classes only
     total = max(1, int(class_pixels.sum()))
     share = class_pixels / total
     weights = median_frequency_weights(share) if (share > 0).all() else None
@@ -375,7 +376,7 @@ def inspect_folder(
         },
         "labelled_share": float(class_pixels.sum() / max(1, class_pixels.sum() + ignored)),
         "least_labelled_mask": {"mask": least[1], "labelled_share": least[0]} if least else None,
-        "suggested_mask_values": sorted(values) if 1 < len(values) <= 20 else None,
+        "suggested_mask_values": suggested if 1 < len(suggested) <= 20 else None,
         "suggested_class_weights": weights,
         "hints": hints,
         "problems": problems,
