@@ -118,10 +118,12 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
         problems.append(err)
         # the files can still be checked: channels, sizes and folders do not need the classes
         neutral = {"num_classes": 2, "mask_format": "values", "mask_values": [0, 1],
-                   "mask_colors": None, "class_names": ["class0", "class1"]}  # fmt: skip
+                   "mask_colors": None, "class_names": ["class0", "class1"],
+                   "ignore_value": None}  # fmt: skip
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
-            cfg.data.update(neutral if cfg.data.get("mask_format") != "folders" else {})
+            folders = cfg.data.get("mask_format") == "folders"
+            cfg.data.update(neutral if not folders else {"ignore_value": None})
             cfg.loss.weight_map = None
         try:
             datamodule = build_datamodule(cfg, run)

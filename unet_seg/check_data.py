@@ -2,6 +2,7 @@
 
 Reports pairs found and unmatched files, image sizes and channels, mask values
 with their pixel counts (naming masks that look JPEG-compressed), class balance,
+the labelled share of the mask pixels (partly labelled masks, `data.ignore_value`),
 suggested `mask_values` and class weights, and every problem with its file.
 Exits with status 1 when the data would not train.
 """
@@ -56,7 +57,8 @@ def check_data(cfg: DictConfig) -> dict:
             names = report[key]
             lines.append(f"  {key.replace('_', ' ')}: {len(names)}, e.g. {names[:5]}")
     for key in ("image_sizes", "image_channels", "mask_values", "class_pixel_share",
-                "suggested_mask_values", "suggested_class_weights"):  # fmt: skip
+                "labelled_share", "least_labelled_mask", "suggested_mask_values",
+                "suggested_class_weights"):  # fmt: skip
         if key in report:
             lines.append(f"  {key.replace('_', ' ')}: {_short(report[key])}")
     if report.get("masks_jpeg_like"):
@@ -77,7 +79,7 @@ def check_data(cfg: DictConfig) -> dict:
 def train_command(data: dict, plan: dict) -> str:
     """The command that trains on this folder with this plan (planned keys spelled out, so
     that it keeps working if the plan's rules change)."""
-    keys = [*plan["plan"], *plan["given"]]
+    keys = [*plan["plan"], *plan["given"], "ignore_value"]
     args = [f"data.{k}={_cli(data[k])}" for k in keys if data.get(k) is not None]
     if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
         args.insert(0, f"data.target={data['target']}")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_instances, find_pairs
+from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 from unet_seg.data.weight_map import read_instances
 from unet_seg.files import write_json
 from unet_seg.instances import RULES as INSTANCE_RULES
@@ -139,12 +140,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for i, ((path, _), (image, truth), (found, labels, _)) in enumerate(
             zip(chunk, loaded, results, strict=True), start=start
         ):
-            true_objects = read_instances(instances[i]) if instances else None
-            if decoded:  # foreground against foreground
+            true_objects = None
+            if instances:  # the ignore value (unlabelled) is no object
+                true_objects = contract.encoding.objects_of(read_instances(instances[i]))
+            if decoded:  # foreground against foreground; unlabelled pixels stay unlabelled
                 labels = (found > 0).astype(np.uint8)
-                truth = (true_objects > 0).astype(np.uint8)
+                truth = np.where(truth == PAD_LABEL, PAD_LABEL, true_objects > 0).astype(np.uint8)
             row = book.add(path.name, labels, truth)
-            if true_objects is not None:  # predicted objects against true objects
+            if true_objects is not None:  # predicted objects (on labelled pixels) against true
+                found = np.where(truth == PAD_LABEL, 0, found)
                 row.update({f"instances/{k}": v
                             for k, v in scores.add(found, true_objects).items()})  # fmt: skip
                 counts = object_counts(found, true_objects, labelled=True)
@@ -239,6 +243,8 @@ class _WorstCases:
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
     def offer(self, row: dict, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
+        """`truth`: uint8 class indices, `PAD_LABEL` where unlabelled (drawn grey)."""
+        truth = np.where(truth == PAD_LABEL, IGNORE_INDEX, truth).astype(np.int16)
         score = row["dice/mean_fg"]
         score = 1.0 if _is_nan(score) else score  # nothing to find and nothing found
         if self.n <= 0:

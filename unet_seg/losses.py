@@ -3,10 +3,11 @@
 Each loss is a pure function plus a thin `nn.Module`. Shapes everywhere:
 logits `[B, C, H, W]` (C = 1 means binary with a sigmoid), target `[B, H, W]`
 int64 class indices, `IGNORE_INDEX` marking pixels that count for nothing
-(padding). The math runs in float32 even under mixed precision. An optional
-third argument, per-pixel weights `[B, H, W]` (the U-Net weight map of
-`loss=weighted_ce_dice`, see `unet_seg.data.weight_map`), weighs the
-cross-entropy term; Dice is never weighted.
+(padding, unlabelled pixels of `data.ignore_value`): they enter no term, so a
+loss equals the same loss computed on the labelled pixels alone. The math runs
+in float32 even under mixed precision. An optional third argument, per-pixel
+weights `[B, H, W]` (the U-Net weight map of `loss=weighted_ce_dice`, see
+`unet_seg.data.weight_map`), weighs the cross-entropy term; Dice is never weighted.
 """
 
 from __future__ import annotations
@@ -80,38 +81,31 @@ def cross_entropy(
 ) -> Tensor:
     """Cross-entropy over valid pixels; BCE-with-logits when there is one output channel.
 
-    With `pixel_weights` `[B, H, W]` (the U-Net weight map), the mean becomes a
-    weighted mean over valid pixels, `sum(w * ce) / sum(w)`, where `ce` already
-    includes the class weights (softmax: `w` is then `pixel_weight * class_weight`
-    of the true class in the denominator too, as `F.cross_entropy` does; BCE: the
-    class weights act through `pos_weight` and the denominator is `sum(w)`).
-    Uniform pixel weights therefore give exactly the unweighted loss. A batch
-    whose valid weights sum to 0 has loss 0.
+    The mean is a weighted mean over valid pixels, `sum(w * ce) / sum(w)`, where `w` is
+    the per-pixel weight (`pixel_weights` `[B, H, W]`, the U-Net weight map; else 1) and
+    `ce` already includes the class weights (softmax: `w` is then `pixel_weight *
+    class_weight` of the true class in the denominator too, as `F.cross_entropy` does;
+    BCE: the class weights act through `pos_weight` and the denominator is `sum(w)`).
+    Without pixel weights this is `F.cross_entropy`'s mean, and uniform pixel weights
+    give exactly the unweighted loss. A batch without a valid pixel (or whose valid
+    weights sum to 0) has loss 0, not NaN. No value is read back to the host.
     """
     logits = logits.float()
+    valid = target != ignore_index  # [B, H, W]
+    w = valid.float() if pixel_weights is None else pixel_weights.float() * valid
     if logits.shape[1] == 1:
-        valid = target != ignore_index
-        x = logits[:, 0][valid]
-        y = target[valid].float()
         pos_weight = None
         if class_weights is not None:  # [w_background, w_foreground]
             pos_weight = class_weights[1] / class_weights[0]
-        if pixel_weights is None:
-            return F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight)
-        w = pixel_weights.float()[valid]
-        bce = F.binary_cross_entropy_with_logits(x, y, pos_weight=pos_weight, reduction="none")
-        return (w * bce).sum() / w.sum().clamp_min(torch.finfo(torch.float).tiny)
-    if pixel_weights is None:
-        return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)
-    ce = F.cross_entropy(  # [B, H, W], class weight included, 0 on ignored pixels
-        logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
-    )
-    valid = target != ignore_index
-    w = pixel_weights.float() * valid
-    if class_weights is not None:
-        w_den = w * class_weights[target.clamp(min=0)]
-    else:
+        ce = F.binary_cross_entropy_with_logits(  # [B, H, W]
+            logits[:, 0], valid * target.float(), pos_weight=pos_weight, reduction="none"
+        )
         w_den = w
+    else:
+        ce = F.cross_entropy(  # [B, H, W], class weight included, 0 on ignored pixels
+            logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
+        )
+        w_den = w if class_weights is None else w * class_weights[target.clamp(min=0)]
     return (w * ce).sum() / w_den.sum().clamp_min(torch.finfo(torch.float).tiny)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from unet_seg.data.masks import PAD_LABEL
 from unet_seg.data.weight_map import consecutive_labels, touching_border
 from unet_seg.metrics import confusion_counts, pixel_error, ratio_scores
 
@@ -34,6 +35,8 @@ RULES = (
     "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
     "percentiles over the distances of all images together.",
     "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
+    "unlabelled truth pixels (data.ignore_value) count in no score: not in the pixel counts, "
+    "and HD95 measures the prediction on labelled pixels only.",
     "pixel_error: the share of misclassified pixels, 1 - sum(TP) / sum(TP + FN) over the "
     "classes: per image in the CSV, and pixel_error/pooled over the pixels of all images (the "
     "training metric's pixel_error).",
@@ -88,9 +91,12 @@ class ScoreBook:
 
     Args:
         class_names: one per class index; class 0 is the background.
+        ignore_index: truth value of unlabelled pixels (`PAD_LABEL`, as
+            `MaskEncoding.load` marks `data.ignore_value`): no score counts them.
     """
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], ignore_index: int = PAD_LABEL) -> None:
+        self.ignore_index = ignore_index
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.counts = np.zeros((3, self.num_classes), dtype=np.int64)
@@ -101,15 +107,18 @@ class ScoreBook:
         ]
 
     def add(self, name: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, float | str]:
-        """Score one image (class indices `[H, W]` each); return its row (`metric/class`)."""
-        counts = confusion_counts(pred, truth, self.num_classes)
+        """Score one image (class indices `[H, W]` each); return its row (`metric/class`).
+        Unlabelled truth pixels are left out: of the counts, and of the predicted regions
+        whose boundaries HD95 measures."""
+        counts = confusion_counts(pred, truth, self.num_classes, self.ignore_index)
+        labelled = truth != self.ignore_index
         self.counts += counts
         row: dict[str, float | str] = {"image": name}
         ratios = ratio_scores(counts)
         for c, cls in enumerate(self.class_names):
             for metric in RATIO_METRICS:
                 row[f"{metric}/{cls}"] = float(ratios[metric][c])
-            forward, backward = directed_distances(pred == c, truth == c)
+            forward, backward = directed_distances((pred == c) & labelled, truth == c)
             row[f"hd95/{cls}"] = hd95_from_distances(forward, backward)
             if forward.size:
                 self.distances[c][0].append(forward.astype(np.float32))

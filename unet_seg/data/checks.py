@@ -25,6 +25,7 @@ from typing import TypeVar
 import numpy as np
 
 from unet_seg.data.masks import (
+    PAD_LABEL,
     MaskEncoding,
     looks_like_jpeg,
     read_palette_indices,
@@ -123,10 +124,20 @@ def _mask_files(mask_path: Path, class_masks: ClassMasks) -> list[Path]:
 
 
 def _check_pair(
-    pair: tuple[Path, Path], in_channels: int, crop_size: int | None, class_masks: ClassMasks
+    pair: tuple[Path, Path],
+    in_channels: int,
+    crop_size: int | None,
+    class_masks: ClassMasks,
+    labelled: MaskEncoding | None = None,
 ) -> list[str]:
     image_path, mask_path = pair
     info, problems = _check_image(image_path, in_channels, crop_size)
+    if labelled is not None:
+        try:
+            if not (labelled.load(mask_path) != PAD_LABEL).any():
+                problems.append(_nothing_labelled(mask_path, labelled))
+        except (ValueError, FileNotFoundError) as err:
+            problems.append(str(err))
     for file in _mask_files(mask_path, class_masks):
         try:
             mask = read_array(file)
@@ -149,18 +160,32 @@ def _raise_problems(problems: list[str]) -> None:
 
 
 def check_pairs(
-    pairs: Sequence[tuple[Path, Path]], in_channels: int, crop_size: int | None = None
+    pairs: Sequence[tuple[Path, Path]],
+    in_channels: int,
+    crop_size: int | None = None,
+    labelled: MaskEncoding | None = None,
 ) -> None:
     """Raise one error listing every pair that cannot train, each with its file and the fix.
 
     Decodes every image and mask as the loader does. Checks: both files readable,
     mask the image's size, image pixels and channels that give `in_channels` (the
     loader's own decision, `readers.plan_channels`), image at least `crop_size`
-    on each side. Mask values are checked as each mask loads (`MaskEncoding`).
+    on each side. Mask values are checked as each mask loads (`MaskEncoding`);
+    with `labelled` (the encoding, for training masks with `data.ignore_value`)
+    each mask is also decoded now and must hold a labelled pixel.
     """
     class_masks = _class_masks(pairs)
-    found = _each(lambda pair: _check_pair(pair, in_channels, crop_size, class_masks), pairs)
+    found = _each(
+        lambda pair: _check_pair(pair, in_channels, crop_size, class_masks, labelled), pairs
+    )
     _raise_problems([problem for problems in found for problem in problems])
+
+
+def _nothing_labelled(mask_path: Path, encoding: MaskEncoding) -> str:
+    return (
+        f"{mask_path}: no pixel is labelled (all data.ignore_value={encoding.ignore_value!r}): "
+        "label some pixels, or remove the image from the training data"
+    )
 
 
 def shared_stems(kind: str, files: Sequence[tuple[str, Path]], folder: Path) -> list[str]:
@@ -190,7 +215,7 @@ def _inspect_pair(
     image_path, mask_path = pair
     info, problems = _check_image(image_path, in_channels, crop_size)
     out: dict = {"image": info, "problems": problems, "values": None, "jpeg": False,
-                 "class_pixels": None}  # fmt: skip
+                 "class_pixels": None, "ignored": 0}  # fmt: skip
     try:
         if encoding.mask_format == "folders":
             indices = encoding.load(mask_path)
@@ -221,6 +246,9 @@ def _inspect_pair(
     out["class_pixels"] = np.bincount(indices.ravel(), minlength=encoding.num_classes)[
         : encoding.num_classes
     ]
+    out["ignored"] = int((indices == PAD_LABEL).sum())
+    if out["ignored"] == indices.size:
+        problems.append(_nothing_labelled(mask_path, encoding))
     return out
 
 
@@ -240,7 +268,10 @@ def inspect_folder(
     loader counts them) and what they are (`image_kinds`: grey, grey+alpha, RGB,
     ...), pixel types, raw mask values with their pixel counts, files whose masks
     look JPEG-compressed (JPEG files, or 8-bit masks with compression noise
-    around a few values; never lossless label images), per-class pixel shares,
+    around a few values; never lossless label images), per-class pixel shares (of the
+    labelled pixels), the share of mask pixels that carry a label (`labelled_share`: 1
+    without `data.ignore_value`) and the least labelled mask, masks with nothing
+    labelled as problems,
     suggested `mask_values` and class weights, hints (`hints`: 16-bit images
     using a small part of their range) and the list of problems (empty when the
     data will train).
@@ -292,6 +323,8 @@ def inspect_folder(
     dtypes: dict[str, int] = {}
     values: dict[int, int] = {}
     class_pixels = np.zeros(encoding.num_classes, np.int64)
+    ignored = 0
+    least: tuple[float, str] | None = None  # (labelled share, mask) of the least labelled
     jpeg_like: list[str] = []
     top16 = 0.0
     found = _each(lambda pair: _inspect_pair(pair, encoding, in_channels, crop_size), pairs)
@@ -313,6 +346,10 @@ def inspect_folder(
             jpeg_like.append(mask_path.name)
         if result["class_pixels"] is not None:
             class_pixels += result["class_pixels"]
+            ignored += result["ignored"]
+            labelled = int(result["class_pixels"].sum())
+            share = labelled / max(1, labelled + result["ignored"])
+            least = min(least, (share, mask_path.name)) if least else (share, mask_path.name)
 
     hints = []
     if dtypes.get("uint16") and top16 < 4096:
@@ -323,6 +360,7 @@ def inspect_folder(
         )
     for hint in hints:
         log.warning("%s", hint)
+    suggested = sorted(v for v in values if v != encoding.ignore_value)  # classes only
     total = max(1, int(class_pixels.sum()))
     share = class_pixels / total
     weights = median_frequency_weights(share) if (share > 0).all() else None
@@ -336,7 +374,9 @@ def inspect_folder(
         "class_pixel_share": {
             name: float(f) for name, f in zip(_class_names(encoding), share, strict=True)
         },
-        "suggested_mask_values": sorted(values) if 1 < len(values) <= 20 else None,
+        "labelled_share": float(class_pixels.sum() / max(1, class_pixels.sum() + ignored)),
+        "least_labelled_mask": {"mask": least[1], "labelled_share": least[0]} if least else None,
+        "suggested_mask_values": suggested if 1 < len(suggested) <= 20 else None,
         "suggested_class_weights": weights,
         "hints": hints,
         "problems": problems,

@@ -30,8 +30,8 @@ TARGETS = ("semantic", "instances")
 """`data.target`: the masks' classes, or objects from instance labels."""
 
 CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
-                 "mask_colors", "intensity", "mean", "std", "crop_size", "target",
-                 "instances")  # fmt: skip
+                 "mask_colors", "ignore_value", "intensity", "mean", "std", "crop_size",
+                 "target", "instances")  # fmt: skip
 """The keys of a data config (`conf/data/*.yaml`) that the contract holds."""
 
 
@@ -68,6 +68,9 @@ class DataContract:
         sigmoid: a binary task with one logit and a sigmoid (`data.num_classes: 1`).
         mask_format, mask_values, mask_colors: the mask encoding (`unet_seg.data.masks`);
             `mask_values` holds the pixel value (or palette index) of each class.
+        ignore_value: what marks unlabelled pixels in a mask (a value, an `[r, g, b]`
+            colour, or for `folders` a folder of ignore masks), or None; evaluate reads
+            truth masks with it. Checkpoints written before it existed load as None.
         intensity: `{"mode": "range" | "percentile", "low", "high"}`: how pixels reach [0, 1].
         mean, std: then `(x - mean) / std`, one value or one per channel.
         crop_size: the training patch side (resize-mode inference uses it), or None.
@@ -81,6 +84,7 @@ class DataContract:
     mask_format: str = "values"
     mask_values: list[int] = field(default_factory=list)
     mask_colors: list[list[int]] | None = None
+    ignore_value: int | list[int] | str | None = None
     intensity: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_INTENSITY))
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.25])
@@ -99,7 +103,7 @@ class DataContract:
             return cls._instance_target(data)
         encoding = MaskEncoding(
             data["mask_values"], data["mask_format"] or "values", data["mask_colors"],
-            data["class_names"],
+            data["class_names"], data["ignore_value"],
         )  # fmt: skip
         num_classes = int(data["num_classes"])
         check_class_config(num_classes, encoding.num_classes, data["class_names"])
@@ -110,6 +114,7 @@ class DataContract:
             mask_format=encoding.mask_format,
             mask_values=list(encoding.mask_values),
             mask_colors=[list(c) for c in encoding.mask_colors] if encoding.mask_colors else None,
+            ignore_value=_plain(encoding.ignore_value),
             intensity=dict(data["intensity"] or DEFAULT_INTENSITY),
             mean=_floats(data["mean"], [0.5]),
             std=_floats(data["std"], [0.25]),
@@ -168,7 +173,8 @@ class DataContract:
     @cached_property
     def encoding(self) -> MaskEncoding:
         """Mask files <-> class indices, both directions."""
-        return MaskEncoding(self.mask_values, self.mask_format, self.mask_colors, self.class_names)
+        return MaskEncoding(self.mask_values, self.mask_format, self.mask_colors,
+                            self.class_names, self.ignore_value)  # fmt: skip
 
     def read_pair(self, image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
         """An image `[H, W, in_channels]` as stored (not yet scaled) and its mask as class

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from unet_seg.data.checks import check_pairs, read_header
 from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
+from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
@@ -30,7 +31,7 @@ class SegDataModule(pl.LightningDataModule):
     Args:
         root: dataset folder.
         in_channels, num_classes, class_names, mask_format, mask_values, mask_colors,
-        intensity, mean, std, crop_size: the data contract (`DataContract`, built here
+        ignore_value, intensity, mean, std, crop_size: the data contract (`DataContract`, built here
             once, as `self.contract`); `crop_size` is the training patch side (validation
             and test use whole images).
         foreground_crop: share of training patches centred on foreground (nnU-Net: 1/3).
@@ -68,6 +69,7 @@ class SegDataModule(pl.LightningDataModule):
         mask_values: Sequence[int] | None = None,
         mask_format: str = "values",
         mask_colors: Sequence[Sequence[int]] | None = None,
+        ignore_value: int | Sequence[int] | str | None = None,
         images_dir: str = "images",
         masks_dir: str = "masks",
         mask_suffix: str = "",
@@ -120,8 +122,8 @@ class SegDataModule(pl.LightningDataModule):
         self.contract = DataContract.from_config({
             "in_channels": in_channels, "num_classes": num_classes, "class_names": class_names,
             "mask_format": mask_format, "mask_values": mask_values, "mask_colors": mask_colors,
-            "intensity": intensity, "mean": mean, "std": std, "crop_size": crop_size,
-            "target": target, "instances": instances,
+            "ignore_value": ignore_value, "intensity": intensity, "mean": mean, "std": std,
+            "crop_size": crop_size, "target": target, "instances": instances,
         })  # fmt: skip
         self.mask_format = mask_format  # of the files (the contract's: instances for a target)
         self.root = Path(root)
@@ -162,7 +164,7 @@ class SegDataModule(pl.LightningDataModule):
         train_pairs = [pairs[n] for n in self.splits["train"]]
         if not self._checked:  # check() already read every file (train's preflight)
             channels, crop = self.contract.in_channels, self._crop_to_check()
-            check_pairs(train_pairs, channels, crop)
+            check_pairs(train_pairs, channels, crop, self._labelled())
             check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], channels)
         c = self.contract
         common = {"encoding": c.encoding, "in_channels": c.in_channels, "mean": c.mean,
@@ -203,9 +205,12 @@ class SegDataModule(pl.LightningDataModule):
         self._warn_grey_into_colour([pairs[n][0] for n in splits["train"][:16]])
         problems = []
         crop = self._crop_to_check()
-        for names, size in ((splits["train"], crop), (splits["val"] + splits["test"], None)):
+        for names, size, labelled in (
+            (splits["train"], crop, self._labelled()),
+            (splits["val"] + splits["test"], None, None),
+        ):
             try:
-                check_pairs([pairs[n] for n in names], self.contract.in_channels, size)
+                check_pairs([pairs[n] for n in names], self.contract.in_channels, size, labelled)
             except ValueError as err:
                 problems += [line.strip() for line in str(err).splitlines()[1:]
                              if not line.strip().startswith("...")]  # fmt: skip
@@ -217,6 +222,12 @@ class SegDataModule(pl.LightningDataModule):
         `splits_path` when `save`)."""
         pairs = {img.name: (img, mask) for img, mask in find_pairs(self.root, **self.folders)}
         return pairs, self._load_or_make_splits(sorted(pairs), save=save)
+
+    def _labelled(self) -> MaskEncoding | None:
+        """The encoding, when training masks must be decoded to check that each holds a
+        labelled pixel (`data.ignore_value` set; a patch is always drawn around one)."""
+        encoding = self.contract.encoding
+        return encoding if encoding.ignore_value is not None else None
 
     def _crop_to_check(self) -> int | None:
         """The side every training image must reach (None when smaller ones are padded)."""

@@ -249,8 +249,9 @@ class SegDataset(Dataset):
         mismatch = size_mismatch(mask_path, "mask", indices.shape, image_path, image.shape)
         if mismatch:
             raise ValueError(mismatch)
-        if self.weight_map is not None:
-            indices.flat[self._weight_map(index, indices.shape)[1]] = 0  # separated objects
+        if self.weight_map is not None:  # separated objects; unlabelled pixels stay so
+            border = self._weight_map(index, indices.shape)[1]
+            indices.flat[border[indices.flat[border] != PAD_LABEL]] = 0
         if self._cache is not None:
             self._cache[index] = (image, indices)
         return image, indices
@@ -269,7 +270,7 @@ class SegDataset(Dataset):
         """Image `index`'s weight map and touching-border pixels, computed on first use."""
         if index not in self._weights:
             path = self.instance_paths[index]
-            instances = read_instances(path)
+            instances = self.encoding.objects_of(read_instances(path))
             mismatch = size_mismatch(path, "instance labels", instances.shape,
                                      self.pairs[index][0], shape)  # fmt: skip
             if mismatch:
@@ -342,7 +343,9 @@ class SegDataset(Dataset):
         """A `crop_size` patch: centred on a foreground pixel with `foreground_crop`
         probability (when the image has any; with several foreground classes present, on
         a pixel of one of them picked uniformly, so that rare classes are seen as often
-        as common ones), else uniformly placed. `weight` (a
+        as common ones), else uniformly placed. A patch holds at least one labelled pixel:
+        a uniform window that has none (partly labelled masks, `data.ignore_value`) is
+        centred on a random labelled pixel instead. `weight` (a
         per-pixel loss weight map, or None) is cut with the same window (padding: 0)."""
         size = self.crop_size + 2 * self.context  # the patch and its context
         h, w = indices.shape
@@ -360,6 +363,7 @@ class SegDataset(Dataset):
             h, w = indices.shape
         y = int(rng.integers(0, h - size + 1))
         x = int(rng.integers(0, w - size + 1))
+        centre = None
         if self.foreground_crop and rng.random() < self.foreground_crop:
             foreground = np.flatnonzero((indices > 0) & (indices != PAD_LABEL))
             classes = np.unique(indices.flat[foreground]) if foreground.size else []
@@ -367,9 +371,21 @@ class SegDataset(Dataset):
                 chosen = classes[rng.integers(len(classes))]
                 foreground = foreground[indices.flat[foreground] == chosen]
             if foreground.size:
-                cy, cx = divmod(int(foreground[rng.integers(foreground.size)]), w)
-                y = min(max(cy - size // 2, 0), h - size)
-                x = min(max(cx - size // 2, 0), w - size)
+                centre = int(foreground[rng.integers(foreground.size)])
+        c = self.context  # the loss scores the window without its context
+        scored = indices[y + c : y + size - c, x + c : x + size - c]
+        if centre is None and (scored == PAD_LABEL).all():
+            labelled = np.flatnonzero(indices != PAD_LABEL)
+            if not labelled.size:
+                raise ValueError(
+                    f"{path}: the mask has no labelled pixel (all data.ignore_value or "
+                    "padding): label some pixels or remove the image from the training data"
+                )
+            centre = int(labelled[rng.integers(labelled.size)])
+        if centre is not None:
+            cy, cx = divmod(centre, w)
+            y = min(max(cy - size // 2, 0), h - size)
+            x = min(max(cx - size // 2, 0), w - size)
         window = (slice(y, y + size), slice(x, x + size))
         return image[window], indices[window], None if weight is None else weight[window]
 

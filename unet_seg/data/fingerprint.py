@@ -53,6 +53,7 @@ def fingerprint(
     mask_suffix: str = "",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    ignore_folder: str | None = None,
 ) -> dict[str, Any]:
     """The fingerprint of the image/mask pairs under `root` (see the module docstring).
 
@@ -60,15 +61,19 @@ def fingerprint(
         root, images_dir, masks_dir, mask_suffix: the folder, as in `data=folder`.
         cache_dir: where to keep the cached fingerprint; None: no cache.
         progress: show a progress bar over the files.
+        ignore_folder: a folder of ignore masks under `masks_dir` (`data.ignore_value` of
+            class folders), not a class folder.
     Returns:
         `{"version", "root", "signature", "images": [...], "masks": [...]}`, one entry per
         pair, in pair order, plus `"unmatched"` file counts.
     """
     root = Path(root)
     class_folders = mask_class_folders(root / masks_dir)
+    if class_folders and ignore_folder in class_folders:
+        class_folders = [f for f in class_folders if f != ignore_folder] or None
     pairs = find_pairs(root, images_dir, masks_dir, mask_suffix, class_folders)
     signature = _signature(root / images_dir, root / masks_dir)
-    cache = _cache_path(cache_dir, root, images_dir, masks_dir, mask_suffix)
+    cache = _cache_path(cache_dir, root, images_dir, masks_dir, mask_suffix, ignore_folder or "")
     if cache is not None and cache.is_file():
         try:
             cached = json.loads(cache.read_text())

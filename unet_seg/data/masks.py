@@ -22,6 +22,13 @@ their values lie in 0..65535. `palette` reads palette indices, whatever the
 palette's colours or transparency. Masks that are (or were) JPEG files carry
 compression noise and are refused with the advice to save them as PNG.
 
+`data.ignore_value` marks pixels that carry no label (partly labelled images):
+a pixel value for `values`, `palette` and `instances`, an `[r, g, b]` colour for
+`rgb`, and for `folders` the name of a folder of ignore masks
+(`masks/<name>/<stem>.png`, non-zero = no label; an image without one is fully
+labelled). Such pixels become `PAD_LABEL` (then `IGNORE_INDEX`), like padding:
+no loss term, metric or foreground patch counts them.
+
 Predictions are written back (`decode`) as mask values, palette indices or
 colours; `folders` and `instances` come back as class-index images.
 """
@@ -44,10 +51,12 @@ from unet_seg.data.readers import (
 )
 
 IGNORE_INDEX = -1
-"""Class index of pixels that count for nothing (padding), in int64 target tensors."""
+"""Class index of pixels that count for nothing (padding, `data.ignore_value`), in int64
+target tensors."""
 
 PAD_LABEL = 255
-"""The same, while masks are uint8 index images inside the augmentation pipeline."""
+"""The same, while masks are uint8 index images (what `MaskEncoding.load` returns and the
+augmentation pipeline sees)."""
 
 MASK_FORMATS = ("values", "palette", "rgb", "folders", "instances")
 
@@ -60,6 +69,7 @@ class MaskEncoding:
         mask_format: one of `MASK_FORMATS`.
         mask_colors: RGB colour of each class, for `rgb`.
         class_names: one per class; `folders` reads `masks/<name>/` for classes 1..K-1.
+        ignore_value: what marks unlabelled pixels (see the module docstring), or None.
     """
 
     def __init__(
@@ -68,6 +78,7 @@ class MaskEncoding:
         mask_format: str = "values",
         mask_colors: Sequence[Sequence[int]] | None = None,
         class_names: Sequence[str] | None = None,
+        ignore_value: int | Sequence[int] | str | None = None,
     ) -> None:
         if mask_format not in MASK_FORMATS:
             raise ValueError(
@@ -96,8 +107,56 @@ class MaskEncoding:
         if len(values) > PAD_LABEL:
             raise ValueError(f"at most {PAD_LABEL} classes are supported, got {len(values)}")
         self.mask_values = values
+        self.ignore_value = self._check_ignore(ignore_value)
         self._lut = np.full(65536, PAD_LABEL, dtype=np.uint8)
         self._lut[values] = np.arange(len(values), dtype=np.uint8)
+        self._known = np.zeros(65536, dtype=bool)  # values a mask may hold
+        self._known[values] = True
+        if isinstance(self.ignore_value, int) and mask_format != "instances":
+            self._known[self.ignore_value] = True  # and maps to PAD_LABEL
+
+    def _check_ignore(
+        self, value: int | Sequence[int] | str | None
+    ) -> int | tuple[int, int, int] | str | None:
+        """`data.ignore_value` in the form this format takes, refused when it is also a
+        class (or of the wrong kind), naming the class."""
+        if value is None:
+            return None
+        fmt, key = self.mask_format, f"data.ignore_value={value!r}"
+        if fmt == "folders":
+            if not isinstance(value, str) or not value or "/" in value:
+                raise ValueError(f"{key}: with data.mask_format=folders it names the folder of "
+                                 "ignore masks under masks/ (e.g. unlabelled)")  # fmt: skip
+            if value in self.class_names:
+                raise ValueError(f"{key} is also a class in data.class_names="
+                                 f"{self.class_names}: name a folder of its own")  # fmt: skip
+            return value
+        if fmt == "rgb":
+            if isinstance(value, str | int) or len(value) != 3:
+                raise ValueError(f"{key}: with data.mask_format=rgb it is one colour [r, g, b]")
+            color = tuple(int(v) for v in value)
+            if color in self.mask_colors:
+                name = self._class_name(self.mask_colors.index(color))
+                raise ValueError(f"{key} is also the colour of class {name} in data.mask_colors="
+                                 f"{[list(c) for c in self.mask_colors]}: the ignore colour "
+                                 "must differ from every class colour")  # fmt: skip
+            return color
+        if isinstance(value, str | bytes) or not isinstance(value, int) or not 0 <= value <= 65535:
+            raise ValueError(f"{key}: with data.mask_format={fmt} it is one pixel value in "
+                             "0..65535 (an [r, g, b] colour needs mask_format=rgb)")  # fmt: skip
+        if fmt == "instances" and value == 0:
+            raise ValueError(f"{key}: 0 is the background of instance labels; mark unlabelled "
+                             "pixels with another value (e.g. 65535)")  # fmt: skip
+        if fmt != "instances" and value in self.mask_values:
+            name = self._class_name(self.mask_values.index(value))
+            raise ValueError(f"{key} is also the value of class {name} in data.mask_values="
+                             f"{self.mask_values}: the ignore value must differ from every "
+                             "class value")  # fmt: skip
+        return int(value)
+
+    def _class_name(self, index: int) -> str:
+        names = self.class_names
+        return repr(names[index]) if names and index < len(names) else str(index)
 
     def _check_colors(self) -> None:
         colors = self.mask_colors
@@ -146,7 +205,10 @@ class MaskEncoding:
                     f"{path}: instance labels must be integers, got {array.dtype}; save them as "
                     "16-bit PNG or 16/32-bit integer TIFF"
                 )
-            return (array > 0).astype(np.uint8)
+            indices = (array > 0).astype(np.uint8)
+            if self.ignore_value is not None:
+                indices[array == self.ignore_value] = PAD_LABEL
+            return indices
         return self.encode(_whole_numbers(array, path), path)
 
     def encode(self, mask: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
@@ -156,9 +218,9 @@ class MaskEncoding:
                 f"{path}: mask pixel type {mask.dtype} unsupported; expected 8 or 16 bit"
             )
         indices = self._lut[mask]
-        if (indices == PAD_LABEL).any():
+        if not self._known[mask].all():
             found = np.unique(mask)
-            unknown = [int(v) for v in found if self._lut[v] == PAD_LABEL]
+            unknown = [int(v) for v in found if not self._known[v]]
             jpeg = (
                 " Masks saved as JPEG carry compression noise: save them as PNG."
                 if looks_like_jpeg(mask, path)
@@ -168,9 +230,17 @@ class MaskEncoding:
                 f"{path}: mask values {unknown[:10]} are not in data.mask_values="
                 f"{self.mask_values} (values found: {[int(v) for v in found[:20]]}). "
                 "Set data.mask_values to the pixel value of each class in order "
-                f"(a 0/255 binary mask needs [0, 255]).{jpeg}"
+                "(a 0/255 binary mask needs [0, 255]), or data.ignore_value to the value "
+                f"of unlabelled pixels.{jpeg}"
             )
         return indices
+
+    def objects_of(self, instances: np.ndarray) -> np.ndarray:
+        """Instance labels `[H, W]` as the weight map and object counts take them: with
+        `mask_format=instances`, the ignore value (unlabelled, not an object) made 0."""
+        if self.mask_format != "instances" or self.ignore_value is None:
+            return instances
+        return np.where(instances == self.ignore_value, 0, instances).astype(instances.dtype)
 
     def _encode_colors(self, array: np.ndarray, path: Path) -> np.ndarray:
         if array.ndim != 3 or array.shape[2] not in (3, 4) or array.dtype != np.uint8:
@@ -184,15 +254,24 @@ class MaskEncoding:
         order = np.argsort(palette)
         pos = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
         known = palette[order][pos] == codes
+        ignored = None
+        if self.ignore_value is not None:
+            r, g, b = self.ignore_value
+            ignored = codes == ((r << 16) | (g << 8) | b)
+            known |= ignored
         if not known.all():
             bad = np.unique(codes[~known])[:10]
             colors = [[int(c >> 16), int((c >> 8) & 255), int(c & 255)] for c in bad]
             raise ValueError(
                 f"{path}: colours {colors} are not in "
                 f"data.mask_colors={[list(c) for c in self.mask_colors]}; "
-                "add them (one colour per class), or save the masks without anti-aliasing or JPEG"
+                "add them (one colour per class), set data.ignore_value to the colour of "
+                "unlabelled pixels, or save the masks without anti-aliasing or JPEG"
             )
-        return order[pos].astype(np.uint8)
+        indices = order[pos].astype(np.uint8)
+        if ignored is not None:
+            indices[ignored] = PAD_LABEL
+        return indices
 
     def _load_folders(self, path: Path) -> np.ndarray:
         indices: np.ndarray | None = None
@@ -214,6 +293,15 @@ class MaskEncoding:
                     "folder masks must not overlap (one class per pixel)"
                 )
             indices[binary] = c
+        if self.ignore_value is not None:
+            file = ignore_mask_file(path.parent, self.ignore_value, path.name)
+            if file is not None:  # no ignore mask: every pixel is labelled
+                ignored = single_channel(read_array(file), file) > 0
+                if ignored.shape != indices.shape:
+                    raise ValueError(
+                        f"{file}: {ignored.shape[::-1]} differs from the classes' masks"
+                    )
+                indices[ignored] = PAD_LABEL
         return indices
 
     # ---------------------------------------------------------------- writing
@@ -302,6 +390,19 @@ def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:
             f"in every class folder ({folder})"
         )
     return matches[0]
+
+
+def ignore_mask_file(masks_dir: Path, folder: str, name: str) -> Path | None:
+    """The ignore mask `masks_dir/<folder>/<name>.*` of `data.mask_format=folders`, or None
+    when the image has none (it is then labelled everywhere); the folder must exist."""
+    if not (masks_dir / folder).is_dir():
+        raise FileNotFoundError(
+            f"{masks_dir / folder} does not exist: data.ignore_value={folder!r} names the "
+            f"folder of ignore masks under {masks_dir} (non-zero = no label)"
+        )
+    matches = sorted(p for p in (masks_dir / folder).iterdir()
+                     if p.stem == name and is_image_file(p))  # fmt: skip
+    return matches[0] if matches else None
 
 
 def single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:

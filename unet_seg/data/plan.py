@@ -13,6 +13,8 @@ What is planned, and how:
   what the masks hold: palette PNGs, RGB colours, class folders, numbered objects
   (instance labels: one foreground class), or pixel values (each a class, in
   increasing order; 0/255 is binary). `num_classes` is the number of classes.
+  The value, colour or folder given as `data.ignore_value` (unlabelled pixels) is
+  never a class.
 - `intensity`, `mean`, `std`: a fixed linear map of the dataset's 0.5..99.5
   percentile range to 0..1 (clipped), then the mean and spread of the data so
   mapped: a 16-bit image using 0.4% of its range trains exactly as an 8-bit one
@@ -127,10 +129,13 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
              "masks number objects 1..N (instance labels)" if instance
              else "masks hold one value per class")  # fmt: skip
     fmt = data["mask_format"]
+    ignore = data.get("ignore_value")  # unlabelled pixels: never a class
+    ignore = ",".join(str(int(v)) for v in ignore) if isinstance(ignore, list) else str(ignore)
     union: dict[Any, int] = {}
     for m in masks:
         for v, c in (m.get("colors") if fmt == "rgb" else m.get("values") or {}).items():
-            union[v] = union.get(v, 0) + c
+            if v != ignore:
+                union[v] = union.get(v, 0) + c
     if fmt == "rgb":
         colors = sorted(union, key=lambda c: (c != "0,0,0", c))  # black, if there, first
         fill("mask_colors", [[int(x) for x in c.split(",")] for c in colors],
@@ -291,9 +296,11 @@ def plan_data_config(
     """
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
+    ignore = data.get("ignore_value")
     fp = fingerprint(data["root"], data.get("images_dir", "images"),
                      data.get("masks_dir", "masks"), data.get("mask_suffix") or "",
-                     cache_dir=cache_dir)  # fmt: skip
+                     cache_dir=cache_dir,
+                     ignore_folder=ignore if isinstance(ignore, str) else None)  # fmt: skip
     planned, why = plan(fp, data, gpu_memory_gb)
     record = {
         "plan": {k: {"value": planned[k], "why": why[k]} for k in PLANNED_KEYS if k in why},
