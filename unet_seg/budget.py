@@ -332,9 +332,9 @@ class TimeBudget(pl.Callback):
             epochs = f" (about {total / per_epoch:.1f} epochs)" if per_epoch else ""
             log.info(
                 "time budget %s: %.2f s per step measured, %s left -> %d steps in all%s",
-                _clock(self.seconds),
+                clock(self.seconds),
                 self.step_time,
-                _clock(self.left()),
+                clock(self.left()),
                 total,
                 epochs,
             )
@@ -361,7 +361,8 @@ def process_start() -> float:
     return time.monotonic() - min(max(age, 0.0), 600.0)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """`1h05m` or `4m09s`: a duration for the log."""
     minutes, secs = divmod(max(0, int(round(seconds))), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

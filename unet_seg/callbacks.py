@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_avg_fn
 
-from unet_seg.budget import TimeBudget
+from unet_seg.budget import TimeBudget, clock
 from unet_seg.data.transforms import denormalize
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.visualize import attention_strip, prediction_grid, to_rgb8
@@ -121,7 +121,7 @@ class EpochLog(pl.Callback):
         left = elapsed / max(1, done - self.first_epoch) * max(0, total - done)
         if budget is not None:
             left = max(0.0, budget.left())
-        parts.append(f"{_duration(elapsed)}, about {_duration(left)} left")
+        parts.append(f"{clock(elapsed)}, about {clock(left)} left")
         epoch_log.info("%s", " | ".join(parts))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -141,12 +141,6 @@ class LogInterval(pl.Callback):
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
         trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 class StopRequested(Exception):
