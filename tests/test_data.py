@@ -190,6 +190,38 @@ def test_augmentation_moves_image_and_mask_together() -> None:
     assert moved
 
 
+def test_each_augmentation_draws_for_itself(tmp_path: Path) -> None:
+    """Per-sample seeding gives every transform its own draw: flips and quarter turns
+    reach all 8 orientations (the dihedral group D4) at their chance: 3/16 each for the
+    four that flips alone make, 1/16 for the four odd quarter turns. Seeding each
+    transform with one seed made hflip and vflip fire together: rotations only, and half
+    the samples unchanged."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # every pixel its own value
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), image)
+    cv2.imwrite(str(tmp_path / "masks" / "a.png"), np.where(image > 100, 255, 0).astype(np.uint8))
+    pairs = find_pairs(tmp_path)
+    transform = build_train_transform({"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5})
+    ds = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.0], [1.0], transform=transform)
+    plain = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.0], [1.0])[0]
+    orientations = {
+        (k, flip): torch.rot90(plain["image"], k, (1, 2)).flip(2) if flip
+        else torch.rot90(plain["image"], k, (1, 2))
+        for k in range(4) for flip in (False, True)
+    }  # fmt: skip
+    counts = dict.fromkeys(orientations, 0)
+    draws = 800
+    for seed in range(draws):
+        sample = ds[(0, seed)]
+        found = [o for o, x in orientations.items() if torch.equal(sample["image"], x)]
+        assert len(found) == 1
+        counts[found[0]] += 1
+        assert torch.equal(sample["mask"], (sample["image"][0] * 255 > 100).long())
+    assert min(counts.values()) >= 0.03 * draws, counts  # 1/16 in expectation
+    assert max(counts.values()) <= 0.25 * draws, counts  # 3/16; identity was 1/2
+
+
 def test_elastic_deformation_bends_image_and_mask_alike() -> None:
     """The elastic option moves pixels by a smooth field: straight stripes come out curved,
     with the mask still on the image's stripes and no new mask values."""

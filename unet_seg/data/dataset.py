@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -301,6 +302,9 @@ class SegDataset(Dataset):
         if self.crop_size or self.transform is not None:
             # albumentations draws from generators of its own, seeded from the OS unless
             # set: seed them per sample (SeededShuffleSampler), else from torch's RNG.
+            # One generator shared by every transform: Compose.set_random_seed would give
+            # each transform a generator of the same seed, so transforms of one p would
+            # fire together (hflip with vflip: rot180, never a mirror) or not at all.
             if seed is None:
                 seed = int(torch.randint(2**31 - 1, ()).item())
             rng = np.random.default_rng(seed)
@@ -309,7 +313,8 @@ class SegDataset(Dataset):
                     image, indices, rng, self.pairs[index][0], weight
                 )
             if self.transform is not None:
-                self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
+                draw = int(rng.integers(2**31 - 1))
+                self.transform.set_random_state(np.random.default_rng(draw), random.Random(draw))
                 extra = {} if weight is None else {"weight": weight}
                 out = self.transform(image=image, mask=indices, **extra)
                 image, indices, weight = out["image"], out["mask"], out.get("weight")
