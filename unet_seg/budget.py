@@ -158,6 +158,7 @@ class TimeBudget(pl.Callback):
         self.overhead: float | None = None  # seconds per epoch besides its steps
         self.val_time: float | None = None  # seconds of one validation pass
         self.total_steps: int | None = None
+        self.first_plan: int | None = None  # the steps of the first plan made from timings
         self._last_batch_end: float | None = None
         self._epoch_start = 0.0
         self._epoch_step_time = 0.0
@@ -328,6 +329,7 @@ class TimeBudget(pl.Callback):
                 config.scheduler.total_steps = max(1, total)
         if not self._announced and self._timed > self.SKIP_STEPS + 3:
             self._announced = True
+            self.first_plan = total
             per_epoch = self._steps_in(trainer)
             epochs = f" (about {total / per_epoch:.1f} epochs)" if per_epoch else ""
             log.info(

@@ -56,7 +56,8 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         record["epochs"] = {
             "value": f"budget {trainer.budget}",
             "why": "trainer.budget: the steps are sized at run time from the measured step "
-            "time (logged, and saved in metrics.json as budget_steps)",
+            "time; expected_steps (the first plan), steps and epochs are filled in when the "
+            "run ends",
         }
     else:
         record["epochs"] = {"value": trainer.get("max_epochs"),

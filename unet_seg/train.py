@@ -140,6 +140,10 @@ def train(
                         "budget_spent_s": round(budget.spent(), 1)})  # fmt: skip
         log.info("time budget %.0f s: %.0f s used, %d steps", budget.seconds, budget.spent(),
                  trainer.global_step)  # fmt: skip
+        if plan is not None and trainer.is_global_zero:  # the plan states the steps it got
+            plan["epochs"].update(expected_steps=budget.first_plan, steps=trainer.global_step,
+                                  epochs=trainer.current_epoch)  # fmt: skip
+            run.save_plan(plan)
     if trainer.is_global_zero:
         run.save_metrics(metrics)
     return metrics
