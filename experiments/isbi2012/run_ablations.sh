@@ -8,23 +8,27 @@
 set -euo pipefail
 out=outputs/isbi2012_ablations
 mkdir -p $out
+# the arms change the default augmentation set (every flip and turn, warps, brightness);
+# today's experiment=isbi2012_cv is the upright arm
+base="data.augment.vflip=0.5 data.augment.rotate90=0.5"
 declare -A arms=(
-  [baseline]=""
-  [seed1]="seed=1"                                       # the baseline again, another seed
-  [elastic]="data.augment.elastic.p=0.5"
-  [d4only]="data.augment.affine.p=0 data.augment.brightness_contrast.p=0"   # flips, quarter turns
-  [upright]="data.augment.vflip=0 data.augment.rotate90=0"   # mirrored left-right only: no turns
-  [noaug]="data.augment.hflip=0 data.augment.vflip=0 data.augment.rotate90=0 data.augment.affine.p=0 data.augment.brightness_contrast.p=0"
-  [ema]="callbacks.ema.decay=0.99"
-  [sgd_poly]="optimizer=sgd scheduler=poly"              # nnU-Net: SGD, Nesterov momentum 0.99, poly decay
-  [ce]="loss=ce"                                         # cross-entropy alone, no Dice term
-  [weightmap]="loss=weighted_ce_dice data.instances_dir=$PWD/outputs/isbi2012_cells"  # the U-Net paper's
-  [wide32]="arch.base_channels=32"                       # twice the width, 4x the FLOPs
+  [baseline]="$base"
+  [seed1]="$base seed=1"                                 # the baseline again, another seed
+  [elastic]="$base data.augment.elastic.p=0.5"
+  [ema]="$base callbacks.ema.decay=0.99"
+  [sgd_poly]="$base optimizer=sgd scheduler=poly"        # nnU-Net: SGD, Nesterov momentum 0.99, poly decay
+  [ce]="$base loss=ce"                                   # cross-entropy alone, no Dice term
+  [weightmap]="$base loss=weighted_ce_dice data.instances_dir=$PWD/outputs/isbi2012_cells"  # the U-Net paper's
+  [wide32]="$base arch.base_channels=32"                 # twice the width, 4x the FLOPs
+  [d4only]="$base data.augment.affine.p=0 data.augment.brightness_contrast.p=0"   # flips, quarter turns
+  [upright]=""                                           # no vertical flip, no quarter turn
+  [noaug]="data.augment.hflip=0 data.augment.affine.p=0 data.augment.brightness_contrast.p=0"
 )
-if [[ " ${ARMS:-} " == *" weightmap "* ]] && [ ! -d outputs/isbi2012_cells ]; then
+list=${ARMS:-baseline seed1 d4only upright noaug elastic ema sgd_poly ce weightmap wide32}
+if [[ " $list " == *" weightmap "* ]] && [ ! -d outputs/isbi2012_cells ]; then
   python experiments/isbi2012/cell_instances.py outputs/isbi2012_cells
 fi
-for arm in ${ARMS:-baseline seed1 d4only upright noaug elastic ema sgd_poly ce weightmap wide32}; do
+for arm in $list; do
   [ -f "$out/$arm/metrics.json" ] && continue
   /usr/bin/time -f "$arm %e %U %S" -a -o $out/times.txt \
     python -m unet_seg.train experiment=isbi2012_cv data.fold=4 ${arms[$arm]} \

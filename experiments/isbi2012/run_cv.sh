@@ -4,10 +4,10 @@
 # Two lanes on a 2-core machine, one torch thread each:
 #   OMP_NUM_THREADS=1 FOLDS="0 1 2" bash experiments/isbi2012/run_cv.sh &
 #   OMP_NUM_THREADS=1 FOLDS="3 4" bash experiments/isbi2012/run_cv.sh
-#   python experiments/isbi2012/summarize.py outputs/isbi2012_cv_noaug
-# Extra overrides go in $EXTRA (e.g. EXTRA="trainer.budget=10m"); $out names the folder.
+#   python experiments/isbi2012/summarize.py outputs/isbi2012_cv_upright
+# Extra overrides go in $EXTRA (e.g. EXTRA="trainer.budget=10m"); $OUT names the folder.
 set -euo pipefail
-out=${OUT:-outputs/isbi2012_cv_noaug}
+out=${OUT:-outputs/isbi2012_cv_upright}
 mkdir -p "$out"
 for fold in ${FOLDS:-0 1 2 3 4}; do
   [ -f "$out/fold_$fold/metrics.json" ] && continue
