@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import compose_train
-from unet_seg.build import apply_threads
+from unet_seg.build import thread_count
 from unet_seg.threads import busy_between, cgroup_cpu_quota, choose_threads, resolve_threads
 
 
@@ -79,10 +79,10 @@ def test_resolve_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_trainer_threads_is_applied_and_kept_from_the_trainer() -> None:
     before = torch.get_num_threads()
     try:
-        trainer = apply_threads(compose_train(["trainer.threads=1"]).trainer)
-        assert torch.get_num_threads() == 1
+        trainer, threads = thread_count(compose_train(["trainer.threads=1"]).trainer)
         assert "threads" not in trainer and trainer.max_epochs == 20
+        assert threads.start(ranks=2) == 1 and torch.get_num_threads() == 1  # as given
         with pytest.raises(ValueError, match="trainer.threads='many'"):
-            apply_threads(compose_train(["trainer.threads=many"]).trainer)
+            thread_count(compose_train(["trainer.threads=many"]).trainer)
     finally:
         torch.set_num_threads(before)

@@ -8,6 +8,12 @@ optional linear warm-up) follows the share of those steps done, so the rate
 reaches its end value when the budget runs out. The plan is re-made after every
 step from the latest measurements: a machine that slows down gets fewer steps.
 
+A step is an optimizer step: with `trainer.accumulate_grad_batches` its time is
+that of all its micro-batches. An epoch of one batch is timed too (the batch from its
+start; the loader's start-up counts in the epoch's overhead). Under DDP the ranks agree
+on the plan after every step (the smallest of their plans), so all of them stop at the
+same step with the same learning rate.
+
 A run stops at a step boundary; Lightning then validates and saves `last.ckpt`,
 so the budget is overrun by at most that validation when the measurements were
 wrong. The time already spent is saved in every checkpoint: `resume=RUN`
@@ -21,9 +27,11 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -52,6 +60,23 @@ def parse_duration(value: str | float | int) -> float:
     if not seconds > 0:
         raise ValueError(f"trainer.budget={value!r}: a budget must be longer than 0 seconds")
     return seconds
+
+
+def budget_seconds(cfg: Mapping) -> float | None:
+    """`trainer.budget` of a config in seconds, or None when the run trains for
+    `trainer.max_epochs`: the one test of "is this run budgeted"."""
+    budget = (cfg.get("trainer") or {}).get("budget")
+    return None if budget is None else parse_duration(budget)
+
+
+def is_budgeted(cfg: Mapping) -> bool:
+    """Whether a config trains to `trainer.budget` (its value is not checked here)."""
+    return (cfg.get("trainer") or {}).get("budget") is not None
+
+
+def find_budget(trainer: pl.Trainer) -> TimeBudget | None:
+    """The `TimeBudget` callback of a trainer, or None for a run of `trainer.max_epochs`."""
+    return next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
 
 
 class ProgressLR(LRScheduler):
@@ -142,29 +167,43 @@ class TimeBudget(pl.Callback):
 
     Args:
         seconds: the budget.
-        started: `time.monotonic()` when the run began (planning and data checks count).
+        started: `clock()` when the run began (planning and data checks count).
         final_eval: whether a final evaluation of validation and test follows the fit.
+        clock: seconds of a monotonic clock (tests drive their own).
     """
 
     SKIP_STEPS = 2
     """Steps at the start of each fit not timed (warm-up of allocators and loaders)."""
 
-    def __init__(self, seconds: float, started: float | None = None, final_eval: bool = True):
+    NO_PLAN = 2**52
+    """The plan a rank without timings yet offers when the ranks agree (no limit)."""
+
+    def __init__(
+        self,
+        seconds: float,
+        started: float | None = None,
+        final_eval: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.seconds = float(seconds)
-        self.started = time.monotonic() if started is None else started
+        self.clock = clock
+        self.started = clock() if started is None else started
         self.final_eval = final_eval
         self.spent_before = 0.0  # seconds spent by earlier sessions of a resumed run
-        self.step_time: float | None = None  # seconds per training step (moving average)
+        self.step_time: float | None = None  # seconds per optimizer step (moving average)
         self.overhead: float | None = None  # seconds per epoch besides its steps
         self.val_time: float | None = None  # seconds of one validation pass
         self.total_steps: int | None = None
         self.first_plan: int | None = None  # the steps of the first plan made from timings
+        self._batch_start = 0.0
         self._last_batch_end: float | None = None
+        self._last_step: int | None = None  # global_step after the last optimizer step
+        self._step_so_far = 0.0  # time of the micro-batches of the step in progress
         self._epoch_start = 0.0
         self._epoch_step_time = 0.0
         self._timed = 0
         self._val_start = 0.0
-        self._epoch_batches = 0
+        self._epoch_steps = 0
         self._epoch_ended = False
         self._announced = False
         self._fitted = False
@@ -190,7 +229,7 @@ class TimeBudget(pl.Callback):
 
     def spent(self) -> float:
         """Seconds of the budget used so far, earlier sessions of a resumed run included."""
-        return self.spent_before + time.monotonic() - self.started
+        return self.spent_before + self.clock() - self.started
 
     def left(self) -> float:
         return self.seconds - self.spent()
@@ -198,51 +237,85 @@ class TimeBudget(pl.Callback):
     # -- measuring ---------------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._epoch_start = time.monotonic()  # a resumed run may start within an epoch
+        self._epoch_start = self.clock()  # a resumed run may start within an epoch
+        self._last_step = trainer.global_step
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self._epoch_ended:  # the last epoch's time besides its timed steps: loader start-up,
             # validation, checkpoints (the last one is written after on_train_epoch_end)
             self.overhead = max(0.0, now - self._epoch_start - self._epoch_step_time)
         self._epoch_start = now
         self._epoch_step_time = 0.0
         self._last_batch_end = None  # the first batch of an epoch waits for the loader
-        self._epoch_batches = 0
+        self._epoch_steps = 0
         self._epoch_ended = False
 
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._batch_start = self.clock()
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        now = time.monotonic()
-        self._epoch_batches += 1
-        if self._last_batch_end is not None:
-            self._timed += 1
-            dt = now - self._last_batch_end
-            self._epoch_step_time += dt
-            if self._timed > self.SKIP_STEPS:
-                alpha = 0.2 if self.step_time is not None else 1.0
-                self.step_time = (
-                    dt if self.step_time is None else ((1 - alpha) * self.step_time + alpha * dt)
-                )
+        now = self.clock()
+        # a batch takes from the end of the one before (its loading included); the first of
+        # an epoch from its own start (the loader's start-up counts in the epoch's overhead)
+        since = self._batch_start if self._last_batch_end is None else self._last_batch_end
         self._last_batch_end = now
-        if self.step_time is None:
+        self._step_so_far += now - since
+        self._epoch_step_time += now - since
+        if trainer.global_step == self._last_step:  # a micro-batch of a step in progress
             return
-        if self.plan(trainer) <= trainer.global_step:
-            self._stop(trainer)
+        self._last_step = trainer.global_step
+        dt, self._step_so_far = self._step_so_far, 0.0
+        self._epoch_steps += 1
+        self._timed += 1
+        if self._timed > self.SKIP_STEPS:
+            alpha = 0.2 if self.step_time is not None else 1.0
+            self.step_time = (
+                dt if self.step_time is None else ((1 - alpha) * self.step_time + alpha * dt)
+            )
+        self._check(trainer)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._val_start = time.monotonic()
+        self._val_start = self.clock()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.val_time = time.monotonic() - self._val_start
+            self.val_time = self.clock() - self._val_start
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fitted = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_ended = True
-        if self.step_time is not None and self.plan(trainer) <= trainer.global_step:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        """Plan (once the steps are timed), agree on the plan across ranks, and stop when it
+        is reached. A budget spent before any step was timed stops at once."""
+        if self.step_time is not None:
+            total = self.plan(trainer)
+        elif self.left() - self.final_eval_time(trainer) <= 0:
+            total = trainer.global_step
+        else:
+            total = None
+        agreed = self.agree(trainer, total)
+        if agreed is None:
+            return
+        if agreed != self.total_steps:  # another rank planned fewer steps: the same rate
+            self._set_total(trainer, agreed)
+        if agreed <= trainer.global_step:
             self._stop(trainer)
+
+    def agree(self, trainer: pl.Trainer, total: int | None) -> int | None:
+        """The plan all ranks follow: the fewest steps any of them planned (None: no rank has
+        a plan yet). Every rank calls it at the same step, so they stop together with the
+        same learning rate."""
+        if trainer.world_size <= 1:
+            return total
+        offer = torch.tensor(float(self.NO_PLAN if total is None else total),
+                             dtype=torch.float64, device=trainer.strategy.root_device)  # fmt: skip
+        agreed = int(trainer.strategy.reduce(offer, reduce_op="min").item())
+        return None if agreed >= self.NO_PLAN else agreed
 
     def _stop(self, trainer: pl.Trainer) -> None:
         """End training at this step (Lightning validates and saves first), the learning rate
@@ -262,7 +335,7 @@ class TimeBudget(pl.Callback):
         if batches == float("inf"):  # an iterable dataset without a length
             return None
         per_step = max(1, trainer.accumulate_grad_batches)
-        return max(1, int(batches) // per_step)
+        return max(1, math.ceil(int(batches) / per_step))  # the last batch always steps
 
     def final_eval_time(self, trainer: pl.Trainer) -> float:
         """Seconds the final evaluation will take: a validation pass per split it scores."""
@@ -294,7 +367,7 @@ class TimeBudget(pl.Callback):
         if per_epoch is None:  # an endless loader: steps only, one validation at the end
             total = now + max(0, math.floor((left - overhead) / step_time))
         else:
-            done = min(per_epoch, self._epoch_batches // max(1, trainer.accumulate_grad_batches))
+            done = min(per_epoch, self._epoch_steps)
             total = now + self._fit(left, per_epoch - done, per_epoch, step_time, overhead,
                                     epoch_ended=self._epoch_ended)  # fmt: skip
         self._set_total(trainer, max(total, now))

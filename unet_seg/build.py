@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
 from unet_seg import finetune
-from unet_seg.budget import TimeBudget, budget_scheduler, parse_duration
+from unet_seg.budget import TimeBudget, budget_scheduler, budget_seconds, is_budgeted
 from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop, LogInterval
 from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
@@ -29,7 +29,7 @@ from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir
-from unet_seg.threads import set_threads
+from unet_seg.threads import ThreadCount, check_threads
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         for key in PLANNED_KEYS:
             cfg.data[key] = planned[key]
     trainer = cfg.get("trainer") or {}
-    if trainer.get("budget") is not None:
+    if is_budgeted(cfg):
         record["epochs"] = {
             "value": f"budget {trainer.budget}",
             "why": "trainer.budget: the steps are sized at run time from the measured step "
@@ -112,7 +112,7 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
     Returns:
         The checked data module, to train with (its files are not read again in `setup`).
     """
-    problems: list[Exception] = finetune.problems(cfg)
+    problems: list[Exception] = finetune.problems(cfg) + trainer_problems(cfg)
     try:
         datamodule = build_datamodule(cfg, run)
     except (ValueError, FileNotFoundError) as err:
@@ -147,6 +147,23 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
             f"\n  {shown}{more}"
         )
     return datamodule
+
+
+def trainer_problems(cfg: DictConfig) -> list[Exception]:
+    """What is wrong with the keys `build_trainer` applies itself: `trainer.threads`,
+    `trainer.budget` and the schedule a budget fits to its steps."""
+    problems: list[Exception] = []
+    trainer = cfg.get("trainer") or {}
+    checks = [lambda: check_threads(trainer.get("threads", "auto"), "trainer.threads")]
+    if is_budgeted(cfg):
+        checks += [lambda: budget_seconds(cfg),
+                   lambda: budget_scheduler(to_plain(cfg.get("scheduler")), 1)]  # fmt: skip
+    for check in checks:
+        try:
+            check()
+        except ValueError as err:
+            problems.append(err)
+    return problems
 
 
 def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataModule:
@@ -187,7 +204,7 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
         loss["class_weights"] = median_frequency_weights(freq)
         log.info("class weights (median frequency balancing): %s", loss["class_weights"])
     scheduler = to_plain(cfg.get("scheduler"))
-    if budget_seconds(cfg) is not None:  # the schedule follows the steps the budget allows
+    if is_budgeted(cfg):  # the schedule follows the steps the budget allows
         scheduler = budget_scheduler(scheduler, initial_steps=10**6)
     return SegModule(
         arch=to_plain(cfg.arch),
@@ -196,12 +213,6 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
         scheduler=scheduler,
         data=contract.to_dict(),
     )
-
-
-def budget_seconds(cfg: DictConfig) -> float | None:
-    """`trainer.budget` in seconds, or None when the run trains for `trainer.max_epochs`."""
-    budget = (cfg.get("trainer") or {}).get("budget")
-    return None if budget is None else parse_duration(budget)
 
 
 def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) -> pl.Trainer:
@@ -217,28 +228,32 @@ def build_trainer(cfg: DictConfig, run: RunDir, started: float | None = None) ->
     if not loggers:  # nothing to log the learning rate to (it refuses to run without)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     callbacks = [c for c in callbacks if c is not None and not (isinstance(c, EMA) and not c.decay)]
-    callbacks += [GracefulStop(run.last), EpochLog(), LogInterval()]
-    trainer = gpu_settings(apply_threads(cpu_safe(cfg.trainer)))
+    trainer, threads = thread_count(cpu_safe(cfg.trainer))
+    trainer = gpu_settings(trainer)
+    callbacks += [GracefulStop(run.last), EpochLog(), LogInterval(), threads]
     seconds = budget_seconds(cfg)
     with open_dict(trainer):
         trainer.pop("budget", None)
         if seconds is not None:  # the budget decides when to stop
             trainer.max_epochs, trainer.max_steps, trainer.max_time = -1, -1, None
             callbacks.append(TimeBudget(seconds, started, bool(cfg.get("final_eval", True))))
-    return instantiate(
+    built = instantiate(
         trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    threads.start(ranks=built.num_devices)  # the processes of this run on this node share
+    return built
 
 
-def apply_threads(trainer: DictConfig) -> DictConfig:
-    """Set torch's CPU threads from `trainer.threads` (`auto`: the free cores this process
-    may use, `unet_seg.threads`) and return `trainer` without that key, which is no
-    Trainer argument."""
+def thread_count(trainer: DictConfig) -> tuple[DictConfig, ThreadCount]:
+    """`trainer` without `trainer.threads` (no Trainer argument), and the callback that sets
+    torch's CPU threads from it (`auto`: the free cores this process may use, decided again
+    each epoch; fixed for `trainer.deterministic`; see `unet_seg.threads`). The threads are
+    set by its `start`, once the Trainer knows how many processes share the node."""
     trainer = copy.deepcopy(trainer)
     with open_dict(trainer):
         setting = trainer.pop("threads", "auto")
-    set_threads(setting, "trainer.threads")
-    return trainer
+    fixed = str(trainer.get("deterministic", False)).lower() not in ("false", "none", "0")
+    return trainer, ThreadCount(setting, fixed=fixed)
 
 
 def cpu_safe(trainer: DictConfig) -> DictConfig:

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_avg_fn
 
-from unet_seg.budget import TimeBudget, clock
+from unet_seg.budget import clock, find_budget
 from unet_seg.data.transforms import denormalize
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.visualize import attention_strip, prediction_grid, to_rgb8
@@ -96,7 +96,7 @@ class EpochLog(pl.Callback):
             return
         metrics = trainer.callback_metrics
         done, total = trainer.current_epoch + 1, trainer.max_epochs
-        budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+        budget = find_budget(trainer)
         if budget is not None:  # trainer.budget: the epochs its current plan fits
             total = budget.planned_epochs(trainer) or done
         parts = [f"epoch {done}/{total}", f"step {trainer.global_step}"]

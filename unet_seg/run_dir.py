@@ -27,6 +27,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from unet_seg.budget import is_budgeted
 from unet_seg.config import to_plain
 from unet_seg.data.dataset import find_pairs
 from unet_seg.data.splits import load_splits, save_splits
@@ -243,7 +244,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
     checkpoint holds that net.
     """
     cfg = RunDir(run_dir).load_config()
-    budgeted = (cfg.get("trainer") or {}).get("budget") is not None
+    budgeted = is_budgeted(cfg)
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+")  # ++key=value and +key=value: ordinary Hydra spellings of a value
@@ -255,7 +256,7 @@ def resume_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> DictCon
                 "Only key=value changes such as trainer.max_epochs=50 are allowed."
             )
         OmegaConf.update(cfg, key, OmegaConf.from_dotlist([f"v={value}"]).v, merge=False)
-    if ((cfg.get("trainer") or {}).get("budget") is not None) != budgeted:
+    if is_budgeted(cfg) != budgeted:
         raise ValueError(
             f"{run_dir} was started {'with' if budgeted else 'without'} trainer.budget, and its "
             "learning-rate schedule counts "
@@ -274,7 +275,7 @@ def _warn_schedule_ends(cfg: DictConfig) -> None:
     scheduler = (cfg.get("scheduler") or {}).get("scheduler") or {}
     length = scheduler.get("T_max", scheduler.get("total_iters"))
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
-    if (cfg.get("trainer") or {}).get("budget") is not None:  # its schedule follows the budget
+    if is_budgeted(cfg):  # its schedule follows the budget
         return
     if length is None or epochs is None or int(epochs) <= int(length):
         return

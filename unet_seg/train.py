@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from unet_seg.budget import TimeBudget, process_start
+from unet_seg.budget import find_budget, process_start
 from unet_seg.build import (
     build_datamodule,
     build_module,
@@ -131,7 +131,7 @@ def train(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
     }
-    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+    budget = find_budget(trainer)
     if cfg.get("final_eval", True):
         metrics.update(final_evaluation(trainer, module, datamodule, cfg.get("final_ckpt", "best")))
         log_hparams_with_scores(trainer, cfg, metrics)
