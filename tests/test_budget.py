@@ -7,6 +7,7 @@ import json
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,6 +94,127 @@ def test_plan_fits_whole_epochs_then_a_part_worth_its_validation() -> None:
     # too little left for this epoch: stop within it, leaving time to validate
     assert TimeBudget._fit(8, 10, 10, 1.0, 5.0) == 3
     assert TimeBudget._fit(2, 10, 10, 1.0, 5.0) == 0
+
+
+class Clock:
+    """A clock the test moves by hand: the budget's arithmetic without wall time."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Ranks:
+    """A strategy whose other rank offers `other` steps when the plans are agreed."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, other: int) -> None:
+        self.other, self.calls = other, 0
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "min"
+        self.calls += 1
+        return torch.minimum(tensor, torch.tensor(float(self.other), dtype=tensor.dtype))
+
+
+def fake_trainer(batches: int, accumulate: int = 1, strategy: Ranks | None = None):
+    """The few Trainer attributes `TimeBudget` reads, with a cosine `ProgressLR`."""
+    scheduler = ProgressLR(_optimizer(), total_steps=10**6, shape="cosine")
+    return SimpleNamespace(
+        global_step=0, current_epoch=0, num_training_batches=batches,
+        accumulate_grad_batches=accumulate, should_stop=False, sanity_checking=False,
+        world_size=1 if strategy is None else 2, strategy=strategy, datamodule=None,
+        lr_scheduler_configs=[SimpleNamespace(scheduler=scheduler)], callbacks=[],
+    )  # fmt: skip
+
+
+def drive(budget: TimeBudget, trainer, clock: Clock, batch_s: float, val_s: float,
+          load_s: float = 0.0, epoch_start_s: float = 0.0) -> float:  # fmt: skip
+    """Run the budget's hooks as Lightning calls them, each micro-batch taking `batch_s` of
+    the clock (plus `load_s` waiting for it), each validation `val_s`; return the seconds
+    the fit took."""
+    start = clock.now
+    budget.on_train_start(trainer, None)
+    while not trainer.should_stop:
+        assert clock.now - start < 10 * budget.seconds, "the budget never stopped the run"
+        budget.on_train_epoch_start(trainer, None)
+        clock.now += epoch_start_s  # the loader's start-up
+        for i in range(trainer.num_training_batches):
+            clock.now += load_s
+            budget.on_train_batch_start(trainer, None, None, i)
+            clock.now += batch_s
+            last = i == trainer.num_training_batches - 1
+            stepped = (i + 1) % trainer.accumulate_grad_batches == 0 or last  # Lightning's rule
+            if stepped:
+                trainer.global_step += 1
+                for config in trainer.lr_scheduler_configs:
+                    config.scheduler.optimizer.step()
+            budget.on_train_batch_end(trainer, None, None, None, i)
+            if stepped:  # after the callbacks, as Lightning does
+                for config in trainer.lr_scheduler_configs:
+                    config.scheduler.step()
+            if trainer.should_stop:
+                break
+        budget.on_validation_start(trainer, None)
+        clock.now += val_s
+        budget.on_validation_end(trainer, None)
+        budget.on_train_epoch_end(trainer, None)
+        trainer.current_epoch += 1
+    return clock.now - start
+
+
+def test_an_epoch_of_one_batch_stops_within_its_budget() -> None:
+    """`data=folder` with at most 4 images: every epoch is one batch, and each batch is the
+    first of its epoch (it used to go untimed, and the run never stopped)."""
+    clock = Clock()
+    budget = TimeBudget(60.0, final_eval=False, clock=clock)
+    trainer = fake_trainer(batches=1)
+    took = drive(budget, trainer, clock, batch_s=1.0, val_s=0.5, epoch_start_s=0.2)
+    assert budget.step_time == pytest.approx(1.0)  # the batch, not the loader's start-up
+    assert budget.overhead == pytest.approx(0.7)  # validation and start-up, per epoch
+    assert 55 <= took <= 60 and trainer.global_step == budget.total_steps
+    assert trainer.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(0.0)
+
+
+def test_a_step_of_accumulated_batches_is_timed_whole() -> None:
+    """accumulate_grad_batches=4: a step is four micro-batches (and the loading of three of
+    them); the plan counts steps, so a step's time is theirs together."""
+    clock = Clock()
+    budget = TimeBudget(120.0, final_eval=False, clock=clock)
+    trainer = fake_trainer(batches=10, accumulate=4)  # steps of 4, 4 and 2 batches
+    took = drive(budget, trainer, clock, batch_s=0.2, val_s=1.0, load_s=0.05)
+    assert 100 <= took <= 120  # timed per micro-batch, it planned twice the steps: 196 s
+    assert 0.5 <= budget.step_time <= 1.0  # a step of 2 or 4 micro-batches, 0.25 s each
+    assert budget._steps_in(trainer) == 3  # the epoch's last batches step too
+
+
+def test_a_budget_spent_before_any_step_was_timed_stops_at_once() -> None:
+    clock = Clock()
+    budget = TimeBudget(10.0, started=clock.now - 11, final_eval=False, clock=clock)
+    trainer = fake_trainer(batches=50)
+    budget.on_train_start(trainer, None)
+    budget.on_train_epoch_start(trainer, None)
+    budget.on_train_batch_start(trainer, None, None, 0)
+    trainer.global_step = 1
+    budget.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.should_stop and budget.step_time is None and budget.total_steps == 1
+
+
+def test_ranks_follow_the_plan_of_fewest_steps() -> None:
+    """Under DDP each rank times its own steps: they agree on the smallest plan after every
+    step, so all stop at that step with its learning rate."""
+    clock = Clock()
+    ranks = Ranks(other=40)
+    budget = TimeBudget(100.0, final_eval=False, clock=clock)
+    trainer = fake_trainer(batches=20, strategy=ranks)
+    drive(budget, trainer, clock, batch_s=1.0, val_s=1.0)  # alone it would plan about 90
+    assert trainer.global_step == budget.total_steps == 40
+    assert ranks.calls == 40 + 2  # after each step and at the end of each epoch
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.total_steps == 40 and scheduler.get_last_lr()[0] == pytest.approx(0.0)
 
 
 TINY = [
