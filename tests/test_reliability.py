@@ -97,15 +97,24 @@ main()
 """
 
 
-def run_harness(mode: str, at: int, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_harness(
+    mode: str, at: int, *args: str, cwd: Path, threads: int = 1
+) -> subprocess.CompletedProcess:
+    """Run the harness with `OMP_NUM_THREADS=threads` (what `trainer.threads=auto` takes),
+    whatever the environment of the test says."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(
         [sys.executable, "-c", HARNESS, mode, str(at), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600,
+        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
 
 
 @pytest.mark.slow
 def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Killed anywhere, a run resumes to the weights of a run never killed. A resume from a
+    checkpoint finds another thread count in its environment (as `trainer.threads=auto`
+    may on a machine that got busier or quieter), and keeps the count the run started with:
+    with 2 threads in place of 1 the sums run in another order and the weights differ."""
     common = [*TINY, f"data.root={tmp_path / 'data'}", "final_eval=false", "trainer.max_epochs=3"]
     reference = tmp_path / "reference"
     proc = run_harness("step", -1, *common, f"hydra.run.dir={reference}", cwd=tmp_path)
@@ -121,9 +130,12 @@ def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> Non
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.exists():  # whatever is there is whole: the old file or the new one
             torch.load(last, weights_only=True)
-        resumed = run_harness("step", -1, f"resume={run_dir}", cwd=tmp_path)
+        threads = 2 if last.exists() else 1  # without a checkpoint the run starts over
+        resumed = run_harness("step", -1, f"resume={run_dir}", cwd=tmp_path, threads=threads)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
-        assert torch.load(last, weights_only=True)["global_step"] == total
+        final = torch.load(last, weights_only=True)
+        assert final["global_step"] == total
+        assert final["callbacks"]["ThreadCount"] == {"threads": 1, "fixed": True}
         assert_same_weights(last, reference / "checkpoints/last.ckpt")
         assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.suffix == ".ckpt"]
 
