@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import compose_train
+from tests.conftest import compose_train, write_folder
 from unet_seg.budget import ProgressLR, TimeBudget, budget_scheduler, parse_duration
 from unet_seg.callbacks import StopRequested
 from unet_seg.train import TrainingInterrupted, train
@@ -270,3 +270,28 @@ def test_killed_budget_run_resumes_and_ends_within_its_budget(tmp_path: Path, mo
     assert last["global_step"] == metrics["global_step"] > 50
     lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-6), "the cosine schedule did not end at eta_min"
+
+
+@pytest.mark.slow
+def test_a_folder_of_four_images_trains_to_its_budget(tmp_path: Path, monkeypatch) -> None:
+    """Fine-tuning on a few images: one batch an epoch, and the run still ends in time."""
+    plain_batch_end = TimeBudget.on_train_batch_end
+
+    def watched(self, trainer, *args):  # a run that never stops fails here, not hangs
+        plain_batch_end(self, trainer, *args)
+        assert self.spent() < 60, "the budget never stopped the run"
+
+    monkeypatch.setattr(TimeBudget, "on_train_batch_end", watched)
+    data = write_folder(tmp_path / "data", n=4)
+    cfg = compose_train([
+        "data=folder", f"data.root={data}", "data.in_channels=1", "data.crop_size=32",
+        "data.batch_size=4", "data.num_workers=0", "data.val_fraction=0.25",
+        "data.test_fraction=0", "arch.base_channels=4", "arch.depth=3", "logger=none",
+        "callbacks.validation_images.num_samples=0", "trainer.threads=1",
+        f"run_dir={tmp_path / 'run'}", "trainer.budget=8s",
+    ])  # fmt: skip
+    start = time.monotonic()
+    metrics = train(cfg, started=start)
+    took = time.monotonic() - start
+    assert took <= 8 + TOLERANCE, took  # it used to train until killed
+    assert metrics["budget_steps"] == metrics["global_step"] == metrics["epochs"] >= 5
