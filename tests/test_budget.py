@@ -295,3 +295,19 @@ def test_a_folder_of_four_images_trains_to_its_budget(tmp_path: Path, monkeypatc
     took = time.monotonic() - start
     assert took <= 8 + TOLERANCE, took  # it used to train until killed
     assert metrics["budget_steps"] == metrics["global_step"] == metrics["epochs"] >= 5
+
+
+def test_bad_threads_budget_and_schedule_are_refused_together_before_a_run(tmp_path: Path):
+    """Keys the trainer does not take itself are checked with the data, before anything
+    is written, all at once."""
+    data = write_folder(tmp_path / "data", n=4)
+    run_dir = tmp_path / "run"
+    cfg = compose_train(["data=folder", f"data.root={data}", "data.in_channels=1",
+                         "data.crop_size=32", f"run_dir={run_dir}", "trainer.threads=many",
+                         "trainer.budget=forever", "scheduler=plateau"])  # fmt: skip
+    with pytest.raises(ValueError) as refused:
+        train(cfg)
+    message = str(refused.value)
+    assert "3 problems" in message and "trainer.threads='many'" in message
+    assert "trainer.budget='forever'" in message and "scheduler=cosine" in message
+    assert not (run_dir / "config.yaml").exists()
