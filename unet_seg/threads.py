@@ -315,9 +315,10 @@ class ThreadCount(pl.Callback):
         return threads
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.adaptive and self._load is None:  # the load is measured from here on
-            self._meter = LoadMeter(allowed_cpus(), clock=self.clock)
+        if self.adaptive and self._load is None:  # the load is measured from here on, over
+            self._meter = LoadMeter(allowed_cpus(), clock=self.clock)  # `interval` at least
             self._meter.read()
+            self._decided = self.clock()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.adaptive or self.clock() - self._decided < self.interval:
