@@ -236,3 +236,11 @@ def test_a_launched_rank_counts_its_launcher_as_the_run(monkeypatch: pytest.Monk
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun: every rank from its agent
     assert threads_module.run_roots() == {os.getpid(), os.getppid()}
+
+
+def test_ranks_started_on_a_quiet_node_take_their_share(four_cores) -> None:
+    """trainer=ddp: each rank sampled a quiet machine and took every core (4 threads on 2
+    cores); now each takes the free cores divided by the ranks on the node."""
+    assert ThreadCount("auto", load=Load(0.0)).start(ranks=2) == 2
+    assert ThreadCount("auto", fixed=True).start(ranks=4) == 1
+    assert ThreadCount(3).start(ranks=2) == 3  # a number is per process, as given
