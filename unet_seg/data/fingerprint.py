@@ -39,11 +39,16 @@ from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 """Bumped when what a fingerprint records changes (older caches are recomputed)."""
 
 MAX_VALUES = 256
 """Distinct mask values recorded with their pixel counts (more: only their number)."""
+
+CONNECTED_SHARE = 0.8
+"""A mask is instance-like when at least this share of its ids is one connected region each:
+a tile cut from a larger image splits a few non-convex objects into two pieces (a cropped
+convex object stays whole), so a few split ids are tolerated."""
 
 
 def fingerprint(
@@ -140,7 +145,9 @@ def describe_mask(path: Path) -> dict[str, Any]:
     `encoding`: `palette` (palette PNG: the values are palette indices), `rgb` (colours
     with differing channels: `colors`), or `values` (one channel). For one-channel
     integer masks, `instance_like` says whether its non-zero values look like numbered
-    objects (two or more, numbered about 1..N, each one connected region).
+    objects: two or more ids, (almost) each one connected region (`connected_ids` of
+    `checked_ids`), however they are numbered (crops and annotation tools leave gaps).
+    Negative values (an ignore label such as -1, or an error) are counted in `negative`.
     """
     entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
     if is_palette_file(path):  # the loader's test: the pixels are palette indices
@@ -176,9 +183,18 @@ def describe_mask(path: Path) -> dict[str, Any]:
         entry["values"] = {
             str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
         }
+    negative = values[values < 0]
+    if len(negative):
+        entry["negative"] = {str(v): int(c) for v, c in zip(negative.tolist(),
+                             counts[values < 0].tolist(), strict=True)}  # fmt: skip
+        array = np.where(array < 0, 0, array)  # the objects are the positive ids
     nonzero = values[values > 0]
-    numbered = len(nonzero) >= 2 and int(nonzero.max()) <= 2 * len(nonzero)
-    entry["instance_like"] = bool(numbered and _objects_are_connected(array))
+    entry["max_value"] = int(values.max()) if len(values) else 0
+    entry["instance_like"] = False
+    if len(nonzero) >= 2:
+        checked, connected = connected_ids(array)
+        entry.update(checked_ids=checked, connected_ids=connected)
+        entry["instance_like"] = connected >= CONNECTED_SHARE * checked
     if entry["instance_like"]:
         sizes = counts[values > 0]
         touching = np.unique(array[touching_border(array)])
@@ -209,12 +225,13 @@ def describe_class_folders(path: Path, class_folders: list[str]) -> dict[str, An
             "values": {str(v): int(c) for v, c in enumerate(counts.tolist()) if c}}  # fmt: skip
 
 
-def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
-    """Whether (almost) every non-zero value of `labels` is one 8-connected region, as in
-    instance labels; class-index masks have classes in many pieces."""
+def connected_ids(labels: np.ndarray, max_objects: int = 300) -> tuple[int, int]:
+    """`(ids checked, ids that are one 8-connected region)` among the non-zero values of
+    `labels` (the first `max_objects`): instance labels have (almost) every id in one
+    piece, whatever their numbering; class-index masks have classes in many pieces."""
     ys, xs = np.nonzero(labels)
     if not len(ys):
-        return False
+        return 0, 0
     values = labels[ys, xs]
     order = np.argsort(values, kind="stable")
     values, ys, xs = values[order], ys[order], xs[order]
@@ -227,7 +244,7 @@ def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
         region = (labels[y0:y1, x0:x1] == values[s]).astype(np.uint8)
         count, _ = cv2.connectedComponents(region, connectivity=8)
         single += count == 2  # background + one region
-    return single >= 0.9 * len(checked)
+    return len(checked), int(single)
 
 
 def _guarded(describe: Callable[[Path], dict], path: Path) -> dict[str, Any]:

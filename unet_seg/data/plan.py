@@ -124,13 +124,13 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
     elif encodings == ["palette"]:
         fill("mask_format", "palette", "masks are palette PNGs (values: palette indices)")
     else:
-        instance = _instance_like(masks)
-        fill("mask_format", "instances" if instance else "values",
-             "masks number objects 1..N (instance labels)" if instance
-             else "masks hold one value per class")  # fmt: skip
+        ignore = data.get("ignore_value")
+        instance, evidence = _instance_like(masks, "" if ignore is None else str(ignore))
+        fill("mask_format", "instances" if instance else "values", evidence)
     fmt = data["mask_format"]
     ignore = data.get("ignore_value")  # unlabelled pixels: never a class
     ignore = ",".join(str(int(v)) for v in ignore) if isinstance(ignore, list) else str(ignore)
+    _refuse_negative(fp, fmt, ignore)
     union: dict[Any, int] = {}
     for m in masks:
         for v, c in (m.get("colors") if fmt == "rgb" else m.get("values") or {}).items():
@@ -171,15 +171,64 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
     fill("num_classes", len(data["class_names"]), "one per class name")
 
 
-def _instance_like(masks: list[dict]) -> bool:
-    """Whether the masks are instance labels: numbered, connected objects whose numbers vary
-    from mask to mask (class masks repeat one small set of values)."""
-    numbered = [m.get("instance_like", False) for m in masks if m.get("n_values", 0) > 2]
-    if not numbered or sum(numbered) < 0.8 * len(numbered):
-        return False
-    sets = {tuple(sorted(m.get("values") or {})) for m in masks}
-    largest = max(m.get("n_values", 0) for m in masks)
-    return len(sets) > 1 or largest > MAX_CLASSES
+def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:
+    """Whether the masks are instance labels, and the evidence. The signal is connectivity:
+    in (nearly) every mask holding two or more ids, (almost) each non-zero id is one
+    connected region. Many distinct ids (more than `MAX_CLASSES` in one mask or in all)
+    are then objects whatever their numbering: crops of one large image, annotation tools
+    and stitched tiles leave gaps. A few distinct values could be classes that each form
+    one region: they are objects only when they vary from mask to mask and count about
+    1..N in each. Class-index masks have classes in many pieces, or repeat one set."""
+    ids, union, many = [], set(), False
+    for m in masks:
+        values = m.get("values")
+        if values is None:  # more than the fingerprint lists: many ids
+            many |= m.get("n_values", 0) > MAX_CLASSES
+            ids.append(None)
+            continue
+        own = sorted(int(v) for v in values if v != ignore and int(v) > 0)
+        ids.append(own)
+        union.update(own)
+    numbered = [m for m, own in zip(masks, ids, strict=True) if own is None or len(own) >= 2]
+    connected = [m for m in numbered if m.get("instance_like")]
+    checked = sum(m.get("checked_ids", 0) for m in numbered)
+    whole = sum(m.get("connected_ids", 0) for m in numbered)
+    many |= len(union) > MAX_CLASSES
+    seen = (f"in {len(connected)} of {len(numbered)} masks with two or more ids each id is "
+            f"one connected region ({whole} of {checked} ids in one piece)")  # fmt: skip
+    if not numbered:
+        return False, "masks hold one value per class (no mask holds two or more ids)"
+    if len(connected) < 0.8 * len(numbered):
+        return False, f"masks hold one value per class: not instance labels, {seen}"
+    top = max(m.get("max_value", 0) for m in masks)
+    if many:
+        return True, (f"instance labels (one foreground class): {seen}; {len(union)} distinct "
+                      f"ids, up to {top}: too many for classes")  # fmt: skip
+    counted = all(own is None or len(own) < 2 or max(own) <= 2 * len(own) for own in ids)
+    if len({tuple(own or ()) for own in ids}) > 1 and counted:
+        return True, (f"instance labels (one foreground class): {seen}; the ids vary from "
+                      f"mask to mask and count about 1..N (up to {top})")  # fmt: skip
+    return False, (f"masks hold one value per class: {seen}, but only {len(union)} distinct "
+                   "values, " + ("the same in every mask" if counted
+                                 else "not numbered 1..N"))  # fmt: skip
+
+
+def _refuse_negative(fp: dict, fmt: str, ignore: str) -> None:
+    """Negative mask values are either the ignore label of instance labels (`data.ignore_value`,
+    e.g. -1) or an error: refused, naming each file, before they become a class or an object."""
+    problems = []
+    for m in fp["masks"]:
+        bad = sorted(int(v) for v in m.get("negative") or {} if fmt != "instances" or v != ignore)
+        if bad:
+            fix = (
+                f"if they mark unlabelled pixels set data.ignore_value={bad[0]}"
+                + (" with data.mask_format=instances" if fmt != "instances" else "")
+                + "; otherwise save the labels with 0 = background and 1..N = objects"
+            )
+            problems.append(f"{fp['root']}: mask {m['name']} holds negative values {bad[:5]}: "
+                            f"{fix}")  # fmt: skip
+    if problems:
+        raise PlanError(_listing(problems))
 
 
 def _plan_intensity(images: list[dict], data: dict, fill) -> None:

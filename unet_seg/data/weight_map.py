@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from unet_seg.data.masks import negative_ids_message
 from unet_seg.data.readers import read_array
 
 WEIGHT_MAP_KEYS = ("w0", "sigma", "class_balance", "separate_touching")
@@ -43,7 +44,10 @@ _SQUARE = np.ones((3, 3), np.uint8)
 
 
 def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel objects 1..N (0 stays background): (int32 `[H, W]` labels, N)."""
+    """Relabel objects 1..N (0 stays background): (int32 `[H, W]` labels, N).
+
+    Negative values are refused (`MaskEncoding.objects_of` first makes a negative
+    `data.ignore_value` background)."""
     if instances.ndim != 2 or instances.dtype.kind not in "ui":
         raise ValueError(
             f"instance labels must be a 2-D integer array, got {instances.dtype} {instances.shape}"
@@ -51,6 +55,9 @@ def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
     if instances.size == 0:
         return np.zeros(instances.shape, np.int32), 0
     low, high = int(instances.min()), int(instances.max())
+    if low < 0:  # an ignore label (-1) left in, or an error: never an object
+        raise ValueError(negative_ids_message("instance labels", np.unique(instances[instances < 0])
+                                              .tolist()))  # fmt: skip
     if low >= 0 and high <= 4 * instances.size + 65536:  # a lookup table: no sort of the pixels
         present = np.bincount(instances.ravel(), minlength=high + 1) > 0
         present[0] = False  # 0 stays background
