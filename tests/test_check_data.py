@@ -69,3 +69,26 @@ def test_cli_exit_status(tmp_path: Path) -> None:
     (root / "images" / "img00.png").write_bytes(b"broken")
     bad = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "img00.png: cannot be read" in bad.stdout + bad.stderr
+
+
+def test_a_refused_plan_and_missing_masks_are_one_clean_line(tmp_path: Path) -> None:
+    """As train does: exit 1 with the message naming the file and the fix, no traceback,
+    and no output directory left behind."""
+    noisy = write_folder(tmp_path / "noisy", n=3)  # 40 values, each in pieces: no plan
+    blocks = (np.arange(10)[:, None] * 12 + np.arange(12)[None, :]) % 40  # 4x4 px blocks
+    for path in sorted((noisy / "masks").iterdir()):
+        cv2.imwrite(str(path), np.kron(blocks, np.ones((4, 4))).astype(np.uint8))
+    missing = write_folder(tmp_path / "missing", n=3)
+    (missing / "masks" / "img01.png").unlink()
+    for root, message in ((noisy, "40 distinct values, too many for classes"),
+                          (missing, "have no mask in")):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "unet_seg.check_data", f"data.root={root}",
+             "paths.output_dir=out"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 1, output[-2000:]
+        assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output
+        assert message in output and str(root) in output
+        assert not any(p.is_file() for p in (tmp_path / "out" / "check_data").rglob("*"))

@@ -26,6 +26,7 @@ from unet_seg.data.fingerprint import summary
 from unet_seg.data.plan import plan_table
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.files import write_json
+from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,17 @@ def _default_output() -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="check_data", version_base=None)
 def main(cfg: DictConfig) -> None:
-    if check_data(cfg)["problems"]:
+    output = RunDir(HydraConfig.get().runtime.output_dir)
+    fresh = not output.holds_run
+    try:
+        report = check_data(cfg)
+    except (ValueError, FileNotFoundError) as refused:  # a refused plan, missing files
+        if fresh:
+            output.discard()  # Hydra's .hydra/ and log: nothing is left behind
+        log.debug("refused", exc_info=True)
+        log.error("%s", refused)
+        sys.exit(1)
+    if report["problems"]:
         sys.exit(1)
 
 
