@@ -33,7 +33,7 @@ from unet_seg.data.masks import (
     looks_like_jpeg,
     read_palette_indices,
 )
-from unet_seg.data.readers import channel_kind, is_jpeg_file, read_array
+from unet_seg.data.readers import channel_kind, file_format, is_jpeg_file, read_array
 from unet_seg.data.weight_map import touching_border
 from unet_seg.files import write_json
 
@@ -120,7 +120,7 @@ def describe_image(path: Path) -> dict[str, Any]:
     vmin, vmax = sample.min(axis=0), sample.max(axis=0)
     return {
         "name": path.name,
-        "format": path.suffix.lower().lstrip("."),
+        "format": file_format(path),
         "dtype": str(array.dtype),
         "bits": array.dtype.itemsize * 8,
         "height": int(array.shape[0]),
@@ -142,14 +142,14 @@ def describe_image(path: Path) -> dict[str, Any]:
 def describe_mask(path: Path) -> dict[str, Any]:
     """One mask's entry: how it stores classes (`encoding`) and what values it holds.
 
-    `encoding`: `palette` (palette PNG: the values are palette indices), `rgb` (colours
+    `encoding`: `palette` (a palette PNG or GIF: the values are palette indices), `rgb` (colours
     with differing channels: `colors`), or `values` (one channel). For one-channel
     integer masks, `instance_like` says whether its non-zero values look like numbered
     objects: two or more ids, (almost) each one connected region (`connected_ids` of
     `checked_ids`), however they are numbered (crops and annotation tools leave gaps).
     Negative values (an ignore label such as -1, or an error) are counted in `negative`.
     """
-    entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
+    entry: dict[str, Any] = {"name": path.name, "format": file_format(path)}
     if is_palette_file(path):  # the loader's test: the pixels are palette indices
         array = read_palette_indices(path)
         entry["encoding"] = "palette"

@@ -220,7 +220,9 @@ class MaskEncoding:
                 if ignored is not None:
                     negative &= ~ignored
                 if negative.any():
-                    raise ValueError(negative_ids_message(path, np.unique(array[negative]).tolist()))
+                    raise ValueError(
+                        negative_ids_message(path, np.unique(array[negative]).tolist())
+                    )
             if ignored is not None:
                 indices[ignored] = PAD_LABEL
             return indices

@@ -7,10 +7,13 @@ follow it (give `data.mask_values` and the class names follow their count).
 
 What is planned, and how:
 
+- `mask_suffix`: the suffix every mask name adds to its image's stem (Carvana's
+  `x.jpg` / `x_mask.gif`: `_mask`), found by comparing the names; none when masks are
+  named like their images.
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
   grey stored as RGB/RGBA), 3 for colour, else the images' channel count.
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
-  what the masks hold: palette PNGs, RGB colours, class folders, numbered objects
+  what the masks hold: palette images (PNG, GIF), RGB colours, class folders, numbered objects
   (instance labels: one foreground class), or pixel values (each a class, in
   increasing order; 0/255 is binary). `num_classes` is the number of classes.
   The value, colour or folder given as `data.ignore_value` (unlabelled pixels) is
@@ -36,14 +39,16 @@ What is planned, and how:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 AUTO = "auto"
-PLANNED_KEYS = ("in_channels", "mask_format", "mask_values", "mask_colors", "class_names",
-                "num_classes", "intensity", "mean", "std", "crop_size", "pad_to_crop",
-                "batch_size", "eval_batch_size", "train_repeats", "foreground_crop")  # fmt: skip
+PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
+                "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
+                "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
+                "foreground_crop")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
 MIN_STEPS = 20
@@ -83,7 +88,7 @@ def plan(
     encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
     if len(encodings) > 1:
         problems.append(
-            f"{fp['root']}: masks mix encodings {encodings} (palette PNGs, colour and grey "
+            f"{fp['root']}: masks mix encodings {encodings} (palette images, colour and grey "
             "masks): save them all one way, or set data.mask_format"
         )
     jpeg = [m["name"] for m in fp["masks"] if m.get("jpeg")]
@@ -101,6 +106,7 @@ def plan(
         if data.get(key) == AUTO:
             data[key], why[key] = value, reason
 
+    fill("mask_suffix", fp.get("mask_suffix", ""), "the suffix the fingerprint paired with")
     images, masks = fp["images"], fp["masks"]
     feeds = sorted({e["channels"] for e in images})
     kinds = sorted({e["kind"] for e in images})
@@ -122,7 +128,8 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
     elif encodings == ["rgb"]:
         fill("mask_format", "rgb", "masks are RGB colours")
     elif encodings == ["palette"]:
-        fill("mask_format", "palette", "masks are palette PNGs (values: palette indices)")
+        fill("mask_format", "palette", f"masks are palette images ({_formats(masks)}): the "
+             "values are palette indices")  # fmt: skip
     else:
         ignore = data.get("ignore_value")
         instance, evidence = _instance_like(masks, "" if ignore is None else str(ignore))
@@ -318,6 +325,15 @@ def _plan_patches(
          + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
 
 
+def _formats(entries: list[dict]) -> str:
+    """`12 GIF` or `3 PNG, 1 TIFF`: the files' real formats, counted."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        name = {"tif": "TIFF", "jpg": "JPEG"}.get(e.get("format", ""), e.get("format", "").upper())
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _index(data: dict, value: int) -> int | None:
     values = data.get("mask_values") or []
     return values.index(value) if value in values else None
@@ -346,17 +362,53 @@ def plan_data_config(
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
     ignore = data.get("ignore_value")
-    fp = fingerprint(data["root"], data.get("images_dir", "images"),
-                     data.get("masks_dir", "masks"), data.get("mask_suffix") or "",
-                     cache_dir=cache_dir,
+    layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
+    given = {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO}
+    suffix_why = None
+    if data.get("mask_suffix") == AUTO:
+        data = dict(data)
+        data["mask_suffix"], suffix_why = detect_mask_suffix(*layout)
+    fp = fingerprint(*layout, data.get("mask_suffix") or "", cache_dir=cache_dir,
                      ignore_folder=ignore if isinstance(ignore, str) else None)  # fmt: skip
     planned, why = plan(fp, data, gpu_memory_gb)
+    if suffix_why is not None:
+        why["mask_suffix"] = suffix_why
     record = {
         "plan": {k: {"value": planned[k], "why": why[k]} for k in PLANNED_KEYS if k in why},
-        "given": {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO},
+        "given": given,
         "fingerprint": fp,
     }
     return planned, record
+
+
+def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tuple[str, str]:
+    """The suffix every mask name adds to its image's stem (`x.jpg` -> `x_mask.gif`: `_mask`),
+    or `""` when masks are named like their images or share no one suffix; and the reason.
+
+    Each mask stem is split after the longest image stem it starts with; the suffix is
+    taken only when every mask gives the same one."""
+    from unet_seg.data.dataset import list_images  # reads folders: imported when planning
+
+    folder, mask_folder = Path(root) / images_dir, Path(root) / masks_dir
+    if not folder.is_dir() or not mask_folder.is_dir():
+        return "", "no image or mask folder to compare names in"
+    stems = {p.stem for p in list_images(folder)}
+    masks = [p.stem for p in list_images(mask_folder)]
+    if not masks:
+        return "", "no mask files to compare with the images (class folders, or none)"
+    if all(m in stems for m in masks):
+        return "", f"every one of {len(masks)} masks is named like its image"
+    suffixes: dict[str, int] = {}
+    for m in masks:
+        cut = next((k for k in range(len(m) - 1, 0, -1) if m[:k] in stems), None)
+        key = m[cut:] if cut is not None else ""
+        suffixes[key] = suffixes.get(key, 0) + 1
+    (suffix, count), *others = sorted(suffixes.items(), key=lambda kv: -kv[1])
+    if suffix and not others:
+        return suffix, f"every one of {count} masks is named <image stem>{suffix}"
+    seen = ", ".join(f"{n} x {k or 'no suffix'!r}" for k, n in [(suffix, count), *others][:4])
+    return "", (f"mask names add no one common suffix to the image stems ({seen}): "
+                "masks are paired by the image's own stem")  # fmt: skip
 
 
 def plan_table(record: dict[str, Any]) -> str:
