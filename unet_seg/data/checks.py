@@ -274,8 +274,8 @@ def inspect_folder(
     without `data.ignore_value`) and the least labelled mask, masks with nothing
     labelled as problems,
     suggested `mask_values` and class weights, hints (`hints`: 16-bit images
-    using a small part of their range, when `intensity_mode` is `range`) and the list of problems (empty when the
-    data will train).
+    using a small part of their range, when `intensity_mode` is `range`) and the list
+    of problems (empty when the data will train).
     """
     root = Path(root)
     image_folder, mask_folder = root / images_dir, root / masks_dir
