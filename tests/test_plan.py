@@ -327,3 +327,23 @@ def test_tiles_of_one_image_train_with_data_auto_and_nothing_else(tmp_path: Path
     recorded = json.loads((run / "plan.json").read_text())
     assert recorded["plan"]["mask_format"]["value"] == "instances"
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+
+
+def test_grey_and_colour_images_mixed_plan_three_channels(tmp_path: Path) -> None:
+    """A folder mixing grey and RGB images: 3 channels (grey repeated), and the statistics of
+    the images as the net sees them, grey ones counted in every channel."""
+    from tests.conftest import write_folder
+    from unet_seg.data.readers import read_image
+
+    root = write_folder(tmp_path / "mix", n=3, channels=1)
+    colour = write_folder(tmp_path / "rgb", n=3, channels=3, seed=1)
+    for kind in ("images", "masks"):
+        for path in (colour / kind).iterdir():
+            path.rename(root / kind / f"c{path.name}")
+    planned, why = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["in_channels"] == 3 and len(planned["mean"]) == len(planned["std"]) == 3
+    assert all(f in why["in_channels"] for f in ("3 grey", "3 RGB", "grey is repeated"))
+    lo, hi = planned["intensity"]["vmin"], planned["intensity"]["vmax"]
+    seen = [(read_image(p, 3).astype(float) - lo) / (hi - lo) for p in root.glob("images/*")]
+    want = np.mean([im.reshape(-1, 3).mean(0) for im in seen], axis=0)
+    np.testing.assert_allclose(planned["mean"], want, atol=1e-3)

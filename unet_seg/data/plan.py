@@ -109,11 +109,13 @@ def plan(
     fill("mask_suffix", fp.get("mask_suffix", ""), "the suffix the fingerprint paired with")
     images, masks = fp["images"], fp["masks"]
     feeds = sorted({e["channels"] for e in images})
-    kinds = sorted({e["kind"] for e in images})
     channels = max(feeds)
-    if feeds == [1, 3]:
-        channels = 3  # grey and colour images mixed: grey is repeated
-    fill("in_channels", channels, f"images are {', '.join(kinds)}")
+    kinds: dict[str, int] = {}
+    for e in images:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    mixed = " (grey and colour mixed: grey is repeated into 3 channels)" if feeds == [1, 3] else ""
+    fill("in_channels", channels, f"{channels} channel(s): of {len(images)} images, {seen}{mixed}")
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
     _plan_patches(images, masks, data, fill, gpu_memory_gb)
@@ -239,9 +241,12 @@ def _refuse_negative(fp: dict, fmt: str, ignore: str) -> None:
 
 
 def _plan_intensity(images: list[dict], data: dict, fill) -> None:
-    lows = np.array([e["p0_5"] for e in images])  # [N, C]
-    highs = np.array([e["p99_5"] for e in images])
-    means, stds = np.array([e["mean"] for e in images]), np.array([e["std"] for e in images])
+    width = max(len(e["p0_5"]) for e in images)  # grey and colour mixed: grey repeated
+
+    def stat(key: str) -> np.ndarray:  # [N, C]
+        return np.array([_per_channel(np.asarray(e[key], float), width) for e in images])
+
+    lows, highs, means, stds = stat("p0_5"), stat("p99_5"), stat("mean"), stat("std")
     spread = highs.max(0) / np.maximum(highs.min(0), 1e-12)
     if data.get("intensity") == AUTO:
         if (spread > 4).any() and (highs.min(0) > 0).all():
