@@ -166,6 +166,8 @@ def test_the_printed_train_command_plans_the_same_when_pasted(tmp_path: Path) ->
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]
+    assert "in_channels=3: 3 channel(s): of 6 images, 6 RGB" in output  # a guess, what it saw
+    assert "if that is wrong (the images are grey): data.in_channels=1" in output
     line = output.split("train with:\n", 1)[1].splitlines()[0].strip()
     args = shlex.split(line)
     assert args[:4] == ["python", "-m", "unet_seg.train", "data=auto"]

@@ -298,6 +298,11 @@ def test_tiles_cut_from_one_image_are_instance_labels(tmp_path: Path) -> None:
     planned, why = plan(fp, auto_data(root))
     assert planned["mask_format"] == "instances" and planned["num_classes"] == 2
     assert "connected region" in why["mask_format"] and "180 distinct ids" in why["mask_format"]
+    from unet_seg.check_data import guesses  # what to type if the guess is wrong
+
+    _, record = plan_data_config(auto_data(root))
+    assert "(one foreground class): in 4 of 4 masks" in record["plan"]["mask_format"]["why"]
+    assert "data.mask_format=values" in guesses(record)
     # class-index masks whose classes lie in many pieces stay classes, however they vary
     rng = np.random.default_rng(1)
     classes = []
@@ -326,6 +331,7 @@ def test_tiles_of_one_image_train_with_data_auto_and_nothing_else(tmp_path: Path
     (run,) = (tmp_path / "out" / "train").iterdir()
     recorded = json.loads((run / "plan.json").read_text())
     assert recorded["plan"]["mask_format"]["value"] == "instances"
+    assert "16 of 16 masks" in recorded["plan"]["mask_format"]["why"]  # the evidence, counted
     assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
 
 
