@@ -46,7 +46,7 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from unet_seg.data.masks import write_png
-from unet_seg.data.weight_map import consecutive_labels
+from unet_seg.data.weight_map import consecutive_labels, object_edges
 
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 """The classes of an instance target, in class-index order."""
@@ -103,12 +103,7 @@ def instance_target(instances: np.ndarray, boundary_width: int = 1) -> np.ndarra
     target = (labels > 0).astype(np.uint8)
     if n == 0:
         return target
-    lab = labels.astype(np.float32)  # exact up to 2**24 objects
-    kernel = np.ones((2 * boundary_width + 1,) * 2, np.uint8)
-    # outside the image: the pixel's own value (no boundary along the image edge)
-    highest = cv2.dilate(lab, kernel, borderType=cv2.BORDER_REPLICATE)
-    lowest = cv2.erode(lab, kernel, borderType=cv2.BORDER_REPLICATE)  # 0 next to background
-    target[(labels > 0) & ((highest != lab) | (lowest != lab))] = 2
+    target[object_edges(labels, n, boundary_width, background=True)] = 2
     return target
 
 

@@ -31,7 +31,9 @@ from unet_seg.data.masks import (
     MaskEncoding,
     is_palette_file,
     looks_like_jpeg,
+    pack_rgb,
     read_palette_indices,
+    unpack_rgb,
 )
 from unet_seg.data.readers import channel_kind, file_format, is_jpeg_file, read_array
 from unet_seg.data.weight_map import touching_border
@@ -164,13 +166,11 @@ def describe_mask(path: Path) -> dict[str, Any]:
     entry.update(dtype=str(array.dtype), height=int(array.shape[0]), width=int(array.shape[1]))
     entry["jpeg"] = looks_like_jpeg(array, path) if array.ndim == 2 else is_jpeg_file(path)
     if entry["encoding"] == "rgb":
-        rgb = array[:, :, :3].astype(np.int64)
-        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
-        values, counts = np.unique(codes, return_counts=True)
+        values, counts = np.unique(pack_rgb(array), return_counts=True)
         entry["n_values"] = int(len(values))
         if len(values) <= MAX_VALUES:
             entry["colors"] = {
-                f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c)
+                ",".join(map(str, unpack_rgb(v))): int(c)
                 for v, c in zip(values.tolist(), counts.tolist(), strict=True)
             }
         return entry

@@ -265,20 +265,18 @@ class MaskEncoding:
                 f"{path}: data.mask_format=rgb needs 8-bit RGB masks, "
                 f"got shape {array.shape}, {array.dtype}"
             )
-        rgb = array[:, :, :3].astype(np.int64)
-        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]  # [H, W]
-        palette = np.array([(r << 16) | (g << 8) | b for r, g, b in self.mask_colors])
+        codes = pack_rgb(array)  # [H, W]
+        palette = pack_rgb(np.array(self.mask_colors))
         order = np.argsort(palette)
         pos = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
         known = palette[order][pos] == codes
         ignored = None
         if self.ignore_value is not None:
-            r, g, b = self.ignore_value
-            ignored = codes == ((r << 16) | (g << 8) | b)
+            ignored = codes == pack_rgb(np.array(self.ignore_value))
             known |= ignored
         if not known.all():
             bad = np.unique(codes[~known])[:10]
-            colors = [[int(c >> 16), int((c >> 8) & 255), int(c & 255)] for c in bad]
+            colors = [list(unpack_rgb(c)) for c in bad]
             raise ValueError(
                 f"{path}: colours {colors} are not in "
                 f"data.mask_colors={[list(c) for c in self.mask_colors]}; "
@@ -372,6 +370,18 @@ class MaskEncoding:
             return np.asarray(self.mask_colors, dtype=np.uint8)[indices]
         dtype = np.uint8 if max(self.mask_values) < 256 else np.uint16
         return np.asarray(self.mask_values, dtype=dtype)[indices]
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Colours `[..., 3+]` (extra channels ignored) -> one int64 code each, `r << 16 | g << 8
+    | b`: the one packing of colour masks (their encoding and the fingerprint)."""
+    rgb = np.asarray(rgb)[..., :3].astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def unpack_rgb(code: int) -> tuple[int, int, int]:
+    """A `pack_rgb` code -> `(r, g, b)`."""
+    return int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255
 
 
 def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:

@@ -40,8 +40,6 @@ REACH_SIGMAS = 6.0
 """The border term is computed where d1 + d2 <= REACH_SIGMAS * sigma and is 0 beyond,
 where its true value is below w0 * exp(-18) = w0 * 1.5e-8."""
 
-_SQUARE = np.ones((3, 3), np.uint8)
-
 
 def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
     """Relabel objects 1..N (0 stays background): (int32 `[H, W]` labels, N).
@@ -79,9 +77,22 @@ def touching_border(instances: np.ndarray) -> np.ndarray:
     labels, n = consecutive_labels(instances)
     if n < 2:
         return np.zeros(instances.shape, bool)
+    return object_edges(labels, n, width=1, background=False)
+
+
+def object_edges(labels: np.ndarray, n: int, width: int = 1, background: bool = True) -> np.ndarray:
+    """Boolean `[H, W]`: object pixels whose `(2 width + 1)`-square neighbourhood holds
+    another object (or, with `background`, background). The image edge is no neighbour.
+
+    Args:
+        labels: objects 1..n, 0 = background (`consecutive_labels`).
+    """
     lab = labels.astype(np.float32)  # exact up to 2**24 objects
-    highest = cv2.dilate(lab, _SQUARE)  # largest label among the 3x3 neighbours
-    lowest = cv2.erode(np.where(labels > 0, lab, np.float32(n + 1)), _SQUARE)  # smallest object
+    kernel = np.ones((2 * width + 1,) * 2, np.uint8)
+    # outside the image: the pixel's own value (no edge along the image border)
+    highest = cv2.dilate(lab, kernel, borderType=cv2.BORDER_REPLICATE)  # largest label around
+    low = lab if background else np.where(labels > 0, lab, np.float32(n + 1))
+    lowest = cv2.erode(low, kernel, borderType=cv2.BORDER_REPLICATE)  # smallest (0: background)
     return (labels > 0) & ((highest != lab) | (lowest != lab))
 
 
