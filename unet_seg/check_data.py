@@ -9,7 +9,6 @@ Exits with status 1 when the data would not train.
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
@@ -21,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from unet_seg.build import plan_config
-from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.data.checks import inspect_folder
 from unet_seg.data.contract import DataContract
 from unet_seg.data.fingerprint import summary
@@ -86,7 +85,7 @@ def train_command(data: dict, plan: dict, overrides: Sequence[str] = ()) -> str:
     (so that it keeps working if the plan's rules change), and every other `data.*` key of
     `overrides` (the command line given) as it was typed, so that pasted it plans the same."""
     keys = [*plan["plan"], *plan["given"], "ignore_value"]
-    args = [f"data.{k}={_cli(data[k])}" for k in keys if data.get(k) is not None]
+    args = [f"data.{k}={cli_value(data[k])}" for k in keys if data.get(k) is not None]
     if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
         args.insert(0, f"data.target={data['target']}")
     spelled = {"root", "target", *keys}
@@ -104,7 +103,7 @@ def guesses(plan: dict) -> str:
     for key, entry in plan["plan"].items():
         undo = undo_guess(key, entry["value"])
         if undo is not None:
-            lines.append(f"  {key}={_cli(entry['value'])}: {entry['why']}\n"
+            lines.append(f"  {key}={cli_value(entry['value'])}: {entry['why']}\n"
                          f"    if that is wrong ({undo[1]}): {undo[0]}")  # fmt: skip
     if not lines:
         return ""
@@ -126,13 +125,6 @@ def undo_guess(key: str, value: object) -> tuple[str, str] | None:
         return (("data.in_channels=3", "the net should see three colour channels") if value == 1
                 else ("data.in_channels=1", "the images are grey"))  # fmt: skip
     return None
-
-
-def _cli(value: object) -> str:
-    """A value as Hydra's command line reads it (quoted when it holds spaces or braces)."""
-    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    text = text.replace('"', "")
-    return f"'{text}'" if any(c in text for c in " {}[],:") else text
 
 
 def _short(value: object, limit: int = 12) -> str:
