@@ -41,10 +41,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from unet_seg.config import CONF_DIR
 from unet_seg.data.masks import write_png
 from unet_seg.data.weight_map import consecutive_labels, object_edges
 
@@ -68,12 +70,13 @@ RULES = (
 )
 """How the instance scores are computed and reduced (written into evaluation JSONs)."""
 
-DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.7,
-                     "weight_map": True}  # fmt: skip
-"""`data.instances` defaults: boundary rim width (pixels), the smallest object kept
-(pixels), the interior probability above which pixels seed the watershed (0.7: chosen
-on the validation split of `experiments/instances`), and whether training weighs the
-cross-entropy by the U-Net weight map of the objects' interiors."""
+DEFAULT_INSTANCES = dict(OmegaConf.load(Path(CONF_DIR) / "data" / "folder.yaml")["instances"])
+"""`data.instances` defaults, read from their one home, `conf/data/folder.yaml` (with a
+comment on each): boundary rim width (pixels), the smallest object kept (pixels), the
+interior probability above which pixels seed the watershed (0.7: chosen on the validation
+split of `experiments/instances`), and whether training weighs the cross-entropy by the
+U-Net weight map of the objects' interiors. A checkpoint saved without a key takes it
+from here."""
 
 
 def instance_settings(settings: dict | None) -> dict:
