@@ -135,6 +135,15 @@ def test_the_plan_finds_carvanas_mask_suffix_and_names_gifs(tmp_path: Path, one_
     told = guesses(record)
     assert "data.mask_suffix=''" in told and "data.in_channels=1" in told
     assert "<image stem>_mask" in told and "data.mask_format" not in told  # palette: read
+    # a stray file beside the masks: the suffix that gives every image a mask still wins
+    extra = root / "masks" / "car0_00_mask_v1.gif"
+    extra.write_bytes((root / "masks" / "car0_00_mask.gif").read_bytes())
+    planned, record = plan_data_config(data)
+    assert planned["mask_suffix"] == "_mask" and len(record["fingerprint"]["masks"]) == 6
+    assert record["plan"]["mask_suffix"]["why"] == (
+        "6 of 7 masks are named <image stem>_mask, one for each of the 6 images"
+    )
+    extra.unlink()
     # a folder whose masks are named like their images: no suffix, and it says so
     for path in (root / "masks").iterdir():
         path.rename(path.with_name(path.name.replace("_mask", "")))

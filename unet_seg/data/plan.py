@@ -388,10 +388,11 @@ def plan_data_config(
 
 def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tuple[str, str]:
     """The suffix every mask name adds to its image's stem (`x.jpg` -> `x_mask.gif`: `_mask`),
-    or `""` when masks are named like their images or share no one suffix; and the reason.
+    or `""` when masks are named like their images or no one suffix pairs them; and the
+    reason, with what was seen.
 
-    Each mask stem is split after the longest image stem it starts with; the suffix is
-    taken only when every mask gives the same one."""
+    A mask stem that is no image stem is split after the longest image stem it starts
+    with; the most common suffix so found is taken when it gives every image a mask."""
     from unet_seg.data.dataset import list_images  # reads folders: imported when planning
 
     folder, mask_folder = Path(root) / images_dir, Path(root) / masks_dir
@@ -399,21 +400,27 @@ def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tup
         return "", "no image or mask folder to compare names in"
     stems = {p.stem for p in list_images(folder)}
     masks = [p.stem for p in list_images(mask_folder)]
-    if not masks:
+    if not masks or not stems:
         return "", "no mask files to compare with the images (class folders, or none)"
-    if all(m in stems for m in masks):
-        return "", f"every one of {len(masks)} masks is named like its image"
+    named = set(masks)
+    if all(s in named for s in stems):
+        if len(masks) == len(stems):
+            return "", f"every one of {len(masks)} masks is named like its image"
+        return "", f"every one of {len(stems)} images has a mask of its own name"
     suffixes: dict[str, int] = {}
     for m in masks:
         cut = next((k for k in range(len(m) - 1, 0, -1) if m[:k] in stems), None)
-        key = m[cut:] if cut is not None else ""
-        suffixes[key] = suffixes.get(key, 0) + 1
-    (suffix, count), *others = sorted(suffixes.items(), key=lambda kv: -kv[1])
-    if suffix and not others:
-        return suffix, f"every one of {count} masks is named <image stem>{suffix}"
-    seen = ", ".join(f"{n} x {k or 'no suffix'!r}" for k, n in [(suffix, count), *others][:4])
-    return "", (f"mask names add no one common suffix to the image stems ({seen}): "
-                "masks are paired by the image's own stem")  # fmt: skip
+        if m not in stems and cut is not None:
+            suffixes[m[cut:]] = suffixes.get(m[cut:], 0) + 1
+    for suffix, count in sorted(suffixes.items(), key=lambda kv: -kv[1]):
+        if all(s + suffix in named for s in stems):
+            if count == len(masks):
+                return suffix, f"every one of {count} masks is named <image stem>{suffix}"
+            return suffix, (f"{count} of {len(masks)} masks are named <image stem>{suffix}, "
+                            f"one for each of the {len(stems)} images")  # fmt: skip
+    seen = ", ".join(f"{n} x {k!r}" for k, n in sorted(suffixes.items(), key=lambda kv: -kv[1]))
+    return "", ("no one suffix gives every image a mask" + (f" (seen {seen[:200]})" if seen
+            else "") + ": masks are paired by the image's own stem")  # fmt: skip
 
 
 def plan_table(record: dict[str, Any]) -> str:
