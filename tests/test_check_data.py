@@ -80,15 +80,15 @@ def test_a_refused_plan_and_missing_masks_are_one_clean_line(tmp_path: Path) -> 
         cv2.imwrite(str(path), np.kron(blocks, np.ones((4, 4))).astype(np.uint8))
     missing = write_folder(tmp_path / "missing", n=3)
     (missing / "masks" / "img01.png").unlink()
-    for root, message in ((noisy, "40 distinct values, too many for classes"),
-                          (missing, "have no mask in")):  # fmt: skip
-        proc = subprocess.run(
-            [sys.executable, "-m", "unet_seg.check_data", f"data.root={root}",
-             "paths.output_dir=out"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        output = proc.stdout + proc.stderr
-        assert proc.returncode == 1, output[-2000:]
+    cases = {noisy: "40 distinct values, too many for classes", missing: "have no mask in"}
+    procs = {root: subprocess.Popen(  # both at once: most of each is starting Python
+        [sys.executable, "-m", "unet_seg.check_data", f"data.root={root}",
+         "paths.output_dir=out"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) for root in cases}  # fmt: skip
+    for root, message in cases.items():
+        output = procs[root].communicate(timeout=300)[0]
+        assert procs[root].returncode == 1, output[-2000:]
         assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output
         assert message in output and str(root) in output
         assert not any(p.is_file() for p in (tmp_path / "out" / "check_data").rglob("*"))
