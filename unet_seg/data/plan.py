@@ -9,15 +9,20 @@ What is planned, and how:
 
 - `mask_suffix`: the suffix every mask name adds to its image's stem (Carvana's
   `x.jpg` / `x_mask.gif`: `_mask`), found by comparing the names; none when masks are
-  named like their images.
+  named like their images (`detect_mask_suffix`).
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
-  grey stored as RGB/RGBA), 3 for colour, else the images' channel count.
+  grey stored as RGB/RGBA), 3 for colour and for grey and colour mixed (grey is
+  repeated), else the images' channel count.
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
-  what the masks hold: palette images (PNG, GIF), RGB colours, class folders, numbered objects
-  (instance labels: one foreground class), or pixel values (each a class, in
-  increasing order; 0/255 is binary). `num_classes` is the number of classes.
-  The value, colour or folder given as `data.ignore_value` (unlabelled pixels) is
-  never a class.
+  what the masks hold: palette images (PNG, GIF), RGB colours, class folders,
+  instance labels (each id one connected region, however numbered: one foreground
+  class, `_instance_like`), or pixel values (each a class, in increasing order; 0/255
+  is binary). `num_classes` is the number of classes. The value, colour or folder
+  given as `data.ignore_value` (unlabelled pixels) is never a class; other negative
+  values are refused.
+
+Each guess (the mask suffix, instance labels, the channels) says in its reason what
+it saw, with counts; `check_data` prints the override that undoes it.
 - `intensity`, `mean`, `std`: a fixed linear map of the dataset's 0.5..99.5
   percentile range to 0..1 (clipped), then the mean and spread of the data so
   mapped: a 16-bit image using 0.4% of its range trains exactly as an 8-bit one
