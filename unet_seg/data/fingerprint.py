@@ -71,8 +71,8 @@ def fingerprint(
         ignore_folder: a folder of ignore masks under `masks_dir` (`data.ignore_value` of
             class folders), not a class folder.
     Returns:
-        `{"version", "root", "signature", "images": [...], "masks": [...]}`, one entry per
-        pair, in pair order, plus `"unmatched"` file counts.
+        `{"version", "root", "signature", "mask_suffix", "class_folders", "images": [...],
+        "masks": [...]}`, one entry per pair, in pair order.
     """
     root = Path(root)
     class_folders = mask_class_folders(root / masks_dir)
@@ -97,7 +97,8 @@ def fingerprint(
         else:
             masks.append(_guarded(describe_mask, mask_path))
     result = {"version": VERSION, "root": str(root), "signature": signature,
-              "class_folders": class_folders, "images": images, "masks": masks}  # fmt: skip
+              "mask_suffix": mask_suffix, "class_folders": class_folders, "images": images,
+              "masks": masks}  # fmt: skip
     if cache is not None:
         write_json(result, cache)
     return result
