@@ -422,6 +422,9 @@ def test_an_instance_target_keeps_the_ignore_value(tmp_path: Path, unlabelled: i
     contract = DataContract.from_config(cfg.data)
     assert contract.ignore_value == unlabelled
     assert DataContract.from_dict(contract.to_dict()).ignore_value == unlabelled
+    image_path, mask_path = find_pairs(root)[0]  # evaluate reads truth so: unlabelled there
+    truth = DataContract.from_dict(contract.to_dict()).read_pair(image_path, mask_path)[1]
+    assert (truth[24:, :16] == PAD_LABEL).all() and truth[0, 0] == 0 and truth[5, 5] == 1
     datamodule = build_datamodule(cfg, tmp_path / "run")
     datamodule.setup()
     for split in ("train", "val"):
