@@ -303,6 +303,11 @@ def test_tiles_cut_from_one_image_are_instance_labels(tmp_path: Path) -> None:
     _, record = plan_data_config(auto_data(root))
     assert "(one foreground class): in 4 of 4 masks" in record["plan"]["mask_format"]["why"]
     assert "data.mask_format=values" in guesses(record)
+    # fewer objects than classes could be (24 ids, 4 tiles): each id lies in about one tile,
+    # where a class would recur from mask to mask
+    few = tiles_of_one_image(tmp_path / "few", side=256, tile=128, objects=24, radius=(8, 14))
+    planned, why = plan(fingerprint(few, progress=False), auto_data(few))
+    assert planned["mask_format"] == "instances" and "masks on average" in why["mask_format"]
     # class-index masks whose classes lie in many pieces stay classes, however they vary
     rng = np.random.default_rng(1)
     classes = []

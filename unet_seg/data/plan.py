@@ -71,6 +71,13 @@ MAX_CLASSES = 32
 """More distinct mask values than this are not classes: instance labels (or noise)."""
 
 
+RARE_IDS_MASKS, RARE_IDS_RECUR = 4, 2.0
+"""With few distinct values that are not numbered 1..N in each mask, the masks are still
+instance labels when, over at least `RARE_IDS_MASKS` masks, each value lies in at most
+`RARE_IDS_RECUR` masks on average: tiles of one image share only the objects cut by their
+borders, while a class recurs from mask to mask."""
+
+
 class PlanError(ValueError):
     """The data cannot be planned for; the message lists every problem with its file."""
 
@@ -191,8 +198,9 @@ def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:
     connected region. Many distinct ids (more than `MAX_CLASSES` in one mask or in all)
     are then objects whatever their numbering: crops of one large image, annotation tools
     and stitched tiles leave gaps. A few distinct values could be classes that each form
-    one region: they are objects only when they vary from mask to mask and count about
-    1..N in each. Class-index masks have classes in many pieces, or repeat one set."""
+    one region: they are objects when they vary from mask to mask and either count about
+    1..N in each, or each lies in few masks (tiles); a class recurs. Class-index masks
+    have classes in many pieces, or repeat one set."""
     ids, union, many = [], set(), False
     for m in masks:
         values = m.get("values")
@@ -219,12 +227,18 @@ def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:
         return True, (f"instance labels (one foreground class): {seen}; {len(union)} distinct "
                       f"ids, up to {top}: too many for classes")  # fmt: skip
     counted = all(own is None or len(own) < 2 or max(own) <= 2 * len(own) for own in ids)
-    if len({tuple(own or ()) for own in ids}) > 1 and counted:
+    varied = len({tuple(own or ()) for own in ids}) > 1
+    if varied and counted:
         return True, (f"instance labels (one foreground class): {seen}; the ids vary from "
                       f"mask to mask and count about 1..N (up to {top})")  # fmt: skip
+    recur = sum(len(own or ()) for own in ids) / max(1, len(union))  # masks an id is in
+    if varied and len(masks) >= RARE_IDS_MASKS and recur <= RARE_IDS_RECUR:
+        return True, (f"instance labels (one foreground class): {seen}; {len(union)} distinct "
+                      f"ids, up to {top}, each in {recur:.1f} masks on average (objects "
+                      "of tiles cut from larger images; a class recurs)")  # fmt: skip
     return False, (f"masks hold one value per class: {seen}, but only {len(union)} distinct "
-                   "values, " + ("the same in every mask" if counted
-                                 else "not numbered 1..N"))  # fmt: skip
+                   "values, " + ("the same in every mask" if not varied else
+                                 f"each in {recur:.1f} masks on average"))  # fmt: skip
 
 
 def _refuse_negative(fp: dict, fmt: str, ignore: str) -> None:
