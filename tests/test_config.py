@@ -190,3 +190,20 @@ def test_resuming_past_the_schedule_says_so(tmp_path: Path, caplog) -> None:
     with caplog.at_level("WARNING"):
         resume_config(tmp_path, ["trainer.max_epochs=9"])
     assert "past the end of this run's learning-rate schedule (CosineAnnealingLR, 5" in caplog.text
+
+
+@pytest.mark.parametrize("value", [True, False, None, 3, 0.33, "_mask", [0, 255],
+                                   ["background", "object"],
+                                   {"mode": "fixed", "vmin": 0.0, "vmax": 1.5}])  # fmt: skip
+def test_a_value_typed_as_cli_value_writes_it_reads_back(value) -> None:
+    """`cli_value` (check_data's train command, fine-tuning's fixes): pasted into a shell and
+    read by Hydra, the text is the value again."""
+    import shlex
+
+    from omegaconf import DictConfig, ListConfig
+
+    from unet_seg.config import cli_value
+
+    (typed,) = shlex.split(f"data.mask_suffix={cli_value(value)}")
+    got = compose_train([typed]).data.mask_suffix
+    assert (to_plain(got) if isinstance(got, DictConfig | ListConfig) else got) == value

@@ -346,3 +346,103 @@ def test_train_and_evaluate_on_partly_labelled_masks(tmp_path: Path, arm: str) -
     scores = evaluate(config(run_dir=str(run), split="val", mode="tile", tile_size=32,
                              tta="flips", output=str(tmp_path / "e.json")))  # fmt: skip
     assert 0 <= scores["pixel_error/pooled"] <= 1
+
+
+def labels_with_unlabelled(root: Path, unlabelled: int, dtype=np.uint16, n: int = 4) -> Path:
+    """Instance labels (two touching squares, one apart) with a band of `unlabelled` pixels,
+    as 16-bit PNGs or (signed types) TIFFs, beside grey images."""
+    import tifffile
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        labels = np.zeros((32, 40), dtype)
+        labels[4:14, 4:14], labels[4:14, 14:24], labels[20:28, 28:36] = 1, 2, 3 + i
+        labels[24:32, :16] = unlabelled
+        cv2.imwrite(str(root / "images" / f"t{i}.png"), (labels > 0).astype(np.uint8) * 200)
+        if dtype == np.uint16:
+            cv2.imwrite(str(root / "masks" / f"t{i}.png"), labels)
+        else:
+            tifffile.imwrite(root / "masks" / f"t{i}.tif", labels)
+    return root
+
+
+def test_negative_instance_ids_are_the_ignore_value_or_refused(tmp_path: Path) -> None:
+    """-1 in int32 instance labels is never an object and never turns the background into
+    one: with data.ignore_value=-1 it is unlabelled; without, it is refused by file and fix."""
+    from unet_seg.data.plan import PlanError, plan_data_config
+    from unet_seg.data.weight_map import consecutive_labels
+    from unet_seg.instances import instance_target
+
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:4, 1:4], labels[5:7, 5:7] = 5, -1
+    with pytest.raises(ValueError, match="negative values \\[-1\\].*data.ignore_value=-1"):
+        consecutive_labels(labels)  # the original made the background object 1 here
+    with pytest.raises(ValueError, match="negative"):
+        instance_target(labels)
+    encoding = MaskEncoding(mask_format="instances", ignore_value=-1)
+    indices = encoding.indices_of(labels)
+    assert (indices[5:7, 5:7] == PAD_LABEL).all() and indices[0, 0] == 0 and indices[2, 2] == 1
+    with pytest.raises(ValueError, match="m.tif: instance labels hold negative values \\[-1\\]"):
+        MaskEncoding(mask_format="instances").indices_of(labels, "m.tif")
+
+    root = labels_with_unlabelled(tmp_path / "d", -1, np.int32)
+    data = to_plain_data(["data=auto", f"data.root={root}"])
+    with pytest.raises(PlanError, match="t0.tif holds negative values \\[-1\\].*ignore_value=-1"):
+        plan_data_config(data)
+    planned, _ = plan_data_config(to_plain_data(["data=auto", f"data.root={root}",
+                                                 "data.ignore_value=-1"]))  # fmt: skip
+    assert planned["mask_format"] == "instances" and planned["num_classes"] == 2
+    contract = DataContract.from_config(planned)
+    mask = contract.encoding.load(root / "masks" / "t0.tif")
+    assert (mask[24:, :16] == PAD_LABEL).all() and mask[0, 0] == 0 and mask[5, 5] == 1
+
+
+def to_plain_data(overrides: list[str]) -> dict:
+    from unet_seg.config import to_plain
+
+    return to_plain(compose_train(overrides).data)
+
+
+@pytest.mark.parametrize("unlabelled", [65535, -1])
+def test_an_instance_target_keeps_the_ignore_value(tmp_path: Path, unlabelled: int) -> None:
+    """data.target=instances: unlabelled pixels are -1 in the training and validation
+    targets (no loss term, no score), not background and not an object; the checkpoint's
+    contract keeps the ignore value for evaluate."""
+    from unet_seg.build import build_datamodule, plan_config
+    from unet_seg.data.readers import read_array
+    from unet_seg.instances import instance_target
+
+    dtype = np.uint16 if unlabelled > 0 else np.int32
+    root = labels_with_unlabelled(tmp_path / "d", unlabelled, dtype)
+    cfg, _ = plan_config(compose_train([
+        "data=folder", f"data.root={root}", "data.mask_format=instances", "data.in_channels=1",
+        "data.target=instances", f"data.ignore_value={unlabelled}", "data.crop_size=32",
+        "data.val_fraction=0.25", "data.test_fraction=0"]))  # fmt: skip
+    contract = DataContract.from_config(cfg.data)
+    assert contract.ignore_value == unlabelled
+    assert DataContract.from_dict(contract.to_dict()).ignore_value == unlabelled
+    image_path, mask_path = find_pairs(root)[0]  # evaluate reads truth so: unlabelled there
+    truth = DataContract.from_dict(contract.to_dict()).read_pair(image_path, mask_path)[1]
+    assert (truth[24:, :16] == PAD_LABEL).all() and truth[0, 0] == 0 and truth[5, 5] == 1
+    datamodule = build_datamodule(cfg, tmp_path / "run")
+    datamodule.setup()
+    for split in ("train", "val"):
+        dataset = datamodule.datasets[split]
+        target = dataset.mask(0)
+        assert (target[24:, :16] == PAD_LABEL).all()
+        labels = read_array(dataset.pairs[0][1])
+        want = instance_target(np.where(labels == unlabelled, 0, labels))
+        assert np.array_equal(target[:24], want[:24])  # the objects' classes, as without
+    sample = datamodule.datasets["val"][0]["mask"].numpy()
+    assert (sample[24:, :16] == IGNORE_INDEX).all() and set(np.unique(sample)) <= {-1, 0, 1, 2}
+    scores = SegmentationScores(
+        ["background", "interior", "boundary"]
+    )  # validation scores skip them: a prediction there is free
+    perfect = torch.from_numpy(np.where(sample < 0, 0, sample))[None]
+    wrong_there = perfect.clone()
+    wrong_there[0, 24:, :16] = 2
+    for pred in (perfect, wrong_there):
+        scores.reset()
+        scores.update(pred, torch.from_numpy(sample)[None])
+        assert float(scores.compute()["dice"]) == pytest.approx(1.0)

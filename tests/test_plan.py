@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -55,6 +57,37 @@ def write(root: Path, images: list, masks: list, image_ext: str = ".png") -> Pat
             tifffile.imwrite(root / "masks" / f"im{i}.tif", mask)
         else:
             cv2.imwrite(str(root / "masks" / f"im{i}.png"), mask)
+    return root
+
+
+def tiles_of_one_image(
+    root: Path,
+    side: int = 512,
+    tile: int = 256,
+    objects: int = 180,
+    radius: tuple = (7, 12),
+    seed: int = 0,
+) -> Path:
+    """One large 16-bit image of `objects` discs (every fifth with a lobe: not convex; later
+    ones overlap earlier ones), its instance labels numbered in random order, cut into
+    `tile` x `tile` tiles as a user with one annotated image would: ids are not renumbered
+    (gaps, ids up to `objects`), objects are cut at the tile borders."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((side, side), np.uint16)
+    for k in rng.permutation(np.arange(1, objects + 1)):
+        r = int(rng.integers(*radius))
+        cy, cx = (int(v) for v in rng.integers(r, side - r, 2))
+        cv2.circle(labels, (cx, cy), r, int(k), -1)
+        if k % 5 == 0:
+            cv2.circle(labels, (cx + r, cy + r // 2), r // 2 + 2, int(k), -1)
+    image = (1000 + 400 * (labels > 0) + rng.normal(0, 30, labels.shape)).astype(np.uint16)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for y in range(0, side, tile):
+        for x in range(0, side, tile):
+            name = f"tile_{y:04d}_{x:04d}.png"
+            cv2.imwrite(str(root / "images" / name), image[y : y + tile, x : x + tile])
+            cv2.imwrite(str(root / "masks" / name), labels[y : y + tile, x : x + tile])
     return root
 
 
@@ -252,3 +285,76 @@ def test_a_rare_class_doubles_the_steps_an_epoch(tmp_path: Path) -> None:
     assert rare_plan["train_repeats"] == math.ceil(2 * MIN_STEPS * 4 / train_images)
     assert "under 1% of pixels" in rare_why["train_repeats"]
     assert "under 1%" not in plain_why["train_repeats"]
+
+
+def test_tiles_cut_from_one_image_are_instance_labels(tmp_path: Path) -> None:
+    """16-bit tiles of one large annotated image, ids not renumbered after cutting (about 45
+    objects a tile, ids up to 180, objects cut at the borders): instance labels, by
+    connectivity, and the reason says what the plan saw."""
+    root = tiles_of_one_image(tmp_path / "tiles")
+    fp = fingerprint(root, progress=False)
+    assert all(m["max_value"] > 2 * (m["n_values"] - 1) for m in fp["masks"])  # gaps
+    assert all(m["connected_ids"] < m["checked_ids"] for m in fp["masks"][:1])  # a few split
+    planned, why = plan(fp, auto_data(root))
+    assert planned["mask_format"] == "instances" and planned["num_classes"] == 2
+    assert "connected region" in why["mask_format"] and "180 distinct ids" in why["mask_format"]
+    from unet_seg.check_data import guesses  # what to type if the guess is wrong
+
+    _, record = plan_data_config(auto_data(root))
+    assert "(one foreground class): in 4 of 4 masks" in record["plan"]["mask_format"]["why"]
+    assert "data.mask_format=values" in guesses(record)
+    # fewer objects than classes could be (24 ids, 4 tiles): each id lies in about one tile,
+    # where a class would recur from mask to mask
+    few = tiles_of_one_image(tmp_path / "few", side=256, tile=128, objects=24, radius=(8, 14))
+    planned, why = plan(fingerprint(few, progress=False), auto_data(few))
+    assert planned["mask_format"] == "instances" and "masks on average" in why["mask_format"]
+    # class-index masks whose classes lie in many pieces stay classes, however they vary
+    rng = np.random.default_rng(1)
+    classes = []
+    for m in [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(root.glob("masks/*"))]:
+        classes.append(np.where(m > 0, 1 + m % 3, 0).astype(np.uint8))
+    images = [rng.integers(0, 255, c.shape, dtype=np.uint8) for c in classes]
+    root = write(tmp_path / "classes", images, classes)
+    planned, why = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["mask_format"] == "values" and planned["mask_values"] == [0, 1, 2, 3]
+    assert "not instance labels" in why["mask_format"]
+
+
+@pytest.mark.slow
+def test_tiles_of_one_image_train_with_data_auto_and_nothing_else(tmp_path: Path) -> None:
+    """The issue's case, end to end: `python -m unet_seg.train data=auto data.root=DIR` with
+    no data key typed (only a tiny net and a short run) trains on the tiles."""
+    root = tiles_of_one_image(tmp_path / "tiles", side=256, tile=64, objects=160,
+                              radius=(4, 7))  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_seg.train", "data=auto", f"data.root={root}",
+         "arch.base_channels=4", "arch.depth=2", "trainer.max_epochs=1",
+         "+trainer.limit_train_batches=2", "logger=none", "paths.output_dir=out"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (tmp_path / "out" / "train").iterdir()
+    recorded = json.loads((run / "plan.json").read_text())
+    assert recorded["plan"]["mask_format"]["value"] == "instances"
+    assert "16 of 16 masks" in recorded["plan"]["mask_format"]["why"]  # the evidence, counted
+    assert json.loads((run / "metrics.json").read_text())["global_step"] == 2
+
+
+def test_grey_and_colour_images_mixed_plan_three_channels(tmp_path: Path) -> None:
+    """A folder mixing grey and RGB images: 3 channels (grey repeated), and the statistics of
+    the images as the net sees them, grey ones counted in every channel."""
+    from tests.conftest import write_folder
+    from unet_seg.data.readers import read_image
+
+    root = write_folder(tmp_path / "mix", n=3, channels=1)
+    colour = write_folder(tmp_path / "rgb", n=3, channels=3, seed=1)
+    for kind in ("images", "masks"):
+        for path in (colour / kind).iterdir():
+            path.rename(root / kind / f"c{path.name}")
+    planned, why = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["in_channels"] == 3 and len(planned["mean"]) == len(planned["std"]) == 3
+    assert all(f in why["in_channels"] for f in ("3 grey", "3 RGB", "grey is repeated"))
+    lo, hi = planned["intensity"]["vmin"], planned["intensity"]["vmax"]
+    seen = [(read_image(p, 3).astype(float) - lo) / (hi - lo) for p in root.glob("images/*")]
+    want = np.mean([im.reshape(-1, 3).mean(0) for im in seen], axis=0)
+    np.testing.assert_allclose(planned["mean"], want, atol=1e-3)

@@ -9,9 +9,10 @@ Exits with status 1 when the data would not train.
 
 from __future__ import annotations
 
-import json
 import logging
+import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -19,13 +20,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from unet_seg.build import plan_config
-from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.data.checks import inspect_folder
 from unet_seg.data.contract import DataContract
 from unet_seg.data.fingerprint import summary
 from unet_seg.data.plan import plan_table
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.files import write_json
+from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +44,16 @@ def check_data(cfg: DictConfig) -> dict:
     cfg, plan = plan_config(cfg)
     data = cfg.data
     if plan is not None:
+        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
         log.info("%s\n\nplan (python -m unet_seg.train data=auto data.root=%s uses it; "
-                 "any key given on the command line wins):\n%s\n\ntrain with:\n  %s",
+                 "any key given on the command line wins):\n%s\n\ntrain with:\n  %s%s",
                  summary(plan["fingerprint"]), data.root, plan_table(plan),
-                 train_command(to_plain(data), plan))  # fmt: skip
+                 train_command(to_plain(data), plan, given), guesses(plan))  # fmt: skip
     contract = DataContract.from_config(data)
     report = inspect_folder(
         data.root, contract.encoding, contract.in_channels, data.images_dir, data.masks_dir,
         data.mask_suffix, None if data.get("pad_to_crop") else data.crop_size,
+        contract.intensity.get("mode", "range"),
     )  # fmt: skip
     lines = [f"dataset {report['root']}: {report.get('pairs', 0)} image/mask pairs"]
     for key in ("images_without_mask", "masks_without_image", "ignored_files", "masks_jpeg_like"):
@@ -76,21 +80,51 @@ def check_data(cfg: DictConfig) -> dict:
     return report
 
 
-def train_command(data: dict, plan: dict) -> str:
-    """The command that trains on this folder with this plan (planned keys spelled out, so
-    that it keeps working if the plan's rules change)."""
+def train_command(data: dict, plan: dict, overrides: Sequence[str] = ()) -> str:
+    """The command that trains on this folder with this plan: the planned keys spelled out
+    (so that it keeps working if the plan's rules change), and every other `data.*` key of
+    `overrides` (the command line given) as it was typed, so that pasted it plans the same."""
     keys = [*plan["plan"], *plan["given"], "ignore_value"]
-    args = [f"data.{k}={_cli(data[k])}" for k in keys if data.get(k) is not None]
+    args = [f"data.{k}={cli_value(data[k])}" for k in keys if data.get(k) is not None]
     if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
         args.insert(0, f"data.target={data['target']}")
+    spelled = {"root", "target", *keys}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith("data.") and key.split(".")[1] not in spelled:
+            args.append(shlex.quote(override))
     return " ".join(["python -m unet_seg.train data=auto", f"data.root={data['root']}", *args])
 
 
-def _cli(value: object) -> str:
-    """A value as Hydra's command line reads it (quoted when it holds spaces or braces)."""
-    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    text = text.replace('"', "")
-    return f"'{text}'" if any(c in text for c in " {}[],:") else text
+def guesses(plan: dict) -> str:
+    """For each heuristic guess of the plan (mask suffix, instance labels, channels): what it
+    saw, and the override to type if it is wrong."""
+    lines = []
+    for key, entry in plan["plan"].items():
+        undo = undo_guess(key, entry["value"])
+        if undo is not None:
+            lines.append(f"  {key}={cli_value(entry['value'])}: {entry['why']}\n"
+                         f"    if that is wrong ({undo[1]}): {undo[0]}")  # fmt: skip
+    if not lines:
+        return ""
+    return "\n\nguesses (what each saw; the override if it is wrong):\n" + "\n".join(lines)
+
+
+def undo_guess(key: str, value: object) -> tuple[str, str] | None:
+    """`(override, what it means)` that undoes the plan's guess of `key`; None for a key the
+    plan does not guess (it measures or derives it)."""
+    if key == "mask_suffix":
+        if value:
+            return "data.mask_suffix=''", "the masks are named like their images"
+        return "data.mask_suffix=SUFFIX", "masks are named <image stem>SUFFIX"
+    if key == "mask_format" and value == "instances":
+        return "data.mask_format=values", "the mask values are classes, not numbered objects"
+    if key == "mask_format" and value == "values":
+        return "data.mask_format=instances", "the masks number objects (instance labels)"
+    if key == "in_channels" and value in (1, 3):
+        return (("data.in_channels=3", "the net should see three colour channels") if value == 1
+                else ("data.in_channels=1", "the images are grey"))  # fmt: skip
+    return None
 
 
 def _short(value: object, limit: int = 12) -> str:
@@ -110,7 +144,17 @@ def _default_output() -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="check_data", version_base=None)
 def main(cfg: DictConfig) -> None:
-    if check_data(cfg)["problems"]:
+    output = RunDir(HydraConfig.get().runtime.output_dir)
+    fresh = not output.holds_run
+    try:
+        report = check_data(cfg)
+    except (ValueError, FileNotFoundError) as refused:  # a refused plan, missing files
+        if fresh:
+            output.discard()  # Hydra's .hydra/ and log: nothing is left behind
+        log.debug("refused", exc_info=True)
+        log.error("%s", refused)
+        sys.exit(1)
+    if report["problems"]:
         sys.exit(1)
 
 

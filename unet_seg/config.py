@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -103,3 +104,18 @@ def to_plain(cfg: DictConfig | dict | None) -> dict | None:
     if isinstance(cfg, dict):
         return cfg
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def cli_value(value: object) -> str:
+    """A value as it is typed on a Hydra command line: booleans `true`/`false`, `null`,
+    lists and dicts in brackets and braces, quoted for the shell when they hold spaces,
+    brackets, braces, commas or colons (`data.mask_values='[0, 255]'`)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple | dict):
+        text = json.dumps(list(value) if isinstance(value, tuple) else value).replace('"', "")
+    else:
+        text = str(value)
+    return f"'{text}'" if any(c in text for c in " {}[],:") else text

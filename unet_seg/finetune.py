@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from unet_seg.config import to_plain
+from unet_seg.config import cli_value, to_plain
 from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
@@ -75,13 +75,8 @@ def read_source(init_from: str | Path) -> SegModule:
         raise ValueError(f"init_from={init_from}: {err}") from err
 
 
-def _value(value: object) -> str:
-    """A value as it is typed on the command line."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _describe(arch: dict) -> str:
-    kwargs = ", ".join(f"{k}={_value(v)}" for k, v in arch.items()
+    kwargs = ", ".join(f"{k}={cli_value(v)}" for k, v in arch.items()
                        if k not in ("name", *FREE_ARCH_KEYS))  # fmt: skip
     return f"arch={arch.get('name')} ({kwargs})"
 
@@ -107,7 +102,7 @@ def check_source(source: dict, arch: dict, where: str) -> None:
     if differ:
         if source.get("name") != arch.get("name"):
             differ = [k for k in source if k not in FREE_ARCH_KEYS]
-        fix = " ".join(f"arch{'' if k == 'name' else '.' + k}={_value(source[k])}"
+        fix = " ".join(f"arch{'' if k == 'name' else '.' + k}={cli_value(source[k])}"
                        for k in differ if k in source)  # fmt: skip
         raise ValueError(
             f"init_from={where}: its net is {_describe(source)}, this run's is "
@@ -133,7 +128,7 @@ def problems(cfg: DictConfig) -> list[Exception]:
         ))  # fmt: skip
     init_from = cfg.get("init_from")
     if not init_from:
-        changed = [f"finetune.{k}={_value(v)}" for k, v in options.items() if v != DEFAULTS[k]]
+        changed = [f"finetune.{k}={cli_value(v)}" for k, v in options.items() if v != DEFAULTS[k]]
         if changed:
             found.append(ValueError(
                 f"{', '.join(changed)} without init_from: these fine-tune a net started from a "

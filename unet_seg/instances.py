@@ -41,12 +41,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from unet_seg.config import CONF_DIR
 from unet_seg.data.masks import write_png
-from unet_seg.data.weight_map import consecutive_labels
+from unet_seg.data.weight_map import consecutive_labels, object_edges
 
 INSTANCE_CLASSES = ("background", "interior", "boundary")
 """The classes of an instance target, in class-index order."""
@@ -68,12 +70,13 @@ RULES = (
 )
 """How the instance scores are computed and reduced (written into evaluation JSONs)."""
 
-DEFAULT_INSTANCES = {"boundary_width": 1, "min_size": 16, "seed_threshold": 0.7,
-                     "weight_map": True}  # fmt: skip
-"""`data.instances` defaults: boundary rim width (pixels), the smallest object kept
-(pixels), the interior probability above which pixels seed the watershed (0.7: chosen
-on the validation split of `experiments/instances`), and whether training weighs the
-cross-entropy by the U-Net weight map of the objects' interiors."""
+DEFAULT_INSTANCES = dict(OmegaConf.load(Path(CONF_DIR) / "data" / "folder.yaml")["instances"])
+"""`data.instances` defaults, read from their one home, `conf/data/folder.yaml` (with a
+comment on each): boundary rim width (pixels), the smallest object kept (pixels), the
+interior probability above which pixels seed the watershed (0.7: chosen on the validation
+split of `experiments/instances`), and whether training weighs the cross-entropy by the
+U-Net weight map of the objects' interiors. A checkpoint saved without a key takes it
+from here."""
 
 
 def instance_settings(settings: dict | None) -> dict:
@@ -103,12 +106,7 @@ def instance_target(instances: np.ndarray, boundary_width: int = 1) -> np.ndarra
     target = (labels > 0).astype(np.uint8)
     if n == 0:
         return target
-    lab = labels.astype(np.float32)  # exact up to 2**24 objects
-    kernel = np.ones((2 * boundary_width + 1,) * 2, np.uint8)
-    # outside the image: the pixel's own value (no boundary along the image edge)
-    highest = cv2.dilate(lab, kernel, borderType=cv2.BORDER_REPLICATE)
-    lowest = cv2.erode(lab, kernel, borderType=cv2.BORDER_REPLICATE)  # 0 next to background
-    target[(labels > 0) & ((highest != lab) | (lowest != lab))] = 2
+    target[object_edges(labels, n, boundary_width, background=True)] = 2
     return target
 
 

@@ -260,6 +260,7 @@ def inspect_folder(
     masks_dir: str = "masks",
     mask_suffix: str = "",
     crop_size: int | None = None,
+    intensity_mode: str = "range",
 ) -> dict:
     """Everything worth knowing about a dataset before training on it.
 
@@ -273,8 +274,8 @@ def inspect_folder(
     without `data.ignore_value`) and the least labelled mask, masks with nothing
     labelled as problems,
     suggested `mask_values` and class weights, hints (`hints`: 16-bit images
-    using a small part of their range) and the list of problems (empty when the
-    data will train).
+    using a small part of their range, when `intensity_mode` is `range`) and the list
+    of problems (empty when the data will train).
     """
     root = Path(root)
     image_folder, mask_folder = root / images_dir, root / masks_dir
@@ -352,7 +353,7 @@ def inspect_folder(
             least = min(least, (share, mask_path.name)) if least else (share, mask_path.name)
 
     hints = []
-    if dtypes.get("uint16") and top16 < 4096:
+    if dtypes.get("uint16") and top16 < 4096 and intensity_mode == "range":
         hints.append(
             f"16-bit images reach at most {top16:.0f} of 65535 ({top16 / 655.35:.2g}% of the "
             "range): with data.intensity.mode=range they reach the net nearly black; "

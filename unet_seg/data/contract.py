@@ -134,6 +134,15 @@ class DataContract:
                 f"data.num_classes={data['num_classes']} and data.class_names="
                 f"{data['class_names']}: leave them to the target (train sets them)"
             )
+        ignore = data["ignore_value"]  # a value of the instance labels (0 is background)
+        if ignore is not None:
+            if data["mask_format"] not in (None, "instances"):
+                raise ValueError(
+                    f"data.target=instances with data.ignore_value={ignore!r}: the ignore value "
+                    "is read from the instance labels, so it needs data.mask_format=instances "
+                    "(masks that are instance labels); mark unlabelled pixels there"
+                )
+            MaskEncoding(mask_format="instances", ignore_value=ignore)  # checks it
         return cls(
             class_names=list(INSTANCE_CLASSES),
             in_channels=int(data["in_channels"]),
@@ -144,6 +153,7 @@ class DataContract:
             std=_floats(data["std"], [0.25]),
             crop_size=int(data["crop_size"]) if data["crop_size"] else None,
             instances=instance_settings(data["instances"]),
+            ignore_value=ignore,
         )
 
     @classmethod

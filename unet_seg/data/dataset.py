@@ -263,8 +263,15 @@ class SegDataset(Dataset):
         if self.instance_target is None:
             return self.encoding.load(self.pairs[index][1])
         if index not in self._targets:
-            instances = read_instances(self.instance_paths[index])
-            self._targets[index] = instance_target(instances, self.instance_target)
+            path = self.instance_paths[index]
+            labels = read_instances(path)
+            ignored = None
+            if self.encoding.mask_format == "instances":  # the contract of an instance target
+                ignored = self.encoding.indices_of(labels, path) == PAD_LABEL  # data.ignore_value
+            target = instance_target(self.encoding.objects_of(labels), self.instance_target)
+            if ignored is not None:
+                target[ignored] = PAD_LABEL  # unlabelled: no object, no background
+            self._targets[index] = target
         return self._targets[index].copy()
 
     def _weight_map(self, index: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

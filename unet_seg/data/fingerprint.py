@@ -31,19 +31,26 @@ from unet_seg.data.masks import (
     MaskEncoding,
     is_palette_file,
     looks_like_jpeg,
+    pack_rgb,
     read_palette_indices,
+    unpack_rgb,
 )
-from unet_seg.data.readers import channel_kind, is_jpeg_file, read_array
+from unet_seg.data.readers import channel_kind, file_format, is_jpeg_file, read_array
 from unet_seg.data.weight_map import touching_border
 from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
+VERSION = 3
 """Bumped when what a fingerprint records changes (older caches are recomputed)."""
 
 MAX_VALUES = 256
 """Distinct mask values recorded with their pixel counts (more: only their number)."""
+
+CONNECTED_SHARE = 0.8
+"""A mask is instance-like when at least this share of its ids is one connected region each:
+a tile cut from a larger image splits a few non-convex objects into two pieces (a cropped
+convex object stays whole), so a few split ids are tolerated."""
 
 
 def fingerprint(
@@ -64,8 +71,8 @@ def fingerprint(
         ignore_folder: a folder of ignore masks under `masks_dir` (`data.ignore_value` of
             class folders), not a class folder.
     Returns:
-        `{"version", "root", "signature", "images": [...], "masks": [...]}`, one entry per
-        pair, in pair order, plus `"unmatched"` file counts.
+        `{"version", "root", "signature", "mask_suffix", "class_folders", "images": [...],
+        "masks": [...]}`, one entry per pair, in pair order.
     """
     root = Path(root)
     class_folders = mask_class_folders(root / masks_dir)
@@ -90,7 +97,8 @@ def fingerprint(
         else:
             masks.append(_guarded(describe_mask, mask_path))
     result = {"version": VERSION, "root": str(root), "signature": signature,
-              "class_folders": class_folders, "images": images, "masks": masks}  # fmt: skip
+              "mask_suffix": mask_suffix, "class_folders": class_folders, "images": images,
+              "masks": masks}  # fmt: skip
     if cache is not None:
         write_json(result, cache)
     return result
@@ -115,7 +123,7 @@ def describe_image(path: Path) -> dict[str, Any]:
     vmin, vmax = sample.min(axis=0), sample.max(axis=0)
     return {
         "name": path.name,
-        "format": path.suffix.lower().lstrip("."),
+        "format": file_format(path),
         "dtype": str(array.dtype),
         "bits": array.dtype.itemsize * 8,
         "height": int(array.shape[0]),
@@ -137,12 +145,14 @@ def describe_image(path: Path) -> dict[str, Any]:
 def describe_mask(path: Path) -> dict[str, Any]:
     """One mask's entry: how it stores classes (`encoding`) and what values it holds.
 
-    `encoding`: `palette` (palette PNG: the values are palette indices), `rgb` (colours
+    `encoding`: `palette` (a palette PNG or GIF: the values are palette indices), `rgb` (colours
     with differing channels: `colors`), or `values` (one channel). For one-channel
     integer masks, `instance_like` says whether its non-zero values look like numbered
-    objects (two or more, numbered about 1..N, each one connected region).
+    objects: two or more ids, (almost) each one connected region (`connected_ids` of
+    `checked_ids`), however they are numbered (crops and annotation tools leave gaps).
+    Negative values (an ignore label such as -1, or an error) are counted in `negative`.
     """
-    entry: dict[str, Any] = {"name": path.name, "format": path.suffix.lower().lstrip(".")}
+    entry: dict[str, Any] = {"name": path.name, "format": file_format(path)}
     if is_palette_file(path):  # the loader's test: the pixels are palette indices
         array = read_palette_indices(path)
         entry["encoding"] = "palette"
@@ -157,13 +167,11 @@ def describe_mask(path: Path) -> dict[str, Any]:
     entry.update(dtype=str(array.dtype), height=int(array.shape[0]), width=int(array.shape[1]))
     entry["jpeg"] = looks_like_jpeg(array, path) if array.ndim == 2 else is_jpeg_file(path)
     if entry["encoding"] == "rgb":
-        rgb = array[:, :, :3].astype(np.int64)
-        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]
-        values, counts = np.unique(codes, return_counts=True)
+        values, counts = np.unique(pack_rgb(array), return_counts=True)
         entry["n_values"] = int(len(values))
         if len(values) <= MAX_VALUES:
             entry["colors"] = {
-                f"{v >> 16},{(v >> 8) & 255},{v & 255}": int(c)
+                ",".join(map(str, unpack_rgb(v))): int(c)
                 for v, c in zip(values.tolist(), counts.tolist(), strict=True)
             }
         return entry
@@ -176,9 +184,18 @@ def describe_mask(path: Path) -> dict[str, Any]:
         entry["values"] = {
             str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
         }
+    negative = values[values < 0]
+    if len(negative):
+        entry["negative"] = {str(v): int(c) for v, c in zip(negative.tolist(),
+                             counts[values < 0].tolist(), strict=True)}  # fmt: skip
+        array = np.where(array < 0, 0, array)  # the objects are the positive ids
     nonzero = values[values > 0]
-    numbered = len(nonzero) >= 2 and int(nonzero.max()) <= 2 * len(nonzero)
-    entry["instance_like"] = bool(numbered and _objects_are_connected(array))
+    entry["max_value"] = int(values.max()) if len(values) else 0
+    entry["instance_like"] = False
+    if len(nonzero) >= 2:
+        checked, connected = connected_ids(array)
+        entry.update(checked_ids=checked, connected_ids=connected)
+        entry["instance_like"] = connected >= CONNECTED_SHARE * checked
     if entry["instance_like"]:
         sizes = counts[values > 0]
         touching = np.unique(array[touching_border(array)])
@@ -209,12 +226,13 @@ def describe_class_folders(path: Path, class_folders: list[str]) -> dict[str, An
             "values": {str(v): int(c) for v, c in enumerate(counts.tolist()) if c}}  # fmt: skip
 
 
-def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
-    """Whether (almost) every non-zero value of `labels` is one 8-connected region, as in
-    instance labels; class-index masks have classes in many pieces."""
+def connected_ids(labels: np.ndarray, max_objects: int = 300) -> tuple[int, int]:
+    """`(ids checked, ids that are one 8-connected region)` among the non-zero values of
+    `labels` (the first `max_objects`): instance labels have (almost) every id in one
+    piece, whatever their numbering; class-index masks have classes in many pieces."""
     ys, xs = np.nonzero(labels)
     if not len(ys):
-        return False
+        return 0, 0
     values = labels[ys, xs]
     order = np.argsort(values, kind="stable")
     values, ys, xs = values[order], ys[order], xs[order]
@@ -227,7 +245,7 @@ def _objects_are_connected(labels: np.ndarray, max_objects: int = 300) -> bool:
         region = (labels[y0:y1, x0:x1] == values[s]).astype(np.uint8)
         count, _ = cv2.connectedComponents(region, connectivity=8)
         single += count == 2  # background + one region
-    return single >= 0.9 * len(checked)
+    return len(checked), int(single)
 
 
 def _guarded(describe: Callable[[Path], dict], path: Path) -> dict[str, Any]:

@@ -23,7 +23,8 @@ palette's colours or transparency. Masks that are (or were) JPEG files carry
 compression noise and are refused with the advice to save them as PNG.
 
 `data.ignore_value` marks pixels that carry no label (partly labelled images):
-a pixel value for `values`, `palette` and `instances`, an `[r, g, b]` colour for
+a pixel value for `values`, `palette` and `instances` (for instance labels also a
+negative one such as -1; any other negative id is refused), an `[r, g, b]` colour for
 `rgb`, and for `folders` the name of a folder of ignore masks
 (`masks/<name>/<stem>.png`, non-zero = no label; an image without one is fully
 labelled). Such pixels become `PAD_LABEL` (then `IGNORE_INDEX`), like padding:
@@ -141,9 +142,16 @@ class MaskEncoding:
                                  f"{[list(c) for c in self.mask_colors]}: the ignore colour "
                                  "must differ from every class colour")  # fmt: skip
             return color
-        if isinstance(value, str | bytes) or not isinstance(value, int) or not 0 <= value <= 65535:
+        low = -(2**31) if fmt == "instances" else 0  # instance labels: also -1 and the like
+        if (
+            isinstance(value, str | bytes)
+            or not isinstance(value, int)
+            or not low <= value <= 65535
+        ):
             raise ValueError(f"{key}: with data.mask_format={fmt} it is one pixel value in "
-                             "0..65535 (an [r, g, b] colour needs mask_format=rgb)")  # fmt: skip
+                             "0..65535 (an [r, g, b] colour needs mask_format=rgb; a negative "
+                             "value, such as -1, marks unlabelled pixels of instance labels, "
+                             "mask_format=instances)")  # fmt: skip
         if fmt == "instances" and value == 0:
             raise ValueError(f"{key}: 0 is the background of instance labels; mark unlabelled "
                              "pixels with another value (e.g. 65535)")  # fmt: skip
@@ -206,8 +214,17 @@ class MaskEncoding:
                     "16-bit PNG or 16/32-bit integer TIFF"
                 )
             indices = (array > 0).astype(np.uint8)
-            if self.ignore_value is not None:
-                indices[array == self.ignore_value] = PAD_LABEL
+            ignored = None if self.ignore_value is None else array == self.ignore_value
+            if array.dtype.kind == "i":  # a negative id is the ignore value, or refused
+                negative = array < 0
+                if ignored is not None:
+                    negative &= ~ignored
+                if negative.any():
+                    raise ValueError(
+                        negative_ids_message(path, np.unique(array[negative]).tolist())
+                    )
+            if ignored is not None:
+                indices[ignored] = PAD_LABEL
             return indices
         return self.encode(_whole_numbers(array, path), path)
 
@@ -248,20 +265,18 @@ class MaskEncoding:
                 f"{path}: data.mask_format=rgb needs 8-bit RGB masks, "
                 f"got shape {array.shape}, {array.dtype}"
             )
-        rgb = array[:, :, :3].astype(np.int64)
-        codes = (rgb[:, :, 0] << 16) | (rgb[:, :, 1] << 8) | rgb[:, :, 2]  # [H, W]
-        palette = np.array([(r << 16) | (g << 8) | b for r, g, b in self.mask_colors])
+        codes = pack_rgb(array)  # [H, W]
+        palette = pack_rgb(np.array(self.mask_colors))
         order = np.argsort(palette)
         pos = np.clip(np.searchsorted(palette[order], codes), 0, len(palette) - 1)
         known = palette[order][pos] == codes
         ignored = None
         if self.ignore_value is not None:
-            r, g, b = self.ignore_value
-            ignored = codes == ((r << 16) | (g << 8) | b)
+            ignored = codes == pack_rgb(np.array(self.ignore_value))
             known |= ignored
         if not known.all():
             bad = np.unique(codes[~known])[:10]
-            colors = [[int(c >> 16), int((c >> 8) & 255), int(c & 255)] for c in bad]
+            colors = [list(unpack_rgb(c)) for c in bad]
             raise ValueError(
                 f"{path}: colours {colors} are not in "
                 f"data.mask_colors={[list(c) for c in self.mask_colors]}; "
@@ -357,6 +372,18 @@ class MaskEncoding:
         return np.asarray(self.mask_values, dtype=dtype)[indices]
 
 
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Colours `[..., 3+]` (extra channels ignored) -> one int64 code each, `r << 16 | g << 8
+    | b`: the one packing of colour masks (their encoding and the fingerprint)."""
+    rgb = np.asarray(rgb)[..., :3].astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def unpack_rgb(code: int) -> tuple[int, int, int]:
+    """A `pack_rgb` code -> `(r, g, b)`."""
+    return int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255
+
+
 def write_png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> Path:
     """Write `[H, W]` (8/16-bit) or RGB `[H, W, 3]` as a PNG; with `palette`, a palette PNG
     whose pixel indices are the `[H, W]` uint8 values."""
@@ -377,6 +404,15 @@ def instance_labels(labels: np.ndarray) -> np.ndarray:
     """Foreground `[H, W]` -> its 8-connected objects numbered 1..N (uint8, or uint16 past 255)."""
     count, objects = cv2.connectedComponents((labels > 0).astype(np.uint8), connectivity=8)
     return objects.astype(np.uint8 if count <= 256 else np.uint16)
+
+
+def negative_ids_message(path: str | Path, values: Sequence[int]) -> str:
+    """The refusal of instance labels holding negative values (that are not the ignore value)."""
+    return (
+        f"{path}: instance labels hold negative values {list(values)[:5]}: 0 is background and "
+        f"1..N are objects. If {values[0]} marks unlabelled pixels, set data.ignore_value="
+        f"{values[0]}; otherwise save the labels without negative values"
+    )
 
 
 def class_mask_file(masks_dir: Path, class_name: str, name: str) -> Path:

@@ -7,14 +7,22 @@ follow it (give `data.mask_values` and the class names follow their count).
 
 What is planned, and how:
 
+- `mask_suffix`: the suffix every mask name adds to its image's stem (Carvana's
+  `x.jpg` / `x_mask.gif`: `_mask`), found by comparing the names; none when masks are
+  named like their images (`detect_mask_suffix`).
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
-  grey stored as RGB/RGBA), 3 for colour, else the images' channel count.
+  grey stored as RGB/RGBA), 3 for colour and for grey and colour mixed (grey is
+  repeated), else the images' channel count.
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
-  what the masks hold: palette PNGs, RGB colours, class folders, numbered objects
-  (instance labels: one foreground class), or pixel values (each a class, in
-  increasing order; 0/255 is binary). `num_classes` is the number of classes.
-  The value, colour or folder given as `data.ignore_value` (unlabelled pixels) is
-  never a class.
+  what the masks hold: palette images (PNG, GIF), RGB colours, class folders,
+  instance labels (each id one connected region, however numbered: one foreground
+  class, `_instance_like`), or pixel values (each a class, in increasing order; 0/255
+  is binary). `num_classes` is the number of classes. The value, colour or folder
+  given as `data.ignore_value` (unlabelled pixels) is never a class; other negative
+  values are refused.
+
+Each guess (the mask suffix, instance labels, the channels) says in its reason what
+it saw, with counts; `check_data` prints the override that undoes it.
 - `intensity`, `mean`, `std`: a fixed linear map of the dataset's 0.5..99.5
   percentile range to 0..1 (clipped), then the mean and spread of the data so
   mapped: a 16-bit image using 0.4% of its range trains exactly as an 8-bit one
@@ -36,14 +44,16 @@ What is planned, and how:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 AUTO = "auto"
-PLANNED_KEYS = ("in_channels", "mask_format", "mask_values", "mask_colors", "class_names",
-                "num_classes", "intensity", "mean", "std", "crop_size", "pad_to_crop",
-                "batch_size", "eval_batch_size", "train_repeats", "foreground_crop")  # fmt: skip
+PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
+                "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
+                "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
+                "foreground_crop")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
 MIN_STEPS = 20
@@ -59,6 +69,13 @@ only when the schedule still had a high learning rate then)."""
 
 MAX_CLASSES = 32
 """More distinct mask values than this are not classes: instance labels (or noise)."""
+
+
+RARE_IDS_MASKS, RARE_IDS_RECUR = 4, 2.0
+"""With few distinct values that are not numbered 1..N in each mask, the masks are still
+instance labels when, over at least `RARE_IDS_MASKS` masks, each value lies in at most
+`RARE_IDS_RECUR` masks on average: tiles of one image share only the objects cut by their
+borders, while a class recurs from mask to mask."""
 
 
 class PlanError(ValueError):
@@ -83,7 +100,7 @@ def plan(
     encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
     if len(encodings) > 1:
         problems.append(
-            f"{fp['root']}: masks mix encodings {encodings} (palette PNGs, colour and grey "
+            f"{fp['root']}: masks mix encodings {encodings} (palette images, colour and grey "
             "masks): save them all one way, or set data.mask_format"
         )
     jpeg = [m["name"] for m in fp["masks"] if m.get("jpeg")]
@@ -101,13 +118,16 @@ def plan(
         if data.get(key) == AUTO:
             data[key], why[key] = value, reason
 
+    fill("mask_suffix", fp.get("mask_suffix", ""), "the suffix the fingerprint paired with")
     images, masks = fp["images"], fp["masks"]
     feeds = sorted({e["channels"] for e in images})
-    kinds = sorted({e["kind"] for e in images})
     channels = max(feeds)
-    if feeds == [1, 3]:
-        channels = 3  # grey and colour images mixed: grey is repeated
-    fill("in_channels", channels, f"images are {', '.join(kinds)}")
+    kinds: dict[str, int] = {}
+    for e in images:
+        kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+    seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    mixed = " (grey and colour mixed: grey is repeated into 3 channels)" if feeds == [1, 3] else ""
+    fill("in_channels", channels, f"{channels} channel(s): of {len(images)} images, {seen}{mixed}")
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
     _plan_patches(images, masks, data, fill, gpu_memory_gb)
@@ -122,15 +142,16 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
     elif encodings == ["rgb"]:
         fill("mask_format", "rgb", "masks are RGB colours")
     elif encodings == ["palette"]:
-        fill("mask_format", "palette", "masks are palette PNGs (values: palette indices)")
+        fill("mask_format", "palette", f"masks are palette images ({_formats(masks)}): the "
+             "values are palette indices")  # fmt: skip
     else:
-        instance = _instance_like(masks)
-        fill("mask_format", "instances" if instance else "values",
-             "masks number objects 1..N (instance labels)" if instance
-             else "masks hold one value per class")  # fmt: skip
+        ignore = data.get("ignore_value")
+        instance, evidence = _instance_like(masks, "" if ignore is None else str(ignore))
+        fill("mask_format", "instances" if instance else "values", evidence)
     fmt = data["mask_format"]
     ignore = data.get("ignore_value")  # unlabelled pixels: never a class
     ignore = ",".join(str(int(v)) for v in ignore) if isinstance(ignore, list) else str(ignore)
+    _refuse_negative(fp, fmt, ignore)
     union: dict[Any, int] = {}
     for m in masks:
         for v, c in (m.get("colors") if fmt == "rgb" else m.get("values") or {}).items():
@@ -171,21 +192,80 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
     fill("num_classes", len(data["class_names"]), "one per class name")
 
 
-def _instance_like(masks: list[dict]) -> bool:
-    """Whether the masks are instance labels: numbered, connected objects whose numbers vary
-    from mask to mask (class masks repeat one small set of values)."""
-    numbered = [m.get("instance_like", False) for m in masks if m.get("n_values", 0) > 2]
-    if not numbered or sum(numbered) < 0.8 * len(numbered):
-        return False
-    sets = {tuple(sorted(m.get("values") or {})) for m in masks}
-    largest = max(m.get("n_values", 0) for m in masks)
-    return len(sets) > 1 or largest > MAX_CLASSES
+def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:
+    """Whether the masks are instance labels, and the evidence. The signal is connectivity:
+    in (nearly) every mask holding two or more ids, (almost) each non-zero id is one
+    connected region. Many distinct ids (more than `MAX_CLASSES` in one mask or in all)
+    are then objects whatever their numbering: crops of one large image, annotation tools
+    and stitched tiles leave gaps. A few distinct values could be classes that each form
+    one region: they are objects when they vary from mask to mask and either count about
+    1..N in each, or each lies in few masks (tiles); a class recurs. Class-index masks
+    have classes in many pieces, or repeat one set."""
+    ids, union, many = [], set(), False
+    for m in masks:
+        values = m.get("values")
+        if values is None:  # more than the fingerprint lists: many ids
+            many |= m.get("n_values", 0) > MAX_CLASSES
+            ids.append(None)
+            continue
+        own = sorted(int(v) for v in values if v != ignore and int(v) > 0)
+        ids.append(own)
+        union.update(own)
+    numbered = [m for m, own in zip(masks, ids, strict=True) if own is None or len(own) >= 2]
+    connected = [m for m in numbered if m.get("instance_like")]
+    checked = sum(m.get("checked_ids", 0) for m in numbered)
+    whole = sum(m.get("connected_ids", 0) for m in numbered)
+    many |= len(union) > MAX_CLASSES
+    seen = (f"in {len(connected)} of {len(numbered)} masks with two or more ids each id is "
+            f"one connected region ({whole} of {checked} ids in one piece)")  # fmt: skip
+    if not numbered:
+        return False, "masks hold one value per class (no mask holds two or more ids)"
+    if len(connected) < 0.8 * len(numbered):
+        return False, f"masks hold one value per class: not instance labels, {seen}"
+    top = max(m.get("max_value", 0) for m in masks)
+    if many:
+        return True, (f"instance labels (one foreground class): {seen}; {len(union)} distinct "
+                      f"ids, up to {top}: too many for classes")  # fmt: skip
+    counted = all(own is None or len(own) < 2 or max(own) <= 2 * len(own) for own in ids)
+    varied = len({tuple(own or ()) for own in ids}) > 1
+    if varied and counted:
+        return True, (f"instance labels (one foreground class): {seen}; the ids vary from "
+                      f"mask to mask and count about 1..N (up to {top})")  # fmt: skip
+    recur = sum(len(own or ()) for own in ids) / max(1, len(union))  # masks an id is in
+    if varied and len(masks) >= RARE_IDS_MASKS and recur <= RARE_IDS_RECUR:
+        return True, (f"instance labels (one foreground class): {seen}; {len(union)} distinct "
+                      f"ids, up to {top}, each in {recur:.1f} masks on average (objects "
+                      "of tiles cut from larger images; a class recurs)")  # fmt: skip
+    return False, (f"masks hold one value per class: {seen}, but only {len(union)} distinct "
+                   "values, " + ("the same in every mask" if not varied else
+                                 f"each in {recur:.1f} masks on average"))  # fmt: skip
+
+
+def _refuse_negative(fp: dict, fmt: str, ignore: str) -> None:
+    """Negative mask values are either the ignore label of instance labels (`data.ignore_value`,
+    e.g. -1) or an error: refused, naming each file, before they become a class or an object."""
+    problems = []
+    for m in fp["masks"]:
+        bad = sorted(int(v) for v in m.get("negative") or {} if fmt != "instances" or v != ignore)
+        if bad:
+            fix = (
+                f"if they mark unlabelled pixels set data.ignore_value={bad[0]}"
+                + (" with data.mask_format=instances" if fmt != "instances" else "")
+                + "; otherwise save the labels with 0 = background and 1..N = objects"
+            )
+            problems.append(f"{fp['root']}: mask {m['name']} holds negative values {bad[:5]}: "
+                            f"{fix}")  # fmt: skip
+    if problems:
+        raise PlanError(_listing(problems))
 
 
 def _plan_intensity(images: list[dict], data: dict, fill) -> None:
-    lows = np.array([e["p0_5"] for e in images])  # [N, C]
-    highs = np.array([e["p99_5"] for e in images])
-    means, stds = np.array([e["mean"] for e in images]), np.array([e["std"] for e in images])
+    width = max(len(e["p0_5"]) for e in images)  # grey and colour mixed: grey repeated
+
+    def stat(key: str) -> np.ndarray:  # [N, C]
+        return np.array([_per_channel(np.asarray(e[key], float), width) for e in images])
+
+    lows, highs, means, stds = stat("p0_5"), stat("p99_5"), stat("mean"), stat("std")
     spread = highs.max(0) / np.maximum(highs.min(0), 1e-12)
     if data.get("intensity") == AUTO:
         if (spread > 4).any() and (highs.min(0) > 0).all():
@@ -269,6 +349,15 @@ def _plan_patches(
          + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
 
 
+def _formats(entries: list[dict]) -> str:
+    """`12 GIF` or `3 PNG, 1 TIFF`: the files' real formats, counted."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        name = {"tif": "TIFF", "jpg": "JPEG"}.get(e.get("format", ""), e.get("format", "").upper())
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _index(data: dict, value: int) -> int | None:
     values = data.get("mask_values") or []
     return values.index(value) if value in values else None
@@ -297,17 +386,60 @@ def plan_data_config(
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
     ignore = data.get("ignore_value")
-    fp = fingerprint(data["root"], data.get("images_dir", "images"),
-                     data.get("masks_dir", "masks"), data.get("mask_suffix") or "",
-                     cache_dir=cache_dir,
+    layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
+    given = {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO}
+    suffix_why = None
+    if data.get("mask_suffix") == AUTO:
+        data = dict(data)
+        data["mask_suffix"], suffix_why = detect_mask_suffix(*layout)
+    fp = fingerprint(*layout, data.get("mask_suffix") or "", cache_dir=cache_dir,
                      ignore_folder=ignore if isinstance(ignore, str) else None)  # fmt: skip
     planned, why = plan(fp, data, gpu_memory_gb)
+    if suffix_why is not None:
+        why["mask_suffix"] = suffix_why
     record = {
         "plan": {k: {"value": planned[k], "why": why[k]} for k in PLANNED_KEYS if k in why},
-        "given": {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO},
+        "given": given,
         "fingerprint": fp,
     }
     return planned, record
+
+
+def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tuple[str, str]:
+    """The suffix every mask name adds to its image's stem (`x.jpg` -> `x_mask.gif`: `_mask`),
+    or `""` when masks are named like their images or no one suffix pairs them; and the
+    reason, with what was seen.
+
+    A mask stem that is no image stem is split after the longest image stem it starts
+    with; the most common suffix so found is taken when it gives every image a mask."""
+    from unet_seg.data.dataset import list_images  # reads folders: imported when planning
+
+    folder, mask_folder = Path(root) / images_dir, Path(root) / masks_dir
+    if not folder.is_dir() or not mask_folder.is_dir():
+        return "", "no image or mask folder to compare names in"
+    stems = {p.stem for p in list_images(folder)}
+    masks = [p.stem for p in list_images(mask_folder)]
+    if not masks or not stems:
+        return "", "no mask files to compare with the images (class folders, or none)"
+    named = set(masks)
+    if all(s in named for s in stems):
+        if len(masks) == len(stems):
+            return "", f"every one of {len(masks)} masks is named like its image"
+        return "", f"every one of {len(stems)} images has a mask of its own name"
+    suffixes: dict[str, int] = {}
+    for m in masks:
+        cut = next((k for k in range(len(m) - 1, 0, -1) if m[:k] in stems), None)
+        if m not in stems and cut is not None:
+            suffixes[m[cut:]] = suffixes.get(m[cut:], 0) + 1
+    for suffix, count in sorted(suffixes.items(), key=lambda kv: -kv[1]):
+        if all(s + suffix in named for s in stems):
+            if count == len(masks):
+                return suffix, f"every one of {count} masks is named <image stem>{suffix}"
+            return suffix, (f"{count} of {len(masks)} masks are named <image stem>{suffix}, "
+                            f"one for each of the {len(stems)} images")  # fmt: skip
+    seen = ", ".join(f"{n} x {k!r}" for k, n in sorted(suffixes.items(), key=lambda kv: -kv[1]))
+    return "", ("no one suffix gives every image a mask" + (f" (seen {seen[:200]})" if seen
+            else "") + ": masks are paired by the image's own stem")  # fmt: skip
 
 
 def plan_table(record: dict[str, Any]) -> str:

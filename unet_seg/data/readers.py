@@ -125,6 +125,19 @@ def is_jpeg_file(path: str | Path) -> bool:
     return file_signature(path, 3) == _JPEG_SIGNATURE
 
 
+_SIGNATURES = {_PNG_SIGNATURE: "png", b"GIF8": "gif", _JPEG_SIGNATURE: "jpeg", b"BM": "bmp",
+               b"II*\x00": "tiff", b"MM\x00*": "tiff", b"II+\x00": "tiff",
+               b"MM\x00+": "tiff"}  # fmt: skip
+
+
+def file_format(path: str | Path) -> str:
+    """The format a file holds by its content (`png`, `gif`, `jpeg`, `tiff`, `bmp`), whatever
+    its extension; else its extension, lower-case."""
+    head = file_signature(path, 8)
+    kind = next((k for sig, k in _SIGNATURES.items() if head.startswith(sig)), None)
+    return kind or Path(path).suffix.lower().lstrip(".")
+
+
 def png_colour_type(path: str | Path) -> int | None:
     """The IHDR colour type of a PNG file (0 grey, 2 RGB, 3 palette, 4 grey+alpha, 6 RGBA),
     or None when the file is no PNG."""

@@ -31,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from unet_seg.data.masks import negative_ids_message
 from unet_seg.data.readers import read_array
 
 WEIGHT_MAP_KEYS = ("w0", "sigma", "class_balance", "separate_touching")
@@ -39,11 +40,12 @@ REACH_SIGMAS = 6.0
 """The border term is computed where d1 + d2 <= REACH_SIGMAS * sigma and is 0 beyond,
 where its true value is below w0 * exp(-18) = w0 * 1.5e-8."""
 
-_SQUARE = np.ones((3, 3), np.uint8)
-
 
 def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
-    """Relabel objects 1..N (0 stays background): (int32 `[H, W]` labels, N)."""
+    """Relabel objects 1..N (0 stays background): (int32 `[H, W]` labels, N).
+
+    Negative values are refused (`MaskEncoding.objects_of` first makes a negative
+    `data.ignore_value` background)."""
     if instances.ndim != 2 or instances.dtype.kind not in "ui":
         raise ValueError(
             f"instance labels must be a 2-D integer array, got {instances.dtype} {instances.shape}"
@@ -51,6 +53,9 @@ def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
     if instances.size == 0:
         return np.zeros(instances.shape, np.int32), 0
     low, high = int(instances.min()), int(instances.max())
+    if low < 0:  # an ignore label (-1) left in, or an error: never an object
+        raise ValueError(negative_ids_message("instance labels", np.unique(instances[instances < 0])
+                                              .tolist()))  # fmt: skip
     if low >= 0 and high <= 4 * instances.size + 65536:  # a lookup table: no sort of the pixels
         present = np.bincount(instances.ravel(), minlength=high + 1) > 0
         present[0] = False  # 0 stays background
@@ -72,9 +77,22 @@ def touching_border(instances: np.ndarray) -> np.ndarray:
     labels, n = consecutive_labels(instances)
     if n < 2:
         return np.zeros(instances.shape, bool)
+    return object_edges(labels, n, width=1, background=False)
+
+
+def object_edges(labels: np.ndarray, n: int, width: int = 1, background: bool = True) -> np.ndarray:
+    """Boolean `[H, W]`: object pixels whose `(2 width + 1)`-square neighbourhood holds
+    another object (or, with `background`, background). The image edge is no neighbour.
+
+    Args:
+        labels: objects 1..n, 0 = background (`consecutive_labels`).
+    """
     lab = labels.astype(np.float32)  # exact up to 2**24 objects
-    highest = cv2.dilate(lab, _SQUARE)  # largest label among the 3x3 neighbours
-    lowest = cv2.erode(np.where(labels > 0, lab, np.float32(n + 1)), _SQUARE)  # smallest object
+    kernel = np.ones((2 * width + 1,) * 2, np.uint8)
+    # outside the image: the pixel's own value (no edge along the image border)
+    highest = cv2.dilate(lab, kernel, borderType=cv2.BORDER_REPLICATE)  # largest label around
+    low = lab if background else np.where(labels > 0, lab, np.float32(n + 1))
+    lowest = cv2.erode(low, kernel, borderType=cv2.BORDER_REPLICATE)  # smallest (0: background)
     return (labels > 0) & ((highest != lab) | (lowest != lab))
 
 
