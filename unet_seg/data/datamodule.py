@@ -16,7 +16,7 @@ from unet_seg.data.checks import check_pairs, read_header
 from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
+from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler, UnsizedShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
@@ -322,15 +322,13 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader("train", self.batch_size, sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:
+        """Validation or test: each process its own share, no image twice (the pooled
+        scores are summed across processes); with fewer images than processes some shares
+        are empty, and the loaders declare no length so those processes still take part."""
         rank, world_size = self._rank()
         n = len(self.datasets[stage])
-        if n < world_size:
-            raise ValueError(
-                f"the {stage} split has {n} image(s), fewer than the {world_size} processes "
-                "that share it: give it more images (data.val_fraction / test_fraction) "
-                "or train on fewer devices"
-            )
-        return self._loader(stage, self.eval_batch_size, ShardSampler(n, rank, world_size))
+        shard = UnsizedShardSampler if n < world_size else ShardSampler
+        return self._loader(stage, self.eval_batch_size, shard(n, rank, world_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
