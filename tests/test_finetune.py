@@ -270,3 +270,19 @@ def test_a_relative_init_from_resumes_from_another_directory(
     monkeypatch.chdir(tmp_path / "elsewhere")
     more = ["trainer.max_epochs=2"]
     assert train(compose_train([f"resume={run}", *more]), overrides=more)["epochs"] == 2
+
+
+def test_the_table_says_why_the_head_of_the_same_classes_is_reset() -> None:
+    """The same class names as one sigmoid logit: the head cannot load, and the table's
+    classes line says so (2 logits -> 1)."""
+    from unet_seg.finetune import init_table
+
+    record = {"checkpoint": "best.ckpt", "loaded": ["enc"], "reset": ["head.weight"],
+              "unused": ["head.weight"], "frozen": [], "freeze_encoder_epochs": 0,
+              "pretrained_lr_scale": 1.0,
+              "source": {"arch": {"name": "unet", "num_classes": 2},
+                         "class_names": ["background", "nucleus"]}}  # fmt: skip
+    parts = {"enc": "encoder", "head.weight": "head"}
+    table = init_table(record, parts, ["background", "nucleus"], logits=1)
+    assert "nucleus (2 logits) -> background, nucleus (1 logit, sigmoid)" in table
+    assert "head           1      0     1" in table
