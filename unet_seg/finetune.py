@@ -26,9 +26,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from unet_seg.config import to_plain
+from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
@@ -40,8 +40,13 @@ FREE_ARCH_KEYS = ("in_channels", "num_classes")
 in_channels is then checked on its own)."""
 
 
-DEFAULTS = {"freeze_encoder_epochs": 0, "pretrained_lr_scale": 1.0}
-"""The `finetune` keys and their values when not given (as in conf/train.yaml)."""
+def _defaults() -> dict:
+    """The `finetune` keys and their defaults, read from conf/train.yaml: written once, there."""
+    return to_plain(OmegaConf.load(Path(CONF_DIR) / "train.yaml").finetune)
+
+
+DEFAULTS = _defaults()
+"""The `finetune` keys and their values when not given (a config from before one existed)."""
 
 
 def settings(cfg: DictConfig) -> dict:

@@ -21,6 +21,7 @@ from unet_seg.data.splits import load_splits, make_folds, make_splits, save_spli
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 from unet_seg.instances import instance_settings
+from unet_seg.problems import ProblemList
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,8 @@ class SegDataModule(pl.LightningDataModule):
         ):
             try:
                 check_pairs([pairs[n] for n in names], self.contract.in_channels, size, labelled)
-            except ValueError as err:
-                problems += [line.strip() for line in str(err).splitlines()[1:]
-                             if not line.strip().startswith("...")]  # fmt: skip
+            except ValueError as err:  # a ProblemList holds every problem, not only those shown
+                problems += err.problems if isinstance(err, ProblemList) else [str(err)]
         self._checked = not problems
         return problems
 
