@@ -356,7 +356,7 @@ def continue_run(cfg: DictConfig) -> dict | None:
     the command's config takes them from there to be compared (`as_planned`).
     """
     run = RunDir(cfg.run_dir)
-    saved = to_plain(run.load_config())
+    saved = to_plain(absolute_init_from(run.load_config()))  # a run from before: relative
     current = to_plain(as_planned(cfg, saved, run.load_plan()))
     differ = config_differences({**saved, "resume": None}, {**current, "resume": None})
     if differ:
