@@ -344,7 +344,7 @@ def absolute_init_from(cfg: DictConfig) -> DictConfig:
     init_from = cfg.get("init_from")
     if not init_from or Path(str(init_from)).is_absolute():
         return cfg
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.init_from = str(Path(str(init_from)).resolve())
     return cfg
 
