@@ -143,7 +143,7 @@ def test_a_planned_or_instance_target_run_again_is_the_same_run(tmp_path: Path) 
     tiny = ["arch.base_channels=4", "arch.depth=2", "trainer.max_epochs=1", "final_eval=false",
             "logger=none", "callbacks.validation_images.num_samples=0",
             f"paths.output_dir={tmp_path}"]  # fmt: skip
-    for given in (["data=auto", "data.target=instances"], ["data=auto"],
+    for given in (["data=auto", "data.target=instances"],  # planned keys and target classes
                   ["data=folder", "data.mask_format=instances", "data.target=instances",
                    "data.crop_size=32", "data.in_channels=1"]):  # fmt: skip
         run_dir = tmp_path / "_".join(given).replace("=", "-")
