@@ -161,3 +161,32 @@ def test_evaluate_and_predict_take_trains_data_options(tmp_path: Path) -> None:
         written = compose("predict", overrides=[*overrides, f"output={tmp_path / 'masks'}"])
     assert evaluate(cfg)["images"] == 3
     assert sorted(p.name for p in predict(written)) == ["img00.png", "img01.png", "img02.png"]
+
+
+def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Path) -> None:
+    """Two touching true nuclei predicted as one object: the semantic foreground agrees
+    everywhere, the object panels do not (two colours against one)."""
+    from unet_seg.evaluate import _WorstCases
+    from unet_seg.visualize import object_colours
+
+    true = np.zeros((32, 48), np.int32)
+    true[8:24, 6:22], true[8:24, 22:40] = 1, 2  # two nuclei side by side
+    merged = (true > 0).astype(np.int32)  # one object covering both
+    foreground = (true > 0).astype(np.uint8)
+    image = np.full((32, 48, 1), 40, np.uint8)
+    worst = _WorstCases(1, ["background", "foreground"])
+    row = {"image": "a.png", "dice/mean_fg": 1.0}
+    worst.offer(row, image, foreground, foreground, (true, merged))
+    assert worst.write(tmp_path / "worst.png")
+    picture = cv2.imread(str(tmp_path / "worst.png"))[:, :, ::-1]  # BGR -> RGB
+    top, width = 22, 48 + 4  # the title band, then panels of 48 pixels and gaps of 4
+    truth, pred = (
+        picture[top : top + 32, width : width + 48],
+        picture[top : top + 32, 2 * width :][:, :48],
+    )
+    colours = object_colours(2)
+    inside = (16, 12), (16, 30)  # one pixel inside each true nucleus
+    assert tuple(truth[inside[0]]) != tuple(truth[inside[1]])  # two objects, two colours
+    assert tuple(pred[inside[0]]) == tuple(pred[inside[1]])  # merged: one colour
+    assert truth[8, 6:22].tolist() == [colours[1].tolist()] * 16  # outlined in its colour
+    assert truth[8, 22:40].tolist() == [colours[2].tolist()] * 18

@@ -249,3 +249,40 @@ def test_a_run_directory_as_init_from_with_nested_and_the_weight_map(tmp_path: P
     result = export(OmegaConf.create({"ckpt": str(best), "format": "torchscript", "output": None,
                                       "level": None, "opset": 18, "check": True}))  # fmt: skip
     assert result["max_abs_diff"] < 1e-4
+
+
+def test_a_relative_init_from_resumes_from_another_directory(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`init_from` is resolved when the run starts: its config names the checkpoint wherever
+    the run is resumed (or its sweep run again) from."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(tmp_path / "run")
+    cfg = [*TINY, f"data.root={source.parents[2] / 'data'}", f"run_dir={run}",
+           f"init_from={os.path.relpath(source, tmp_path)}", "trainer.max_epochs=1",
+           "final_eval=false"]  # fmt: skip
+    train(compose_train(cfg))
+    assert run.load_config().init_from == str(source.resolve())
+    assert train(compose_train(cfg))["epochs"] == 1  # the same command: the same run
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    more = ["trainer.max_epochs=2"]
+    assert train(compose_train([f"resume={run}", *more]), overrides=more)["epochs"] == 2
+
+
+def test_the_table_says_why_the_head_of_the_same_classes_is_reset() -> None:
+    """The same class names as one sigmoid logit: the head cannot load, and the table's
+    classes line says so (2 logits -> 1)."""
+    from unet_seg.finetune import init_table
+
+    record = {"checkpoint": "best.ckpt", "loaded": ["enc"], "reset": ["head.weight"],
+              "unused": ["head.weight"], "frozen": [], "freeze_encoder_epochs": 0,
+              "pretrained_lr_scale": 1.0,
+              "source": {"arch": {"name": "unet", "num_classes": 2},
+                         "class_names": ["background", "nucleus"]}}  # fmt: skip
+    parts = {"enc": "encoder", "head.weight": "head"}
+    table = init_table(record, parts, ["background", "nucleus"], logits=1)
+    assert "nucleus (2 logits) -> background, nucleus (1 logit, sigmoid)" in table
+    assert "head           1      0     1" in table

@@ -35,10 +35,15 @@ def test_only_the_named_messages_are_silenced(caplog: pytest.LogCaptureFixture) 
         for module in ("lightning.pytorch.utilities._pytree", "someone_else"):
             warnings.warn_explicit(leaf, FutureWarning, f"{module}.py", 21, module=module)
         warnings.warn("something else is deprecated", FutureWarning, stacklevel=1)
+        sync = "It is recommended to use `self.log('{}', ..., sync_dist=True)` when logging"
+        result = "lightning.pytorch.trainer.connectors.logger_connector.result"
+        for key in ("val/dice", "test/loss", "train/loss_epoch"):
+            warnings.warn_explicit(sync.format(key), UserWarning, "result.py", 433, module=result)
     # Lightning's LeafSpec warning goes; the same words from another module, and others, stay
     assert [(str(w.message), w.filename) for w in caught] == [
         (leaf, "someone_else.py"),
         ("something else is deprecated", __file__),
+        (sync.format("train/loss_epoch"), "result.py"),  # not a torchmetrics value: shown
     ]
     logger = logging.getLogger(LIGHTNING_RANK_ZERO_LOGGERS[0])
     assert len(logger.filters) == len(set(logger.filters))

@@ -53,3 +53,79 @@ def test_find_runs_lists_finished_runs_only(tmp_path: Path) -> None:
     assert [r.path for r in find_runs([tmp_path])] == [tmp_path / "a", tmp_path / "c/d"]
     with pytest.raises(FileNotFoundError, match="no finished runs"):
         find_runs([tmp_path / "b"])
+
+
+def test_a_refused_run_removes_only_what_it_wrote(tmp_path: Path) -> None:
+    """A command refused before training, pointed at a folder of the user's: Hydra's record and
+    the command's log lines go; the user's own files (another log, lines already in
+    train.log) stay."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "other.log").write_text("the user's own log\n")
+    (folder / "train.log").write_text("an earlier line\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_seg.train", f"hydra.run.dir={folder}",
+         "data=folder", f"data.root={tmp_path / 'absent'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "absent" in proc.stdout + proc.stderr  # the refusal was shown
+    assert (folder / "other.log").read_text() == "the user's own log\n"
+    assert (folder / "train.log").read_text() == "an earlier line\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["other.log", "train.log"]  # no .hydra/
+
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_seg.train", f"hydra.run.dir={fresh}",
+         "data=folder", f"data.root={tmp_path / 'absent'}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1 and not fresh.exists()  # a folder of its own: all gone
+
+
+def test_a_resumed_run_leaves_no_warning_filter_behind(tmp_path: Path) -> None:
+    import warnings
+
+    from unet_seg.train import train
+
+    tiny = ["data.synthetic.num_images=8", "data.synthetic.size=32", "data.crop_size=32",
+            "data.batch_size=4", "arch.base_channels=4", "arch.depth=2", "logger=none",
+            "trainer.max_epochs=1", "final_eval=false", f"data.root={tmp_path / 'data'}",
+            f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    train(compose_train(tiny))
+    more = ["trainer.max_epochs=2"]
+    assert train(compose_train([f"resume={tmp_path / 'run'}", *more]), more)["epochs"] == 2
+    # the resumed run ignored Lightning's "Checkpoint directory ... exists" while it ran only
+    assert not [f for f in warnings.filters if f[1] is not None
+                and "Checkpoint directory" in f[1].pattern]  # fmt: skip
+
+
+def test_as_planned_takes_what_the_plan_and_the_target_filled_in() -> None:
+    from omegaconf import OmegaConf
+
+    from unet_seg.config import to_plain
+    from unet_seg.run_dir import as_planned, config_differences
+
+    names = ["background", "interior", "boundary"]
+    saved = {"seed": 1, "arch": {"in_channels": 3, "num_classes": 3},
+             "data": {"root": "d", "in_channels": 3, "num_classes": 3, "class_names": names,
+                      "target": "instances", "crop_size": 64}}  # fmt: skip
+    plan = {"plan": {"in_channels": {"value": 3}, "crop_size": {"value": 64}}}
+    current = OmegaConf.create({
+        "seed": 1, "arch": {"in_channels": "${data.in_channels}",
+                            "num_classes": "${data.num_classes}"},
+        "data": {"root": "d", "in_channels": "auto", "num_classes": 2, "class_names": ["a", "b"],
+                 "target": "instances", "crop_size": "auto"}})  # fmt: skip
+    assert "arch.in_channels" in config_differences(saved, to_plain(current))
+    assert config_differences(saved, to_plain(as_planned(current, saved, plan))) == []
+    current.data.crop_size = 32  # given now, planned then: another run
+    assert config_differences(saved, to_plain(as_planned(current, saved, plan))) == [
+        "data.crop_size"
+    ]
+    current.data.target = "semantic"  # the classes are the command's own again
+    assert config_differences(saved, to_plain(as_planned(current, saved, plan))) == [
+        "arch.num_classes", "data.class_names", "data.crop_size", "data.num_classes",
+        "data.target"]  # fmt: skip

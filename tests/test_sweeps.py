@@ -121,3 +121,32 @@ def test_config_differences_names_keys_and_tolerates_new_options() -> None:
     assert config_differences(saved, {"seed": 2, "data": saved["data"], "arch": "unet"}) == [
         "arch", "seed"
     ]  # fmt: skip
+
+
+def test_a_planned_or_instance_target_run_again_is_the_same_run(tmp_path: Path) -> None:
+    """The saved config holds the plan (data=auto) and the target's classes; the command run
+    again leaves them to the plan and the target: the same run, not 'another config'."""
+    import cv2
+    import numpy as np
+
+    from tests.conftest import compose_train
+    from unet_seg.data.synthetic import render_sample
+    from unet_seg.train import train
+
+    root = tmp_path / "tiles"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        image, objects = render_sample(np.random.default_rng([5, i]), 48)
+        cv2.imwrite(str(root / "images" / f"{i}.png"), image)
+        cv2.imwrite(str(root / "masks" / f"{i}.png"), objects.astype(np.uint16))
+    tiny = ["arch.base_channels=4", "arch.depth=2", "trainer.max_epochs=1", "final_eval=false",
+            "logger=none", "callbacks.validation_images.num_samples=0",
+            f"paths.output_dir={tmp_path}"]  # fmt: skip
+    for given in (["data=auto", "data.target=instances"],  # planned keys and target classes
+                  ["data=folder", "data.mask_format=instances", "data.target=instances",
+                   "data.crop_size=32", "data.in_channels=1"]):  # fmt: skip
+        run_dir = tmp_path / "_".join(given).replace("=", "-")
+        cfg = [*tiny, *given, f"data.root={root}", f"run_dir={run_dir}"]
+        first = train(compose_train(cfg))
+        assert train(compose_train(cfg)) == first, given  # its metrics back, nothing retrained

@@ -27,6 +27,7 @@ from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
 from unet_seg.instances import INSTANCE_CLASSES
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
+from unet_seg.problems import problem_list
 from unet_seg.quiet import silence_known_noise
 from unet_seg.run_dir import RunDir
 from unet_seg.threads import ThreadCount, check_threads
@@ -140,12 +141,8 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
     if len(problems) == 1:
         raise problems[0]
     if problems:
-        shown = "\n  ".join(str(p).replace("\n", "\n    ") for p in problems[:30])
-        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
-        raise DataProblems(
-            f"{len(problems)} problems, all to fix before training (nothing was written):"
-            f"\n  {shown}{more}"
-        )
+        heading = f"{len(problems)} problems, all to fix before training (nothing was written)"
+        raise DataProblems(problem_list(heading, problems))
     return datamodule
 
 

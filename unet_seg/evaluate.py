@@ -46,6 +46,7 @@ from unet_seg.visualize import (
     display_image,
     error_legend,
     error_map,
+    object_overlay,
     overlay,
     with_legend,
 )
@@ -155,7 +156,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 row.update({f"objects/{k}": v for k, v in counts.items()})
                 for key, value in counts.items():
                     objects[key] += value
-            worst.offer(row, image, truth, labels)
+            # an instance target's picture shows objects: merged or split ones show there
+            pair = (true_objects, found) if decoded and true_objects is not None else None
+            worst.offer(row, image, truth, labels, pair)
     results = book.summary()
     results["dice"] = results["dice/pooled/mean_fg"]
     results["iou"] = results["iou/pooled/mean_fg"]
@@ -242,47 +245,75 @@ class _WorstCases:
         self.heap: list[tuple[float, int, str, tuple]] = []
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
-    def offer(self, row: dict, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> None:
-        """`truth`: uint8 class indices, `PAD_LABEL` where unlabelled (drawn grey)."""
+    def offer(
+        self,
+        row: dict,
+        image: np.ndarray,
+        truth: np.ndarray,
+        pred: np.ndarray,
+        objects: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """`truth`: uint8 class indices, `PAD_LABEL` where unlabelled (drawn grey).
+        `objects`: (true, predicted) object labels `[H, W]` (0 = background), drawn in place
+        of the classes, one colour per object."""
         truth = np.where(truth == PAD_LABEL, IGNORE_INDEX, truth).astype(np.int16)
         score = row["dice/mean_fg"]
         score = 1.0 if _is_nan(score) else score  # nothing to find and nothing found
         if self.n <= 0:
             return
-        item = (-score, next(self.counter), row["image"], self._shrink(image, truth, pred))
+        item = (-score, next(self.counter), row["image"],
+                self._shrink(image, truth, pred, objects))  # fmt: skip
         if len(self.heap) < self.n:
             heapq.heappush(self.heap, item)
         elif item[0] > self.heap[0][0]:
             heapq.heapreplace(self.heap, item)
 
-    def _shrink(self, image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> tuple:
+    def _shrink(
+        self,
+        image: np.ndarray,
+        truth: np.ndarray,
+        pred: np.ndarray,
+        objects: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple:
         rgb = display_image(image)
         scale = self.max_side / max(truth.shape)
+        objects = None if objects is None else tuple(o.astype(np.int32) for o in objects)
         if scale < 1:
             size = (round(truth.shape[1] * scale), round(truth.shape[0] * scale))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
             truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
             pred = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST)
-        return rgb, truth, pred
+            if objects is not None:
+                objects = tuple(cv2.resize(o, size, interpolation=cv2.INTER_NEAREST)
+                                for o in objects)  # fmt: skip
+        return rgb, truth, pred, objects
 
     def write(self, path: Path) -> bool:
-        """Rows `input | truth | prediction | errors`, worst first; False if nothing to draw."""
+        """Rows `input | truth | prediction | errors` (an instance target: `input | true
+        objects | predicted objects | errors`, one colour per object), worst first; False if
+        nothing to draw."""
         if not self.heap:
             return False
-        rows = []
-        for neg_score, _, name, (rgb, truth, pred) in sorted(self.heap, reverse=True):
-            panels = [rgb, overlay(rgb, truth), overlay(rgb, pred), error_map(truth, pred)]
+        rows, drew_objects = [], False
+        for neg_score, _, name, (rgb, truth, pred, objects) in sorted(self.heap, reverse=True):
+            if objects is None:
+                shown, heads = [overlay(rgb, truth), overlay(rgb, pred)], "truth | prediction"
+            else:
+                shown = [object_overlay(rgb, objects[0]), object_overlay(rgb, objects[1])]
+                heads, drew_objects = "true objects | predicted", True
+            panels = [rgb, *shown, error_map(truth, pred)]
             gap = np.full((rgb.shape[0], 4, 3), 128, np.uint8)
             row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
             title = np.full((22, row.shape[1], 3), 255, np.uint8)
-            text = f"{name}  Dice (mean fg) {-neg_score:.3f}  | input | truth | prediction | errors"
+            text = f"{name}  Dice (mean fg) {-neg_score:.3f}  | input | {heads} | errors"
             cv2.putText(title, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
             rows.append(np.concatenate([title, row], axis=0))
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
                 for r in rows]  # fmt: skip
-        entries = [("truth, prediction:", None), *class_legend(self.class_names),
-                   ("errors:", None), *error_legend(len(self.class_names))]  # fmt: skip
+        classes = [("objects: one colour each", None)] if drew_objects else [
+            ("truth, prediction:", None), *class_legend(self.class_names)]  # fmt: skip
+        entries = [*classes, ("errors:", None), *error_legend(len(self.class_names))]
         picture = with_legend(np.concatenate(rows, axis=0), entries)
         cv2.imwrite(str(path), picture[:, :, ::-1])  # RGB -> BGR
         return True

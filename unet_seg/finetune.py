@@ -26,9 +26,9 @@ import logging
 from collections import Counter
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from unet_seg.config import cli_value, to_plain
+from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
@@ -40,8 +40,13 @@ FREE_ARCH_KEYS = ("in_channels", "num_classes")
 in_channels is then checked on its own)."""
 
 
-DEFAULTS = {"freeze_encoder_epochs": 0, "pretrained_lr_scale": 1.0}
-"""The `finetune` keys and their values when not given (as in conf/train.yaml)."""
+def _defaults() -> dict:
+    """The `finetune` keys and their defaults, read from conf/train.yaml: written once, there."""
+    return to_plain(OmegaConf.load(Path(CONF_DIR) / "train.yaml").finetune)
+
+
+DEFAULTS = _defaults()
+"""The `finetune` keys and their values when not given (a config from before one existed)."""
 
 
 def settings(cfg: DictConfig) -> dict:
@@ -196,17 +201,26 @@ def init_from_checkpoint(module: SegModule, cfg: DictConfig, run: RunDir, resume
         record["frozen"] = [n for n, part in parts.items() if part == "encoder" and n in params
                             and options["freeze_encoder_epochs"] > 0]  # fmt: skip
         run.save_init(record)
-        log.info("%s", init_table(record, parts, module.contract.class_names))
+        log.info("%s", init_table(record, parts, module.contract.class_names,
+                                  module.contract.out_channels))  # fmt: skip
     module.hparams["finetune"] = {
         "init_from": record["checkpoint"], "reset": record["reset"], **options,
     }  # fmt: skip
     return record
 
 
-def init_table(record: dict, parts: dict[str, str], class_names: list[str]) -> str:
-    """What a fine-tuning run took from its checkpoint, per part of the net:
+def _logits(n: int) -> str:
+    return "1 logit, sigmoid" if n == 1 else f"{n} logits"
 
-    init_from best.ckpt: arch=unet, classes background, nucleus -> background, cell, debris
+
+def init_table(
+    record: dict, parts: dict[str, str], class_names: list[str], logits: int | None = None
+) -> str:
+    """What a fine-tuning run took from its checkpoint, per part of the net (`logits`: the
+    new net's output channels, which decide whether the head loads):
+
+    init_from best.ckpt: arch=unet, classes background, nucleus (2 logits) -> background,
+      cell, debris (3 logits)
       part     tensors  loaded  reset  frozen (epochs 1-3)  lr x optimizer.lr
       encoder       60      60      0                   30  0.1
       ...
@@ -215,9 +229,11 @@ def init_table(record: dict, parts: dict[str, str], class_names: list[str]) -> s
     loaded, frozen = set(record["loaded"]), set(record["frozen"])
     epochs, scale = record["freeze_encoder_epochs"], record["pretrained_lr_scale"]
     source = record["source"]
+    before = f" ({_logits(source['arch']['num_classes'])})" if logits is not None else ""
+    after = f" ({_logits(logits)})" if logits is not None else ""
     lines = [
         f"init_from {record['checkpoint']}: arch={source['arch']['name']}, classes "
-        f"{', '.join(source['class_names'])} -> {', '.join(class_names)}",
+        f"{', '.join(source['class_names'])}{before} -> {', '.join(class_names)}{after}",
         f"  {'part':<8} {'tensors':>7} {'loaded':>6} {'reset':>5} "
         f"{f'frozen (epochs 1-{epochs})' if epochs else 'frozen':>19}  lr x optimizer.lr",
     ]

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torchmetrics.aggregation import MeanMetric
 
 from unet_seg.data.contract import DataContract
 from unet_seg.data.readers import DEFAULT_INTENSITY
@@ -73,6 +75,10 @@ class SegModule(pl.LightningModule):
         self.loss_fn = build_loss(loss, num_heads=self.net.num_heads)
         self.val_scores = SegmentationScores(self.contract.class_names)
         self.test_scores = SegmentationScores(self.contract.class_names)
+        # val/test loss: the mean over images, summed across processes at the epoch's end
+        # (a process with an empty share under DDP logs nothing per step, but joins these sums)
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.inference_level: int | None = None
         self._train_nonfinite = torch.zeros((), dtype=torch.bool)
         self._epoch_loss: Tensor | float = 0.0  # sum of train losses x images, this epoch
@@ -134,20 +140,14 @@ class SegModule(pl.LightningModule):
         else:  # per-pixel loss weights [B, H, W] (loss=weighted_ce_dice)
             loss = self.loss_fn(outputs, masks, center_crop(weights, logits.shape[-2:]))
         train = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss,
-            on_step=train,
-            on_epoch=not train,
-            prog_bar=not train,  # a per-step value on the bar is read back (a sync) every step
-            batch_size=len(images),
-            sync_dist=not train,
-        )
-        if train:  # summed on the device for the bar's epoch mean (one read per epoch)
+        if train:  # a per-step value; summed on the device for the bar's epoch mean
+            self.log(f"{stage}/loss", loss, on_step=True, on_epoch=False, prog_bar=False,
+                     batch_size=len(images))  # fmt: skip
             self._epoch_loss = self._epoch_loss + loss.detach() * len(images)
             self._epoch_images += len(images)
         if not train:
             getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
+            getattr(self, f"{stage}_loss").update(loss.detach(), len(images))
             # flagged on the device, checked once at the epoch's end: no sync per step
             self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
         return loss
@@ -197,9 +197,22 @@ class SegModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._share_buffers()
 
     def on_test_epoch_start(self) -> None:
         self.on_validation_epoch_start()
+
+    def _share_buffers(self) -> None:
+        """Under DDP while fitting: rank 0's buffers (batch-norm statistics) to every process
+        now, as DDP's wrapper would in the first evaluation forward. Done here, where every
+        process passes, so that a process with fewer or no evaluation batches (a split
+        smaller than the process count) leaves no other waiting in that forward."""
+        ddp = getattr(self.trainer.strategy, "model", None) if self._trainer else None
+        if not isinstance(ddp, DistributedDataParallel):
+            return
+        for buffer in self.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+        ddp.require_forward_param_sync = False  # the wrapper's own broadcast: done above
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -210,12 +223,15 @@ class SegModule(pl.LightningModule):
     def _log_scores(self, stage: str) -> None:
         if bool(self._nonfinite):
             getattr(self, f"{stage}_scores").reset()
+            getattr(self, f"{stage}_loss").reset()
             self._raise_nonfinite(stage, "in this evaluation")
-        scores = getattr(self, f"{stage}_scores")
+        scores, loss = getattr(self, f"{stage}_scores"), getattr(self, f"{stage}_loss")
         values = {f"{stage}/{k}": v for k, v in scores.compute().items()}
+        self.log(f"{stage}/loss", loss.compute(), prog_bar=True)
         self.log(f"{stage}/dice", values.pop(f"{stage}/dice"), prog_bar=True)
         self.log_dict(values)
         scores.reset()
+        loss.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")

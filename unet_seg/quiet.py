@@ -27,7 +27,8 @@ def silence_known_noise() -> None:
     """Drop the messages a run used to print that the user can do nothing about
     (idempotent): Lightning's `litlogger` tip at every Trainer, PyTorch's deprecation of
     `LeafSpec` that Lightning's own `_pytree` helper triggers at every step, the model
-    summary's warning that it sizes a mixed-precision model at 32 bits (which it is), and
+    summary's warning that it sizes a mixed-precision model at 32 bits (which it is), its
+    advice under DDP to sync the val/test scores (torchmetrics has summed them), and
     TensorBoard's `Directory watcher advancing from ...` at every event file read."""
     warnings.filterwarnings(
         "ignore",
@@ -41,6 +42,12 @@ def silence_known_noise() -> None:
         message=r"Precision (bf)?16-mixed is not supported by the model summary",
         category=UserWarning,
         module=r"lightning\.pytorch\.utilities\.model_summary",
+    )
+    # val/ and test/ scores are torchmetrics values, already summed across processes
+    warnings.filterwarnings(
+        "ignore",
+        message=r"It is recommended to use `self\.log\('(val|test)/",
+        module=r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.result",
     )
     filters = [(name, _not_an_advert) for name in LIGHTNING_RANK_ZERO_LOGGERS]
     for name, drop in [*filters, ("tensorboard", _not_watcher_progress)]:

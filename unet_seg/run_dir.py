@@ -19,13 +19,14 @@ that already holds a run is continued.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet_seg.budget import is_budgeted
 from unet_seg.config import to_plain
@@ -134,14 +135,26 @@ class RunDir:
 
     # ---- files --------------------------------------------------------------------------
 
-    def discard(self) -> None:
-        """Remove what Hydra wrote for a run that never started (`.hydra/`, the command's
-        log), and the directory itself if nothing else is in it. Refuses a started run."""
+    HYDRA_FILES = frozenset({"config.yaml", "hydra.yaml", "overrides.yaml"})
+    """What Hydra writes in its output subfolder (`.hydra/`)."""
+
+    def discard(self, log_file: str | Path | None = None, log_kept: int = 0) -> None:
+        """Remove what a refused command wrote here, and nothing else: Hydra's `.hydra/`
+        (when it holds only Hydra's own files) and the command's log `log_file`, cut back to
+        its first `log_kept` bytes (what it held before the command) or removed when it held
+        nothing; then the directory itself if it is left empty. Refuses a started run."""
         if self.holds_run:
             raise RuntimeError(f"{self} holds a run: it is not discarded")
-        shutil.rmtree(self.path / ".hydra", ignore_errors=True)
-        for log_file in self.path.glob("*.log"):
-            log_file.unlink(missing_ok=True)
+        hydra = self.path / ".hydra"
+        if hydra.is_dir() and {p.name for p in hydra.iterdir()} <= self.HYDRA_FILES:
+            shutil.rmtree(hydra, ignore_errors=True)
+        log_path = Path(log_file) if log_file else None
+        if log_path is not None and log_path.is_file():
+            if log_kept > 0:
+                with log_path.open("r+b") as handle:
+                    handle.truncate(log_kept)
+            else:
+                log_path.unlink(missing_ok=True)
         if self.path.is_dir() and not any(self.path.iterdir()):
             self.path.rmdir()
 
@@ -173,6 +186,11 @@ class RunDir:
                 f"{self.splits_path}: the {name} split is empty; choose split=val or split=train"
             )
         return names
+
+    def load_plan(self) -> dict:
+        """plan.json (`save_plan`), or {} for a run that left nothing to the plan."""
+        path = self.path / self.PLAN
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def save_plan(self, record: dict) -> None:
         """Write a plan record (`unet_seg.data.plan.plan_data_config`): the fingerprint to
@@ -302,13 +320,46 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return differ
 
 
+def as_planned(cfg: DictConfig, saved: dict, plan: dict) -> DictConfig:
+    """`cfg` (a command's config) with what a run's start fills in taken from that run's
+    saved config `saved` (plain): the data keys `cfg` leaves to the plan (`auto`) that the
+    run planned (`plan`, its plan.json), and an instance target's classes
+    (`data.num_classes`, `class_names`, set by the target whatever was given). Keys that
+    follow these (`arch.in_channels: ${data.in_channels}`) follow them here too."""
+    data, before = saved.get("data") or {}, cfg.get("data") or {}
+    filled = {k: data[k] for k in (plan.get("plan") or {}) if before.get(k) == "auto" and k in data}
+    if data.get("target") == "instances" and before.get("target") == "instances":
+        filled.update({k: data[k] for k in ("num_classes", "class_names") if k in data})
+    if not filled:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        for key, value in filled.items():
+            cfg.data[key] = value
+    return cfg
+
+
+def absolute_init_from(cfg: DictConfig) -> DictConfig:
+    """`cfg` with a relative `init_from` resolved against the current directory, so that the
+    run's config names the same checkpoint wherever it is resumed from."""
+    init_from = cfg.get("init_from")
+    if not init_from or Path(str(init_from)).is_absolute():
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.init_from = str(Path(str(init_from)).resolve())
+    return cfg
+
+
 def continue_run(cfg: DictConfig) -> dict | None:
     """For a run directory that already holds a run: its metrics if it finished, else None
     (resume it). A different config there is an error: nothing a user made is overwritten.
+    The run's saved config holds its plan (data=auto) and an instance target's classes:
+    the command's config takes them from there to be compared (`as_planned`).
     """
     run = RunDir(cfg.run_dir)
-    saved = to_plain(run.load_config())
-    differ = config_differences({**saved, "resume": None}, {**to_plain(cfg), "resume": None})
+    saved = to_plain(absolute_init_from(run.load_config()))  # a run from before: relative
+    current = to_plain(as_planned(cfg, saved, run.load_plan()))
+    differ = config_differences({**saved, "resume": None}, {**current, "resume": None})
     if differ:
         raise ValueError(
             f"{run} already holds a run with another config ({run.config_path}; "
@@ -336,7 +387,8 @@ def open_run(
     resuming = bool(cfg.get("resume"))
     if resuming:
         cfg = resume_config(cfg.resume, overrides)
-    elif RunDir(cfg.run_dir).holds_run:
+    cfg = absolute_init_from(cfg)
+    if not resuming and RunDir(cfg.run_dir).holds_run:
         finished = continue_run(cfg)
         if finished is not None:
             return cfg, None, finished

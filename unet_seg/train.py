@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.budget import find_budget, process_start
 from unet_seg.build import (
@@ -114,10 +114,13 @@ def train(
     check_output_dir(run, module)
     trainer = build_trainer(cfg, run, started)
 
-    if ckpt_path:  # the checkpoint folder is ours and meant to be reused
-        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empt")
     try:
-        trainer.fit(module, datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():  # this run's filter only: gone when it returns
+            if ckpt_path:  # the checkpoint folder is ours and meant to be reused
+                warnings.filterwarnings(
+                    "ignore", message=r"Checkpoint directory .* exists and is not empt"
+                )
+            trainer.fit(module, datamodule, ckpt_path=ckpt_path, weights_only=True)
     except (StopRequested, SIGTERMException) as err:
         signum = getattr(err, "signum", signal.SIGTERM)
         raise TrainingInterrupted(
@@ -181,10 +184,19 @@ def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict)
             lg.log_hyperparams(params, metrics=scores)
 
 
+def hydra_log_file() -> Path | None:
+    """The file Hydra logs this job to (`<job name>.log` in the run directory), or None."""
+    handlers = OmegaConf.select(HydraConfig.get(), "job_logging.handlers") or {}
+    filename = (handlers.get("file") or {}).get("filename")
+    return Path(filename) if filename else None
+
+
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     run = RunDir(cfg.run_dir)
     fresh = not cfg.get("resume") and not run.holds_run
+    log_file = hydra_log_file()
+    log_kept = log_file.stat().st_size if log_file is not None and log_file.is_file() else 0
     try:
         metrics = train(cfg, overrides=HydraConfig.get().overrides.task, started=process_start())
     except TrainingInterrupted as stop:
@@ -194,9 +206,9 @@ def main(cfg: DictConfig) -> float | None:
         if not fresh or run.holds_run:  # the run had started: show where it failed
             raise
         # refused before anything was written: a message, not a traceback, and nothing left
-        run.discard()  # Hydra's .hydra/ and log
         log.debug("refused", exc_info=True)
         log.error("%s", refused)
+        run.discard(log_file, log_kept)  # Hydra's .hydra/ and this command's log lines
         sys.exit(1)
     metric = cfg.get("optimized_metric")
     if metric is None:

@@ -248,3 +248,15 @@ def outline_objects(image: np.ndarray, objects: np.ndarray) -> np.ndarray:
     out = image.copy()
     out[edge] = object_colours(int(objects.max(initial=0)))[objects[edge]]
     return out
+
+
+def object_overlay(image: np.ndarray, objects: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Each object of `objects` (`[H, W]` labels, 0 = background) tinted and outlined in its
+    own colour (`object_colours`) on an RGB uint8 image `[H, W, 3]`, background as it is:
+    two touching objects show two colours, one object covering both shows one."""
+    colours = object_colours(int(objects.max(initial=0)))
+    fg = objects > 0
+    out = image.copy()
+    tint = image[fg].astype(np.float32) * (1 - alpha) + colours[objects[fg]] * alpha
+    out[fg] = tint.round().astype(np.uint8)
+    return outline_objects(out, objects)

@@ -39,6 +39,7 @@ from unet_seg.data.readers import (
     read_array,
     size_mismatch,
 )
+from unet_seg.problems import ProblemList
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,9 +155,7 @@ def _check_pair(
 
 def _raise_problems(problems: list[str]) -> None:
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ValueError(f"{len(problems)} problem(s) in the dataset:\n  {shown}{more}")
+        raise ProblemList(f"{len(problems)} problem(s) in the dataset", problems)
 
 
 def check_pairs(

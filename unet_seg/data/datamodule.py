@@ -16,11 +16,12 @@ from unet_seg.data.checks import check_pairs, read_header
 from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
-from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler
+from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler, UnsizedShardSampler
 from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 from unet_seg.instances import instance_settings
+from unet_seg.problems import ProblemList
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,8 @@ class SegDataModule(pl.LightningDataModule):
         ):
             try:
                 check_pairs([pairs[n] for n in names], self.contract.in_channels, size, labelled)
-            except ValueError as err:
-                problems += [line.strip() for line in str(err).splitlines()[1:]
-                             if not line.strip().startswith("...")]  # fmt: skip
+            except ValueError as err:  # a ProblemList holds every problem, not only those shown
+                problems += err.problems if isinstance(err, ProblemList) else [str(err)]
         self._checked = not problems
         return problems
 
@@ -322,15 +322,13 @@ class SegDataModule(pl.LightningDataModule):
         return self._loader("train", self.batch_size, sampler)
 
     def _eval_loader(self, stage: str) -> DataLoader:
+        """Validation or test: each process its own share, no image twice (the pooled
+        scores are summed across processes); with fewer images than processes some shares
+        are empty, and the loaders declare no length so those processes still take part."""
         rank, world_size = self._rank()
         n = len(self.datasets[stage])
-        if n < world_size:
-            raise ValueError(
-                f"the {stage} split has {n} image(s), fewer than the {world_size} processes "
-                "that share it: give it more images (data.val_fraction / test_fraction) "
-                "or train on fewer devices"
-            )
-        return self._loader(stage, self.eval_batch_size, ShardSampler(n, rank, world_size))
+        shard = UnsizedShardSampler if n < world_size else ShardSampler
+        return self._loader(stage, self.eval_batch_size, shard(n, rank, world_size))
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

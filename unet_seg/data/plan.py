@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from unet_seg.problems import problem_list
+
 AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
@@ -364,9 +366,7 @@ def _index(data: dict, value: int) -> int | None:
 
 
 def _listing(problems: list[str]) -> str:
-    shown = "\n  ".join(problems[:20])
-    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-    return f"{len(problems)} problem(s) in the data:\n  {shown}{more}"
+    return problem_list(f"{len(problems)} problem(s) in the data", problems)
 
 
 def has_auto(data: dict[str, Any]) -> bool:

@@ -4,7 +4,7 @@ A run resumed from any epoch-end checkpoint replays exactly the batches and
 augmentations an uninterrupted run would have drawn, whatever ran before and
 however many DataLoader workers (persistent or not) do the loading. Under DDP
 each process takes its own share (Lightning's sampler replacement is off:
-`use_distributed_sampler: false` in `conf/trainer/ddp.yaml`).
+`use_distributed_sampler: false` in `conf/trainer/default.yaml`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class ShardSampler(Sampler[int]):
     """Validation and test under DDP: process `rank` takes items rank, rank + world, ...
 
     Nothing is repeated to even out the shares, so metrics summed over processes
-    count every image exactly once.
+    count every image exactly once. The shares may differ by one, and a split with
+    fewer images than processes leaves some processes none: `UnsizedShardSampler`.
     """
 
     def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
@@ -65,6 +66,22 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+class UnsizedShardSampler(Sampler[int]):
+    """`ShardSampler`'s shares, with no length: for a split smaller than the process count.
+
+    Lightning skips the evaluation loop of a process whose loader has length 0, and that
+    process then misses the epoch-end sums the others wait for. Without a length every
+    process runs the loop (an empty share: no step, and its zero counts in the sums).
+    Every process must choose this class alike (Lightning sums the lengths across them).
+    """
+
+    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, num_samples, world_size))
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
