@@ -27,7 +27,7 @@ from unet_seg.data.fingerprint import summary
 from unet_seg.data.plan import plan_table
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.files import write_json
-from unet_seg.run_dir import RunDir
+from unet_seg.run_dir import RunDir, hydra_log_file
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +146,15 @@ def _default_output() -> Path:
 def main(cfg: DictConfig) -> None:
     output = RunDir(HydraConfig.get().runtime.output_dir)
     fresh = not output.holds_run
+    log_file = hydra_log_file()
+    log_kept = log_file.stat().st_size if log_file is not None and log_file.is_file() else 0
     try:
         report = check_data(cfg)
     except (ValueError, FileNotFoundError) as refused:  # a refused plan, missing files
-        if fresh:
-            output.discard()  # Hydra's .hydra/ and log: nothing is left behind
         log.debug("refused", exc_info=True)
         log.error("%s", refused)
+        if fresh:
+            output.discard(log_file, log_kept)  # Hydra's .hydra/ and this command's log lines
         sys.exit(1)
     if report["problems"]:
         sys.exit(1)

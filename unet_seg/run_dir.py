@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet_seg.budget import is_budgeted
@@ -397,3 +398,10 @@ def open_run(
     if resuming and not run.last.is_file():
         log.warning("%s has no checkpoint yet (stopped in epoch 0): starting it over", run)
     return cfg, run.last if resuming and run.last.is_file() else None, None
+
+
+def hydra_log_file() -> Path | None:
+    """The file Hydra logs this job to (`<job name>.log` in the run directory), or None."""
+    handlers = OmegaConf.select(HydraConfig.get(), "job_logging.handlers") or {}
+    filename = (handlers.get("file") or {}).get("filename")
+    return Path(filename) if filename else None

@@ -22,7 +22,7 @@ import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from unet_seg.budget import find_budget, process_start
 from unet_seg.build import (
@@ -38,7 +38,7 @@ from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import plan_table
 from unet_seg.finetune import init_from_checkpoint
 from unet_seg.module import SegModule
-from unet_seg.run_dir import RunDir, open_run
+from unet_seg.run_dir import RunDir, hydra_log_file, open_run
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +182,6 @@ def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict)
     for lg in trainer.loggers:
         if isinstance(lg, TensorBoardLogger):
             lg.log_hyperparams(params, metrics=scores)
-
-
-def hydra_log_file() -> Path | None:
-    """The file Hydra logs this job to (`<job name>.log` in the run directory), or None."""
-    handlers = OmegaConf.select(HydraConfig.get(), "job_logging.handlers") or {}
-    filename = (handlers.get("file") or {}).get("filename")
-    return Path(filename) if filename else None
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base=None)
