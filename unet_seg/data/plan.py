@@ -81,6 +81,11 @@ def plan(
     """
     problems = [e["error"] for e in fp["images"] + fp["masks"] if "error" in e]
     encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
+    colour_ignore = isinstance(data.get("ignore_value"), list)  # an [r, g, b]: colour masks
+    if encodings == ["rgb", "values"] or (encodings == ["values"] and colour_ignore):
+        # colour masks, some or all of them grey (an empty one is black)
+        fp = {**fp, "masks": [_grey_as_colours(m) for m in fp["masks"]]}
+        encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
     if len(encodings) > 1:
         problems.append(
             f"{fp['root']}: masks mix encodings {encodings} (palette PNGs, colour and grey "
@@ -137,7 +142,11 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
             if v != ignore:
                 union[v] = union.get(v, 0) + c
     if fmt == "rgb":
-        colors = sorted(union, key=lambda c: (c != "0,0,0", c))  # black, if there, first
+        colors = list(union)
+        if len(colors) == 1 and data.get("mask_colors") == AUTO:  # empty masks: binary, as values
+            colors.append(next(c for c in ("255,255,255", "0,0,0", "255,0,0")
+                               if c not in colors and c != ignore))  # fmt: skip
+        colors = sorted(colors, key=lambda c: (c != "0,0,0", c))  # black, if there, first
         fill("mask_colors", [[int(x) for x in c.split(",")] for c in colors],
              f"the {len(colors)} colours found (black first)")  # fmt: skip
         fill("mask_values", None, "mask_format=rgb uses mask_colors")
@@ -162,6 +171,7 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
             )
         if len(values) == 1 and data.get("mask_values") == AUTO:
             values = [0, 255] if values[0] in (0, 255) else [0, values[0]]
+            values = [0, 1] if ignore == "255" and values == [0, 255] else values  # not ignored
         fill("mask_values", values, f"the {len(values)} values found in the masks, in order")
         fill("mask_colors", None, "not an RGB encoding")
         n = len(data["mask_values"])
@@ -169,6 +179,16 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
         names += [f"class{i}" for i in range(len(names), n)]
     fill("class_names", names, f"{n} classes, background first")
     fill("num_classes", len(data["class_names"]), "one per class name")
+
+
+def _grey_as_colours(mask: dict) -> dict:
+    """An 8-bit grey mask's entry as colours (value v: colour v,v,v), to plan it with colour
+    masks; any other entry as it is."""
+    values = mask.get("values")
+    if mask.get("encoding") != "values" or mask.get("dtype") != "uint8" or values is None:
+        return mask
+    colors = {f"{v},{v},{v}": c for v, c in values.items()}
+    return {**mask, "encoding": "rgb", "colors": colors, "values": None}
 
 
 def _instance_like(masks: list[dict]) -> bool:

@@ -99,7 +99,7 @@ def size_mismatch(
     return (
         f"{path}: {kind} {'are' if plural else 'is'} {w}x{h} but its image {image} is "
         f"{iw}x{ih} (width x height); {kind if plural else kind + 's'} must match their "
-        "image's size"
+        f"image's size: save {'them' if plural else 'it'} at the image's size"
     )
 
 
