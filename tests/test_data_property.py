@@ -141,6 +141,18 @@ FOUND = {
     # two images cannot fill train, val and test splits: train refused, check_data passed
     "two images": (FolderSpec(images=[_image(seed=1), _image(seed=2)], mask_kind="binary255",
                               num_values=2, ignore=False, mask_suffix=""), 1),
+    # RGB images next to RGBA ones with transparency: in_channels 4 refused the RGB images
+    # ("set data.in_channels=3"), and 3 the transparent ones; now RGB gets an opaque alpha
+    "RGB and transparent RGBA": (FolderSpec(
+        images=[_image(kind=k, seed=i, alpha_opaque=False) for i, k in
+                enumerate(["rgb", "rgba", "rgb", "rgba"])],
+        mask_kind="binary255", num_values=2, ignore=False, mask_suffix=""), 0),
+    # grey next to grey+alpha with transparency (2 channels: grey gets an opaque alpha), and
+    # grey+alpha with transparency next to RGB (4: RGBA)
+    "grey and transparent grey+alpha": (FolderSpec(
+        images=[_image(kind=k, seed=i, alpha_opaque=False) for i, k in
+                enumerate(["grey", "grey_alpha", "grey", "grey_alpha"])],
+        mask_kind="binary255", num_values=2, ignore=False, mask_suffix=""), 0),
     # a mask of another size: the refusal now says the fix
     "a mask of another size": (FolderSpec(
         images=[_image(seed=i) for i in range(4)], mask_kind="binary255", num_values=2,

@@ -262,9 +262,11 @@ def test_grey_alpha_png_counts_the_same_in_the_check_and_the_loader(tmp_path: Pa
         check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], channels)
         image = read_image(tmp_path / "la.png", channels)
         assert image.shape[2] == channels and (image[:, :, 0] == grey).all()
-    with pytest.raises(ValueError, match=r"la\.png: 2-channel image but data.in_channels=4: "
+    check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 4)  # as RGBA: grey x 3, alpha
+    assert read_image(tmp_path / "la.png", 4)[0, 0].tolist() == [grey[0, 0]] * 3 + [255]
+    with pytest.raises(ValueError, match=r"la\.png: 2-channel image but data.in_channels=5: "
                        r"grey\+alpha with an opaque alpha; set data.in_channels=1"):  # fmt: skip
-        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 4)
+        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 5)
     la[0, 0, 1] = 0  # one transparent pixel
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
     assert read_header(tmp_path / "la.png")[2] == 2

@@ -8,7 +8,9 @@ follow it (give `data.mask_values` and the class names follow their count).
 What is planned, and how:
 
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
-  grey stored as RGB/RGBA), 3 for colour, else the images' channel count.
+  grey stored as RGB/RGBA), 3 for colour, else the images' channel count (the largest:
+  images without transparency next to ones with it get an opaque alpha; 4 for
+  grey+alpha next to colour).
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
   what the masks hold: palette PNGs, RGB colours, class folders, numbered objects
   (instance labels: one foreground class), or pixel values (each a class, in
@@ -112,6 +114,8 @@ def plan(
     channels = max(feeds)
     if feeds == [1, 3]:
         channels = 3  # grey and colour images mixed: grey is repeated
+    elif 2 in feeds and 3 in feeds:
+        channels = 4  # grey+alpha with colour: RGBA, an opaque alpha added where none is
     fill("in_channels", channels, f"images are {', '.join(kinds)}")
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
