@@ -82,8 +82,9 @@ def _formats(kind: str, dtype: str) -> list[str]:
     if kind == "palette":
         return ["png", "gif"]
     if kind in ("grey_alpha", "rgba"):
-        return ["png", "tif"]
-    return ["png", "tif", "jpg", "gif"] if kind in ("grey", "grey_rgb") else ["png", "tif", "jpg"]
+        return ["png", "tif", "PNG", "tiff"]
+    return ["png", "tif", "jpg", "gif", "bmp", "jpeg", "TIF"] if kind in ("grey", "grey_rgb") else [
+        "png", "tif", "jpg", "bmp", "PNG"]  # fmt: skip
 
 
 @st.composite
@@ -105,19 +106,22 @@ def image_specs(draw, kind: str, dtype: str, size: tuple[int, int], mask_ext: st
 
 
 def _mask_formats(kind: str) -> list[str]:
+    """Mask file formats; `png1` (1-bit), `png16` (16-bit) and `pnga` (RGBA) are PNG files."""
     if kind in ("instances", "negative_ids"):
         return ["tif"] if kind == "negative_ids" else ["png", "tif"]
     if kind == "palette":
         return ["png", "gif"]
     if kind == "rgb":
-        return ["png", "tif"]
-    return ["png", "tif", "gif"]
+        return ["png", "tif", "pnga", "bmp"]
+    if kind in ("binary01", "binary255"):
+        return ["png", "tif", "gif", "png1", "bmp"]
+    return ["png", "tif", "gif", "png16"]
 
 
 @st.composite
 def folder_specs(draw) -> FolderSpec:
-    """A random folder: 2-5 images of one or mixed kinds and sizes, masks of one encoding."""
-    n = draw(st.integers(2, 5))
+    """A random folder: 2-6 images of one or mixed kinds and sizes, masks of one encoding."""
+    n = draw(st.sampled_from([3, 4, 5, 6, 2]))  # 2: too few for train, val and test splits
     mask_kind = draw(st.sampled_from(MASK_KINDS))
     mask_ext = draw(st.sampled_from(_mask_formats(mask_kind)))
     mixed = draw(st.integers(0, 3)) == 0  # images of several kinds, types and sizes
@@ -186,7 +190,7 @@ def write_image(path: Path, array: np.ndarray, kind: str) -> Path:
         im = Image.fromarray(array.astype(np.uint8), "L").convert("RGB")
         im.quantize(colors=16).save(path)
         return path
-    if ext == ".tif":
+    if ext in (".tif", ".tiff"):
         photometric = "rgb" if array.ndim == 3 and array.shape[2] in (3, 4) else "minisblack"
         extras = {"extrasamples": ["unassalpha"]} if array.ndim == 3 and array.shape[2] in (
             2, 4) else {}  # fmt: skip
@@ -251,6 +255,17 @@ def _mask_array(folder: FolderSpec, spec: ImageSpec, rng: np.random.Generator) -
 
 def write_mask(path: Path, mask: np.ndarray, kind: str) -> Path:
     ext = path.suffix.lower()
+    if ext in (".png1", ".png16", ".pnga"):  # PNG variants: 1-bit, 16-bit, RGBA
+        path = path.with_suffix(".png")
+        if ext == ".png1":
+            Image.fromarray(mask > 0).save(path)  # mode "1"
+            return path
+        if ext == ".png16":
+            mask = mask.astype(np.uint16)
+        elif mask.ndim == 3:
+            mask = np.dstack([mask, np.full(mask.shape[:2], 255, np.uint8)])
+            cv2.imwrite(str(path), cv2.cvtColor(mask, cv2.COLOR_RGBA2BGRA))
+            return path
     if kind == "palette":
         im = Image.fromarray(mask.astype(np.uint8), "P")
         im.putpalette([c for rgb in COLOURS + [(255, 255, 255)] * 249 for c in rgb][:768])
