@@ -60,6 +60,13 @@ class FolderSpec:
         return [255, 255, 255] if self.mask_kind == "rgb" else (
             128 if self.mask_kind == "binary255" else 255)  # fmt: skip
 
+    @property
+    def valid(self) -> bool:
+        """Whether the folder should train: no mistake in it, enough images for the three
+        splits, the mask suffix typed."""
+        return not self.faults and len(self.images) >= 3 and (
+            self.give_suffix or not self.mask_suffix)  # fmt: skip
+
     def overrides(self) -> list[str]:
         """The data keys a user would type for this folder besides data.root."""
         args = []
