@@ -57,3 +57,13 @@ def compose_train(overrides: list[str] | None = None, hydra: bool = False):
     """
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose(config_name="train", overrides=overrides or [], return_hydra_config=hydra)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `property` (hundreds of generated folders) run only when `-m` names them."""
+    if "property" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="the big property profile: run with -m property")
+    for item in items:
+        if "property" in item.keywords:
+            item.add_marker(skip)

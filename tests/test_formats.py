@@ -262,9 +262,11 @@ def test_grey_alpha_png_counts_the_same_in_the_check_and_the_loader(tmp_path: Pa
         check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], channels)
         image = read_image(tmp_path / "la.png", channels)
         assert image.shape[2] == channels and (image[:, :, 0] == grey).all()
-    with pytest.raises(ValueError, match=r"la\.png: 2-channel image but data.in_channels=4: "
+    check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 4)  # as RGBA: grey x 3, alpha
+    assert read_image(tmp_path / "la.png", 4)[0, 0].tolist() == [grey[0, 0]] * 3 + [255]
+    with pytest.raises(ValueError, match=r"la\.png: 2-channel image but data.in_channels=5: "
                        r"grey\+alpha with an opaque alpha; set data.in_channels=1"):  # fmt: skip
-        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 4)
+        check_pairs([(tmp_path / "la.png", tmp_path / "m.png")], 5)
     la[0, 0, 1] = 0  # one transparent pixel
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
     assert read_header(tmp_path / "la.png")[2] == 2
@@ -409,3 +411,19 @@ def test_listing_any_case_and_no_hidden_files(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "f.png").mkdir()  # a folder is no image
     assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.Tif", "c.TIFF", "d.jpeg"]
+
+
+def test_images_without_alpha_get_an_opaque_one_next_to_transparent_ones() -> None:
+    """A net fed an alpha (a folder with transparent images) takes RGB and grey images with a
+    fully opaque alpha added, so that the folder trains; a 2-channel net takes no colour."""
+    rgb = RGB_RAMP.copy()
+    rgb[:, :, 2] = 7  # colour: the channels differ
+    assert fit_channels(rgb, 4, "rgb.png")[:, :, :3].tolist() == rgb.tolist()
+    assert (fit_channels(rgb, 4, "rgb.png")[:, :, 3] == 255).all()
+    grey16 = RGB_RAMP[:, :, 0].astype(np.uint16) * 100
+    assert fit_channels(grey16, 2, "g.tif")[:, :, 0].tolist() == grey16.tolist()
+    assert (fit_channels(grey16, 2, "g.tif")[:, :, 1] == 65535).all()
+    rgba = fit_channels(grey16.astype(np.float32) / 5e4, 4, "g.tif")
+    assert rgba.dtype == np.float32 and (rgba[:, :, 3] == 1.0).all()
+    with pytest.raises(ValueError, match=r"rgb\.png: RGB image but data.in_channels=2"):
+        fit_channels(rgb, 2, "rgb.png")

@@ -53,7 +53,7 @@ def check_data(cfg: DictConfig) -> dict:
     report = inspect_folder(
         data.root, contract.encoding, contract.in_channels, data.images_dir, data.masks_dir,
         data.mask_suffix, None if data.get("pad_to_crop") else data.crop_size,
-        contract.intensity.get("mode", "range"),
+        contract.intensity.get("mode", "range"), to_plain(data),
     )  # fmt: skip
     lines = [f"dataset {report['root']}: {report.get('pairs', 0)} image/mask pairs"]
     for key in ("images_without_mask", "masks_without_image", "ignored_files", "masks_jpeg_like"):

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +39,7 @@ from unet_seg.data.readers import (
     read_array,
     size_mismatch,
 )
+from unet_seg.data.splits import split_problems
 from unet_seg.problems import ProblemList
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ def inspect_folder(
     mask_suffix: str = "",
     crop_size: int | None = None,
     intensity_mode: str = "range",
+    split: Mapping[str, Any] | None = None,
 ) -> dict:
     """Everything worth knowing about a dataset before training on it.
 
@@ -274,7 +276,8 @@ def inspect_folder(
     labelled as problems,
     suggested `mask_values` and class weights, hints (`hints`: 16-bit images
     using a small part of their range, when `intensity_mode` is `range`) and the list
-    of problems (empty when the data will train).
+    of problems (empty when the data will train), among them a `split` (the data
+    config's split keys) that the pairs cannot fill.
     """
     root = Path(root)
     image_folder, mask_folder = root / images_dir, root / masks_dir
@@ -316,6 +319,8 @@ def inspect_folder(
         )
     for name in report["images_without_mask"][:20]:
         problems.append(f"{image_folder / name}: no mask in {mask_folder}")
+    if split is not None and pairs:  # the data config's split keys (train cuts the same split)
+        problems += split_problems([image.name for image, _ in pairs], split, root)
 
     sizes: dict[str, int] = {}
     channels: dict[int, int] = {}

@@ -17,7 +17,13 @@ from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler, UnsizedShardSampler
-from unet_seg.data.splits import load_splits, make_folds, make_splits, save_splits
+from unet_seg.data.splits import (
+    load_splits,
+    make_folds,
+    make_splits,
+    save_splits,
+    split_problems,
+)
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 from unet_seg.instances import instance_settings
@@ -280,6 +286,8 @@ class SegDataModule(pl.LightningDataModule):
                     f"{source} lists {len(missing)} image(s) not in {self.root}, "
                     f"e.g. {missing[:5]}: restore them or fix the split"
                 )
+        elif problems := split_problems(names, s, self.root):  # the folder named
+            raise ValueError(problems[0])
         elif s["num_folds"]:
             splits = make_folds(names, s["num_folds"], s["fold"], s["split_seed"],
                                 s["group_regex"], s["fold_order"],

@@ -165,7 +165,9 @@ def describe_mask(path: Path) -> dict[str, Any]:
             else:
                 entry["encoding"] = "rgb"
     entry.update(dtype=str(array.dtype), height=int(array.shape[0]), width=int(array.shape[1]))
-    entry["jpeg"] = looks_like_jpeg(array, path) if array.ndim == 2 else is_jpeg_file(path)
+    # palette indices are class indices, never JPEG noise (the checks and the loader agree)
+    noisy = array.ndim == 2 and entry["encoding"] != "palette"
+    entry["jpeg"] = looks_like_jpeg(array, path) if noisy else is_jpeg_file(path)
     if entry["encoding"] == "rgb":
         values, counts = np.unique(pack_rgb(array), return_counts=True)
         entry["n_values"] = int(len(values))

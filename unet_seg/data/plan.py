@@ -12,7 +12,8 @@ What is planned, and how:
   named like their images (`detect_mask_suffix`).
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
   grey stored as RGB/RGBA), 3 for colour and for grey and colour mixed (grey is
-  repeated), else the images' channel count.
+  repeated), 4 for grey+alpha next to colour (RGBA: images without transparency get
+  an opaque alpha), else the images' channel count.
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
   what the masks hold: palette images (PNG, GIF), RGB colours, class folders,
   instance labels (each id one connected region, however numbered: one foreground
@@ -100,6 +101,11 @@ def plan(
     """
     problems = [e["error"] for e in fp["images"] + fp["masks"] if "error" in e]
     encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
+    colour_ignore = isinstance(data.get("ignore_value"), list)  # an [r, g, b]: colour masks
+    if encodings == ["rgb", "values"] or (encodings == ["values"] and colour_ignore):
+        # colour masks, some or all of them grey (an empty one is black)
+        fp = {**fp, "masks": [_grey_as_colours(m) for m in fp["masks"]]}
+        encodings = sorted({m["encoding"] for m in fp["masks"] if "error" not in m})
     if len(encodings) > 1:
         problems.append(
             f"{fp['root']}: masks mix encodings {encodings} (palette images, colour and grey "
@@ -124,11 +130,15 @@ def plan(
     images, masks = fp["images"], fp["masks"]
     feeds = sorted({e["channels"] for e in images})
     channels = max(feeds)
+    if 2 in feeds and 3 in feeds:
+        channels = 4  # grey+alpha with colour: RGBA, an opaque alpha added where none is
     kinds: dict[str, int] = {}
     for e in images:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
     seen = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    mixed = " (grey and colour mixed: grey is repeated into 3 channels)" if feeds == [1, 3] else ""
+    mixed = (" (grey and colour mixed: grey is repeated into 3 channels)" if feeds == [1, 3]
+             else " (grey+alpha and colour mixed: RGBA, an opaque alpha where none is)"
+             if channels == 4 and 2 in feeds else "")  # fmt: skip
     fill("in_channels", channels, f"{channels} channel(s): of {len(images)} images, {seen}{mixed}")
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
@@ -160,7 +170,11 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
             if v != ignore:
                 union[v] = union.get(v, 0) + c
     if fmt == "rgb":
-        colors = sorted(union, key=lambda c: (c != "0,0,0", c))  # black, if there, first
+        colors = list(union)
+        if len(colors) == 1 and data.get("mask_colors") == AUTO:  # empty masks: binary, as values
+            colors.append(next(c for c in ("255,255,255", "0,0,0", "255,0,0")
+                               if c not in colors and c != ignore))  # fmt: skip
+        colors = sorted(colors, key=lambda c: (c != "0,0,0", c))  # black, if there, first
         fill("mask_colors", [[int(x) for x in c.split(",")] for c in colors],
              f"the {len(colors)} colours found (black first)")  # fmt: skip
         fill("mask_values", None, "mask_format=rgb uses mask_colors")
@@ -185,6 +199,7 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
             )
         if len(values) == 1 and data.get("mask_values") == AUTO:
             values = [0, 255] if values[0] in (0, 255) else [0, values[0]]
+            values = [0, 1] if ignore == "255" and values == [0, 255] else values  # not ignored
         fill("mask_values", values, f"the {len(values)} values found in the masks, in order")
         fill("mask_colors", None, "not an RGB encoding")
         n = len(data["mask_values"])
@@ -192,6 +207,16 @@ def _plan_classes(fp: dict, data: dict, fill) -> None:
         names += [f"class{i}" for i in range(len(names), n)]
     fill("class_names", names, f"{n} classes, background first")
     fill("num_classes", len(data["class_names"]), "one per class name")
+
+
+def _grey_as_colours(mask: dict) -> dict:
+    """An 8-bit grey mask's entry as colours (value v: colour v,v,v), to plan it with colour
+    masks; any other entry as it is."""
+    values = mask.get("values")
+    if mask.get("encoding") != "values" or mask.get("dtype") != "uint8" or values is None:
+        return mask
+    colors = {f"{v},{v},{v}": c for v, c in values.items()}
+    return {**mask, "encoding": "rgb", "colors": colors, "values": None}
 
 
 def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:

@@ -12,11 +12,11 @@ error naming the file and the fix, never a guess):
 
 | stored as                               | feeds | N accepted, and how              |
 |-----------------------------------------|-------|----------------------------------|
-| grey                                    | 1     | 1; 3 (repeated)                  |
-| grey+alpha, alpha fully opaque          | 1     | 1, 3 (alpha dropped); 2 (as is)  |
-| grey+alpha, alpha with transparency     | 2     | 2 (grey, alpha)                  |
-| RGB with R = G = B (grey as RGB)        | 1     | 1 (one copy); 3 (as is)          |
-| RGB                                     | 3     | 3                                |
+| grey                                    | 1     | 1; 3 (repeated); 2, 4 (+ alpha)  |
+| grey+alpha, alpha fully opaque          | 1     | 1, 3 (alpha dropped); 2; 4 (RGBA)|
+| grey+alpha, alpha with transparency     | 2     | 2 (grey, alpha); 4 (RGBA)        |
+| RGB with R = G = B (grey as RGB)        | 1     | 1 (one copy); 3; 2, 4 (+ alpha)  |
+| RGB                                     | 3     | 3; 4 (+ alpha)                   |
 | RGBA, R = G = B, alpha fully opaque     | 1     | 1, 3 (alpha dropped); 2; 4       |
 | RGBA, R = G = B, alpha with transparency| 2     | 2 (grey, alpha); 4 (as is)       |
 | RGBA, alpha fully opaque                | 3     | 3 (alpha dropped); 4 (as is)     |
@@ -26,6 +26,8 @@ error naming the file and the fix, never a guess):
 "Fully opaque" is the pixel type's maximum (1.0 for float) everywhere. A stored
 channel count is always accepted as it is. Transparency that `data.in_channels`
 would drop is refused: flatten the images onto a background, or feed the alpha.
+"+ alpha": an image without one gets a fully opaque alpha, so that it trains next to
+images whose transparency the net is fed (grey+alpha feeds 4 as grey x 3 and its alpha).
 
 Files: PNG, JPEG, BMP and GIF through OpenCV (Pillow for what OpenCV cannot
 read); a grey+alpha PNG stays 2 channels (grey, alpha); palette images decode to
@@ -62,6 +64,8 @@ DEFAULT_INTENSITY = {"mode": "range"}
 """`data.intensity` when none is given: divide by the pixel type's maximum."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 """Extensions of image and mask files, matched in any case (`.PNG`, `.TIF`)."""
+OPAQUE = -1
+"""In `plan_channels`' channels to take: a fully opaque alpha, added."""
 CHANNEL_FIX = "set data.in_channels={channels}"
 """The fix `read_image` offers when an image cannot feed `data.in_channels`."""
 
@@ -99,7 +103,7 @@ def size_mismatch(
     return (
         f"{path}: {kind} {'are' if plural else 'is'} {w}x{h} but its image {image} is "
         f"{iw}x{ih} (width x height); {kind if plural else kind + 's'} must match their "
-        "image's size"
+        f"image's size: save {'them' if plural else 'it'} at the image's size"
     )
 
 
@@ -285,7 +289,7 @@ def plan_channels(
 
     Returns:
         `(kind, channels, take)`: `channel_kind`'s answer, and the stored channels to take
-        in order (None: the image as it is).
+        in order (`OPAQUE`: an opaque alpha added; None: the image as it is).
     Raises:
         ValueError naming the image (`name`) and ending with the fix: `fix` with
         `{channels}` filled in, and for transparency also flattening.
@@ -311,6 +315,10 @@ def plan_channels(
         take = [0] * wanted  # grey (as grey, RGB, grey+alpha or RGBA): one copy or three
     elif kind == "RGBA" and wanted == 3:
         take = [0, 1, 2]
+    elif stored == 2 and wanted == 4:
+        take = [0, 0, 0, 1]  # grey+alpha as RGBA
+    elif stored in (1, 3) and wanted in (2, 4) and channels < wanted:  # no alpha: an opaque one
+        take = [*([0, 1, 2] if stored == 3 and wanted == 4 else [0] * (wanted - 1)), OPAQUE]
     if take is not None:
         return kind, channels, take
     hint = fix.format(channels=channels)
@@ -364,6 +372,11 @@ def fit_channels(
         image = image.astype(np.float32, copy=False)
     if image.ndim == 2:
         image = image[:, :, None]
+    if take is not None and OPAQUE in take:
+        opaque = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else 1.0
+        planes = [np.full(image.shape[:2], opaque, image.dtype) if i == OPAQUE
+                  else image[:, :, i] for i in take]  # fmt: skip
+        return np.stack(planes, axis=2)
     return image if take is None else np.ascontiguousarray(image[:, :, take])
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,25 @@ def make_splits(
             f"{val_fraction} and test_fraction={test_fraction}: add images or lower the fractions"
         )
     return {stage: sorted(items) for stage, items in splits.items()}
+
+
+def split_problems(names: Sequence[str], split: Mapping[str, Any], root: str | Path) -> list[str]:
+    """The problem (naming the folder `root`) that cutting `names` into the split of a data
+    config (`val_fraction`, `test_fraction`, or `num_folds`) would meet, as the data module
+    cuts them; none with a `split_file` (checked when it is read)."""
+    try:
+        if split.get("split_file"):
+            return []
+        if split.get("num_folds"):
+            make_folds(names, split["num_folds"], split.get("fold", 0), split.get("split_seed", 0),
+                       split.get("group_regex"), split.get("fold_order", "shuffled"),
+                       split.get("test_fraction") or 0.0)  # fmt: skip
+        else:
+            make_splits(names, split.get("val_fraction") or 0.0, split.get("test_fraction") or 0.0,
+                        split.get("split_seed", 0), split.get("group_regex"))  # fmt: skip
+    except ValueError as err:
+        return [f"{root}: {err}"]
+    return []
 
 
 def natural_key(name: str) -> list[int | str]:
