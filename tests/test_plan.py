@@ -358,3 +358,20 @@ def test_grey_and_colour_images_mixed_plan_three_channels(tmp_path: Path) -> Non
     seen = [(read_image(p, 3).astype(float) - lo) / (hi - lo) for p in root.glob("images/*")]
     want = np.mean([im.reshape(-1, 3).mean(0) for im in seen], axis=0)
     np.testing.assert_allclose(planned["mean"], want, atol=1e-3)
+
+
+@pytest.mark.parametrize(("n", "overrides", "train"), [
+    (4, [], 2),  # 20% and 10% of 4 round to 1 and 0, but a fraction given gets one image
+    (10, ["data.num_folds=5"], 7),  # 1 test image, then fold 0 of 9 holds 2
+])  # fmt: skip
+def test_the_steps_an_epoch_count_the_training_images_of_the_split(
+    tmp_path: Path, n: int, overrides: list[str], train: int
+) -> None:
+    """The plan sizes an epoch from the images the data module will train on: the split's,
+    not the fractions' share of the folder (4 images at 20% + 10% held out train on 2)."""
+    images, masks = zip(*blobs(n), strict=True)
+    data = auto_data(write(tmp_path / "d", list(images), list(masks)), "data.batch_size=4",
+                     *overrides)  # fmt: skip
+    planned, why = plan(fingerprint(tmp_path / "d"), data)
+    assert planned["train_repeats"] == math.ceil(MIN_STEPS * 4 / train)
+    assert why["train_repeats"].startswith(f"about {train} training images")

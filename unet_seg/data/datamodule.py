@@ -17,13 +17,7 @@ from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler, UnsizedShardSampler
-from unet_seg.data.splits import (
-    load_splits,
-    make_folds,
-    make_splits,
-    save_splits,
-    split_problems,
-)
+from unet_seg.data.splits import cut_split, load_splits, save_splits, split_problems
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 from unet_seg.instances import instance_settings
@@ -288,13 +282,8 @@ class SegDataModule(pl.LightningDataModule):
                 )
         elif problems := split_problems(names, s, self.root):  # the folder named
             raise ValueError(problems[0])
-        elif s["num_folds"]:
-            splits = make_folds(names, s["num_folds"], s["fold"], s["split_seed"],
-                                s["group_regex"], s["fold_order"],
-                                s["test_fraction"])  # fmt: skip
         else:
-            splits = make_splits(names, s["val_fraction"], s["test_fraction"], s["split_seed"],
-                                 s["group_regex"])  # fmt: skip
+            splits = cut_split(names, s)
         if save and self.splits_path and source != self.splits_path:
             save_splits(splits, self.splits_path)
         return splits

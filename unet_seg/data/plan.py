@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from unet_seg.data.splits import cut_split
 from unet_seg.problems import problem_list
 
 AUTO = "auto"
@@ -351,10 +352,10 @@ def _plan_patches(
     pixels = float(np.median([e["height"] * e["width"] for e in images]))
     fill("eval_batch_size", int(max(1, min(batch, math.floor(budget / pixels)))),
          "about the same pixels per evaluation step")  # fmt: skip
-    held_out = (data.get("val_fraction") or 0) + (data.get("test_fraction") or 0)
-    if data.get("num_folds"):
-        held_out = 1 / data["num_folds"] + (data.get("test_fraction") or 0)
-    train_images = max(1, round(len(images) * (1 - held_out)))
+    try:  # the training images of the split the data module will cut
+        train_images = len(cut_split([e["name"] for e in images], data)["train"])
+    except ValueError:  # refused with the folder's other problems
+        train_images = len(images)
     counts = np.zeros(data["num_classes"])  # pixels per class, to find the rare ones
     if data["mask_format"] in ("values", "palette", "folders"):
         for m in masks:

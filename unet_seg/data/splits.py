@@ -55,20 +55,28 @@ def make_splits(
     return {stage: sorted(items) for stage, items in splits.items()}
 
 
+def cut_split(names: Sequence[str], split: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The train/val/test split a data config (`val_fraction`, `test_fraction`, or
+    `num_folds` and `fold`; `split_seed`, `group_regex`, `fold_order`) cuts `names` into: the
+    one rule the data module, the data checks and the plan follow. Raises ValueError when
+    the names cannot fill it."""
+    if split.get("num_folds"):
+        return make_folds(names, split["num_folds"], split.get("fold", 0),
+                          split.get("split_seed", 0), split.get("group_regex"),
+                          split.get("fold_order", "shuffled"),
+                          split.get("test_fraction") or 0.0)  # fmt: skip
+    return make_splits(names, split.get("val_fraction") or 0.0, split.get("test_fraction") or 0.0,
+                       split.get("split_seed", 0), split.get("group_regex"))  # fmt: skip
+
+
 def split_problems(names: Sequence[str], split: Mapping[str, Any], root: str | Path) -> list[str]:
     """The problem (naming the folder `root`) that cutting `names` into the split of a data
-    config (`val_fraction`, `test_fraction`, or `num_folds`) would meet, as the data module
-    cuts them; none with a `split_file` (checked when it is read)."""
+    config would meet, as the data module cuts them; none with a `split_file` (checked when
+    it is read)."""
+    if split.get("split_file"):
+        return []
     try:
-        if split.get("split_file"):
-            return []
-        if split.get("num_folds"):
-            make_folds(names, split["num_folds"], split.get("fold", 0), split.get("split_seed", 0),
-                       split.get("group_regex"), split.get("fold_order", "shuffled"),
-                       split.get("test_fraction") or 0.0)  # fmt: skip
-        else:
-            make_splits(names, split.get("val_fraction") or 0.0, split.get("test_fraction") or 0.0,
-                        split.get("split_seed", 0), split.get("group_regex"))  # fmt: skip
+        cut_split(names, split)
     except ValueError as err:
         return [f"{root}: {err}"]
     return []
