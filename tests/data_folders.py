@@ -276,7 +276,7 @@ def write_mask(path: Path, mask: np.ndarray, kind: str) -> Path:
     if kind == "palette":
         im = Image.fromarray(mask.astype(np.uint8), "P")
         im.putpalette([c for rgb in COLOURS + [(255, 255, 255)] * 249 for c in rgb][:768])
-        im.save(path)
+        (im.convert("RGB") if ext == ".jpg" else im).save(path)  # JPEG holds no palette
         return path
     if ext == ".tif":
         tifffile.imwrite(path, mask, photometric="rgb" if mask.ndim == 3 else "minisblack")
