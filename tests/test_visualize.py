@@ -132,3 +132,24 @@ def test_attention_unet_logs_its_gates_to_tensorboard(tmp_path: Path) -> None:
     assert pictures
     picture = pictures[-1]
     assert picture.width == 5 * 48 + 4 * 2 and picture.height == 48  # input + 4 gates
+
+
+def test_predicted_objects_take_the_number_of_the_true_object_they_cover() -> None:
+    """One nucleus, one colour in both panels: a predicted object takes its true object's
+    number; of a split object only the larger part keeps it; leftovers get new numbers."""
+    from unet_seg.visualize import match_objects
+
+    truth = np.zeros((10, 30), np.int32)
+    truth[:, 0:10], truth[:, 10:20], truth[:, 20:30] = 5, 2, 9
+    pred = np.zeros_like(truth)
+    pred[:, 0:10] = 7  # object 5, found whole
+    pred[:, 10:16], pred[:, 16:20] = 3, 4  # object 2, split 6 : 4 columns
+    pred[0:3, 22:28] = 8  # part of object 9
+    pred[5:7, 22:28] = 1  # another part of object 9, smaller
+    matched = match_objects(truth, pred)
+    assert matched[0, 0] == 5 and matched[0, 12] == 2 and matched[0, 24] == 9
+    others = {int(matched[0, 17]), int(matched[6, 24])}
+    assert len(others) == 2 and min(others) > 9  # new numbers, after the true ones
+    assert (matched[pred == 0] == 0).all()
+    merged = np.where(truth > 0, 1, 0)  # one object over all three: takes one of them
+    assert set(np.unique(match_objects(truth, merged))) in ({2}, {5}, {9})

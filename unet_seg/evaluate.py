@@ -46,6 +46,7 @@ from unet_seg.visualize import (
     display_image,
     error_legend,
     error_map,
+    match_objects,
     object_overlay,
     overlay,
     with_legend,
@@ -299,7 +300,8 @@ class _WorstCases:
             if objects is None:
                 shown, heads = [overlay(rgb, truth), overlay(rgb, pred)], "truth | prediction"
             else:
-                shown = [object_overlay(rgb, objects[0]), object_overlay(rgb, objects[1])]
+                true_objects, predicted = objects[0], match_objects(*objects)  # one colour each
+                shown = [object_overlay(rgb, true_objects), object_overlay(rgb, predicted)]
                 heads, drew_objects = "true objects | predicted", True
             panels = [rgb, *shown, error_map(truth, pred)]
             gap = np.full((rgb.shape[0], 4, 3), 128, np.uint8)

@@ -260,3 +260,28 @@ def object_overlay(image: np.ndarray, objects: np.ndarray, alpha: float = 0.45) 
     tint = image[fg].astype(np.float32) * (1 - alpha) + colours[objects[fg]] * alpha
     out[fg] = tint.round().astype(np.uint8)
     return outline_objects(out, objects)
+
+
+def match_objects(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """`pred` (`[H, W]` labels, 0 = background) renumbered so that each predicted object
+    takes the number, and so the colour, of the true object it overlaps most, so that one
+    nucleus looks the same in the true and the predicted panel. Each true number goes to
+    one predicted object only (the largest overlap first): of a split object one part keeps
+    its colour and the others get new ones; a merge takes the colour of one of the objects
+    it covers. Predicted objects left over are numbered after the true ones."""
+    both = (truth > 0) & (pred > 0)
+    top = int(truth.max(initial=0)) + 1
+    pairs, counts = np.unique(pred[both].astype(np.int64) * top + truth[both], return_counts=True)
+    number: dict[int, int] = {}
+    used: set[int] = set()
+    for k in np.argsort(-counts, kind="stable"):
+        p, t = divmod(int(pairs[k]), top)
+        if p not in number and t not in used:
+            number[p], used = t, used | {t}
+    for p in np.unique(pred[pred > 0]):
+        if int(p) not in number:
+            number[int(p)] = top + len(number) - len(used)
+    lut = np.zeros(int(pred.max(initial=0)) + 1, np.int64)
+    for p, t in number.items():
+        lut[p] = t
+    return lut[pred]
