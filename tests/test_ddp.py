@@ -22,11 +22,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path) -> None:
+    """Shares of a split, even or with one process empty (a 1-image test split), pool to the
+    scores one process gets."""
     args = [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
         "trainer.sync_batchnorm=false",  # PyTorch's SyncBatchNorm needs GPUs
         "data.synthetic.num_images=16", "data.synthetic.size=64", "data.crop_size=48",
-        "data.batch_size=2", "data.val_fraction=0.25", "data.test_fraction=0.2",
+        "data.batch_size=2", "data.val_fraction=0.25", "data.test_fraction=0.0625",
         "arch.base_channels=4", "trainer.max_epochs=2", f"data.root={tmp_path / 'data'}",
     ]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "unet_seg.train", *args], cwd=tmp_path,
@@ -35,9 +37,10 @@ def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path) -> Non
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()  # one directory, not one per rank
     metrics = json.loads((run_dir / "metrics.json").read_text())
     splits = json.loads((run_dir / "splits.json").read_text())
-    assert len(splits["val"]) == 4 and len(splits["test"]) == 3  # 3: uneven shares of 2 + 1
+    # val: shares of 2 + 2; test: one image, so one process has none and still joins the sums
+    assert len(splits["val"]) == 4 and len(splits["test"]) == 1
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 2 * 3  # 9 training images, 2 processes x batch 2: 3 steps
+    assert ckpt["global_step"] == 2 * 3  # 11 training images, 2 processes x batch 2: 3 steps
 
     for split in ("val", "test"):
         cfg = OmegaConf.create({"run_dir": str(run_dir), "ckpt": None, "split": split,
@@ -49,6 +52,7 @@ def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path) -> Non
                  "iou/pooled/background": "iou/background"}  # fmt: skip
         for key, logged in pairs.items():
             assert one[key] == pytest.approx(metrics[f"{split}/{logged}"], abs=1e-6), (split, key)
+        assert f"{split}/loss" in metrics
 
 
 # Runs `python -m unet_seg.train` after arranging that each rank, when training ends, writes
