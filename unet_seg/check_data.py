@@ -64,7 +64,8 @@ def check_data(cfg: DictConfig) -> dict:
                 "labelled_share", "least_labelled_mask", "suggested_mask_values",
                 "suggested_class_weights"):  # fmt: skip
         if key in report:
-            lines.append(f"  {key.replace('_', ' ')}: {_short(report[key])}")
+            label = key.replace("_", " ") + (" (width x height)" if key == "image_sizes" else "")
+            lines.append(f"  {label}: {_short(report[key])}")
     if report.get("masks_jpeg_like"):
         lines.append("  WARNING: masks that look JPEG-compressed carry noise values: save as PNG")
     problems = report["problems"]
