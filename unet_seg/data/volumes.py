@@ -1,0 +1,494 @@
+"""Reading and writing volumes with their geometry, so that a prediction lands where its input was.
+
+`read_volume` returns `(array, meta)`; `write_volume` writes an array of the same
+`[Z, Y, X]` size back in the input's geometry. `VolumeMeta` is plain data, so a
+checkpoint or a JSON file carries it (`to_dict` / `from_dict`).
+
+One convention for the whole framework, whatever the file stored:
+
+- array: `[Z, Y, X]`, or `[Z, Y, X, C]` with channels last (as 2-D images' `[H, W, C]`);
+- `meta.spacing`: `(z, y, x)` in mm, the array's axis order;
+- `meta.affine`: 4x4, voxel index to RAS+ world in mm, in NIfTI's index order: voxel
+  `array[k, j, i]` lies at `affine @ (i, j, k, 1)` (columns x, y, z);
+- `meta.shape`: `(z, y, x)` of the array read; `write_volume` refuses another size.
+
+Formats, chosen by extension (any case):
+
+- `.nii`, `.nii.gz` through nibabel: stored `(x, y, z[, c])`, transposed. The affine is
+  nibabel's best one (sform, else qform); sform and qform with their codes, and the
+  spatial unit, are kept to write back (spacing and affine converted to mm).
+- `.tif`, `.tiff` through tifffile: pages are slices (axis Z, or unlabelled pages);
+  channels (C, S) go last. z spacing from the ImageJ `spacing`, y and x from the
+  XResolution/YResolution tags, in the ImageJ `unit` (else the ResolutionUnit tag).
+- `.mha`, `.mhd`, `.nrrd` through SimpleITK (the `volumes` extra): stored `(z, y, x[, c])`,
+  spacing `(x, y, z)` reversed; origin and direction are LPS, turned into RAS (x and y
+  negated).
+
+Writing mirrors reading: NIfTI with the input's sform and qform and their codes
+(not only one of them, and never one rebuilt from the other); a TIFF stack with
+ImageJ spacing in mm (a tifffile shaped TIFF with the same metadata for pixel
+types ImageJ lacks); SimpleITK formats with origin, spacing and direction. NIfTI
+from another format's geometry (or from an affine changed since reading) gets
+sform = qform = `meta.affine`, in mm, code 1 (scanner) where none was. No
+other header field is copied, so an input's intensity slope never lands on a
+label volume. A TIFF that gives no spacing for an axis reads as 1.0 there, and
+`meta.spacing_assumed` says so (also for a number without a length unit, kept
+as it is).
+
+Labels (`labels=True`) are rounded to the nearest integer (numpy.rint: halves
+to even), never truncated, and written as the smallest integer type that holds
+them (uint8, int8, uint16, int16, uint32, int32), without a scaling slope. Other
+arrays keep their type (float16 as float32, bool as uint8).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import tifffile
+
+log = logging.getLogger(__name__)
+
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd")
+VOLUME_EXTENSIONS = NIFTI_EXTENSIONS + TIFF_EXTENSIONS + ITK_EXTENSIONS
+"""Extensions `read_volume` and `write_volume` accept, matched in any case."""
+ITK_FIX = "pip install 'unet-seg[volumes]' (or: pip install SimpleITK)"
+"""The fix offered when a SimpleITK format is read or written without SimpleITK."""
+
+NIFTI_SCANNER = 1  # NIFTI_XFORM_SCANNER_ANAT: the code given to geometry from other formats
+_LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS: x and y change sign, z stays
+_TO_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "um": 1e-3, "micron": 1e-3,
+          "micrometer": 1e-3, "micrometre": 1e-3, "nm": 1e-6, "nanometer": 1e-6,
+          "cm": 10.0, "centimeter": 10.0, "m": 1000.0, "meter": 1000.0, "metre": 1000.0,
+          "inch": 25.4, "in": 25.4}  # fmt: skip
+_NIFTI_UNITS = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+_TIFF_RESOLUTION_UNITS = {2: 25.4, 3: 10.0}  # ResolutionUnit INCH, CENTIMETER (1: none)
+_LABEL_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
+
+Matrix = tuple[tuple[float, ...], ...]
+
+
+@dataclass(frozen=True)
+class NiftiGeometry:
+    """The NIfTI header fields that place a volume, as stored (in the header's units)."""
+
+    sform: Matrix
+    sform_code: int
+    qform: Matrix
+    qform_code: int
+    xyzt_units: int
+
+
+@dataclass(frozen=True)
+class VolumeMeta:
+    """Where a volume's voxels lie: the module docstring's conventions.
+
+    Attributes:
+        shape: `(z, y, x)` of the array read.
+        spacing: `(z, y, x)` voxel size in mm.
+        affine: 4x4 voxel index `(i, j, k) = (x, y, z)` -> RAS+ mm (as NIfTI).
+        format: the source format: `nifti`, `tiff` or `itk`.
+        spacing_assumed: `(z, y, x)`: True where the file gave no length (1.0 used,
+            or a number without a unit, taken as mm).
+        nifti: for a NIfTI source, the header's sform and qform to write back.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: Matrix
+    format: str
+    spacing_assumed: tuple[bool, bool, bool] = (False, False, False)
+    nifti: NiftiGeometry | None = None
+
+    def affine_matrix(self) -> np.ndarray:
+        """`affine` as a float64 `[4, 4]` array."""
+        return np.array(self.affine, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, numbers and strings (JSON, `torch.load(weights_only=True)`)."""
+        data = asdict(self)
+        for key in ("shape", "spacing", "spacing_assumed"):
+            data[key] = list(data[key])
+        data["affine"] = [list(row) for row in self.affine]
+        if self.nifti is not None:
+            data["nifti"]["sform"] = [list(row) for row in self.nifti.sform]
+            data["nifti"]["qform"] = [list(row) for row in self.nifti.qform]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VolumeMeta:
+        """The inverse of `to_dict`."""
+        nifti = data.get("nifti")
+        return cls(
+            shape=tuple(int(n) for n in data["shape"]),
+            spacing=tuple(float(s) for s in data["spacing"]),
+            affine=_matrix(data["affine"]),
+            format=str(data["format"]),
+            spacing_assumed=tuple(bool(b) for b in data.get("spacing_assumed", (False,) * 3)),
+            nifti=None if nifti is None else NiftiGeometry(
+                sform=_matrix(nifti["sform"]), sform_code=int(nifti["sform_code"]),
+                qform=_matrix(nifti["qform"]), qform_code=int(nifti["qform_code"]),
+                xyzt_units=int(nifti["xyzt_units"]),
+            ),
+        )  # fmt: skip
+
+
+def _matrix(values: Any) -> Matrix:
+    return tuple(tuple(float(v) for v in row) for row in np.asarray(values, dtype=np.float64))
+
+
+def volume_format(path: str | Path) -> str:
+    """`nifti`, `tiff` or `itk` by the file's extension; a ValueError naming the file otherwise."""
+    name = Path(path).name.lower()
+    for kind, extensions in (("nifti", NIFTI_EXTENSIONS), ("tiff", TIFF_EXTENSIONS),
+                             ("itk", ITK_EXTENSIONS)):  # fmt: skip
+        if name.endswith(extensions):
+            return kind
+    raise ValueError(
+        f"{path}: not a volume file by its extension; volumes are read and written as "
+        f"{', '.join(VOLUME_EXTENSIONS)}: convert the file or rename it if its extension is wrong"
+    )
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
+    """A volume as `[Z, Y, X]` or `[Z, Y, X, C]` with its geometry (the module docstring).
+
+    Raises a ValueError naming the file for what cannot be a volume, an ImportError
+    naming the `volumes` extra for SimpleITK formats without SimpleITK.
+    """
+    kind = volume_format(path)
+    if kind == "nifti":
+        return _read_nifti(Path(path))
+    if kind == "tiff":
+        return _read_tiff(Path(path))
+    return _read_itk(Path(path))
+
+
+def write_volume(
+    path: str | Path, array: np.ndarray, meta: VolumeMeta, labels: bool = False
+) -> None:
+    """Write `[Z, Y, X]` or `[Z, Y, X, C]` in `meta`'s geometry, in the format `path` names.
+
+    Args:
+        labels: round to integers and write the smallest integer type that holds them.
+    Raises:
+        ValueError naming the file when the array's `[Z, Y, X]` is not `meta.shape`.
+    """
+    path = Path(path)
+    kind = volume_format(path)
+    array = np.asarray(array)
+    if array.ndim not in (3, 4) or tuple(array.shape[:3]) != tuple(meta.shape):
+        raise ValueError(
+            f"{path}: array of shape {array.shape} but its geometry describes a [Z, Y, X] = "
+            f"{list(meta.shape)} volume; write [Z, Y, X] or [Z, Y, X, C] at the input's size "
+            "(resample or crop back first)"
+        )
+    array = _label_array(array, path) if labels else _image_array(array)
+    if kind == "nifti":
+        _write_nifti(path, array, meta)
+    elif kind == "tiff":
+        _write_tiff(path, array, meta)
+    else:
+        _write_itk(path, array, meta)
+
+
+def label_dtype(low: int, high: int) -> np.dtype:
+    """The smallest integer type holding `low..high` (unsigned first at each size)."""
+    for kind in _LABEL_TYPES:
+        info = np.iinfo(kind)
+        if info.min <= low and high <= info.max:
+            return np.dtype(kind)
+    raise ValueError(f"labels {low}..{high} do not fit in 32-bit integers")
+
+
+def _label_array(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError(
+                f"{path}: labels hold NaN or infinite values; replace them with a label "
+                "before writing"
+            )
+        array = np.rint(array)
+    low, high = int(array.min()), int(array.max())
+    try:
+        dtype = label_dtype(low, high)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}; labels must be integers within int32") from None
+    return array.astype(dtype)
+
+
+def _image_array(array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
+# --- NIfTI ------------------------------------------------------------------------------------
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)  # applies scl_slope/inter when the header has them
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken files
+        raise ValueError(
+            f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); replace the file"
+        ) from err
+    header = image.header
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c): NIfTI's vector layout
+        data = data[:, :, :, 0, :]
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim not in (3, 4):
+        raise ValueError(
+            f"{path}: NIfTI of shape {data.shape} (x, y, z, ...); expected 3-D, or 4-D with "
+            "channels (or time) last: save one volume per file"
+        )
+    array = np.ascontiguousarray(np.transpose(data, (2, 1, 0, *range(3, data.ndim))))
+    scale = _NIFTI_UNITS.get(header.get_xyzt_units()[0], 1.0)
+    affine = np.array(image.affine, dtype=np.float64)
+    affine[:3] *= scale
+    geometry = NiftiGeometry(
+        sform=_matrix(header.get_sform()), sform_code=int(header["sform_code"]),
+        qform=_matrix(header.get_qform()), qform_code=int(header["qform_code"]),
+        xyzt_units=int(header["xyzt_units"]),
+    )  # fmt: skip
+    meta = VolumeMeta(
+        shape=tuple(int(n) for n in array.shape[:3]),
+        spacing=_spacing_of(affine),
+        affine=_matrix(affine),
+        format="nifti",
+        nifti=geometry,
+    )
+    return array, meta
+
+
+def _nifti_is_current(geometry: NiftiGeometry, meta: VolumeMeta) -> bool:
+    """Whether `meta.affine` is still the header's best affine (sform, else qform), in mm."""
+    header = nib.Nifti1Header()
+    header.set_sform(np.array(geometry.sform), code=geometry.sform_code)
+    header.set_qform(np.array(geometry.qform), code=geometry.qform_code)
+    header["xyzt_units"] = geometry.xyzt_units
+    best = header.get_best_affine()
+    best[:3] *= _NIFTI_UNITS.get(header.get_xyzt_units()[0], 1.0)
+    return bool(np.allclose(best, meta.affine_matrix(), rtol=1e-9, atol=1e-6))
+
+
+def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """`(z, y, x)` step lengths of an affine whose columns are `(x, y, z)`."""
+    x, y, z = np.linalg.norm(affine[:3, :3], axis=0)
+    return float(z), float(y), float(x)
+
+
+def _write_nifti(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+    """The input's sform and qform as stored when `meta.affine` is still theirs; else (geometry
+    from another format, or an affine changed since reading) both from `meta.affine`."""
+    data = np.transpose(array, (2, 1, 0, *range(3, array.ndim)))  # (x, y, z[, c])
+    header = nib.Nifti1Header()
+    header.set_data_dtype(array.dtype)
+    geometry = meta.nifti
+    if geometry is not None and _nifti_is_current(geometry, meta):
+        header.set_sform(np.array(geometry.sform), code=geometry.sform_code)
+        header.set_qform(np.array(geometry.qform), code=geometry.qform_code)
+        header["xyzt_units"] = geometry.xyzt_units
+    else:
+        affine = meta.affine_matrix()
+        header.set_sform(affine, code=(geometry.sform_code if geometry else 0) or NIFTI_SCANNER)
+        header.set_qform(affine, code=(geometry.qform_code if geometry else 0) or NIFTI_SCANNER)
+        header.set_xyzt_units("mm")
+    image = nib.Nifti1Image(data, None, header=header, dtype=array.dtype)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.update_header()
+    nib.save(image, str(path))
+
+
+# --- TIFF stacks ------------------------------------------------------------------------------
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, VolumeMeta]:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+            in_series, pages = len(series.pages), len(tif.pages)
+            extra = [tif.pages[i] for i in range(in_series, pages)]
+            others = sum(not getattr(p, "is_reduced", False) for p in extra)
+            tags = tif.pages[0].tags
+            imagej = tif.imagej_metadata or {}
+            shaped = (tif.shaped_metadata or ({},))[0]
+            resolution = [_rational(tags, "YResolution"), _rational(tags, "XResolution")]
+            res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    except Exception as err:  # noqa: BLE001 - tifffile raises many types for broken files
+        raise ValueError(
+            f"{path}: cannot be read as a TIFF stack ({type(err).__name__}: {err}); "
+            "replace the file"
+        ) from err
+    if others:
+        raise ValueError(
+            f"{path}: {in_series + others} pages of different sizes; a volume's slices must all "
+            "have one size: save them as one stack of equal pages"
+        )
+    array = _tiff_to_zyxc(array, axes, path)
+    spacing, assumed = _tiff_spacing(imagej, shaped, resolution, res_unit)
+    if any(assumed):
+        log.debug("%s: spacing (z, y, x) %s, assumed where %s", path, spacing, assumed)
+    z, y, x = spacing
+    affine = np.diag([x, y, z, 1.0])
+    meta = VolumeMeta(
+        shape=tuple(int(n) for n in array.shape[:3]),
+        spacing=spacing,
+        affine=_matrix(affine),
+        format="tiff",
+        spacing_assumed=assumed,
+    )
+    return array, meta
+
+
+def _rational(tags: Any, name: str) -> float | None:
+    if name not in tags:
+        return None
+    value = tags[name].value
+    number = value[0] / value[1] if isinstance(value, tuple) and value[1] else float(value[0])
+    return float(number) if number > 0 else None
+
+
+def _tiff_to_zyxc(array: np.ndarray, axes: str, path: Path) -> np.ndarray:
+    """The series' axes to `[Z, Y, X(, C)]`: unit axes dropped; I, Q (unlabelled pages) are Z."""
+    keep = [i for i, (a, n) in enumerate(zip(axes, array.shape, strict=True))
+            if n > 1 or a in "YX"]  # fmt: skip
+    names = "".join(axes[i] for i in keep).replace("I", "Z").replace("Q", "Z")
+    array = array.reshape([array.shape[i] for i in keep])
+    channels = [a for a in names if a in "CS"]
+    if (
+        "Y" not in names
+        or "X" not in names
+        or names.count("Z") > 1
+        or len(channels) > 1
+        or set(names) - set("ZYXCS")
+    ):
+        raise ValueError(
+            f"{path}: TIFF with axes {axes!r} and shape {tuple(array.shape)}: expected slices "
+            "(Z), Y, X and at most one channel axis; save one volume per file (split time "
+            "points and series)"
+        )
+    order = [names.index(a) for a in "ZYX" if a in names] + [names.index(a) for a in channels]
+    array = np.transpose(array, order)
+    if "Z" not in names:
+        array = array[None]
+    return np.ascontiguousarray(array)
+
+
+def _tiff_spacing(
+    imagej: dict[str, Any],
+    shaped: dict[str, Any],
+    resolution: list[float | None],
+    res_unit: int,
+) -> tuple[tuple[float, float, float], tuple[bool, bool, bool]]:
+    """`(z, y, x)` spacing in mm, and which axes were assumed, from what the TIFF says.
+
+    ImageJ: `spacing` and the resolution (pixels per unit) in its `unit`. Other TIFFs:
+    `spacing` and `unit` in tifffile's shaped metadata (as `write_volume` writes them), the
+    resolution in its ResolutionUnit tag (inch or cm; none: a number without a unit).
+    """
+    source = imagej if imagej else shaped
+    z_to_mm = _unit_mm(source.get("unit"))
+    yx_to_mm = z_to_mm if imagej else _TIFF_RESOLUTION_UNITS.get(res_unit)
+    z = source.get("spacing")
+    spacing = [1.0 if z is None or float(z) <= 0 else float(z) * (z_to_mm or 1.0)]
+    assumed = [z is None or float(z) <= 0 or z_to_mm is None]
+    for pixels_per_unit in resolution:  # y, x
+        spacing.append(1.0 if pixels_per_unit is None else (yx_to_mm or 1.0) / pixels_per_unit)
+        assumed.append(pixels_per_unit is None or yx_to_mm is None)
+    return (spacing[0], spacing[1], spacing[2]), (assumed[0], assumed[1], assumed[2])
+
+
+def _unit_mm(unit: Any) -> float | None:
+    """mm per `unit` (`um`, `micron`, `\\u00B5m`, `mm`, `cm`, ...); None when not a length."""
+    if unit is None:
+        return None
+    text = str(unit).strip().lower().replace("\\u00b5", "u")
+    return _TO_MM.get(text.replace("\u00b5", "u").replace("\u03bc", "u"))
+
+
+def _write_tiff(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+    z, y, x = meta.spacing
+    axes = "ZCYX" if array.ndim == 4 else "ZYX"
+    data = np.moveaxis(array, 3, 1) if array.ndim == 4 else array  # ImageJ's hyperstack order
+    if array.dtype in (np.uint8, np.uint16, np.float32):
+        tifffile.imwrite(
+            path, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
+            metadata={"spacing": z, "unit": "mm", "axes": axes},
+        )  # fmt: skip
+    else:  # pixel types ImageJ lacks: tifffile's shaped TIFF, the same keys in its JSON
+        tifffile.imwrite(
+            path, data, photometric="minisblack", resolution=(10.0 / x, 10.0 / y),
+            resolutionunit="CENTIMETER", metadata={"spacing": z, "unit": "mm", "axes": axes},
+        )  # fmt: skip
+
+
+# --- SimpleITK formats ------------------------------------------------------------------------
+
+
+def _sitk(path: Path) -> Any:
+    try:
+        import SimpleITK
+    except ImportError as err:
+        raise ImportError(
+            f"{path}: {path.suffix} volumes are read and written through SimpleITK, which is not "
+            f"installed; {ITK_FIX}"
+        ) from err
+    return SimpleITK
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, VolumeMeta]:
+    sitk = _sitk(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as err:  # noqa: BLE001 - SimpleITK raises RuntimeError with ITK's text
+        raise ValueError(
+            f"{path}: cannot be read by SimpleITK ({type(err).__name__}: {err}); replace the file"
+        ) from err
+    if image.GetDimension() != 3:
+        raise ValueError(
+            f"{path}: {image.GetDimension()}-D image; expected a 3-D volume: save one volume "
+            "per file (2-D images go into the images folder as 2-D files)"
+        )
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))  # (z, y, x[, c])
+    spacing_xyz = np.array(image.GetSpacing(), dtype=np.float64)
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)  # LPS columns
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS @ direction @ np.diag(spacing_xyz)
+    affine[:3, 3] = _LPS @ np.array(image.GetOrigin(), dtype=np.float64)
+    meta = VolumeMeta(
+        shape=tuple(int(n) for n in array.shape[:3]),
+        spacing=tuple(float(s) for s in spacing_xyz[::-1]),
+        affine=_matrix(affine),
+        format="itk",
+    )
+    return array, meta
+
+
+def _write_itk(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+    sitk = _sitk(path)
+    affine = meta.affine_matrix()
+    lps = _LPS @ affine[:3, :3]
+    spacing_xyz = np.linalg.norm(lps, axis=0)
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    image.SetSpacing([float(s) for s in spacing_xyz])
+    image.SetDirection([float(v) for v in (lps / spacing_xyz).reshape(-1)])
+    image.SetOrigin([float(v) for v in _LPS @ affine[:3, 3]])
+    sitk.WriteImage(image, str(path), True)
