@@ -65,8 +65,9 @@ class FolderSpec:
         """Whether the folder should train: no mistake in it, enough images for the three
         splits, the mask suffix typed. Objects numbered -1, -2, ... are a mistake: only the
         ignore value may be negative, and the refusal names each mask and the fix."""
-        return not self.faults and len(self.images) >= 3 and (
-            self.give_suffix or not self.mask_suffix) and self.mask_kind != "negative_ids"  # fmt: skip
+        typed = self.give_suffix or not self.mask_suffix
+        return not self.faults and len(self.images) >= 3 and typed and (
+            self.mask_kind != "negative_ids")  # fmt: skip
 
     def overrides(self) -> list[str]:
         """The data keys a user would type for this folder besides data.root."""
