@@ -62,12 +62,11 @@ class FolderSpec:
 
     @property
     def valid(self) -> bool:
-        """Whether the folder should train: no mistake in it, enough images for the three
-        splits, the mask suffix typed. Objects numbered -1, -2, ... are a mistake: only the
-        ignore value may be negative, and the refusal names each mask and the fix."""
-        typed = self.give_suffix or not self.mask_suffix
-        return not self.faults and len(self.images) >= 3 and typed and (
-            self.mask_kind != "negative_ids")  # fmt: skip
+        """Whether the folder should train: no mistake in it and enough images for the three
+        splits (a mask suffix need not be typed: data=auto finds it). Objects numbered -1,
+        -2, ... are a mistake: only the ignore value may be negative, and the refusal names
+        each mask and the fix."""
+        return not self.faults and len(self.images) >= 3 and self.mask_kind != "negative_ids"
 
     def overrides(self) -> list[str]:
         """The data keys a user would type for this folder besides data.root."""
