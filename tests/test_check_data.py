@@ -190,3 +190,4 @@ def test_the_printed_train_command_plans_the_same_when_pasted(tmp_path: Path) ->
         want = reported["plan"][key]["value"] if key in reported["plan"] else reported["given"][key]
         assert planned[key] == want, key
     assert pasted["val_fraction"] == 0.5 and pasted["group_regex"] == "^(car[0-9])_"
+    assert reported["epochs"]["value"] == "at train time"  # check_data has no trainer

@@ -60,9 +60,12 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
             "time; expected_steps (the first plan), steps and epochs are filled in when the "
             "run ends",
         }
-    else:
+    elif trainer:
         record["epochs"] = {"value": trainer.get("max_epochs"),
                             "why": "trainer.max_epochs, as configured"}  # fmt: skip
+    else:  # check_data: no trainer yet
+        why = "the train command's trainer.max_epochs or trainer.budget"
+        record["epochs"] = {"value": "at train time", "why": why}
     return target_classes(cfg), record
 
 
