@@ -147,8 +147,7 @@ def _default_output() -> Path:
 def main(cfg: DictConfig) -> None:
     output = RunDir(HydraConfig.get().runtime.output_dir)
     fresh = not output.holds_run
-    log_file = hydra_log_file()
-    log_kept = log_file.stat().st_size if log_file is not None and log_file.is_file() else 0
+    log_file, log_kept = hydra_log_file()  # cut back to this size if refused
     try:
         report = check_data(cfg)
     except (ValueError, FileNotFoundError) as refused:  # a refused plan, missing files

@@ -400,8 +400,10 @@ def open_run(
     return cfg, run.last if resuming and run.last.is_file() else None, None
 
 
-def hydra_log_file() -> Path | None:
-    """The file Hydra logs this job to (`<job name>.log` in the run directory), or None."""
+def hydra_log_file() -> tuple[Path | None, int]:
+    """The file Hydra logs this job to (`<job name>.log` in the run directory), or None, and
+    its size now: what `RunDir.discard` cuts it back to if the command is refused."""
     handlers = OmegaConf.select(HydraConfig.get(), "job_logging.handlers") or {}
     filename = (handlers.get("file") or {}).get("filename")
-    return Path(filename) if filename else None
+    path = Path(filename) if filename else None
+    return path, path.stat().st_size if path is not None and path.is_file() else 0

@@ -188,8 +188,7 @@ def log_hparams_with_scores(trainer: pl.Trainer, cfg: DictConfig, metrics: dict)
 def main(cfg: DictConfig) -> float | None:
     run = RunDir(cfg.run_dir)
     fresh = not cfg.get("resume") and not run.holds_run
-    log_file = hydra_log_file()
-    log_kept = log_file.stat().st_size if log_file is not None and log_file.is_file() else 0
+    log_file, log_kept = hydra_log_file()  # cut back to this size if refused
     try:
         metrics = train(cfg, overrides=HydraConfig.get().overrides.task, started=process_start())
     except TrainingInterrupted as stop:
