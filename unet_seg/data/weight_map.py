@@ -56,7 +56,7 @@ def consecutive_labels(instances: np.ndarray) -> tuple[np.ndarray, int]:
     if low < 0:  # an ignore label (-1) left in, or an error: never an object
         raise ValueError(negative_ids_message("instance labels", np.unique(instances[instances < 0])
                                               .tolist()))  # fmt: skip
-    if low >= 0 and high <= 4 * instances.size + 65536:  # a lookup table: no sort of the pixels
+    if high <= 4 * instances.size + 65536:  # a lookup table: no sort of the pixels
         present = np.bincount(instances.ravel(), minlength=high + 1) > 0
         present[0] = False  # 0 stays background
         table = (np.cumsum(present) * present).astype(np.int32)
