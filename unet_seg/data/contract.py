@@ -31,7 +31,8 @@ TARGETS = ("semantic", "instances")
 
 CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
                  "mask_colors", "ignore_value", "intensity", "mean", "std", "crop_size",
-                 "target", "instances")  # fmt: skip
+                 "target", "instances", "volume", "dims", "slab", "slice_axis", "spacing",
+                 "patch")  # fmt: skip
 """The keys of a data config (`conf/data/*.yaml`) that the contract holds."""
 
 
@@ -76,6 +77,16 @@ class DataContract:
         crop_size: the training patch side (resize-mode inference uses it), or None.
         instances: for an instance target, `{"boundary_width", "min_size"}`
             (`unet_seg.instances`); None for a semantic one.
+        volume: the samples are volumes (`unet_seg.data.volumes`: arrays `[Z, Y, X(, C)]`
+            with a spacing), not 2-D images. The fields below are for volumes only.
+        dims: how the net sees a volume: 2 (slices along `slice_axis`), 2.5 (`slab`
+            neighbouring slices as input channels) or 3 (patches, a 3-D net).
+        slab: slices per 2.5-D input (odd; 1 for 2 and 3); `in_channels` is the volume's
+            channels times `slab`.
+        slice_axis: the array axis (0 z, 1 y, 2 x) that 2-D and 2.5-D slice along.
+        spacing: `(z, y, x)` in mm the net was trained at; volumes of another spacing are
+            resampled to it and predictions back to theirs. None for 2-D images.
+        patch: the 3-D training patch `(d, h, w)` (dims 3); 2-D and 2.5-D use `crop_size`.
     """
 
     class_names: list[str]
@@ -90,6 +101,12 @@ class DataContract:
     std: list[float] = field(default_factory=lambda: [0.25])
     crop_size: int | None = None
     instances: dict[str, int] | None = None
+    volume: bool = False
+    dims: float = 2
+    slab: int = 1
+    slice_axis: int = 0
+    spacing: list[float] | None = None
+    patch: list[int] | None = None
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> DataContract:
@@ -119,6 +136,7 @@ class DataContract:
             mean=_floats(data["mean"], [0.5]),
             std=_floats(data["std"], [0.25]),
             crop_size=int(data["crop_size"]) if data["crop_size"] else None,
+            **_volume_fields(data),
         )
         contract.__dict__["encoding"] = encoding  # already built: cache it
         return contract
@@ -154,6 +172,7 @@ class DataContract:
             crop_size=int(data["crop_size"]) if data["crop_size"] else None,
             instances=instance_settings(data["instances"]),
             ignore_value=ignore,
+            **_volume_fields(data),
         )
 
     @classmethod
@@ -200,6 +219,30 @@ class DataContract:
     def normalization(self) -> dict[str, Any]:
         """`{"mean", "std", "intensity"}`: how pixels become the net's input."""
         return {"mean": list(self.mean), "std": list(self.std), "intensity": dict(self.intensity)}
+
+
+DIMS = (2, 2.5, 3)
+"""`data.dims`: slices, slabs of neighbouring slices as channels, or 3-D patches."""
+
+
+def _volume_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The volume fields of a contract from a data config (defaults for 2-D images)."""
+    if not data["volume"]:
+        return {}
+    dims = float(data["dims"] if data["dims"] is not None else 2)
+    if dims not in DIMS:
+        raise ValueError(f"data.dims={data['dims']!r}: choose one of 2, 2.5 or 3")
+    slab = int(data["slab"] or 1) if dims == 2.5 else 1
+    if slab < 1 or slab % 2 == 0:
+        raise ValueError(f"data.slab={slab}: a slab is an odd number of slices (3, 5, ...)")
+    return {
+        "volume": True,
+        "dims": 2.5 if dims == 2.5 else int(dims),
+        "slab": slab,
+        "slice_axis": int(data["slice_axis"] or 0),
+        "spacing": _floats(data["spacing"], []) or None,
+        "patch": [int(v) for v in data["patch"]] if data["patch"] else None,
+    }
 
 
 def _plain(value: Any) -> Any:
