@@ -145,7 +145,7 @@ class SegModule(pl.LightningModule):
                      batch_size=len(images))  # fmt: skip
             self._epoch_loss = self._epoch_loss + loss.detach() * len(images)
             self._epoch_images += len(images)
-        if not train:
+        else:
             getattr(self, f"{stage}_scores").update(self.labels(logits), masks)
             getattr(self, f"{stage}_loss").update(loss.detach(), len(images))
             # flagged on the device, checked once at the epoch's end: no sync per step

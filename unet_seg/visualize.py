@@ -277,7 +277,8 @@ def match_objects(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     for k in np.argsort(-counts, kind="stable"):
         p, t = divmod(int(pairs[k]), top)
         if p not in number and t not in used:
-            number[p], used = t, used | {t}
+            number[p] = t
+            used.add(t)
     for p in np.unique(pred[pred > 0]):
         if int(p) not in number:
             number[int(p)] = top + len(number) - len(used)

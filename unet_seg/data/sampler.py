@@ -53,26 +53,9 @@ class SeededShuffleSampler(Sampler[tuple[int, int]]):
         return iter(zip(order[share].tolist(), seeds[share].tolist(), strict=True))
 
 
-class ShardSampler(Sampler[int]):
-    """Validation and test under DDP: process `rank` takes items rank, rank + world, ...
-
-    Nothing is repeated to even out the shares, so metrics summed over processes
-    count every image exactly once. The shares may differ by one, and a split with
-    fewer images than processes leaves some processes none: `UnsizedShardSampler`.
-    """
-
-    def __init__(self, num_samples: int, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(rank, num_samples, world_size))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
 class UnsizedShardSampler(Sampler[int]):
-    """`ShardSampler`'s shares, with no length: for a split smaller than the process count.
+    """Validation and test under DDP: process `rank` takes items rank, rank + world, ...,
+    with no length: for a split smaller than the process count (`ShardSampler` otherwise).
 
     Lightning skips the evaluation loop of a process whose loader has length 0, and that
     process then misses the epoch-end sums the others wait for. Without a length every
@@ -85,3 +68,15 @@ class UnsizedShardSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
+
+
+class ShardSampler(UnsizedShardSampler):
+    """`UnsizedShardSampler`'s shares, with their length.
+
+    Nothing is repeated to even out the shares, so metrics summed over processes
+    count every image exactly once. The shares may differ by one, and a split with
+    fewer images than processes leaves some processes none: `UnsizedShardSampler`.
+    """
+
+    def __len__(self) -> int:
+        return len(self.indices)
