@@ -19,7 +19,9 @@ def test_cases_pair_by_stem_and_by_nnunet_channels(tmp_path):
         _touch(tmp_path / "stem" / "masks" / name)
     cases = find_volume_cases(tmp_path / "stem")
     assert [(c.name, len(c.images), c.mask.name) for c in cases] == [
-        ("a", 1, "a.nii.gz"), ("b", 1, "b.nii")]
+        ("a", 1, "a.nii.gz"),
+        ("b", 1, "b.nii"),
+    ]
     for case in ("p1", "p2"):
         for ch in ("0001", "0000"):
             _touch(tmp_path / "nn" / "imagesTr" / f"{case}_{ch}.nii.gz")
@@ -51,3 +53,14 @@ def test_volume_stems_and_slabs():
     np.testing.assert_array_equal(out[:3], volume[0, 0:3])  # channel 0's three slices first
     np.testing.assert_array_equal(out[3:], volume[1, 0:3])
     np.testing.assert_array_equal(slab(volume, 2, 1), volume[:, 2])
+
+
+def test_numbered_volumes_with_masks_of_their_own_names_pair_by_stem(tmp_path):
+    for name in ("scan_0001", "scan_0002"):  # four digits, but the masks share the names
+        _touch(tmp_path / "images" / f"{name}.nii.gz")
+        _touch(tmp_path / "masks" / f"{name}.nii.gz")
+    cases = find_volume_cases(tmp_path)
+    assert [(c.name, len(c.images), c.mask.name) for c in cases] == [
+        ("scan_0001", 1, "scan_0001.nii.gz"),
+        ("scan_0002", 1, "scan_0002.nii.gz"),
+    ]

@@ -7,7 +7,8 @@ Two layouts pair them:
   (any volume extension, `unet_seg.data.volumes.VOLUME_EXTENSIONS`);
 - nnU-Net's: `images/<case>_0000.nii.gz`, `images/<case>_0001.nii.gz`, ... (one file per
   channel or modality, e.g. FLAIR and T1c) with `masks/<case>.nii.gz`. It is recognised when
-  every image stem ends in `_` and four digits and no mask is named that way.
+  every image stem ends in `_` and four digits and no mask is named like an image (volumes
+  named `scan_0001` with masks `scan_0001` pair by stem).
 
 `find_volume_cases` lists every problem of a folder at once, each with its file and fix.
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from unet_seg.data.volumes import VOLUME_EXTENSIONS
+from unet_seg.problems import problem_list
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 """nnU-Net's channel file: `<case>_0000`."""
@@ -97,18 +99,23 @@ def find_volume_cases(
             f"{image_folder} holds no volumes (looked for {', '.join(VOLUME_EXTENSIONS)}, in "
             "any case): put the volumes there, or point data.root at their folder"
         )
-    problems: list[str] = []
     stems = [volume_stem(p) for p in images]
-    problems += _shared(images, stems, image_folder)
-    channels: dict[str, dict[int, Path]] = {}
-    if nnunet_layout(stems):
+    problems = _shared(images, stems, image_folder)
+    mask_folder = None if masks_dir is None else root / masks_dir
+    masks: dict[str, Path] = {}  # case -> label volume
+    if mask_folder is not None and mask_folder.is_dir():
+        found = [(volume_stem(p), p) for p in list_volumes(mask_folder)]
+        found = [(s[: len(s) - len(mask_suffix)], p) for s, p in found if s.endswith(mask_suffix)]
+        problems += _shared([p for _, p in found], [s for s, _ in found], mask_folder)
+        masks = dict(found)
+    channels: dict[str, dict[int, Path]] = {}  # case -> channel number -> file
+    if nnunet_layout(stems) and not masks.keys() & set(stems):
         for stem, path in zip(stems, images, strict=True):
             match = CHANNEL_SUFFIX.match(stem)
             channels.setdefault(match["case"], {})[int(match["channel"])] = path
     else:
         channels = {stem: {0: path} for stem, path in zip(stems, images, strict=True)}
     cases = []
-    counts = {}
     for name, files in sorted(channels.items()):
         numbers = sorted(files)
         if numbers != list(range(len(numbers))):
@@ -117,40 +124,40 @@ def find_volume_cases(
                 f"numbers them {name}_0000, {name}_0001, ... without gaps; rename or add the "
                 "missing channel"
             )
-        counts[name] = len(numbers)
         cases.append(VolumeCase(name, tuple(files[n] for n in numbers)))
-    if len(set(counts.values())) > 1:
-        by_count: dict[int, list[str]] = {}
-        for name, n in counts.items():
-            by_count.setdefault(n, []).append(name)
+    by_count: dict[int, list[str]] = {}
+    for case in cases:
+        by_count.setdefault(len(case.images), []).append(case.name)
+    if len(by_count) > 1:
         listing = "; ".join(f"{n} channel(s): {names[:5]}" for n, names in sorted(by_count.items()))
         problems.append(
             f"cases in {image_folder} differ in their channel count ({listing}): every case needs "
             "the same channels (modalities) in the same order"
         )
-    if masks_dir is None:
-        if problems:
-            raise ValueError("\n".join(problems))
+    if mask_folder is None:
+        _raise(problems, ValueError, image_folder)
         return cases
-    mask_folder = root / masks_dir
     if not mask_folder.is_dir():
         problems.insert(0, f"{mask_folder} does not exist: put the label volumes there, named "
                            f"<case>{mask_suffix} with a volume extension")  # fmt: skip
-        raise FileNotFoundError("\n".join(problems))
-    masks = [p for p in list_volumes(mask_folder) if volume_stem(p).endswith(mask_suffix)]
-    mask_stems = [volume_stem(p)[: len(volume_stem(p)) - len(mask_suffix)] for p in masks]
-    problems += _shared(masks, mask_stems, mask_folder)
-    mask_of = dict(zip(mask_stems, masks, strict=True))
-    unmatched = [c.name for c in cases if c.name not in mask_of]
+        _raise(problems, FileNotFoundError, root)
+    unmatched = [c.name for c in cases if c.name not in masks]
     if unmatched:
         problems.insert(0, (
             f"{len(unmatched)} case(s) in {image_folder} have no label volume in {mask_folder} "
             f"(expected <case>{mask_suffix}.nii.gz or another volume extension), e.g. "
             f"{unmatched[:5]}: add the labels or remove the cases"
         ))  # fmt: skip
+    _raise(problems, FileNotFoundError if unmatched else ValueError, root)
+    return [VolumeCase(c.name, c.images, masks[c.name]) for c in cases]
+
+
+def _raise(problems: list[str], error: type[Exception], where: Path) -> None:
+    """Raise `error` with the one problem, or all of them listed (`problem_list`)."""
+    if len(problems) == 1:
+        raise error(problems[0])
     if problems:
-        raise (FileNotFoundError if unmatched else ValueError)("\n".join(problems))
-    return [VolumeCase(c.name, c.images, mask_of[c.name]) for c in cases]
+        raise error(problem_list(f"{len(problems)} problems in {where}", problems))
 
 
 def _shared(paths: list[Path], stems: list[str], folder: Path) -> list[str]:
@@ -165,18 +172,16 @@ def _shared(paths: list[Path], stems: list[str], folder: Path) -> list[str]:
     ]
 
 
-def slab_indices(length: int, index: int, slab: int) -> list[int]:
-    """The `slab` slice indices centred on `index` along an axis of `length` slices, the
+def slab_indices(length: int, index: int, slices: int) -> list[int]:
+    """The `slices` slice indices centred on `index` along an axis of `length` slices, the
     edge slice repeated beyond either end: `slab_indices(10, 0, 3) == [0, 0, 1]`."""
-    half = slab // 2
+    half = slices // 2
     return [min(max(index + offset, 0), length - 1) for offset in range(-half, half + 1)]
 
 
-def slab(
-    volume: np.ndarray | torch.Tensor, index: int, slab: int
-) -> np.ndarray | torch.Tensor:
+def slab(volume: np.ndarray | torch.Tensor, index: int, slices: int) -> np.ndarray | torch.Tensor:
     """The 2.5-D input at slice `index` of a volume `[C, S, H, W]` (S along the slice axis):
-    the `slab` neighbouring slices as channels, `[C * slab, H, W]`, channel-major (all slices
-    of channel 0, then channel 1, ...). `slab=1` is the slice itself, `[C, H, W]`."""
-    picked = volume[:, slab_indices(volume.shape[1], index, slab)]  # [C, slab, H, W]
-    return picked.reshape(volume.shape[0] * slab, *volume.shape[2:])
+    the `slices` neighbouring slices as channels, `[C * slices, H, W]`, channel-major (all
+    slices of channel 0, then channel 1, ...). `slices=1` is the slice itself, `[C, H, W]`."""
+    picked = volume[:, slab_indices(volume.shape[1], index, slices)]  # [C, slices, H, W]
+    return picked.reshape(volume.shape[0] * slices, *volume.shape[2:])
