@@ -55,3 +55,17 @@ def test_read_pair_refuses_a_mask_of_another_size(folder: Path) -> None:
     cv2.imwrite(str(folder / "masks/img01.png"), np.zeros((20, 20), np.uint8))
     with pytest.raises(ValueError, match="img01.png: mask is 20x20 but its image"):
         contract.read_pair(folder / "images/img01.png", folder / "masks/img01.png")
+
+
+def test_volume_fields_that_contradict_the_samples_are_refused():
+    base = dict(class_names=["a", "b"], in_channels=3, num_classes=2, mask_values=[0, 1])
+    volume = DataContract.from_config({**base, "volume": True, "dims": 2.5, "slab": 3})
+    assert (volume.dims, volume.slab) == (2.5, 3)
+    assert DataContract.from_dict(volume.to_dict()) == volume
+    with pytest.raises(ValueError, match=r"data.slab=3 stacks slices .* data.dims=3"):
+        DataContract.from_config({**base, "volume": True, "dims": 3, "slab": 3})
+    with pytest.raises(ValueError, match=r"odd number"):
+        DataContract.from_config({**base, "volume": True, "dims": 2.5, "slab": 4})
+    with pytest.raises(ValueError, match=r"data.dims=3: for volumes only"):
+        DataContract.from_config({**base, "dims": 3})
+    assert not DataContract.from_config({**base, "dims": 2}).volume  # the default, as typed

@@ -228,13 +228,26 @@ DIMS = (2, 2.5, 3)
 def _volume_fields(data: dict[str, Any]) -> dict[str, Any]:
     """The volume fields of a contract from a data config (defaults for 2-D images)."""
     if not data["volume"]:
+        given = [
+            f"data.{k}={data[k]!r}"
+            for k in ("dims", "slab", "spacing", "patch")
+            if data[k] not in (None, 2 if k == "dims" else None, 1 if k == "slab" else None)
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for volumes only, and these samples are "
+                             "2-D images; leave them out")  # fmt: skip
         return {}
     dims = float(data["dims"] if data["dims"] is not None else 2)
     if dims not in DIMS:
         raise ValueError(f"data.dims={data['dims']!r}: choose one of 2, 2.5 or 3")
-    slab = int(data["slab"] or 1) if dims == 2.5 else 1
+    slab = int(data["slab"] or 1)
     if slab < 1 or slab % 2 == 0:
         raise ValueError(f"data.slab={slab}: a slab is an odd number of slices (3, 5, ...)")
+    if slab > 1 and dims != 2.5:
+        raise ValueError(
+            f"data.slab={slab} stacks slices as channels for data.dims=2.5, but "
+            f"data.dims={data['dims']}: set data.dims=2.5 or leave data.slab out"
+        )
     return {
         "volume": True,
         "dims": 2.5 if dims == 2.5 else int(dims),
