@@ -85,7 +85,7 @@ def test_training_windows(folder: Path, dims: float, slab_size: int) -> None:
     c = contract(dims=dims, slab=slab_size, in_channels=slab_size,
                  patch=[4, 8, 8] if dims == 3 else None)  # fmt: skip
     cases = find_volume_cases(folder)
-    ds = VolumeDataset(cases, c, train=True, crop=c.patch or [8, 8], augment=False)
+    ds = VolumeDataset(cases, c, train=True, crop=c.patch or [8, 8], augment=None)
     loaded = ds.case(0)
     for seed in range(20):
         item = ds[(0, seed)]
@@ -112,10 +112,10 @@ def test_foreground_oversampling_finds_the_single_voxel(folder: Path) -> None:
     c = contract(dims=3, patch=[4, 8, 8])
     cases = find_volume_cases(folder)
     weighted = VolumeDataset(cases, c, train=True, crop=[4, 8, 8], foreground_crop=1.0,
-                             augment=False)  # fmt: skip
+                             augment=None)  # fmt: skip
     hits = sum(bool((weighted[(0, s)]["mask"] == 2).any()) for s in range(60))
     assert 15 <= hits <= 45
-    uniform = VolumeDataset(cases, c, train=True, crop=[4, 8, 8], augment=False)
+    uniform = VolumeDataset(cases, c, train=True, crop=[4, 8, 8], augment=None)
     assert sum(bool((uniform[(0, s)]["mask"] == 2).any()) for s in range(60)) < hits
 
 
@@ -166,3 +166,19 @@ def test_datamodule_splits_cases_and_checks_every_case(folder: Path, tmp_path: P
     assert val["image"].shape == (1, 1, 6, 10, 12)
     freq = dm.class_frequencies()
     assert freq[2] == pytest.approx(1 / 720) and freq[1] == pytest.approx(24 / 720)
+
+
+def test_augment_window_moves_image_and_labels_together() -> None:
+    """Every flip and turn applied to the image is applied to the labels: with the labels a
+    copy of the image's values, they stay equal whatever was drawn; no flip when p is 0."""
+    from unet_seg.data.volume_dataset import augment_window
+
+    y = np.arange(4 * 6 * 6, dtype=np.uint8).reshape(4, 6, 6)
+    x = y[None].astype(np.float32)
+    every = {"hflip": 1.0, "vflip": 1.0, "rotate90": 1.0}
+    for seed in range(8):
+        ax, ay = augment_window(x, y, np.random.default_rng(seed), 3, every)
+        np.testing.assert_array_equal(ax[0], ay.astype(np.float32))
+        assert not np.array_equal(ay, y)
+    same_x, same_y = augment_window(x, y, np.random.default_rng(0), 3, {})
+    np.testing.assert_array_equal(same_y, y)

@@ -112,7 +112,7 @@ class VolumeDataModule(SegDataModule):
             dataset = VolumeDataset(
                 [self.cases[n] for n in self.splits[name]], c, train=name == "train",
                 crop=window, foreground_crop=self.crop["foreground_crop"],
-                augment=bool(self.augment),
+                augment=self.augment,
             )  # fmt: skip
             for i, n in enumerate(self.splits[name]):  # already read by check()
                 if n in self._preloaded:

@@ -5,9 +5,8 @@ A loaded case is `image` float32 `[C, Z, Y, X]` (normalised, channels first) and
 uint8 `[Z, Y, X]` of class indices (`PAD_LABEL` where a voxel carries no label). Training
 items are what the 2-D path gives (`{"image": [C*k, H, W], "mask": [H, W]}`) or their
 3-D form (`{"image": [C, D, H, W], "mask": [D, H, W]}`), so the nets, losses and metrics
-see one convention. Augmentation of volumes is flips along every spatial axis (in-plane
-for slices), quarter turns in the plane where its sides are equal, and a random
-brightness and contrast, all drawn from the sample's own seed.
+see one convention. Augmentation of volumes (`augment_window`) is `data.augment`'s flips,
+quarter turns and brightness/contrast, drawn from the sample's own seed.
 
 Intensity (`contract.intensity["mode"]`), nnU-Net's rules:
 - `ct`: clip to `low..high` (the foreground's 0.5..99.5 percentiles, in Hounsfield
@@ -183,7 +182,7 @@ class VolumeDataset(Dataset):
         crop: the training window: `(d, h, w)` for 3-D, `(h, w)` for 2-D and 2.5-D.
         foreground_crop: share of windows centred on a foreground voxel, the class picked
             uniformly among those the case holds (nnU-Net's oversampling).
-        augment: flips, quarter turns and brightness/contrast (see the module docstring).
+        augment: `data.augment`: flips, quarter turns, brightness/contrast (`augment_window`).
     Each case is read and normalised once, when first used, and kept in memory.
     """
 
@@ -194,7 +193,7 @@ class VolumeDataset(Dataset):
         train: bool = False,
         crop: Sequence[int] | None = None,
         foreground_crop: float = 0.0,
-        augment: bool = True,
+        augment: dict | None = None,
     ) -> None:
         if train and not crop:
             raise ValueError("a training VolumeDataset needs its window size (crop)")
@@ -203,7 +202,7 @@ class VolumeDataset(Dataset):
         self.train = train
         self.crop = tuple(int(v) for v in crop) if crop else None
         self.foreground_crop = float(foreground_crop)
-        self.augment = augment
+        self.augment = dict(augment or {})
         self._loaded: dict[int, LoadedCase] = {}
         self._points: dict[int, dict[int, np.ndarray]] = {}
 
@@ -259,7 +258,8 @@ class VolumeDataset(Dataset):
         if self.contract.dims != 3:  # [C, k, h, w] -> [C*k, h, w], channel-major as slab()
             x, y = x.reshape(-1, *x.shape[-2:]), y[0]
         if self.augment:
-            x, y = augment_window(x, y, rng, spatial=3 if self.contract.dims == 3 else 2)
+            spatial = 3 if self.contract.dims == 3 else 2
+            x, y = augment_window(x, y, rng, spatial, self.augment)
         return {"image": torch.from_numpy(np.ascontiguousarray(x)),
                 "mask": labels_to_tensor(y), "name": self.cases[index].name}  # fmt: skip
 
@@ -285,17 +285,28 @@ class VolumeDataset(Dataset):
 
 
 def augment_window(
-    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spatial: int
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spatial: int, augment: dict
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips of every spatial axis, a quarter turn in the last two axes when they are
-    equal, and brightness (shift up to 0.1) and contrast (x 0.9..1.1) of the normalised
-    image. `x` `[C, *S]`, `y` `[*S]` with `spatial` = len(S)."""
-    for axis in range(spatial):
-        if rng.random() < 0.5:
-            x, y = np.flip(x, axis + 1), np.flip(y, axis)
-    if x.shape[-1] == x.shape[-2] and rng.random() < 0.5:
+    """`data.augment`'s flips, quarter turns and brightness/contrast for windows of volumes:
+    `hflip` mirrors x, `vflip` y, `zflip` (3-D; default: `hflip`'s) z; `rotate90` turns the
+    y-x plane when it is square; `brightness_contrast` shifts the normalised intensities by up
+    to `brightness` and scales them by 1 +- `contrast`. `x` `[C, *S]`, `y` `[*S]`,
+    `spatial` = len(S). Affine and elastic warps are for 2-D images only (not applied)."""
+    flips = [(-1, augment.get("hflip", 0)), (-2, augment.get("vflip", 0))]
+    if spatial == 3:
+        flips.append((-3, augment.get("zflip", augment.get("hflip", 0))))
+    for axis, p in flips:
+        if p and rng.random() < p:
+            x, y = np.flip(x, axis), np.flip(y, axis)
+    if (
+        augment.get("rotate90")
+        and x.shape[-1] == x.shape[-2]
+        and rng.random() < augment["rotate90"]
+    ):
         turns = int(rng.integers(1, 4))
         x, y = np.rot90(x, turns, axes=(-2, -1)), np.rot90(y, turns, axes=(-2, -1))
-    if rng.random() < 0.3:
-        x = x * np.float32(rng.uniform(0.9, 1.1)) + np.float32(rng.uniform(-0.1, 0.1))
+    bc = augment.get("brightness_contrast") or {}
+    if bc.get("p") and rng.random() < bc["p"]:
+        contrast = np.float32(1 + rng.uniform(-1, 1) * bc.get("contrast", 0.2))
+        x = x * contrast + np.float32(rng.uniform(-1, 1) * bc.get("brightness", 0.2))
     return x.astype(np.float32, copy=False), y
