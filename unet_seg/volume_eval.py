@@ -51,9 +51,13 @@ VOLUME_METRICS = ("dice", "iou", "hd95", "msd")
 
 
 def checkpoint_is_volume(ckpt: str | Path) -> bool:
-    """Whether a checkpoint's data contract is for volumes (read without building the net)."""
-    stored = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return bool(((stored.get("hyper_parameters") or {}).get("data") or {}).get("volume"))
+    """Whether a checkpoint's data contract is for volumes (read without building the net).
+    False for a file that is no checkpoint: loading it for 2-D images says what is wrong."""
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return bool(stored["hyper_parameters"]["data"].get("volume"))
+    except Exception:  # noqa: BLE001 - the 2-D path names a missing or broken file
+        return False
 
 
 def load_volume_module(ckpt: str | Path, device: str = "auto") -> SegModule:
