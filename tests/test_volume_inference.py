@@ -116,12 +116,13 @@ def test_a_3d_conv_net_on_overlapping_windows_stays_close_to_the_whole_pass() ->
     assert (stitched - whole).abs().max() > 1e-6  # the windows did see different borders
 
 
-def test_flip_tta_makes_the_window_invariant_to_flipping_the_input() -> None:
+@pytest.mark.parametrize("shape", [(7, 11, 9), (3, 11, 9)])  # z: longer, shorter than the patch
+def test_flip_tta_makes_the_window_invariant_to_flipping_the_input(shape: tuple[int, ...]) -> None:
     net = conv_net(2, 3, seed=2)
-    vol = volume((7, 11, 9))
+    vol = volume(shape)
     base = sliding_window(net, vol, (4, 6, 6), 3, overlap=0.5, batch_size=4, tta="flips")
     plain = sliding_window(net, vol, (4, 6, 6), 3, overlap=0.5, batch_size=4)
-    assert torch.allclose(base.sum(0), torch.ones(7, 11, 9), atol=1e-5)
+    assert torch.allclose(base.sum(0), torch.ones(shape), atol=1e-5)
     for dims in ([1], [2, 3], [1, 2, 3]):
         flipped = sliding_window(net, vol.flip(dims), (4, 6, 6), 3, overlap=0.5,
                                  batch_size=4, tta="flips")  # fmt: skip

@@ -10,7 +10,8 @@ input volume (`C x voxels x 4` bytes, float32) is the output `K x voxels x 4` by
 for the sliding window, the weight map `voxels x 4` bytes, plus a batch of patches and
 their probabilities on `device` (and the net's activations for that batch). For a
 300x512x512 CT, K = 2: 315 MB input, 629 MB output, 315 MB weights. `window_memory_bytes`
-spells this out for a plan.
+spells this out for a plan. Measured there (a 1x1 conv as the net, patch 64x128x128, one CPU
+thread): peak RSS 1.58 GiB, of which 0.23 GiB is torch itself; 11 s.
 """
 
 from __future__ import annotations
@@ -216,10 +217,10 @@ def sliding_window(
     )
     for batch in bar:
         regions = [_regions(start, patch, shape) for start, _ in batch]
-        x = volume.new_zeros(len(batch), volume.shape[0], *patch)  # [B, C, *patch]
+        x = volume.new_zeros(len(batch), volume.shape[0], *patch, dtype=torch.float32)
         for b, (inside, part) in enumerate(regions):
             x[(b, slice(None), *part)] = volume[(slice(None), *inside)]
-        x = x.to(device)
+        x = x.to(device)  # [B, C, *patch]
         p = torch.empty(len(batch), num_classes, *patch, device=device)  # [B, K, *patch]
         for flips in sorted({f for _, f in batch}):  # one call per flip set in the batch
             rows = [b for b, (_, f) in enumerate(batch) if f == flips]
