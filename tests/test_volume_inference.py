@@ -159,8 +159,10 @@ def test_a_wrong_prediction_shape_and_bad_arguments_are_refused() -> None:
     assert "volume has shape" not in str(err.value)
     with pytest.raises(ValueError, match=r"expected \[C, 3 spatial axes\]"):
         slicewise(pointwise(2, 2), vol[0], axis=0, slab=1, num_classes=2)
-    with pytest.raises(ValueError, match="slab=2 odd"):
-        slicewise(pointwise(2, 2), vol, axis=0, slab=2, num_classes=2)
+    with pytest.raises(ValueError, match="axis=3: .*slab=2: must be odd"):
+        slicewise(pointwise(2, 2), vol, axis=3, slab=2, num_classes=2)
+    with pytest.raises(ValueError, match=r"overlap=1: .*patch=\[4, 0, 6\]: .*tta='x'"):
+        sliding_window(pointwise(2, 2), vol, (4, 0, 6), 2, overlap=1, tta="x")
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -88,9 +88,10 @@ def window_memory_bytes(
     return sizes
 
 
-def _check(volume: Tensor, spatial: int, tta: str, batch_size: int, name: str) -> None:
-    """Refuse arguments that cannot work, every problem at once."""
-    problems = []
+def _check(
+    volume: Tensor, spatial: int, tta: str, batch_size: int, name: str, problems: list[str]
+) -> None:
+    """Refuse arguments that cannot work, every problem at once (`problems`: found so far)."""
     if volume.ndim != spatial + 1:
         problems.append(
             f"volume has shape {tuple(volume.shape)}: expected [C, {spatial} spatial axes]"
@@ -204,14 +205,16 @@ def sliding_window(
     """
     name = "sliding_window"
     patch = [int(p) for p in patch]
-    _check(volume, len(patch), tta, batch_size, name)
-    if not 0 <= overlap < 1 or min(patch) < 1:
-        raise ValueError(f"{name}: overlap={overlap} must be in [0, 1) and patch={patch} >= 1")
+    problems = [] if 0 <= overlap < 1 else [f"overlap={overlap}: must be in [0, 1)"]
+    if not patch or min(patch) < 1:
+        problems.append(f"patch={patch}: give one side >= 1 per spatial axis")
+    _check(volume, len(patch), tta, batch_size, name, problems)
     shape = tuple(volume.shape[1:])
     weights = gaussian_weights_nd(patch)  # [*patch], CPU
     acc = torch.zeros(num_classes, *shape)  # [K, *S], CPU
     wsum = torch.zeros(shape)  # [*S], CPU
     passes = _windows(shape, patch, overlap, tta)
+    log.debug("%s: %d passes of %s over %s (tta=%s)", name, len(passes), patch, shape, tta)
     bar = tqdm(
         list(_batches(passes, batch_size)), desc="windows", unit="batch", disable=not progress
     )
@@ -269,11 +272,10 @@ def slicewise(
         probabilities `[K, Z, Y, X]` float32 on the CPU.
     """
     name = "slicewise"
-    _check(volume, 3, tta, batch_size, name)
-    if axis not in (0, 1, 2) or slab < 1 or slab % 2 == 0:
-        raise ValueError(
-            f"{name}: axis={axis} must be 0 (z), 1 (y) or 2 (x) and slab={slab} odd and >= 1"
-        )
+    problems = [] if axis in (0, 1, 2) else [f"axis={axis}: must be 0 (z), 1 (y) or 2 (x)"]
+    if slab < 1 or slab % 2 == 0:
+        problems.append(f"slab={slab}: must be odd and >= 1 (1 for a 2-D net)")
+    _check(volume, 3, tta, batch_size, name, problems)
     stack = volume.movedim(axis + 1, 1)  # [C, S, H, W], S along `axis`
     out = torch.empty(num_classes, *volume.shape[1:])  # [K, Z, Y, X], CPU
     view = out.movedim(axis + 1, 1)  # [K, S, H, W], writes land in `out`
