@@ -133,8 +133,9 @@ class SegModule(pl.LightningModule):
         return decode_instances(probs, min_size, settings["seed_threshold"])
 
     def volume_probabilities(
-        self, volume: Tensor, tta: str = "none", overlap: float = 0.5, progress: bool = False
-    ) -> Tensor:
+        self, volume: Tensor, tta: str = "none", overlap: float = 0.5, batch_size: int = 2,
+        progress: bool = False,
+    ) -> Tensor:  # fmt: skip
         """One normalised volume `[C, Z, Y, X]` -> class probabilities `[K, Z, Y, X]` float32
         on the CPU: a Gaussian-weighted sliding window of `contract.patch` for a 3-D net,
         every slice (or slab) along `contract.slice_axis` for a 2-D one."""
@@ -148,9 +149,10 @@ class SegModule(pl.LightningModule):
         k = max(c.num_classes, 2)
         if c.dims == 3:
             return sliding_window(predict, volume, c.patch, k, overlap=overlap,
-                                  device=self.device, tta=tta, progress=progress)  # fmt: skip
-        return slicewise(predict, volume, c.slice_axis, c.slab, k, device=self.device,
-                         tta=tta, progress=progress)  # fmt: skip
+                                  batch_size=batch_size, device=self.device, tta=tta,
+                                  progress=progress)  # fmt: skip
+        return slicewise(predict, volume, c.slice_axis, c.slab, k, batch_size=4 * batch_size,
+                         device=self.device, tta=tta, progress=progress)  # fmt: skip
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities by

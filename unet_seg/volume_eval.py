@@ -93,12 +93,22 @@ def _extension(path: Path) -> str:
     return path.name[len(volume_stem(path)) :]
 
 
+def inference_options(cfg: DictConfig) -> dict:
+    """`volume_probabilities` keyword arguments from a predict/evaluate config."""
+    tta = str(cfg.get("tta") or "none")
+    if tta not in ("none", "flips"):
+        raise ValueError(
+            f"tta={tta}: volumes take tta=none or tta=flips (every mirror image of the "
+            "window's axes, averaged); quarter turns (d4) are for 2-D images"
+        )
+    return {"tta": tta, "overlap": float(cfg.get("overlap") or 0.5),
+            "batch_size": int(cfg.get("batch_size") or 2)}  # fmt: skip
+
+
 def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np.ndarray:
     volume = torch.from_numpy(loaded.image)
     with torch.no_grad():
-        probs = module.volume_probabilities(
-            volume, tta=str(cfg.get("tta") or "none"), overlap=float(cfg.get("overlap", 0.5))
-        )
+        probs = module.volume_probabilities(volume, **inference_options(cfg))
     return probs.numpy()  # [K, Z, Y, X]
 
 
