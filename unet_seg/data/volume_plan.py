@@ -106,7 +106,8 @@ def describe_case(case: VolumeCase, seed: int = 0, keep_samples: bool = False) -
         keep_samples: also return the sampled foreground voxels (`fg_samples`, `[N, C]`).
     Returns:
         `{"name", "images", "mask", "shape" (z, y, x), "spacing" (z, y, x), "channels",
-        "dtype", "integer_valued", "labels" {value: voxels}, "min", "max", "mean", "std",
+        "dtype", "integer_valued", "labels" {value: voxels}, "min", "max", "mean", "std" (of up
+        to ~2M evenly strided voxels), "nan_voxels",
         "fg_voxels", "fg_min", "fg_max", "fg_mean", "fg_std", "fg_p0_5", "fg_p99_5",
         "problems"}` (per-channel lists), or `{"name", "error"}` naming the file that cannot
         be read.
@@ -141,15 +142,17 @@ def _describe(case: VolumeCase, seed: int, keep_samples: bool) -> dict[str, Any]
     channels = image.shape[3]
     values = image.reshape(-1, channels)  # [Z*Y*X, C]
     dtypes = sorted({str(a.dtype) for a in arrays})
-    check = values[:: max(1, len(values) // 200_000)]
+    sample = values[:: max(1, len(values) // 1_000_000)].astype(np.float64)  # <= ~2M voxels
+    floating = image.dtype.kind == "f"  # NaN voxels are left out of the statistics
     entry.update(
         channels=int(channels),
         dtype="/".join(dtypes),
-        integer_valued=bool(image.dtype.kind in "iub" or np.all(np.mod(check, 1) == 0)),
-        min=_floats(values.min(0)),
-        max=_floats(values.max(0)),
-        mean=_floats(values.mean(0, dtype=np.float64)),
-        std=_floats(values.std(0, dtype=np.float64)),
+        integer_valued=bool(not floating or np.all(np.mod(sample[:200_000], 1) == 0)),
+        min=_floats(np.nanmin(values, 0) if floating else values.min(0)),
+        max=_floats(np.nanmax(values, 0) if floating else values.max(0)),
+        mean=_floats(np.nanmean(sample, 0)),
+        std=_floats(np.nanstd(sample, 0)),
+        nan_voxels=int(np.isnan(values).any(1).sum()) if floating else 0,
     )
     foreground = None
     if case.mask is not None:
@@ -168,13 +171,27 @@ def _describe(case: VolumeCase, seed: int, keep_samples: bool) -> dict[str, Any]
         entry["problems"] += problems
         entry["mask_dtype"] = str(mask.dtype)
         if not problems:
-            labels, counts = np.unique(mask, return_counts=True)
+            labels, counts = _label_counts(mask)
             entry["n_labels"] = int(len(labels))
             if len(labels) <= 256:
                 entry["labels"] = {str(int(v)): int(c) for v, c in zip(labels, counts, strict=True)}
             foreground = mask.reshape(-1) > 0  # [Z*Y*X]
     _foreground_stats(entry, values, foreground, seed, keep_samples)
     return entry
+
+
+def _label_counts(mask: np.ndarray, chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a label volume and their voxel counts; small unsigned labels
+    are counted in chunks (np.unique sorts a copy, bincount of all makes int64 of all)."""
+    flat = mask.reshape(-1)  # [Z*Y*X]
+    if mask.dtype.kind not in "ub" or not flat.size or int(flat.max()) >= 65536:
+        return np.unique(flat, return_counts=True)
+    counts = np.zeros(int(flat.max()) + 1, np.int64)
+    for start in range(0, flat.size, chunk):
+        part = np.bincount(flat[start : start + chunk])
+        counts[: len(part)] += part
+    labels = np.flatnonzero(counts)
+    return labels, counts[labels]
 
 
 def _foreground_stats(
@@ -187,6 +204,7 @@ def _foreground_stats(
         rng = np.random.default_rng([seed, zlib.crc32(entry["name"].encode())])
         index = np.sort(rng.choice(index, FG_SAMPLES, replace=False))
     samples = values[index].astype(np.float64)  # [N, C]
+    samples = samples[np.isfinite(samples).all(1)]
     if len(samples):
         low, high = np.percentile(samples, [0.5, 99.5], axis=0)
         entry.update(fg_min=_floats(samples.min(0)), fg_max=_floats(samples.max(0)),
@@ -426,8 +444,8 @@ def choose_patch(
     padded = [a for a, (p, n) in enumerate(zip(patch, shape, strict=True)) if p > n]
     return patch, batch, (
         f"spacing (z, y, x) {_mm(spacing)} mm, median shape {_vox(shape)}: patch {_vox(patch)} "
-        f"({_mm(extent)} mm, about equal extent per axis, sides multiples of 16 (8 below), "
-        f"within the median shape), at most {budget:.0f} voxels on {device}"
+        f"({_mm(extent)} mm: about equal extent per axis where the median shape allows, sides "
+        f"multiples of 16, 8 below 16), at most {budget:.0f} voxels on {device}"
         + (f" (input channels {in_channels})" if in_channels > 4 else "")
         + f"; batch {batch}"
         + (" (the median volume limits the patch on every axis: more patches a step, at most "
@@ -521,6 +539,7 @@ def plan_volumes(
                                      int(data["in_channels"]), axis, train_cases)  # fmt: skip
     if dims == 3:
         fill("patch", patch, why)
+        _check_patch(data["patch"])
         fill("crop_size", None, "3-D training takes data.patch")
         size = [int(v) for v in data["patch"]]
         smaller = [e["name"] for e in cases if any(
@@ -536,6 +555,17 @@ def plan_volumes(
     fill("batch_size", batch, why)
     fill("eval_batch_size", 1, "one volume at a time (sliding window within it)")
     _plan_repeats(fp, data, fill, train_cases)
+
+
+def _check_patch(patch: Any) -> None:
+    """Refuse a given `data.patch` that is not three positive voxel counts."""
+    try:
+        ok = len(patch) == 3 and all(int(v) > 0 and int(v) == float(v) for v in patch)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise PlanError(f"data.patch={patch!r}: a 3-D patch is [d, h, w] in voxels (z, y, x), "
+                        "e.g. data.patch=[32,64,64]; or leave it to the plan (auto)")  # fmt: skip
 
 
 def plan_volume_config(
