@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from unet_seg.data.synthetic3d import (
     META_FILE,
@@ -13,6 +15,7 @@ from unet_seg.data.synthetic3d import (
     ensure_synthetic3d,
     render_volume,
 )
+from unet_seg.data.volume_plan import choose_intensity, fingerprint_volumes
 from unet_seg.data.volumes import read_volume
 
 SHAPE, SPACING = (12, 24, 24), (2.0, 0.8, 0.8)
@@ -71,3 +74,15 @@ def test_bad_parameters_and_foreign_folders_are_refused(tmp_path) -> None:
     with pytest.raises(FileExistsError, match="not a synthetic 3-D dataset"):
         ensure_synthetic3d(mine, num_volumes=1, shape=SHAPE, spacing=SPACING)
     assert (mine / "scan.nii.gz").is_file()
+
+
+def test_the_config_holds_what_the_plan_finds_on_the_default_volumes(tmp_path) -> None:
+    data = OmegaConf.load(Path(__file__).parents[1] / "conf" / "data" / "synthetic3d.yaml")
+    params = OmegaConf.to_container(data.synthetic3d)
+    root = ensure_synthetic3d(tmp_path / "s3d", **params)  # as the data module calls it
+    assert params == {"num_volumes": 10, "shape": [24, 48, 48], "spacing": [2.0, 0.8, 0.8],
+                      "seed": 0}  # fmt: skip
+    intensity, mean, std, _ = choose_intensity(fingerprint_volumes(root))
+    assert OmegaConf.to_container(data.intensity) == intensity
+    assert list(data.mean) == mean and list(data.std) == std
+    assert list(data.spacing) == params["spacing"] and data.dims == 3 and data.volume

@@ -191,8 +191,11 @@ def test_given_dims_win_and_the_patch_follows(tmp_path) -> None:
     assert "anisotropy 4.0" in why["dims"]
     forced, _ = plan_volume_config(fp, _auto(dims=3))
     assert forced["patch"] == [16, 32, 32] and forced["crop_size"] is None
-    with pytest.raises(PlanError, match=r"data.patch=\[16, 32\]: a 3-D patch is \[d, h, w\]"):
-        plan_volume_config(fp, _auto(dims=3, patch=[16, 32]))
+    with pytest.raises(PlanError) as err:  # every given key that cannot be is named at once
+        plan_volume_config(fp, _auto(dims=4, slab=2, spacing=[1, 1], patch=[16, 32]))
+    text = str(err.value)
+    assert "4 problem(s)" in text and "data.dims=4" in text and "data.slab=2" in text
+    assert "data.spacing=[1, 1]" in text and "data.patch=[16, 32]: a 3-D patch is [d, h, w]" in text
     summary = volume_summary(fp, {k: {"value": planned[k], "why": why[k]} for k in why})
     assert "2 volume cases" in summary and "median 4 x 1 x 1 mm" in summary
     assert "anisotropy  4.00" in summary and "not CT" in summary

@@ -502,10 +502,9 @@ def plan_volumes(
     Raises:
         PlanError: listing every unreadable file and every mismatch at once.
     """
-    if fp["problems"]:
-        raise PlanError(
-            problem_list(f"{len(fp['problems'])} problem(s) in the data", fp["problems"])
-        )
+    problems = fp["problems"] + _given_problems(data)
+    if problems:
+        raise PlanError(problem_list(f"{len(problems)} problem(s) in the data", problems))
     cases = [e for e in fp["cases"] if "error" not in e]
     fill("mask_suffix", fp.get("mask_suffix", ""), "the suffix the cases were paired with")
     _plan_labels(fp, data, fill)
@@ -539,7 +538,6 @@ def plan_volumes(
                                      int(data["in_channels"]), axis, train_cases)  # fmt: skip
     if dims == 3:
         fill("patch", patch, why)
-        _check_patch(data["patch"])
         fill("crop_size", None, "3-D training takes data.patch")
         size = [int(v) for v in data["patch"]]
         smaller = [e["name"] for e in cases if any(
@@ -557,15 +555,37 @@ def plan_volumes(
     _plan_repeats(fp, data, fill, train_cases)
 
 
-def _check_patch(patch: Any) -> None:
-    """Refuse a given `data.patch` that is not three positive voxel counts."""
-    try:
-        ok = len(patch) == 3 and all(int(v) > 0 and int(v) == float(v) for v in patch)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise PlanError(f"data.patch={patch!r}: a 3-D patch is [d, h, w] in voxels (z, y, x), "
+def _given_problems(data: dict[str, Any]) -> list[str]:
+    """What is wrong with the volume keys given (not `auto`), each with its fix."""
+    problems = []
+
+    def given(key: str) -> bool:
+        return key in data and data[key] != AUTO and data[key] is not None
+
+    def numbers(value: Any, kind: type) -> list | None:
+        try:
+            values = [kind(v) for v in value]
+        except (TypeError, ValueError):
+            return None
+        return values if len(values) == 3 and all(v > 0 for v in values) else None
+
+    if given("dims") and data["dims"] not in (2, 2.5, 3):
+        problems.append(f"data.dims={data['dims']!r}: choose 2 (slices), 2.5 (slabs of slices "
+                        "as channels) or 3 (3-D patches), or leave it to the plan")  # fmt: skip
+    if given("slab") and (not isinstance(data["slab"], int) or data["slab"] < 1
+                          or data["slab"] % 2 == 0):  # fmt: skip
+        problems.append(f"data.slab={data['slab']!r}: a slab is an odd number of slices (3, 5)")
+    if given("slice_axis") and data["slice_axis"] not in (0, 1, 2):
+        problems.append(f"data.slice_axis={data['slice_axis']!r}: the axis 2-D slices along is "
+                        "0 (z), 1 (y) or 2 (x)")  # fmt: skip
+    if given("spacing") and numbers(data["spacing"], float) is None:
+        problems.append(f"data.spacing={data['spacing']!r}: the spacing to train at is "
+                        "[z, y, x] in mm, e.g. data.spacing=[2.5,0.8,0.8]")  # fmt: skip
+    patch = data.get("patch")
+    if given("patch") and (numbers(patch, int) is None or any(int(v) != v for v in patch)):
+        problems.append(f"data.patch={patch!r}: a 3-D patch is [d, h, w] in voxels (z, y, x), "
                         "e.g. data.patch=[32,64,64]; or leave it to the plan (auto)")  # fmt: skip
+    return problems
 
 
 def plan_volume_config(
