@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from unet_seg.data import volume_plan
 from unet_seg.data.plan import AUTO, PlanError
@@ -212,3 +213,18 @@ def test_foreground_samples_are_capped_and_seeded(tmp_path, monkeypatch) -> None
     assert np.array_equal(one["fg_samples"], describe_case(case, 0, True)["fg_samples"])
     assert not np.array_equal(one["fg_samples"], describe_case(case, 1, True)["fg_samples"])
     assert one["labels"] == {"0": 8 * 16 * 16 - 256, "1": 256} and one["channels"] == 1
+
+
+def test_a_spacing_the_files_do_not_give_is_named_with_its_override(tmp_path) -> None:
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for name in ("a", "b"):  # TIFF stacks without spacing tags: 1 mm assumed
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", np.ones((8, 16, 16), np.uint8))
+        tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", _labels((8, 16, 16)))
+    fp = fingerprint_volumes(tmp_path)
+    assert fp["cases"][0]["spacing_assumed"] == [True, True, True]
+    planned, why = plan_volume_config(fp, _auto())
+    assert planned["spacing"] == [1.0, 1.0, 1.0]
+    assert "2 case(s) give no spacing" in why["spacing"]
+    assert "set data.spacing=[z,y,x]" in why["spacing"]
+    assert "1 mm assumed" in volume_summary(fp)

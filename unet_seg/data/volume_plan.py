@@ -132,6 +132,7 @@ def _describe(case: VolumeCase, seed: int, keep_samples: bool) -> dict[str, Any]
         "mask": case.mask.name if case.mask is not None else None,
         "shape": list(metas[0].shape),
         "spacing": [float(s) for s in metas[0].spacing],
+        "spacing_assumed": [bool(a) for a in metas[0].spacing_assumed],
         "problems": [],
     }
     for path, meta in zip(case.images[1:], metas[1:], strict=True):
@@ -518,7 +519,8 @@ def plan_volumes(
     fill("spacing", [round(s, 6) for s in fp["spacing_median"]],
          f"the median spacing (z, y, x) of {len(cases)} cases, in mm; " + (
              "every case has it" if low == high else
-             f"volumes of another spacing ({low}..{high}) are resampled to it"))  # fmt: skip
+             f"volumes of another spacing ({low}..{high}) are resampled to it")
+         + _assumed(cases))  # fmt: skip
     spacing = [float(s) for s in data["spacing"]]
     shape = _shape_at(cases, spacing)
     dims, axis, why = choose_dims(spacing, shape)
@@ -685,6 +687,15 @@ def _plan_repeats(
          + (f" (classes {rare} are under 1% of voxels)" if rare else ""))  # fmt: skip
 
 
+def _assumed(cases: list[dict]) -> str:
+    """A note naming the cases whose files give no spacing along some axis (1 mm assumed)."""
+    assumed = [e["name"] for e in cases if any(e.get("spacing_assumed") or ())]
+    if not assumed:
+        return ""
+    return (f"; {len(assumed)} case(s) give no spacing along some axis, 1 mm assumed (e.g. "
+            f"{assumed[:3]}): if wrong, set data.spacing=[z,y,x] in mm")  # fmt: skip
+
+
 def _train_count(names: list[str], data: dict) -> int:
     """Training cases of the split the data module will cut (all when it cannot be cut)."""
     seed = data.get("split_seed")
@@ -730,7 +741,8 @@ def volume_summary(fp: dict[str, Any], planned: dict[str, Any] | None = None) ->
                      f"{_vox(shapes.min(0))} .. {_vox(shapes.max(0))}")  # fmt: skip
         lines.append(f"  spacing     median {_mm(fp['spacing_median'])} mm, min "
                      f"{_mm(fp['spacing_min'])}, max {_mm(fp['spacing_max'])}")  # fmt: skip
-        lines.append(f"  anisotropy  {fp['anisotropy']:.2f} (max / min of the median spacing)")
+        lines.append(f"  anisotropy  {fp['anisotropy']:.2f} (max / min of the median spacing)"
+                     + _assumed(valid))  # fmt: skip
         ct, seen = _hu_evidence(fp)
         lines.append(f"  intensity   {'CT-like' if ct else 'not CT'}: {seen}")
         fg = fp.get("foreground")
