@@ -104,6 +104,7 @@ def test_mri_like_volumes_are_z_scored_with_the_evidence(tmp_path) -> None:
     intensity, mean, std, why = choose_intensity(fp)
     assert intensity == {"mode": "zscore"} and mean == [0.0] and std == [1.0]
     assert "not CT" in why and "0 of 2 cases" in why and "float32" in why
+    assert "data.intensity={mode:ct,low:L,high:H}" in why
     # signed integers that never reach air are not CT either
     other = tmp_path / "int"
     for name in ("a", "b"):
@@ -115,6 +116,7 @@ def test_mri_like_volumes_are_z_scored_with_the_evidence(tmp_path) -> None:
 def test_dims_follow_anisotropy_and_thickness() -> None:
     dims, axis, why = choose_dims([5.0, 0.7, 0.7], [40, 200, 200])
     assert (dims, axis) == (2, 0) and "anisotropy 7.1 >= 3" in why and "axis 0 (z)" in why
+    assert "data.dims=3" in why  # what to type when the choice is wrong
     assert choose_dims([0.7, 0.7, 4.0], [200, 200, 40])[:2] == (2, 2)
     dims, axis, why = choose_dims([1.0, 1.0, 1.2], [64, 64, 64])
     assert (dims, axis) == (3, 2) and "anisotropy 1.2 < 3" in why

@@ -364,12 +364,14 @@ def choose_intensity(
         return intensity, mean, std, (
             f"CT: {seen}: clipped to the foreground's 0.5..99.5 percentiles {_list(low)}.."
             f"{_list(high)} ({fg['samples']} voxels sampled from {fg['cases']} cases), then "
-            f"their mean {_list(mean)} and std {_list(std)} (nnU-Net's CT normalisation)"
+            f"their mean {_list(mean)} and std {_list(std)} (nnU-Net's CT normalisation); not "
+            "CT? data.intensity={mode:zscore}"
         )  # fmt: skip
     why = seen if not ct else f"{seen}, but no foreground voxels to take CT bounds from"
     return {"mode": "zscore"}, [0.0] * channels, [1.0] * channels, (
         f"not CT ({why}): each volume and channel z-scored, (x - mean) / std of the volume "
-        "(nnU-Net's rule for MRI and microscopy)"
+        "(nnU-Net's rule for MRI and microscopy); CT in Hounsfield units? "
+        "data.intensity={mode:ct,low:L,high:H}"
     )  # fmt: skip
 
 
@@ -388,13 +390,15 @@ def choose_dims(spacing_median: list[float], shape_median: list[float]) -> tuple
     where = f"spacing (z, y, x) {_mm(spacing)} mm, median shape {_vox(shape)}"
     if ratio >= ANISOTROPY:
         return 2, coarse, (f"{where}: anisotropy {ratio:.1f} >= {ANISOTROPY:g}, so 2-D slices "
-                           f"along the coarsest axis {coarse} ({'zyx'[coarse]})")  # fmt: skip
+                           f"along the coarsest axis {coarse} ({'zyx'[coarse]}); 3-D or slabs "
+                           "instead: data.dims=3 or data.dims=2.5")  # fmt: skip
     if shape.min() < THIN:
         return 2, thin, (f"{where}: only {shape.min():g} voxels along axis {thin} "
                          f"({'zyx'[thin]}), too thin for a 3-D patch (< {THIN}): 2-D slices "
-                         "along it")  # fmt: skip
+                         "along it; data.dims=3 pads it")  # fmt: skip
     return 3, coarse, (f"{where}: anisotropy {ratio:.1f} < {ANISOTROPY:g} and at least {THIN} "
-                       "voxels along every axis: 3-D patches")  # fmt: skip
+                       "voxels along every axis: 3-D patches; slices instead: data.dims=2 "
+                       "(or 2.5)")  # fmt: skip
 
 
 def choose_patch(
