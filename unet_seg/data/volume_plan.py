@@ -7,8 +7,9 @@ as nnU-Net does), and whether image and mask share one geometry. `plan_volumes`
 turns it into the data keys still `auto`, through pure decisions that each return
 their value and a reason with the numbers seen:
 
-- `choose_intensity`: CT when the values look like Hounsfield units (signed integers
-  reaching `HU_MIN` or below, air, in most cases): clip to the pooled foreground's
+- `choose_intensity`: CT when the values look like Hounsfield units (signed integers,
+  or whole numbers read as floats from a scaled NIfTI, reaching `HU_MIN` or below, air,
+  in most cases): clip to the pooled foreground's
   0.5..99.5 percentiles, then the clipped foreground's mean and std (nnU-Net's
   CTNormalization); otherwise a z-score per volume and channel (MRI, microscopy).
 - `choose_dims`: 2-D slices along the coarsest axis when the spacing is anisotropic
@@ -74,8 +75,9 @@ THIN = 16
 """A volume with fewer voxels than this along an axis is too thin for a 3-D patch."""
 
 CPU_VOXELS = 48**3
-"""Voxels of a 3-D patch on a CPU (batch 2): a 3-D U-Net of base 16 trains a step of two
-48^3 patches in about a second on two cores (a 3-level net, 2 x 32x48x48: 0.6 s on one)."""
+"""Voxels of a 3-D patch on a CPU (batch 2): a 3-D U-Net of base 16 should train a step of
+two 48^3 patches in about a second on two cores (estimated from a measured step of a 3-level
+3-D U-Net, base 16, on 2 x 32x48x48 patches: 0.6 s on one core)."""
 
 GPU_VOXELS = 128**3
 """Voxels of a 3-D patch on a 24 GB GPU (nnU-Net's 128^3, batch 2), scaled by the memory
@@ -259,6 +261,7 @@ def fingerprint_volumes(
         folder's layout at once.
     """
     cases = find_volume_cases(root, images_dir, masks_dir, mask_suffix)
+    log.info("fingerprint of %d volume cases in %s", len(cases), root)
     entries, pooled = [], []
     for case in cases:
         entry = describe_case(case, seed, keep_samples=True)
