@@ -21,7 +21,7 @@ from unet_seg.data.volume_plan import (
     choose_patch,
     describe_case,
     fingerprint_volumes,
-    plan_volume_config,
+    plan_volume_data,
     volume_summary,
 )
 from unet_seg.data.volumes import VolumeMeta, read_volume, write_volume
@@ -78,7 +78,7 @@ def test_ct_volumes_are_clipped_to_the_foreground_percentiles(ct_root) -> None:
     assert mean == [round(clipped.mean(), 4)] and std == [round(clipped.std(), 4)]
     assert "3 of 3 cases hold signed integers" in why and f"{len(pooled)} voxels" in why
     assert f"{low:.4g}..{high:.4g}" in why
-    planned, reasons = plan_volume_config(fp, _auto())
+    planned, reasons = plan_volume_data(fp, _auto())
     assert planned["intensity"] == intensity and planned["mean"] == mean
     assert planned["mask_values"] == [0, 1, 2]
     assert planned["class_names"] == ["background", "class_1", "class_2"]
@@ -89,7 +89,7 @@ def test_ct_volumes_are_clipped_to_the_foreground_percentiles(ct_root) -> None:
     steps = math.ceil(3 * planned["train_repeats"] / planned["batch_size"])
     assert steps >= 40 and "[2] are under 1%" in reasons["train_repeats"]
     # CT bounds given: the mean and std follow them
-    given, _ = plan_volume_config(fp, _auto(intensity={"mode": "ct", "low": 0, "high": 100}))
+    given, _ = plan_volume_data(fp, _auto(intensity={"mode": "ct", "low": 0, "high": 100}))
     inside = np.clip(pooled, 0, 100)
     assert given["mean"][0] == pytest.approx(inside.mean(), abs=2.0)
     assert given["std"][0] == pytest.approx(inside.std(), abs=2.0)
@@ -161,7 +161,7 @@ def test_a_mask_of_another_geometry_is_a_listed_problem_naming_the_file(tmp_path
     assert str(tmp_path / "masks" / "moved.nii.gz") in problems and "affines differ" in problems
     assert str(tmp_path / "images" / "broken.nii.gz") in problems
     with pytest.raises(PlanError) as err:
-        plan_volume_config(fp, _auto())
+        plan_volume_data(fp, _auto())
     assert "4 problem(s)" in str(err.value) and "short.nii.gz" in str(err.value)
 
 
@@ -171,17 +171,17 @@ def test_given_dims_win_and_the_patch_follows(tmp_path) -> None:
         _case(tmp_path, name, rng.normal(100, 20, (16, 32, 32)).astype(np.float32),
               _labels((16, 32, 32)))  # fmt: skip
     fp = fingerprint_volumes(tmp_path)
-    planned, why = plan_volume_config(fp, _auto())
+    planned, why = plan_volume_data(fp, _auto())
     assert planned["dims"] == 3 and planned["patch"] == [16, 32, 32]
     assert planned["crop_size"] is None and planned["slab"] == 1 and planned["in_channels"] == 1
     assert planned["class_names"] == ["background", "foreground"]
     assert "3-D patches" in why["dims"]
-    flat, why = plan_volume_config(fp, _auto(dims=2))
+    flat, why = plan_volume_data(fp, _auto(dims=2))
     assert flat["dims"] == 2 and "dims" not in why and flat["patch"] is None
     assert flat["crop_size"] == 32 and flat["batch_size"] == 32 and flat["slab"] == 1
-    slabs, _ = plan_volume_config(fp, _auto(dims=2.5))
+    slabs, _ = plan_volume_data(fp, _auto(dims=2.5))
     assert slabs["slab"] == 3 and slabs["in_channels"] == 3 and slabs["crop_size"] == 32
-    wide, _ = plan_volume_config(fp, _auto(dims=2.5, slab=5))
+    wide, _ = plan_volume_data(fp, _auto(dims=2.5, slab=5))
     assert wide["in_channels"] == 5
     # anisotropic volumes: 2-D planned, 3-D given gets a 3-D patch
     coarse = tmp_path / "coarse"
@@ -189,13 +189,13 @@ def test_given_dims_win_and_the_patch_follows(tmp_path) -> None:
         _case(coarse, name, rng.normal(100, 20, (16, 32, 32)).astype(np.float32),
               _labels((16, 32, 32)), spacing=(4.0, 1.0, 1.0))  # fmt: skip
     fp = fingerprint_volumes(coarse)
-    planned, why = plan_volume_config(fp, _auto())
+    planned, why = plan_volume_data(fp, _auto())
     assert (planned["dims"], planned["slice_axis"]) == (2, 0) and planned["crop_size"] == 32
     assert "anisotropy 4.0" in why["dims"]
-    forced, _ = plan_volume_config(fp, _auto(dims=3))
+    forced, _ = plan_volume_data(fp, _auto(dims=3))
     assert forced["patch"] == [16, 32, 32] and forced["crop_size"] is None
     with pytest.raises(PlanError) as err:  # every given key that cannot be is named at once
-        plan_volume_config(fp, _auto(dims=4, slab=2, spacing=[1, 1], patch=[16, 32]))
+        plan_volume_data(fp, _auto(dims=4, slab=2, spacing=[1, 1], patch=[16, 32]))
     text = str(err.value)
     assert "4 problem(s)" in text and "data.dims=4" in text and "data.slab=2" in text
     assert "data.spacing=[1, 1]" in text and "data.patch=[16, 32]: a 3-D patch is [d, h, w]" in text
@@ -203,6 +203,11 @@ def test_given_dims_win_and_the_patch_follows(tmp_path) -> None:
     assert "2 volume cases" in summary and "median 4 x 1 x 1 mm" in summary
     assert "anisotropy  4.00" in summary and "not CT" in summary
     assert "dims        2: " in summary and "coarsest axis 0" in summary
+    record = {"plan": {k: {"value": planned[k], "why": why[k]} for k in why}}  # plan.json's
+    assert "dims        2: " in volume_summary(fp, record)
+    # a planned data config (check_data's): the rule's reason, a dims off the rule marked
+    assert "dims        2: spacing" in volume_summary(fp, planned)
+    assert "dims        3 (given: the plan's rule takes 2: " in volume_summary(fp, forced)
 
 
 def test_foreground_samples_are_capped_and_seeded(tmp_path, monkeypatch) -> None:
@@ -225,8 +230,26 @@ def test_a_spacing_the_files_do_not_give_is_named_with_its_override(tmp_path) ->
         tifffile.imwrite(tmp_path / "masks" / f"{name}.tif", _labels((8, 16, 16)))
     fp = fingerprint_volumes(tmp_path)
     assert fp["cases"][0]["spacing_assumed"] == [True, True, True]
-    planned, why = plan_volume_config(fp, _auto())
+    planned, why = plan_volume_data(fp, _auto())
     assert planned["spacing"] == [1.0, 1.0, 1.0]
     assert "2 case(s) give no spacing" in why["spacing"]
     assert "set data.spacing=[z,y,x]" in why["spacing"]
     assert "1 mm assumed" in volume_summary(fp)
+
+
+def test_ct_values_in_several_channels_are_z_scored(tmp_path) -> None:
+    """The CT mode clips every channel alike: several channels are z-scored, and say why."""
+    rng = np.random.default_rng(3)
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    meta = _meta((8, 16, 16), (1.0, 1.0, 1.0))
+    for case in ("p1", "p2"):  # nnU-Net's layout: one file per channel
+        for channel in range(2):
+            image = rng.integers(-1024, 200, (8, 16, 16)).astype(np.int16)
+            write_volume(tmp_path / "images" / f"{case}_000{channel}.nii.gz", image, meta)
+        write_volume(tmp_path / "masks" / f"{case}.nii.gz", _labels((8, 16, 16)), meta, True)
+    fp = fingerprint_volumes(tmp_path)
+    assert fp["channels"] == 2 and not fp["problems"]
+    intensity, mean, std, why = choose_intensity(fp)
+    assert intensity == {"mode": "zscore"} and mean == [0.0, 0.0] and std == [1.0, 1.0]
+    assert "2 of 2 cases hold signed integers" in why and "but 2 channels" in why

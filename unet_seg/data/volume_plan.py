@@ -351,26 +351,26 @@ def choose_intensity(
 
     Returns:
         `(intensity, mean, std, reason)`: `{"mode": "ct", "low", "high"}` with the clipped
-        foreground's mean and std, or `{"mode": "zscore"}` with mean 0 and std 1; one mean
-        and std per channel (`low`/`high` are lists too when there are several channels).
+        foreground's mean and std (one channel: the CT mode clips every channel alike), or
+        `{"mode": "zscore"}` with mean 0 and std 1 per channel.
     """
     channels = fp.get("channels") or 1
     ct, seen = _hu_evidence(fp)
     fg = fp.get("foreground")
-    if ct and fg is not None:
+    if ct and fg is not None and channels == 1:
         low, high = fg["p0_5"], fg["p99_5"]
         mean = [round(v, 4) for v in fg["clipped_mean"]]
         std = [round(max(v, 1e-3), 4) for v in fg["clipped_std"]]
-        one = channels == 1
-        intensity = {"mode": "ct", "low": round(low[0], 4) if one else [round(v, 4) for v in low],
-                     "high": round(high[0], 4) if one else [round(v, 4) for v in high]}  # fmt: skip
+        intensity = {"mode": "ct", "low": round(low[0], 4), "high": round(high[0], 4)}
         return intensity, mean, std, (
             f"CT: {seen}: clipped to the foreground's 0.5..99.5 percentiles {_list(low)}.."
             f"{_list(high)} ({fg['samples']} voxels sampled from {fg['cases']} cases), then "
             f"their mean {_list(mean)} and std {_list(std)} (nnU-Net's CT normalisation); not "
             "CT? data.intensity={mode:zscore}"
         )  # fmt: skip
-    why = seen if not ct else f"{seen}, but no foreground voxels to take CT bounds from"
+    why = (seen if not ct else f"{seen}, but no foreground voxels to take CT bounds from"
+           if fg is None else f"{seen}, but {channels} channels: the CT mode clips every "
+           "channel alike")  # fmt: skip
     return {"mode": "zscore"}, [0.0] * channels, [1.0] * channels, (
         f"not CT ({why}): each volume and channel z-scored, (x - mean) / std of the volume "
         "(nnU-Net's rule for MRI and microscopy); CT in Hounsfield units? "
@@ -597,7 +597,7 @@ def _given_problems(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def plan_volume_config(
+def plan_volume_data(
     fp: dict[str, Any], data: dict[str, Any], gpu_memory_gb: float | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """`plan_volumes` on a copy of `data`: `(planned data config, {key: why})`."""
@@ -736,8 +736,15 @@ def _shape_at(cases: list[dict], spacing: list[float]) -> list[float]:
 
 def volume_summary(fp: dict[str, Any], planned: dict[str, Any] | None = None) -> str:
     """The fingerprint as readable lines for `check_data`: cases, channels, shapes, spacing,
-    anisotropy, the intensity evidence, label counts; with `planned` (`{key: {"value",
-    "why"}}`, plan.json's `plan`), the choice of dims with its reason."""
+    anisotropy, the intensity evidence, label counts, and with `planned` the choice of dims
+    with its reason.
+
+    Args:
+        fp: `fingerprint_volumes(...)`.
+        planned: plan.json's record (`{"plan": {key: {"value", "why"}}, ...}`), its `plan`,
+            or a data config as plain data (the dims' reason is then the plan's rule, and a
+            dims that differs from it is marked as not the plan's); None: no choice shown.
+    """
     valid = [e for e in fp["cases"] if "error" not in e and "channels" in e]
     lines = [f"{len(fp['cases'])} volume cases in {fp['root']}"]
     if valid:
@@ -760,13 +767,33 @@ def volume_summary(fp: dict[str, Any], planned: dict[str, Any] | None = None) ->
         total = max(1, sum(fp["labels"].values()))
         lines.append("  labels      " + ", ".join(
             f"{v}: {c / total:.2%}" for v, c in fp["labels"].items()))  # fmt: skip
-    for key in ("dims", "slice_axis", "patch", "crop_size"):
-        entry = (planned or {}).get(key)
-        if isinstance(entry, dict) and entry.get("value") is not None:
-            lines.append(f"  {key:<11} {entry['value']}: {entry['why']}")
+    lines += _choice_lines(fp, valid, planned)
     for problem in fp["problems"][:20]:
         lines.append(f"  problem     {problem}")
     return "\n".join(lines)
+
+
+def _choice_lines(fp: dict, valid: list[dict], planned: dict[str, Any] | None) -> list[str]:
+    """`dims`, `slice_axis`, `patch`, `crop_size` lines of `volume_summary`."""
+    planned = planned or {}
+    planned = planned.get("plan", planned)
+    keys = ("dims", "slice_axis", "patch", "crop_size")
+    if any(isinstance(planned.get(k), dict) for k in keys):  # {key: {"value", "why"}}
+        shown = [k for k in keys if isinstance(planned.get(k), dict)
+                 and planned[k].get("value") is not None]  # fmt: skip
+        return [f"  {k:<11} {planned[k]['value']}: {planned[k]['why']}" for k in shown]
+    if planned.get("dims") in (None, AUTO) or not valid:
+        return []
+    spacing = planned.get("spacing")
+    spacing = fp["spacing_median"] if spacing in (None, AUTO) else [float(v) for v in spacing]
+    rule, axis, why = choose_dims(spacing, _shape_at(valid, spacing))
+    dims = _dims(planned["dims"])
+    lines = [f"  dims        {dims:g}: {why}" if dims == rule else
+             f"  dims        {dims:g} (given: the plan's rule takes {rule:g}: {why})"]  # fmt: skip
+    for key in keys[1:]:
+        if planned.get(key) not in (None, AUTO):
+            lines.append(f"  {key:<11} {planned[key]}")
+    return lines
 
 
 def _floats(values: Any) -> list[float]:
