@@ -49,7 +49,9 @@ def mri_folder(root: Path, n: int = 5, shape=(10, 24, 20), spacing=(4.0, 1.0, 1.
         r = rng.uniform([2, 4, 4], [3, 7, 6])
         inside = ((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2
         labels = (inside <= 1).astype(np.uint8)
-        image = (300 + 400 * labels + rng.normal(0, 60, shape)).astype(np.float32)
+        image = (300 + 400 * labels.astype(np.float32) + rng.normal(0, 60, shape)).astype(
+            np.float32
+        )
         meta = VolumeMeta(tuple(shape), tuple(spacing), affine, "nifti")
         write_volume(root / "images" / f"case{i}.nii.gz", image, meta)
         write_volume(root / "masks" / f"case{i}.nii.gz", labels, meta, labels=True)
