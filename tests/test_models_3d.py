@@ -231,3 +231,23 @@ def test_2d_state_dict_keys_are_pinned() -> None:
     assert unet.spatial_dims == nested.spatial_dims == 2
     assert unet.pad_multiples == nested.pad_multiples == (16, 16) and unet.pad_multiple == 16
     assert not any(isinstance(m, (nn.Conv3d, nn.BatchNorm3d)) for m in unet.modules())
+
+
+# ------------------------------------------------------------------ benchmark row
+
+
+def test_benchmark_models_table_has_a_3d_row() -> None:
+    from unet_seg.bench import models as bench_models
+
+    assert bench_models.volume_side(128) == 32 and bench_models.volume_side(64) == 16
+    arch = to_plain(compose_train(["arch=unet3d"]).arch)
+    rows, notes = bench_models.measure_models(
+        ["unet3d", "unet3d_d4"], {"unet3d": arch}, {"ce_weight": 0.5, "dice_weight": 0.5},
+        [64], 2, 4, torch.device("cpu"), 0, 1, 1,
+    )  # fmt: skip
+    assert notes == [] and [r["name"] for r in rows] == ["unet3d", "unet3d_d4"]
+    for row in rows:
+        assert row["spatial_dims"] == 3 and row["size"] == row["input_size"] == 16
+        assert row["params"] > 0 and row["gflop_train_per_image"] > row["gflop_fwd_per_image"] > 0
+        assert row["seconds_per_step"] > 0
+    assert rows[1]["params"] > rows[0]["params"]  # one level deeper
