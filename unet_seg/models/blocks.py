@@ -5,6 +5,12 @@ Follows the encoder/decoder blocks of Ronneberger et al., 2015,
 with batch normalisation after every 3x3 convolution. :class:`ResidualBlock`
 (He et al., 2016) is a drop-in for :class:`DoubleConv`; :class:`AttentionGate`
 is the additive skip gate of Oktay et al., 2018.
+
+Every block takes ``spatial_dims``: 2 for images ``[B, C, H, W]`` (the default, building
+exactly the 2-D modules), 3 for volumes ``[B, C, D, H, W]`` (Cicek et al., 2016, "3D
+U-Net"), with kernel sizes, pooling strides and upsampling factors given as one int or one
+per axis (thick slices: ``(1, 3, 3)`` kernels, ``(1, 2, 2)`` pooling; see
+:mod:`~unet_seg.models.anisotropy`).
 """
 
 from __future__ import annotations
