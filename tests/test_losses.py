@@ -142,3 +142,45 @@ def test_build_loss_wraps_for_deep_supervision() -> None:
 def test_bad_loss_weights_are_refused() -> None:
     with pytest.raises(ValueError, match="ce_weight"):
         CEDiceLoss(ce_weight=0.0, dice_weight=0.0)
+
+
+# --------------------------------------------------------------------------- volumes (N-D)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_volume_losses_equal_the_same_voxels_laid_out_in_2d(channels: int) -> None:
+    """A `[B, K, D, H, W]` batch and the same voxels as `[B, K, D*H, W]` give one loss (CE,
+    Dice, CE + Dice, weighted CE, deep supervision), ignored voxels included."""
+    g = torch.Generator().manual_seed(8)
+    b, d, h, w = 2, 3, 4, 5
+    logits = torch.randn(b, channels, d, h, w, generator=g, requires_grad=True)
+    target = torch.randint(0, max(channels, 2), (b, d, h, w), generator=g)
+    target[torch.rand(b, d, h, w, generator=g) < 0.2] = -1  # unlabelled voxels
+    weights = torch.rand(b, d, h, w, generator=g) + 0.5
+    flat = (logits.reshape(b, channels, d * h, w), target.reshape(b, d * h, w))
+    flat_w = weights.reshape(b, d * h, w)
+    combined = CEDiceLoss(0.3, 0.7)
+    deep = DeepSupervisionLoss(combined, [0.25, 0.75])
+    pairs = [
+        (cross_entropy(logits, target), cross_entropy(*flat)),
+        (cross_entropy(logits, target, pixel_weights=weights),
+         cross_entropy(*flat, pixel_weights=flat_w)),
+        (dice_loss(logits, target), dice_loss(*flat)),
+        (combined(logits, target, weights), combined(*flat, flat_w)),
+        (deep([logits, 2 * logits], target), deep([flat[0], 2 * flat[0]], flat[1])),
+    ]  # fmt: skip
+    for volume, image in pairs:
+        assert torch.isfinite(volume)
+        assert abs(volume.item() - image.item()) < 1e-6
+    # and the ignored voxels count for nothing: the loss of the labelled voxels alone
+    keep = target.reshape(-1) != -1
+    labelled = logits.movedim(1, -1).reshape(-1, channels)[keep]  # [N, K]
+    alone = (labelled.T[None, :, :, None], target.reshape(-1)[keep][None, :, None])  # [1,K,N,1]
+    assert abs(combined(logits, target).item() - combined(*alone).item()) < 1e-6
+    combined(logits, target, weights).backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_dice_refuses_a_target_of_another_shape() -> None:
+    with pytest.raises(ValueError, match=r"need \[B, \*S\]"):
+        dice_loss(torch.randn(1, 2, 4, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))

@@ -205,13 +205,15 @@ def compose_arch(name: str):
 def test_compose_arch_forward(name: str) -> None:
     cfg, model = compose_arch(name)
     in_channels, num_classes = cfg.arch.in_channels, cfg.arch.num_classes
+    size = (40, 40) if model.spatial_dims == 2 else (12, 20, 20)  # a volume for a 3-D net
+    assert model.spatial_dims == (3 if name.endswith("3d") else 2)
     with torch.no_grad():
-        x = torch.randn(1, in_channels, 40, 40)
+        x = torch.randn(1, in_channels, *size)
         # a valid-convolution net answers for the centre of its input: mirror the context
         out = model.eval().forward_same(x)
     outs = out if isinstance(out, list) else [out]
     assert outs
-    assert all(o.shape == (1, num_classes, 40, 40) for o in outs)
+    assert all(o.shape == (1, num_classes, *size) for o in outs)
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -225,7 +227,8 @@ def test_every_arch_declares_the_net_interface(name: str) -> None:
     assert isinstance(model, SegNet)
     assert model.margin == context_margin(to_plain(cfg.arch))
     side = model.min_side  # the smallest side the traced graph takes
-    x = torch.randn(2, cfg.arch.in_channels, side + 5, side + 11)
+    sides = (side + 5, side + 11) if model.spatial_dims == 2 else (side + 3, side + 5, side + 1)
+    x = torch.randn(2, cfg.arch.in_channels, *sides)
     with torch.no_grad():
         same = model.eval().forward_same(x)
         heads = same if isinstance(same, list) else [same]
@@ -233,6 +236,6 @@ def test_every_arch_declares_the_net_interface(name: str) -> None:
         traced = model.forward_traceable(x)
     torch.testing.assert_close(traced, heads[-1], atol=1e-5, rtol=1e-5)
     assert model.min_side == model.pad_multiple + model.margin
-    if name != "nested":
+    if name not in ("nested", "nested3d"):
         with pytest.raises(ValueError, match="prunes UNet\\+\\+ only"):
             model.check_level(2)

@@ -1,13 +1,16 @@
 """Segmentation losses: cross-entropy + soft Dice, and deep-supervision weighting.
 
 Each loss is a pure function plus a thin `nn.Module`. Shapes everywhere:
-logits `[B, C, H, W]` (C = 1 means binary with a sigmoid), target `[B, H, W]`
-int64 class indices, `IGNORE_INDEX` marking pixels that count for nothing
+logits `[B, C, *S]` (C = 1 means binary with a sigmoid), target `[B, *S]`
+int64 class indices, for any spatial shape `S`: `H, W` for images, `D, H, W` for
+volumes (a voxel is a pixel here). `IGNORE_INDEX` marks pixels that count for nothing
 (padding, unlabelled pixels of `data.ignore_value`): they enter no term, so a
 loss equals the same loss computed on the labelled pixels alone. The math runs
 in float32 even under mixed precision. An optional third argument, per-pixel
-weights `[B, H, W]` (the U-Net weight map of `loss=weighted_ce_dice`, see
+weights `[B, *S]` (the U-Net weight map of `loss=weighted_ce_dice`, see
 `unet_seg.data.weight_map`), weighs the cross-entropy term; Dice is never weighted.
+Every term pools over the batch and all pixels, so a loss depends on the set of
+(logit, label, weight) pixels only, not on how they are laid out in `S`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from unet_seg.data.masks import IGNORE_INDEX
 def class_probabilities(logits: Tensor) -> Tensor:
     """Per-class probabilities in float32: softmax, or `[1 - p, p]` for one sigmoid channel.
 
-    Shape: `[B, C, H, W]` -> `[B, max(C, 2), H, W]`.
+    Shape: `[B, C, *S]` -> `[B, max(C, 2), *S]`.
     """
     logits = logits.float()
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits)
-        return torch.cat([1 - p, p], dim=1)  # [B, 2, H, W]
+        return torch.cat([1 - p, p], dim=1)  # [B, 2, *S]
     return torch.softmax(logits, dim=1)
 
 
@@ -41,18 +44,23 @@ def soft_dice_per_class(
     dice_c = (2 * sum(p_c * t_c) + smooth) / (sum(p_c) + sum(t_c) + smooth)
 
     Args:
-        probs: `[B, C, H, W]` class probabilities (float).
-        target: `[B, H, W]` class indices; `ignore_index` pixels are left out.
+        probs: `[B, C, *S]` class probabilities (float), `S` any spatial shape.
+        target: `[B, *S]` class indices; `ignore_index` pixels are left out.
         smooth: additive smoothing, keeps empty classes at 1 instead of 0/0.
     Returns:
         `[C]` Dice per class.
     """
     num_classes = probs.shape[1]
-    valid = (target != ignore_index).unsqueeze(1)  # [B, 1, H, W]
-    onehot = F.one_hot(target.clamp(min=0), num_classes).permute(0, 3, 1, 2)  # [B, C, H, W]
+    if target.shape != probs.shape[:1] + probs.shape[2:]:
+        raise ValueError(
+            f"target {tuple(target.shape)} does not match probabilities "
+            f"{tuple(probs.shape)}: need [B, *S] for [B, C, *S]"
+        )
+    valid = (target != ignore_index).unsqueeze(1)  # [B, 1, *S]
+    onehot = F.one_hot(target.clamp(min=0), num_classes).movedim(-1, 1)  # [B, C, *S]
     onehot = onehot.to(probs.dtype) * valid
     probs = probs * valid
-    dims = (0, 2, 3)
+    dims = (0, *range(2, probs.ndim))  # the batch and every spatial axis
     intersection = (probs * onehot).sum(dims)
     denominator = probs.sum(dims) + onehot.sum(dims)
     return (2 * intersection + smooth) / (denominator + smooth)
@@ -81,8 +89,11 @@ def cross_entropy(
 ) -> Tensor:
     """Cross-entropy over valid pixels; BCE-with-logits when there is one output channel.
 
+    Shapes: logits `[B, C, *S]`, target and `pixel_weights` `[B, *S]` (`S` any spatial
+    shape: `H, W` or `D, H, W`).
+
     The mean is a weighted mean over valid pixels, `sum(w * ce) / sum(w)`, where `w` is
-    the per-pixel weight (`pixel_weights` `[B, H, W]`, the U-Net weight map; else 1) and
+    the per-pixel weight (`pixel_weights` `[B, *S]`, the U-Net weight map; else 1) and
     `ce` already includes the class weights (softmax: `w` is then `pixel_weight *
     class_weight` of the true class in the denominator too, as `F.cross_entropy` does;
     BCE: the class weights act through `pos_weight` and the denominator is `sum(w)`).
@@ -91,18 +102,18 @@ def cross_entropy(
     weights sum to 0) has loss 0, not NaN. No value is read back to the host.
     """
     logits = logits.float()
-    valid = target != ignore_index  # [B, H, W]
+    valid = target != ignore_index  # [B, *S]
     w = valid.float() if pixel_weights is None else pixel_weights.float() * valid
     if logits.shape[1] == 1:
         pos_weight = None
         if class_weights is not None:  # [w_background, w_foreground]
             pos_weight = class_weights[1] / class_weights[0]
-        ce = F.binary_cross_entropy_with_logits(  # [B, H, W]
+        ce = F.binary_cross_entropy_with_logits(  # [B, *S]
             logits[:, 0], valid * target.float(), pos_weight=pos_weight, reduction="none"
         )
         w_den = w
     else:
-        ce = F.cross_entropy(  # [B, H, W], class weight included, 0 on ignored pixels
+        ce = F.cross_entropy(  # [B, *S], class weight included, 0 on ignored pixels
             logits, target, weight=class_weights, ignore_index=ignore_index, reduction="none"
         )
         w_den = w if class_weights is None else w * class_weights[target.clamp(min=0)]
@@ -134,7 +145,8 @@ class CEDiceLoss(nn.Module):
         self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
-        """`weights`: optional per-pixel CE weights `[B, H, W]`; Dice stays unweighted."""
+        """Logits `[B, C, *S]`, target `[B, *S]`; `weights`: optional per-pixel CE weights
+        `[B, *S]`; Dice stays unweighted."""
         loss = logits.new_zeros((), dtype=torch.float)
         if self.ce_weight:
             ce = cross_entropy(logits, target, self.class_weights, pixel_weights=weights)
@@ -170,7 +182,11 @@ def deep_supervision_weights(scheme: str | Sequence[float], num_heads: int) -> l
 
 
 class DeepSupervisionLoss(nn.Module):
-    """Weighted sum of a loss over every head's logits (a list, shallow to deep)."""
+    """Weighted sum of a loss over every head's logits (a list, shallow to deep).
+
+    Every head's logits have the target's size (UNet++'s heads all sit on the full-size
+    row `x0_j`, in 2-D and 3-D alike), so the target is used as it is.
+    """
 
     def __init__(self, loss: nn.Module, weights: Sequence[float]) -> None:
         super().__init__()
@@ -180,7 +196,8 @@ class DeepSupervisionLoss(nn.Module):
     def forward(
         self, outputs: Sequence[Tensor], target: Tensor, weights: Tensor | None = None
     ) -> Tensor:
-        """`weights`: optional per-pixel weights `[B, H, W]`, passed to every head's loss."""
+        """`outputs`: `[B, C, *S]` each; `weights`: optional per-pixel weights `[B, *S]`,
+        passed to every head's loss."""
         if len(outputs) != len(self.weights):
             raise ValueError(f"expected {len(self.weights)} heads, got {len(outputs)}")
         extra = () if weights is None else (weights,)

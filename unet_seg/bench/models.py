@@ -1,5 +1,6 @@
 """Models: forward+backward speed, FLOPs and peak memory of one training step, for our
-U-Net and UNet++ next to MONAI's BasicUNet and BasicUNetPlusPlus at the same widths.
+U-Net and UNet++ next to MONAI's BasicUNet and BasicUNetPlusPlus at the same widths, and
+our 3-D U-Net next to MONAI's 3-D BasicUNet on a cube of `volume_side(size)` voxels a side.
 
 Every net trains on the same random batch with the project's CE + Dice loss (one term
 per deep-supervision head) and Adam, outside Lightning: this section is about the nets.
@@ -43,13 +44,18 @@ class NetSpec:
     arch: str  # the project's architecture it is, or matches (MONAI): a registry name
     impl: str  # ours or MONAI
     build: Callable[[dict, int], nn.Module]  # (our arch kwargs, base width) -> net
+    spatial_dims: int = 2  # 3: trained on cubes of `volume_side(size)` voxels
 
 
-def _ours(deep_supervision: bool | None = None) -> Callable[[dict, int], nn.Module]:
+def _ours(
+    deep_supervision: bool | None = None, depth: int | None = None
+) -> Callable[[dict, int], nn.Module]:
     def build(arch: dict, base: int) -> nn.Module:
         kwargs = {**arch, "base_channels": base}
         if deep_supervision is not None:
             kwargs["deep_supervision"] = deep_supervision
+        if depth is not None:
+            kwargs["depth"] = depth
         return build_net(kwargs)
 
     return build
@@ -64,18 +70,21 @@ def monai_available() -> str | None:
     return str(monai.__version__)
 
 
-def _monai(plus_plus: bool, deep_supervision: bool = False) -> Callable[[dict, int], nn.Module]:
+def _monai(
+    plus_plus: bool, deep_supervision: bool = False, spatial_dims: int = 2
+) -> Callable[[dict, int], nn.Module]:
     """MONAI's nets with our widths `(b, 2b, 4b, 8b, 16b, b)` and our block: 3x3 conv without
     bias -> batch norm -> ReLU. Their design differs where it cannot be matched: the decoder
     steps into level 0 upsample 2b channels to 2b (ours to b), and their bilinear upsampling
-    (`nontrainable`) has a 1x1 convolution before it, halving the channels inside."""
+    (`nontrainable`) has a 1x1 convolution before it, halving the channels inside. Their
+    depth is 4 (five levels) in 2-D and 3-D alike."""
 
     def build(arch: dict, base: int) -> nn.Module:
         from monai.networks.nets import BasicUNet, BasicUNetPlusPlus
 
         b = base
         common = {
-            "spatial_dims": 2,
+            "spatial_dims": spatial_dims,
             "in_channels": arch["in_channels"],
             "out_channels": arch["num_classes"],
             "features": (b, 2 * b, 4 * b, 8 * b, 16 * b, b),
@@ -105,6 +114,12 @@ NETS: dict[str, NetSpec] = {
         "BasicUNetPlusPlus deep sup.", "nested", "MONAI", _monai(plus_plus=True,
                                                                  deep_supervision=True)
     ),
+    # 3-D: the paper's 3D U-Net (depth 3), and at depth 4 next to MONAI's 3-D BasicUNet
+    "unet3d": NetSpec("3D U-Net", "unet3d", "ours", _ours(), spatial_dims=3),
+    "unet3d_d4": NetSpec("3D U-Net, depth 4", "unet3d", "ours", _ours(depth=4), spatial_dims=3),
+    "monai_unet3d": NetSpec("BasicUNet 3D", "unet3d", "MONAI", _monai(plus_plus=False,
+                                                                      spatial_dims=3),
+                            spatial_dims=3),
 }  # fmt: skip
 """Names accepted by `models.names` in `conf/benchmark.yaml`."""
 
@@ -204,13 +219,27 @@ def measure_steps(
 
 
 def random_batch(
-    batch: int, size: int, in_channels: int, num_classes: int, device: torch.device, seed: int
+    batch: int,
+    size: int,
+    in_channels: int,
+    num_classes: int,
+    device: torch.device,
+    seed: int,
+    spatial_dims: int = 2,
 ) -> tuple[Tensor, Tensor]:
-    """Normalised-looking images `[B, C, size, size]` and class indices `[B, size, size]`."""
+    """Normalised-looking images `[B, C, size, size]` and class indices `[B, size, size]`
+    (`spatial_dims=3`: volumes `[B, C, size, size, size]`, labels `[B, size, size, size]`)."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_channels, size, size, generator=gen)
-    y = torch.randint(0, max(num_classes, 2), (batch, size, size), generator=gen)
+    sides = (size,) * spatial_dims
+    x = torch.randn(batch, in_channels, *sides, generator=gen)
+    y = torch.randint(0, max(num_classes, 2), (batch, *sides), generator=gen)
     return x.to(device), y.to(device)
+
+
+def volume_side(size: int) -> int:
+    """The cube side a 3-D net of the models table trains on for the 2-D `size`: a quarter,
+    rounded up to a multiple of 16 (128 px -> 32^3 voxels, twice the pixels of 128^2)."""
+    return max(16, -(-size // 4 // 16) * 16)
 
 
 def input_side(net: nn.Module, size: int) -> int:
@@ -258,16 +287,17 @@ def measure_models(
             torch.manual_seed(seed)
             net = spec.build(arch, base).to(device)
             # a valid-convolution net scores `size` pixels from a larger input with its context
-            side = input_side(net, size)
+            side = input_side(net, size) if spec.spatial_dims == 2 else volume_side(size)
             x, _ = random_batch(batch, side, arch["in_channels"], arch["num_classes"], device,
-                                seed)  # fmt: skip
-            out_side = size if side == size else valid_output_size(side, net.depth)
+                                seed, spec.spatial_dims)  # fmt: skip
+            out_side = side if not isinstance(net, SegNet) or not net.margin else (
+                valid_output_size(side, net.depth))  # fmt: skip
             _, y = random_batch(batch, out_side, arch["in_channels"], arch["num_classes"],
-                                device, seed)  # fmt: skip
+                                device, seed, spec.spatial_dims)  # fmt: skip
             cases[name] = TrainStep(net, loss_cfg, x, y)
             rows.append({
                 "name": name, "label": spec.label, "impl": spec.impl, "size": out_side,
-                "input_size": side,
+                "input_size": side, "spatial_dims": spec.spatial_dims,
                 "base_channels": base, "params": sum(p.numel() for p in net.parameters()),
                 **prepare_step(cases[name]),
             })  # fmt: skip

@@ -17,6 +17,7 @@ from unet_seg.models.blocks import (
     AttentionGate,
     ConvBlock,
     DoubleConv,
+    Size,
     crop_to,
     pad_like,
     pad_to_multiple,
@@ -35,6 +36,8 @@ class AttentionUp(nn.Module):
         out_channels: channels of the output.
         bilinear: bilinear upsampling instead of a transposed conv.
         block: the conv block after concatenation (:class:`DoubleConv` by default).
+        scale: the upsampling factor: 2, or one per axis.
+        spatial_dims: 2 (images) or 3 (volumes).
 
     Shape:
         deeper [B, C_d, h, w], skip [B, in_channels // 2, H, W] with H in {2h, 2h + 1}
@@ -47,11 +50,13 @@ class AttentionUp(nn.Module):
         out_channels: int,
         bilinear: bool = False,
         block: ConvBlock = DoubleConv,
+        scale: Size = 2,
+        spatial_dims: int = 2,
     ) -> None:
         super().__init__()
         half = in_channels // 2
-        self.up = upsampler(in_channels, half, bilinear)
-        self.gate = AttentionGate(gate_channels=half, skip_channels=half)
+        self.up = upsampler(in_channels, half, bilinear, scale, spatial_dims)
+        self.gate = AttentionGate(half, half, spatial_dims=spatial_dims)
         self.conv = block(in_channels, out_channels, half if bilinear else None)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +98,7 @@ class AttentionUNet(UNet):
             [B, 1, ceil(H / 2**i), ceil(W / 2**i)], values in [0, 1].
         """
         h, w = x.shape[-2:]
-        x, size = pad_to_multiple(x, 2**self.depth)
+        x, size = pad_to_multiple(x, self.pad_multiples)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(skips[-1]))

@@ -21,12 +21,16 @@ class SegNet(nn.Module):
     """Base class of the segmentation nets: `[B, C, H, W] -> [B, K, H', W']` logits.
 
     Attributes:
-        depth: down-sampling steps; a padded net pads H and W to a multiple of `2 ** depth`.
+        spatial_dims: 2 for images (`[B, C, H, W]`), 3 for volumes (`[B, C, D, H, W]`,
+            logits `[B, K, D, H, W]`): what callers read to tell the nets apart.
+        depth: down-sampling steps; a padded net pads H and W to a multiple of `2 ** depth`
+            (per axis `pad_multiples` when the pooling is anisotropic).
         margin: pixels a net's logits lack on each side of its input (valid convolutions).
         supports_checkpointing: whether `checkpointing = True` recomputes activations in
             the backward pass (`fast=checkpointing`).
     """
 
+    spatial_dims: int = 2
     depth: int = 4
     margin: int = 0
     supports_checkpointing: bool = False
@@ -43,9 +47,17 @@ class SegNet(nn.Module):
         return 1
 
     @property
+    def pad_multiples(self) -> tuple[int, ...]:
+        """Per spatial axis (`(H, W)` or `(D, H, W)`), the multiple the net pads that side to:
+        the product of its pooling strides, `2 ** depth` unless the pooling is anisotropic."""
+        return (2**self.depth,) * self.spatial_dims
+
+    @property
     def pad_multiple(self) -> int:
-        """`2 ** depth`: H and W are padded to a multiple of this inside the net."""
-        return 2**self.depth
+        """`2 ** depth`: H and W are padded to a multiple of this inside the net. For a net
+        whose axes differ (anisotropic pooling), the largest of `pad_multiples`: a side
+        that is a multiple of it is a multiple of every axis's (they are powers of 2)."""
+        return max(self.pad_multiples)
 
     @property
     def min_side(self) -> int:
@@ -96,18 +108,30 @@ class SegNet(nn.Module):
         raise NotImplementedError  # check_level refused already
 
     def forward_traceable(self, x: Tensor, level: int | None = None) -> Tensor:
-        """Final logits for any H, W >= `min_side`, with padding computed from the input's
-        sizes so that a traced graph (ONNX, TorchScript) keeps H and W dynamic: reflect-pad to
-        a multiple of `pad_multiple`, run (the deepest head, or head `level`), crop.
+        """Final logits for any sides >= `min_side`, with padding computed from the input's
+        sizes so that a traced graph (ONNX, TorchScript) keeps them dynamic: reflect-pad each
+        spatial axis to a multiple of its `pad_multiples`, run (the deepest head, or head
+        `level`), crop.
 
         Shape:
-            [B, C, H, W] -> [B, K, H, W]
+            [B, C, H, W] -> [B, K, H, W]; a 3-D net: [B, C, D, H, W] -> [B, K, D, H, W]
         """
-        h, w = x.shape[-2], x.shape[-1]
-        m = self.pad_multiple
-        x = F.pad(x, [0, (m - w % m) % m, 0, (m - h % m) % m], mode="reflect")
+        sizes = x.shape[2:]
+        if len(sizes) != self.spatial_dims:
+            raise ValueError(
+                f"{type(self).__name__} takes {self.spatial_dims}-D inputs "
+                f"[B, C, {'D, H, W' if self.spatial_dims == 3 else 'H, W'}], got {tuple(x.shape)}"
+            )
+        multiples = self.pad_multiples
+        pads = [
+            p
+            for n, m in zip(sizes[::-1], multiples[::-1], strict=True)
+            for p in (0, (m - n % m) % m)
+        ]
+        x = F.pad(x, pads, mode="reflect")  # last axis first, at the end only
         out = self(x) if level is None else self.forward_level(x, level)
         out = out[-1] if isinstance(out, list) else out  # deep supervision: the deepest head
         # cropped by a negative pad, not a slice: torch.export would guard on the slice being
         # a no-op or not, and so fix whether H and W are multiples of `pad_multiple`
-        return F.pad(out, [0, w - out.shape[-1], 0, h - out.shape[-2]])
+        crops = [p for n, o in zip(sizes[::-1], out.shape[:1:-1], strict=True) for p in (0, n - o)]
+        return F.pad(out, crops)

@@ -17,15 +17,25 @@ Nets with Sublinear Memory Cost"): less memory for about one more decoder forwar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from unet_seg.models.anisotropy import conv_kernels, pool_strides, total_strides
 from unet_seg.models.base import SegNet
-from unet_seg.models.blocks import DoubleConv, crop_to, pad_like, pad_to_multiple, upsampler
+from unet_seg.models.blocks import (
+    DoubleConv,
+    Size,
+    conv_nd,
+    crop_to,
+    max_pool,
+    pad_like,
+    pad_to_multiple,
+    upsampler,
+)
 
 DEPTH = 4
 
@@ -39,19 +49,31 @@ class NestedNode(nn.Module):
         out_channels: channels of this node.
         bilinear: bilinear upsampling (keeps ``deep_channels``) instead of a
             transposed conv (maps ``deep_channels`` to ``out_channels``).
+        scale: the upsampling factor of ``deep``: 2, or one per axis (level i's stride).
+        spatial_dims: 2 (images) or 3 (volumes).
+        kernel_size: the conv kernel of level ``i``: 3, or one per axis.
 
     Shape:
         skips [B, C_k, H, W] each, deep [B, deep_channels, H / 2, W / 2]
-        -> [B, out_channels, H, W]
+        -> [B, out_channels, H, W] (volumes: [B, C, D, H, W], each axis by its scale)
     """
 
     def __init__(
-        self, skip_channels: int, deep_channels: int, out_channels: int, bilinear: bool
+        self,
+        skip_channels: int,
+        deep_channels: int,
+        out_channels: int,
+        bilinear: bool,
+        scale: Size = 2,
+        spatial_dims: int = 2,
+        kernel_size: Size = 3,
     ) -> None:
         super().__init__()
-        self.up = upsampler(deep_channels, out_channels, bilinear)
+        self.up = upsampler(deep_channels, out_channels, bilinear, scale, spatial_dims)
         up_channels = deep_channels if bilinear else out_channels
-        self.conv = DoubleConv(skip_channels + up_channels, out_channels)
+        self.conv = DoubleConv(
+            skip_channels + up_channels, out_channels, None, spatial_dims, kernel_size
+        )
         self.checkpointing = False
 
     def forward(self, skips: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
@@ -62,7 +84,7 @@ class NestedNode(nn.Module):
 
     def _node(self, skips: list[torch.Tensor], deep: torch.Tensor) -> torch.Tensor:
         up = pad_like(self.up(deep), skips[0])
-        x = torch.cat([*skips, up], dim=1)  # [B, sum(C_k) + C_up, H, W]
+        x = torch.cat([*skips, up], dim=1)  # [B, sum(C_k) + C_up, *S]
         return self.conv(x)
 
 
@@ -77,6 +99,8 @@ class NestedUNet(SegNet):
         bilinear: bilinear upsampling instead of ``ConvTranspose2d``.
         checkpointing: recompute the decoder nodes in the backward pass (training only)
             instead of storing their activations; also settable later as an attribute.
+        spacing: pixel (voxel) size per axis in mm for anisotropic pooling and kernels
+            (:mod:`~unet_seg.models.anisotropy`); None, the default, pools every axis.
 
     Shape:
         [B, in_channels, H, W] -> [B, num_classes, H, W] (or a list of 4 of them)
@@ -93,36 +117,43 @@ class NestedUNet(SegNet):
         deep_supervision: bool = False,
         bilinear: bool = True,
         checkpointing: bool = False,
+        *,
+        spacing: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
         c0, c1, c2, c3, c4 = (base_channels * 2**i for i in range(DEPTH + 1))
-        self.pool = nn.MaxPool2d(2)
+        dims = self.spatial_dims
+        self.strides = pool_strides(spacing, DEPTH, dims)  # s[i]: level i -> i + 1
+        k = conv_kernels(spacing, DEPTH, dims)  # k[i]: the kernel of level i
+        s = self.strides
+        # x{i+1}_0 = conv{i+1}_0(pools[i](x{i}_0)): the pools hold no weights
+        self.pools = nn.ModuleList(max_pool(stride, dims) for stride in s)
 
         # Encoder (backbone) nodes x{i}_0.
-        self.conv0_0 = DoubleConv(in_channels, c0)
-        self.conv1_0 = DoubleConv(c0, c1)
-        self.conv2_0 = DoubleConv(c1, c2)
-        self.conv3_0 = DoubleConv(c2, c3)
-        self.conv4_0 = DoubleConv(c3, c4)
+        self.conv0_0 = DoubleConv(in_channels, c0, None, dims, k[0])
+        self.conv1_0 = DoubleConv(c0, c1, None, dims, k[1])
+        self.conv2_0 = DoubleConv(c1, c2, None, dims, k[2])
+        self.conv3_0 = DoubleConv(c2, c3, None, dims, k[3])
+        self.conv4_0 = DoubleConv(c3, c4, None, dims, k[4])
         # Column 1.
-        self.conv0_1 = NestedNode(c0, c1, c0, bilinear)
-        self.conv1_1 = NestedNode(c1, c2, c1, bilinear)
-        self.conv2_1 = NestedNode(c2, c3, c2, bilinear)
-        self.conv3_1 = NestedNode(c3, c4, c3, bilinear)
+        self.conv0_1 = NestedNode(c0, c1, c0, bilinear, s[0], dims, k[0])
+        self.conv1_1 = NestedNode(c1, c2, c1, bilinear, s[1], dims, k[1])
+        self.conv2_1 = NestedNode(c2, c3, c2, bilinear, s[2], dims, k[2])
+        self.conv3_1 = NestedNode(c3, c4, c3, bilinear, s[3], dims, k[3])
         # Column 2.
-        self.conv0_2 = NestedNode(2 * c0, c1, c0, bilinear)
-        self.conv1_2 = NestedNode(2 * c1, c2, c1, bilinear)
-        self.conv2_2 = NestedNode(2 * c2, c3, c2, bilinear)
+        self.conv0_2 = NestedNode(2 * c0, c1, c0, bilinear, s[0], dims, k[0])
+        self.conv1_2 = NestedNode(2 * c1, c2, c1, bilinear, s[1], dims, k[1])
+        self.conv2_2 = NestedNode(2 * c2, c3, c2, bilinear, s[2], dims, k[2])
         # Column 3.
-        self.conv0_3 = NestedNode(3 * c0, c1, c0, bilinear)
-        self.conv1_3 = NestedNode(3 * c1, c2, c1, bilinear)
+        self.conv0_3 = NestedNode(3 * c0, c1, c0, bilinear, s[0], dims, k[0])
+        self.conv1_3 = NestedNode(3 * c1, c2, c1, bilinear, s[1], dims, k[1])
         # Column 4.
-        self.conv0_4 = NestedNode(4 * c0, c1, c0, bilinear)
+        self.conv0_4 = NestedNode(4 * c0, c1, c0, bilinear, s[0], dims, k[0])
 
         n_heads = DEPTH if deep_supervision else 1
         self.heads = nn.ModuleList(
-            nn.Conv2d(c0, num_classes, kernel_size=1) for _ in range(n_heads)
+            conv_nd(dims)(c0, num_classes, kernel_size=1) for _ in range(n_heads)
         )
         self.checkpointing = checkpointing
 
@@ -142,6 +173,10 @@ class NestedUNet(SegNet):
     def head_modules(self) -> list[nn.Module]:
         return [self.heads]
 
+    @property
+    def pad_multiples(self) -> tuple[int, ...]:
+        return total_strides(self.strides, self.spatial_dims)
+
     def _decoder_nodes(self) -> Iterator[NestedNode]:
         return (m for m in self.modules() if isinstance(m, NestedNode))
 
@@ -156,7 +191,7 @@ class NestedUNet(SegNet):
         """Run the network, optionally pruned to ``level``.
 
         Args:
-            x: input batch [B, in_channels, H, W].
+            x: input batch [B, in_channels, H, W] ([B, in_channels, D, H, W] in 3-D).
             level: ``None`` for the full network; ``L`` in 1..4 to evaluate only
                 nodes ``x{i}_{j}`` with ``i + j <= L`` and return head ``L``.
 
@@ -166,24 +201,25 @@ class NestedUNet(SegNet):
         """
         self.check_level(level)
         stop = DEPTH if level is None else level
-        x, size = pad_to_multiple(x, 2**DEPTH)
+        x, size = pad_to_multiple(x, self.pad_multiples)
+        pool1, pool2, pool3, pool4 = self.pools
 
         # Stage 1: x0_0, x1_0 -> x0_1
         x0_0 = self.conv0_0(x)
-        x1_0 = self.conv1_0(self.pool(x0_0))
+        x1_0 = self.conv1_0(pool1(x0_0))
         x0_1 = self.conv0_1([x0_0], x1_0)
         if stop == 1:
             return self._output([x0_1], level, size)
 
         # Stage 2: x2_0 -> x1_1 -> x0_2
-        x2_0 = self.conv2_0(self.pool(x1_0))
+        x2_0 = self.conv2_0(pool2(x1_0))
         x1_1 = self.conv1_1([x1_0], x2_0)
         x0_2 = self.conv0_2([x0_0, x0_1], x1_1)
         if stop == 2:
             return self._output([x0_1, x0_2], level, size)
 
         # Stage 3: x3_0 -> x2_1 -> x1_2 -> x0_3
-        x3_0 = self.conv3_0(self.pool(x2_0))
+        x3_0 = self.conv3_0(pool3(x2_0))
         x2_1 = self.conv2_1([x2_0], x3_0)
         x1_2 = self.conv1_2([x1_0, x1_1], x2_1)
         x0_3 = self.conv0_3([x0_0, x0_1, x0_2], x1_2)
@@ -191,7 +227,7 @@ class NestedUNet(SegNet):
             return self._output([x0_1, x0_2, x0_3], level, size)
 
         # Stage 4: x4_0 -> x3_1 -> x2_2 -> x1_3 -> x0_4
-        x4_0 = self.conv4_0(self.pool(x3_0))
+        x4_0 = self.conv4_0(pool4(x3_0))
         x3_1 = self.conv3_1([x3_0], x4_0)
         x2_2 = self.conv2_2([x2_0, x2_1], x3_1)
         x1_3 = self.conv1_3([x1_0, x1_1, x1_2], x2_2)
@@ -232,7 +268,7 @@ class NestedUNet(SegNet):
             )
 
     def _output(
-        self, tops: list[torch.Tensor], level: int | None, size: tuple[int, int]
+        self, tops: list[torch.Tensor], level: int | None, size: tuple[int, ...]
     ) -> torch.Tensor | list[torch.Tensor]:
         """Apply the head(s) to the top-row nodes ``x0_1 ..`` and crop to ``size``."""
         if level is None and self.deep_supervision:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.models.base import SegNet
 from unet_seg.models.nested_unet import NestedUNet
+from unet_seg.models.nested_unet3d import NestedUNet3D
 from unet_seg.models.res_unet import ResUNet
 from unet_seg.models.unet import UNet
+from unet_seg.models.unet3d import UNet3D
 from unet_seg.models.unet_valid import ValidUNet
 
 ARCHITECTURES: dict[str, type[SegNet]] = {
@@ -19,6 +21,8 @@ ARCHITECTURES: dict[str, type[SegNet]] = {
     "attention_unet": AttentionUNet,
     "res_unet": ResUNet,
     "unet_valid": ValidUNet,
+    "unet3d": UNet3D,
+    "nested3d": NestedUNet3D,
 }
 
 
