@@ -15,7 +15,7 @@ from unet_seg.config import to_plain
 from unet_seg.models import NestedUNet, NestedUNet3D, UNet, UNet3D
 from unet_seg.models.anisotropy import conv_kernels, pool_strides, total_strides
 from unet_seg.models.blocks import DoubleConv, ResidualBlock, crop_to, pad_like, pad_to_multiple
-from unet_seg.models.registry import ARCHITECTURES, build_net
+from unet_seg.models.registry import ARCHITECTURES, arch_spatial_dims, build_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,7 +182,8 @@ def test_configs_build_the_3d_nets(name: str) -> None:
     and builds through the registry; the head is what the class count shapes."""
     plain = to_plain(compose_train([f"arch={name}", "arch.base_channels=4"]).arch)
     assert plain["spacing"] is None and plain["base_channels"] == 4
-    assert ARCHITECTURES[name].spatial_dims == 3  # readable before building
+    assert ARCHITECTURES[name].spatial_dims == arch_spatial_dims(plain) == 3  # before building
+    assert arch_spatial_dims({"name": name.removesuffix("3d")}) == 2
     net = build_net(plain)
     assert net.pad_multiples == (2**net.depth,) * 3
     cfg = compose_train([f"arch={name}", "arch.base_channels=4", "+data.spacing=[4.0,1.0,1.0]"])
