@@ -23,7 +23,14 @@ from unet_seg.config import to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
-from unet_seg.data.plan import PLANNED_KEYS, has_auto, plan_data_config
+from unet_seg.data.plan import (
+    PLANNED_KEYS,
+    VOLUME_KEYS,
+    has_auto,
+    is_volume_config,
+    plan_data_config,
+)
+from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
@@ -50,8 +57,9 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        for key in PLANNED_KEYS:
-            cfg.data[key] = planned[key]
+        for key in PLANNED_KEYS + VOLUME_KEYS:
+            if key in planned:
+                cfg.data[key] = planned[key]
     trainer = cfg.get("trainer") or {}
     if is_budgeted(cfg):
         record["epochs"] = {
@@ -174,6 +182,11 @@ def build_datamodule(cfg: DictConfig, run_dir: str | Path | RunDir) -> SegDataMo
     """
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     weight_map = to_plain((cfg.get("loss") or {}).get("weight_map"))
+    if is_volume_config(to_plain(cfg.data)):
+        return VolumeDataModule(
+            **to_plain(cfg.data), splits_path=str(run.splits_path), seed=cfg.seed,
+            weight_map=weight_map, context=context_margin(to_plain(cfg.arch)),
+        )  # fmt: skip
     return SegDataModule(
         **to_plain(cfg.data), splits_path=str(run.splits_path), seed=cfg.seed,
         weight_map=weight_map, context=context_margin(to_plain(cfg.arch)),

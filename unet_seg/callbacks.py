@@ -48,6 +48,14 @@ class ValidationImages(pl.Callback):
             return
         contract = pl_module.contract
         rows = []
+        if contract.volume:  # a slice through each of the first volumes
+            with torch.no_grad():
+                rows = [volume_row(pl_module, dataset[i])
+                        for i in range(min(self.num_samples, len(dataset), 2))]  # fmt: skip
+            loggers[0].experiment.add_image("val/input_truth_prediction_errors",
+                                            prediction_grid(rows), trainer.global_step,
+                                            dataformats="HWC")  # fmt: skip
+            return
         with torch.no_grad():
             for i in range(min(self.num_samples, len(dataset))):
                 sample = dataset[i]
@@ -67,6 +75,22 @@ class ValidationImages(pl.Callback):
             loggers[0].experiment.add_image(
                 "val/attention_gates", strip, trainer.global_step, dataformats="HWC"
             )
+
+
+def volume_row(pl_module: pl.LightningModule, sample: dict) -> tuple:
+    """`(picture, truth, prediction)` of one validation volume: the slice along the contract's
+    slice axis (z for 3-D nets) holding the most foreground, the picture stretched between
+    its 0.5 and 99.5 percentiles."""
+    contract = pl_module.contract
+    axis = contract.slice_axis if contract.dims != 3 else 0
+    probs = pl_module.volume_probabilities(sample["image"])  # [K, Z, Y, X] on the CPU
+    truth = sample["mask"].movedim(axis, 0)  # [S, H, W]
+    pred = probs.argmax(0).movedim(axis, 0)
+    index = int((truth > 0).flatten(1).sum(1).argmax())
+    image = sample["image"].movedim(axis + 1, 1)[:, index].float()  # [C, H, W]
+    lo, hi = torch.quantile(image.flatten(), torch.tensor([0.005, 0.995]))
+    picture = ((image - lo) / (hi - lo).clamp_min(1e-6)).numpy()
+    return to_rgb8(picture), truth[index].numpy(), pred[index].numpy()
 
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.data.checks import inspect_folder
 from unet_seg.data.contract import DataContract
 from unet_seg.data.fingerprint import summary
-from unet_seg.data.plan import plan_table
+from unet_seg.data.plan import is_volume_config, plan_table
 from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.files import write_json
 from unet_seg.run_dir import RunDir, hydra_log_file
@@ -43,6 +43,8 @@ def check_data(cfg: DictConfig) -> dict:
         ensure_synthetic(data.root, **to_plain(data.synthetic))
     cfg, plan = plan_config(cfg)
     data = cfg.data
+    if is_volume_config(to_plain(data)):
+        return check_volumes(cfg, plan)
     if plan is not None:
         given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
         log.info("%s\n\nplan (python -m unet_seg.train data=auto data.root=%s uses it; "
@@ -137,6 +139,45 @@ def _short(value: object, limit: int = 12) -> str:
     if isinstance(value, dict):
         return str({k: round(v, 4) if isinstance(v, float) else v for k, v in value.items()})
     return str(value)
+
+
+def check_volumes(cfg: DictConfig, plan: dict | None) -> dict:
+    """`check_data` for a folder of volumes: the fingerprint (spacing, anisotropy, sizes,
+    intensities, labels), the plan with the 2-D / 2.5-D / 3-D choice and its reason, and every
+    case read as training would read it, each problem naming its file."""
+    from unet_seg.build import build_datamodule
+    from unet_seg.data.volume_plan import fingerprint_volumes, volume_summary
+
+    data = cfg.data
+    if data.get("synthetic3d"):
+        from unet_seg.data.synthetic3d import ensure_synthetic3d
+
+        ensure_synthetic3d(data.root, **to_plain(data.synthetic3d))
+    fp = plan["fingerprint"] if plan is not None else fingerprint_volumes(
+        data.root, data.get("images_dir", "images"), data.get("masks_dir", "masks"),
+        data.get("mask_suffix") or "")  # fmt: skip
+    lines = [volume_summary(fp, to_plain(data))]
+    if plan is not None:
+        given = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        lines += [f"\nplan (python -m unet_seg.train data=auto data.root={data.root} uses it; "
+                  f"any key given on the command line wins):\n{plan_table(plan)}",
+                  f"\ntrain with:\n  {train_command(to_plain(data), plan, given)}"]  # fmt: skip
+    log.info("\n".join(lines))
+    here = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
+    datamodule = build_datamodule(cfg, RunDir(here))  # reads every case; writes nothing
+    problems = datamodule.check()
+    report = {"root": str(data.root), "volumes": len(fp.get("cases", [])), "problems": problems}
+    if problems:
+        log.warning("problems: %d\n  %s", len(problems), "\n  ".join(problems[:50]))
+    else:
+        log.info("problems: none: every case reads as training will read it")
+    if plan is not None:
+        report["plan"] = {k: v for k, v in plan.items() if k != "fingerprint"}
+    report["fingerprint"] = fp
+    output = Path(cfg.output) if cfg.get("output") else _default_output()
+    write_json(report, output)
+    log.info("wrote %s", output)
+    return report
 
 
 def _default_output() -> Path:

@@ -51,6 +51,7 @@ from unet_seg.visualize import (
     overlay,
     with_legend,
 )
+from unet_seg.volume_eval import checkpoint_is_volume, evaluate_volumes
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
         the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
     """
-    set_threads(cfg.get("threads", "auto"), "threads")
     ckpt = _checkpoint(cfg)
+    if checkpoint_is_volume(ckpt):  # per volume, distances in mm
+        output = Path(cfg.output) if cfg.output else _default_output(cfg)
+        return evaluate_volumes(cfg, output)
+    set_threads(cfg.get("threads", "auto"), "threads")
     predictor = load_model_from_config(ckpt, cfg)
     contract = predictor.contract
     folders = contract.class_names[1:] if contract.mask_format == "folders" else None

@@ -11,7 +11,6 @@ floats, whatever the image height.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from unet_seg.data.transforms import normalize
 from unet_seg.instances import components
 from unet_seg.module import SegModule
 from unet_seg.postprocess import PostProcess
+from unet_seg.volume_inference import gaussian_weights_nd, tile_starts
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,6 @@ def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.
     return fit_channels(image, in_channels, name, fix)
 
 
-def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles of side `tile` covering `[0, length)`, evenly spread, first at 0
-    and last at `length - tile`, no two further apart than `stride`."""
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - tile) / stride) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
-
-
 def aligned_starts(length: int, tile: int, stride: int, align: int) -> list[int]:
     """Start offsets, multiples of `align`, of tiles of side `tile` covering `[0, length)`
     no further apart than `stride` (but at least `align`); the last tile may overrun `length`.
@@ -109,13 +100,8 @@ def aligned_starts(length: int, tile: int, stride: int, align: int) -> list[int]
 
 def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> Tensor:
     """Blending weights `[height, width]`: a Gaussian (sigma = side / 8) peaking at 1 in the
-    centre, floored at 1e-4 so that every pixel keeps some weight."""
-    axes = []
-    for n in (height, width):
-        coord = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
-        axes.append(torch.exp(-0.5 * (coord / (sigma_scale * n)) ** 2))
-    weights = axes[0][:, None] * axes[1][None, :]
-    return (weights / weights.max()).clamp(min=1e-4).float()
+    centre, floored at 1e-4 so that every pixel keeps some weight (`gaussian_weights_nd`)."""
+    return gaussian_weights_nd((height, width), sigma_scale)
 
 
 class Predictor:

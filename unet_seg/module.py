@@ -18,13 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.aggregation import MeanMetric
 
 from unet_seg.data.contract import DataContract
+from unet_seg.data.masks import IGNORE_INDEX
 from unet_seg.data.readers import DEFAULT_INTENSITY
 from unet_seg.instances import DEFAULT_INSTANCES, decode_instances
-from unet_seg.losses import build_loss, class_probabilities
-from unet_seg.metrics import SegmentationScores
+from unet_seg.losses import DeepSupervisionLoss, build_loss, class_probabilities
+from unet_seg.metrics import SegmentationScores, confusion_counts, ratio_scores
 from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import center_crop
-from unet_seg.models.registry import build_net
+from unet_seg.models.registry import ARCHITECTURES, build_net
 from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,14 @@ class SegModule(pl.LightningModule):
         self._epoch_images = 0
         self._nonfinite = torch.zeros((), dtype=torch.bool)
         # one training patch: Lightning's model summary counts the FLOPs and sizes from it
-        side = self.contract.crop_size
-        if side:
+        side, patch = self.contract.crop_size, self.contract.patch
+        if self.contract.dims == 3 and patch:
+            self.example_input_array = torch.zeros(1, self.contract.in_channels, *patch)
+        elif side:
             self.example_input_array = torch.zeros(1, self.contract.in_channels, side, side)
+        # volumes: each validation or test item is a whole volume, scored on its own too
+        self.val_volume_dice = MeanMetric(nan_strategy="ignore")
+        self.test_volume_dice = MeanMetric(nan_strategy="ignore")
 
     def forward(self, x: Tensor) -> Tensor:
         """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level
@@ -126,7 +132,56 @@ class SegModule(pl.LightningModule):
         min_size = settings["min_size"] if min_size is None else min_size
         return decode_instances(probs, min_size, settings["seed_threshold"])
 
+    def volume_probabilities(
+        self, volume: Tensor, tta: str = "none", overlap: float = 0.5, batch_size: int = 2,
+        progress: bool = False,
+    ) -> Tensor:  # fmt: skip
+        """One normalised volume `[C, Z, Y, X]` -> class probabilities `[K, Z, Y, X]` float32
+        on the CPU: a Gaussian-weighted sliding window of `contract.patch` for a 3-D net,
+        every slice (or slab) along `contract.slice_axis` for a 2-D one."""
+        from unet_seg.volume_inference import slicewise, sliding_window
+
+        c = self.contract
+
+        def predict(x: Tensor) -> Tensor:
+            return self.probabilities(self(x))
+
+        k = max(c.num_classes, 2)
+        if c.dims == 3:
+            return sliding_window(predict, volume, c.patch, k, overlap=overlap,
+                                  batch_size=batch_size, device=self.device, tta=tta,
+                                  progress=progress)  # fmt: skip
+        return slicewise(predict, volume, c.slice_axis, c.slab, k, batch_size=4 * batch_size,
+                         device=self.device, tta=tta, progress=progress)  # fmt: skip
+
+    def _volume_step(self, batch: dict, stage: str) -> Tensor:
+        """Validation or test on whole volumes (batches of one): the net's probabilities by
+        `volume_probabilities`, the loss of their logarithms (the logits of the same
+        probabilities), the pooled scores and this volume's own mean foreground Dice."""
+        masks = batch["mask"]  # [1, Z, Y, X]
+        probs = self.volume_probabilities(batch["image"][0]).to(masks.device)[None]
+        probs = probs.clamp_min(1e-7)
+        if self.contract.sigmoid:  # one logit: log(p / (1 - p))
+            logits = (probs[:, 1:] / probs[:, :1]).log()
+        else:
+            logits = probs.log()
+        loss_fn = (
+            self.loss_fn.loss if isinstance(self.loss_fn, DeepSupervisionLoss) else self.loss_fn
+        )
+        loss = loss_fn(logits, masks)
+        labels = self.labels(logits)
+        getattr(self, f"{stage}_scores").update(labels, masks)
+        getattr(self, f"{stage}_loss").update(loss.detach(), 1)
+        counts = confusion_counts(labels, masks, self.contract.num_classes, IGNORE_INDEX)
+        dice = ratio_scores(counts, empty=float("nan"))["dice"][1:]
+        if not dice.isnan().all():
+            getattr(self, f"{stage}_volume_dice").update(dice.nanmean())
+        self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
+        return loss
+
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
+        if self.contract.volume and stage != "train":
+            return self._volume_step(batch, stage)
         images, masks, weights = batch["image"], batch["mask"], batch.get("weight")
         if stage == "train":  # training patches come with `net.margin` pixels of context
             outputs = self.net.forward_with_context(images)
@@ -230,6 +285,10 @@ class SegModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss.compute(), prog_bar=True)
         self.log(f"{stage}/dice", values.pop(f"{stage}/dice"), prog_bar=True)
         self.log_dict(values)
+        if self.contract.volume:  # the mean over volumes of each one's foreground Dice
+            volume_dice = getattr(self, f"{stage}_volume_dice")
+            self.log(f"{stage}/volume_dice", volume_dice.compute())
+            volume_dice.reset()
         scores.reset()
         loss.reset()
 
@@ -350,6 +409,22 @@ def check_net_fits(arch: dict, contract: DataContract) -> None:
     """Refuse an `arch` whose input channels or logits contradict the data contract."""
     want = {"in_channels": contract.in_channels, "num_classes": contract.out_channels}
     wrong = [f"arch.{k}={arch.get(k)}" for k, v in want.items() if arch.get(k) != v]
+    net = ARCHITECTURES.get(arch.get("name"))
+    if net is not None and (net.spatial_dims == 3) != (contract.dims == 3):
+        samples = (
+            "3-D patches"
+            if contract.dims == 3
+            else ("2-D images" if not contract.volume else f"{contract.dims}-D slices of volumes")
+        )
+        fix = (
+            "a 3-D net: arch=unet3d or arch=nested3d"
+            if contract.dims == 3
+            else "a 2-D net (arch=unet, nested, ...), or data.dims=3 for volumes"
+        )
+        raise ValueError(
+            f"arch={arch['name']} is a {net.spatial_dims}-D net, and the data are {samples}: "
+            f"use {fix}"
+        )
     if wrong:
         raise ValueError(
             f"{', '.join(wrong)} contradicts the data: {contract.in_channels} input channel(s), "

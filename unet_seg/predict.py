@@ -42,6 +42,7 @@ from unet_seg.visualize import (
     overlay,
     with_legend,
 )
+from unet_seg.volume_eval import checkpoint_is_volume, predict_volumes
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
+    if checkpoint_is_volume(cfg.ckpt):  # label volumes in the inputs' geometry
+        return predict_volumes(cfg, input_spec(cfg))
     set_threads(cfg.get("threads", "auto"), "threads")
     files = resolve_inputs(str(input_spec(cfg)))
     predictor = load_model_from_config(cfg.ckpt, cfg)

@@ -59,6 +59,9 @@ class SegDataModule(pl.LightningDataModule):
         instances: `data.instances` for `target=instances` (`unet_seg.instances`); with
             its `weight_map` (the default) and no `weight_map` argument, training samples
             carry the U-Net weight map of the objects' interiors at its default settings.
+        volume, dims, slab, slice_axis, spacing, patch, synthetic3d: for volumes, which
+            `VolumeDataModule` reads (`unet_seg.data.volume_datamodule`); a 2-D folder
+            leaves them None (the contract refuses them there).
     """
 
     def __init__(
@@ -102,6 +105,13 @@ class SegDataModule(pl.LightningDataModule):
         context: int = 0,
         target: str = "semantic",
         instances: dict | None = None,
+        volume: bool | None = None,
+        dims: float | None = None,
+        slab: int | None = None,
+        slice_axis: int | None = None,
+        spacing: Sequence[float] | None = None,
+        patch: Sequence[int] | None = None,
+        synthetic3d: dict | None = None,
     ) -> None:
         super().__init__()
         self.context = int(context)
@@ -125,7 +135,11 @@ class SegDataModule(pl.LightningDataModule):
             "mask_format": mask_format, "mask_values": mask_values, "mask_colors": mask_colors,
             "ignore_value": ignore_value, "intensity": intensity, "mean": mean, "std": std,
             "crop_size": crop_size, "target": target, "instances": instances,
+            "volume": volume, "dims": dims, "slab": slab, "slice_axis": slice_axis,
+            "spacing": spacing, "patch": patch,
         })  # fmt: skip
+        if synthetic3d and not volume:
+            raise ValueError("data.synthetic3d generates volumes: it needs data.volume=true")
         self.mask_format = mask_format  # of the files (the contract's: instances for a target)
         self.root = Path(root)
         class_folders = class_names[1:] if mask_format == "folders" else None

@@ -60,6 +60,10 @@ PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mas
                 "foreground_crop")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
+VOLUME_KEYS = ("volume", "dims", "slab", "slice_axis", "spacing", "patch")
+"""Data keys for volumes only: null in `conf/data/folder.yaml`, planned for a volume folder
+(`unet_seg.data.volume_plan`) unless given."""
+
 MIN_STEPS = 20
 """Training steps an epoch has at least (`train_repeats` draws each image more often)."""
 
@@ -413,6 +417,8 @@ def plan_data_config(
     """
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
+    if is_volume_config(data):
+        return plan_volume_config(data, gpu_memory_gb)
     ignore = data.get("ignore_value")
     layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
     given = {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO}
@@ -431,6 +437,60 @@ def plan_data_config(
         "fingerprint": fp,
     }
     return planned, record
+
+
+def is_volume_config(data: dict[str, Any]) -> bool:
+    """Whether a data config reads volumes: `data.volume` true, or null or `auto` and the
+    images folder holds volumes (`volume_cases.holds_volumes`)."""
+    from unet_seg.data.volume_cases import holds_volumes
+
+    volume = data.get("volume")
+    if volume in (None, AUTO):
+        return holds_volumes(Path(data["root"]) / data.get("images_dir", "images"))
+    return bool(volume)
+
+
+def plan_volume_config(
+    data: dict[str, Any], gpu_memory_gb: float | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`plan_data_config` for a folder of volumes: the volume fingerprint and plan
+    (`unet_seg.data.volume_plan`); the volume keys left null are planned too."""
+    from unet_seg.data.volume_plan import fingerprint_volumes, plan_volumes
+
+    keys = PLANNED_KEYS + VOLUME_KEYS
+    given = {k: data[k] for k in keys if data.get(k) not in (AUTO, None)}
+    data = {**data, **{k: AUTO for k in VOLUME_KEYS if data.get(k) is None}}
+    data["volume"] = True
+    why: dict[str, str] = {}
+
+    def fill(key: str, value: Any, reason: str) -> None:
+        if data.get(key) == AUTO:
+            data[key], why[key] = value, reason
+
+    fill("mask_suffix", "", "volume masks are named like their images (data.mask_suffix=_seg "
+                            "for masks/<case>_seg.nii.gz)")  # fmt: skip
+    layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
+    try:
+        fp = fingerprint_volumes(*layout, data["mask_suffix"])
+    except (FileNotFoundError, ValueError) as err:
+        raise PlanError(str(err)) from None
+    problems = [e["error"] for e in fp.get("cases", []) if "error" in e] + fp.get("problems", [])
+    if problems:
+        raise PlanError(_listing(problems))
+    plan_volumes(fp, data, fill, gpu_memory_gb)
+    # 2-D keys a volume plan has no use for: their neutral values
+    fill("mask_colors", None, "volumes hold label values, not colours")
+    fill("pad_to_crop", True, "windows larger than a volume are padded (no label there)")
+    fill("crop_size", None, "3-D patches (data.patch)")
+    left = [k for k in keys if data.get(k) == AUTO]
+    if left:
+        raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
+    record = {
+        "plan": {k: {"value": data[k], "why": why[k]} for k in keys if k in why},
+        "given": given,
+        "fingerprint": fp,
+    }
+    return data, record
 
 
 def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tuple[str, str]:

@@ -241,9 +241,10 @@ def _tiff_layout(tif: tifffile.TiffFile, path: Path) -> tuple[int, str, tuple[in
     else:
         slices = f" (axes {axes_of})" if axes not in ("IYX", "QYX") else ""
     raise ValueError(
-        f"{path}: {pages} pages{slices}: split the stack into one file per slice "
-        "(pages are read as channels only when the TIFF labels them channels, or for 2 to 4 "
-        "pages of one size)"
+        f"{path}: {pages} pages{slices}: split the stack into one file per slice, or train "
+        "on the stacks as volumes (data=auto detects a folder of them; data=folder needs "
+        "data.volume=true). Pages are read as channels only when the TIFF labels them "
+        "channels, or for 2 to 4 pages of one size."
     )
 
 

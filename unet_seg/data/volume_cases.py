@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 
-from unet_seg.data.volumes import VOLUME_EXTENSIONS
+from unet_seg.data.volumes import TIFF_EXTENSIONS, VOLUME_EXTENSIONS
 from unet_seg.problems import problem_list
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -57,6 +58,25 @@ def is_volume_file(path: Path) -> bool:
         and not path.name.startswith(".")
         and path.name.lower().endswith(VOLUME_EXTENSIONS)
     )
+
+
+def holds_volumes(folder: str | Path) -> bool:
+    """Whether a folder's images are volumes: NIfTI or ITK files, or TIFF stacks (a series
+    with a Z axis, or more than 4 pages: what the 2-D reader refuses as a stack)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    files = sorted(p for p in folder.iterdir() if is_volume_file(p))
+    if any(not p.name.lower().endswith(TIFF_EXTENSIONS) for p in files):
+        return True
+    for path in files[:3]:  # TIFFs: 2-D images unless they are stacks
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if "Z" in tif.series[0].axes or len(tif.series[0].pages) > 4:
+                    return True
+        except Exception:  # noqa: BLE001 - an unreadable file is the readers' to report
+            continue
+    return False
 
 
 def list_volumes(folder: str | Path) -> list[Path]:

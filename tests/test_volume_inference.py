@@ -1,0 +1,209 @@
+"""Volume inference: the N-D sliding window against whole-volume passes, flip TTA, and the
+slice-by-slice path of 2-D and 2.5-D nets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from unet_seg.data.volume_cases import slab
+from unet_seg.inference import gaussian_weights
+from unet_seg.volume_inference import (
+    gaussian_weights_nd,
+    slicewise,
+    sliding_window,
+    window_memory_bytes,
+)
+
+
+def pointwise(in_channels: int, num_classes: int, seed: int = 0) -> nn.Module:
+    """A 1x1x1 conv and a softmax: every voxel's output depends on that voxel alone."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv3d(in_channels, num_classes, 1), nn.Softmax(dim=1))
+
+
+def conv_net(in_channels: int, num_classes: int, seed: int = 0) -> nn.Module:
+    """Three 3x3x3 convolutions (zero padded) and a softmax: a 7-voxel receptive field."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv3d(in_channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv3d(4, num_classes, 3, padding=1),
+        nn.Softmax(dim=1),
+    )
+
+
+def volume(shape: tuple[int, ...], channels: int = 2, seed: int = 0) -> Tensor:
+    return torch.randn(channels, *shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_gaussian_weights_nd_peaks_once_and_is_the_2d_function() -> None:
+    w = gaussian_weights_nd((7, 8, 9))
+    assert w.shape == (7, 8, 9) and w.dtype == torch.float32
+    assert float(w[3, 3:5, 4].min()) == pytest.approx(w.max().item()) and w.max() <= 1
+    assert w.min() >= 0.99e-4
+    for dim in range(3):
+        assert torch.equal(w, w.flip(dim))
+    assert torch.equal(gaussian_weights(5, 6), gaussian_weights_nd((5, 6)))
+    separable = gaussian_weights_nd((5, 6))[..., None] * gaussian_weights_nd((4,))
+    unfloored = separable > 1e-3  # the floor at 1e-4 is applied once, to the product
+    w3 = gaussian_weights_nd((5, 6, 4))
+    assert torch.allclose(w3, separable, atol=1e-4)
+    assert torch.allclose(w3[unfloored], separable[unfloored], rtol=1e-6)
+    with pytest.raises(ValueError, match="shape is empty"):
+        gaussian_weights_nd(())
+
+
+def test_one_window_over_the_whole_volume_is_one_pass() -> None:
+    net = conv_net(2, 3)
+    vol = volume((6, 10, 12))
+    direct = net(vol[None])[0]
+    stitched = sliding_window(net, vol, patch=(6, 10, 12), num_classes=3)
+    assert stitched.shape == (3, 6, 10, 12) and stitched.device.type == "cpu"
+    assert torch.allclose(stitched, direct, atol=1e-6)
+
+
+@torch.no_grad()
+def test_a_patch_larger_than_the_volume_pads_with_zeros_and_crops_back() -> None:
+    net = conv_net(2, 3, seed=1)
+    vol = volume((5, 9, 12))
+    padded = torch.zeros(2, 8, 16, 12)
+    padded[:, :5, :9] = vol
+    expected = net(padded[None])[0, :, :5, :9]
+    stitched = sliding_window(net, vol, patch=(8, 16, 12), num_classes=3)
+    assert stitched.shape == (3, 5, 9, 12)
+    assert torch.allclose(stitched, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape,patch,overlap,batch",
+    [((9, 17, 13), (4, 8, 6), 0.5, 3), ((3, 11, 19), (6, 5, 7), 0.25, 2),
+     ((7, 10, 10), (7, 4, 4), 0.0, 1)],
+)  # fmt: skip
+def test_overlapping_windows_reproduce_a_pointwise_net(
+    shape: tuple[int, ...], patch: tuple[int, ...], overlap: float, batch: int
+) -> None:
+    """A pointwise net's windows all agree with the whole pass, so any difference comes
+    from the window placement, padding or blending; odd sizes and an axis shorter than the
+    patch (3 < 6) included."""
+    net = pointwise(2, 3)
+    vol = volume(shape)
+    whole = net(vol[None])[0].detach()
+    calls = []
+
+    def predict(x: Tensor) -> Tensor:
+        calls.append(tuple(x.shape))
+        return net(x)
+
+    stitched = sliding_window(predict, vol, patch, 3, overlap=overlap, batch_size=batch)
+    assert stitched.shape == (3, *shape)
+    assert torch.allclose(stitched, whole, atol=1e-5)
+    assert all(c[0] <= batch and c[1:] == (2, *patch) for c in calls)
+    assert sum(c[0] for c in calls) > 1  # several windows were blended
+
+
+def test_a_3d_conv_net_on_overlapping_windows_stays_close_to_the_whole_pass() -> None:
+    """Not equal (each window pads its own border), but the Gaussian weights favour each
+    window's centre, where the net sees the same context as in the whole pass."""
+    net = conv_net(2, 2)
+    vol = volume((8, 16, 16))
+    whole = net(vol[None])[0].detach()
+    stitched = sliding_window(net, vol, (8, 12, 12), 2, overlap=0.5)
+    assert (stitched - whole).abs().mean() < 0.02
+    assert (stitched - whole).abs().max() > 1e-6  # the windows did see different borders
+
+
+@pytest.mark.parametrize("shape", [(7, 11, 9), (3, 11, 9)])  # z: longer, shorter than the patch
+def test_flip_tta_makes_the_window_invariant_to_flipping_the_input(shape: tuple[int, ...]) -> None:
+    net = conv_net(2, 3, seed=2)
+    vol = volume(shape)
+    base = sliding_window(net, vol, (4, 6, 6), 3, overlap=0.5, batch_size=4, tta="flips")
+    plain = sliding_window(net, vol, (4, 6, 6), 3, overlap=0.5, batch_size=4)
+    assert torch.allclose(base.sum(0), torch.ones(shape), atol=1e-5)
+    for dims in ([1], [2, 3], [1, 2, 3]):
+        flipped = sliding_window(net, vol.flip(dims), (4, 6, 6), 3, overlap=0.5,
+                                 batch_size=4, tta="flips")  # fmt: skip
+        assert torch.allclose(flipped, base.flip(dims), atol=1e-5)
+    plain_flipped = sliding_window(net, vol.flip([1, 2, 3]), (4, 6, 6), 3, overlap=0.5)
+    assert not torch.allclose(plain_flipped, plain.flip([1, 2, 3]), atol=1e-5)
+
+
+def test_flip_tta_runs_every_flip_and_a_2d_volume_works_too() -> None:
+    torch.manual_seed(0)
+    net2d = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Softmax(dim=1))
+    image = volume((13, 10), channels=1)
+    calls = []
+
+    def predict(x: Tensor) -> Tensor:
+        calls.append(x.shape[0])
+        return net2d(x)
+
+    out = sliding_window(predict, image, (8, 8), 2, overlap=0.5, batch_size=16, tta="flips")
+    windows = 3 * 2  # tile_starts(13, 8, 4) == [0, 2, 5], tile_starts(10, 8, 4) == [0, 2]
+    assert sum(calls) == 4 * windows and out.shape == (2, 13, 10)
+    flipped = sliding_window(net2d, image.flip(1), (8, 8), 2, overlap=0.5, tta="flips")
+    assert torch.allclose(flipped, out.flip(1), atol=1e-5)
+
+
+def test_a_wrong_prediction_shape_and_bad_arguments_are_refused() -> None:
+    vol = volume((4, 6, 6))
+    with pytest.raises(
+        ValueError, match=r"predict returned shape \(1, 2, 4, 6, 6\).*num_classes=3"
+    ):
+        sliding_window(pointwise(2, 2), vol, (4, 6, 6), num_classes=3)
+    with pytest.raises(ValueError, match="tta='d4'.*batch_size=0") as err:
+        sliding_window(pointwise(2, 2), vol, (4, 6, 6), 2, tta="d4", batch_size=0)
+    assert "volume has shape" not in str(err.value)
+    with pytest.raises(ValueError, match=r"expected \[C, 3 spatial axes\]"):
+        slicewise(pointwise(2, 2), vol[0], axis=0, slab=1, num_classes=2)
+    with pytest.raises(ValueError, match="axis=3: .*slab=2: must be odd"):
+        slicewise(pointwise(2, 2), vol, axis=3, slab=2, num_classes=2)
+    with pytest.raises(ValueError, match=r"overlap=1: .*patch=\[4, 0, 6\]: .*tta='x'"):
+        sliding_window(pointwise(2, 2), vol, (4, 0, 6), 2, overlap=1, tta="x")
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slicewise_feeds_slabs_and_reassembles_along_each_axis(axis: int) -> None:
+    """The net's input is `slab()` of the volume with `axis` moved first, and its output
+    (a known function of the centre slice) lands back on that slice."""
+    vol = volume((5, 6, 7), channels=2)
+    stack = vol.movedim(axis + 1, 1)  # [C, S, H, W]
+    seen = []
+
+    def predict(x: Tensor) -> Tensor:
+        seen.append(x)
+        centre = x[:, [1, 4]]  # [B, 2, H, W]: channel-major slab of 3, centre of each channel
+        return torch.stack([centre[:, 0] * 2, centre[:, 1] - centre[:, 0] + 0.5], dim=1)
+
+    out = slicewise(predict, vol, axis=axis, slab=3, num_classes=2, batch_size=4)
+    inputs = torch.cat(seen)  # [S, C * 3, H, W]
+    assert inputs.shape == (stack.shape[1], 6, *stack.shape[2:])
+    for i in range(stack.shape[1]):
+        assert torch.equal(inputs[i], slab(stack, i, 3))
+    assert out.shape == (2, 5, 6, 7)
+    assert torch.allclose(out[0], vol[0] * 2) and torch.allclose(out[1], vol[1] - vol[0] + 0.5)
+
+
+def test_slicewise_flip_tta_averages_the_four_2d_flips() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.Softmax(dim=1))
+    vol = volume((4, 6, 8), channels=1)
+    out = slicewise(net, vol, axis=0, slab=3, num_classes=2, tta="flips")
+    expected = torch.stack([
+        sum(net(slab(vol, i, 3)[None].flip(d)).flip(d) for d in ([], [2], [3], [2, 3]))[0] / 4
+        for i in range(4)
+    ], dim=1)  # fmt: skip
+    assert torch.allclose(out, expected, atol=1e-6)
+    flipped = slicewise(net, vol.flip([2, 3]), axis=0, slab=3, num_classes=2, tta="flips")
+    assert torch.allclose(flipped, out.flip([2, 3]), atol=1e-6)
+
+
+def test_window_memory_counts_the_cpu_accumulators() -> None:
+    sizes = window_memory_bytes((300, 512, 512), (64, 128, 128), num_classes=2, batch_size=2)
+    voxels = 300 * 512 * 512
+    assert sizes["output"] == 2 * 4 * voxels and sizes["weights"] == 4 * voxels
+    assert sizes["cpu"] == sizes["input"] + sizes["output"] + sizes["weights"] == 16 * voxels
+    assert sizes["device_batch"] == 2 * 3 * 4 * 64 * 128 * 128

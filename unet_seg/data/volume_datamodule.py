@@ -1,0 +1,161 @@
+"""`VolumeDataModule`: the data module of a folder of volumes (`data.volume: true`).
+
+It keeps `SegDataModule`'s contract, split, sampler and loader rules and changes
+what a sample is: cases (`volume_cases.find_volume_cases`) split by case name;
+training draws slices, slabs or 3-D patches from them (`VolumeDataset`), and
+validation and test see one whole volume per item, scored as a volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from unet_seg.data.datamodule import SegDataModule
+from unet_seg.data.masks import PAD_LABEL
+from unet_seg.data.sampler import SeededShuffleSampler
+from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
+from unet_seg.data.volume_dataset import LoadedCase, VolumeDataset, load_case
+
+log = logging.getLogger(__name__)
+
+
+def collate_volumes(batch: list[dict]) -> dict:
+    """Stack samples of one size: training windows `[B, C, *S]`, or evaluation volumes
+    (one per batch, as their sizes differ)."""
+    out = {"image": torch.stack([s["image"] for s in batch]), "name": [s["name"] for s in batch]}
+    if "mask" in batch[0]:
+        out["mask"] = torch.stack([s["mask"] for s in batch])
+    return out
+
+
+class VolumeDataModule(SegDataModule):
+    """Volumes in `root/images` (one file per case, or nnU-Net's `<case>_0000..` channels)
+    with label volumes in `root/masks`.
+
+    Args:
+        synthetic3d: parameters of `ensure_synthetic3d` to generate the data first, or None.
+        **kwargs: `SegDataModule`'s arguments. The contract's volume fields (`dims`, `slab`,
+            `slice_axis`, `spacing`, `patch`) say what a sample is: 2-D and 2.5-D train on
+            `crop_size` windows of slices along `slice_axis`, 3-D on `patch` windows. The
+            2-D-only ones (`weight_map`, `context`, `instances_dir`, `target=instances`)
+            are refused.
+    """
+
+    def __init__(self, synthetic3d: dict | None = None, **kwargs) -> None:
+        unsupported = [k for k in ("weight_map", "instances_dir", "context") if kwargs.get(k)]
+        unsupported += ["target=instances"] if kwargs.get("target") == "instances" else []
+        if unsupported:
+            raise ValueError(
+                f"{', '.join(unsupported)}: not available for volumes yet (2-D images only); "
+                "leave it out, or cut the volumes into 2-D images"
+            )
+        kwargs.pop("weight_map", None)
+        kwargs.pop("context", None)
+        super().__init__(**{**kwargs, "volume": True}, synthetic3d=synthetic3d)
+        if self.contract.dims == 3 and not self.contract.patch:
+            raise ValueError("data.dims=3 trains on 3-D patches: set data.patch=[d, h, w]")
+        self.synthetic3d = synthetic3d
+        self.eval_batch_size = 1  # whole volumes, each of its own size
+        self.cases: dict[str, VolumeCase] = {}
+        self._preloaded: dict[str, LoadedCase] = {}
+
+    def _ensure_synthetic(self) -> None:
+        if self.synthetic3d and not self._synthetic_ready:
+            from unet_seg.data.synthetic3d import ensure_synthetic3d
+
+            ensure_synthetic3d(self.root, **self.synthetic3d)
+            self._synthetic_ready = True
+        super()._ensure_synthetic()
+
+    def _find_cases(self) -> dict[str, VolumeCase]:
+        f = self.folders
+        cases = find_volume_cases(self.root, f["images_dir"], f["masks_dir"], f["mask_suffix"])
+        return {case.name: case for case in cases}
+
+    def _pairs_and_splits(self, save: bool) -> tuple[dict, dict[str, list[str]]]:
+        cases = self._find_cases()
+        return cases, self._load_or_make_splits(sorted(cases), save=save)
+
+    def check(self) -> list[str]:
+        """Every problem that would stop training, each naming its file: the folder's (a
+        missing mask, a channel gap, ...), then every case read: channels, grids, label
+        values. The cases read are kept for `setup`."""
+        self._ensure_synthetic()
+        try:
+            cases, _ = self._pairs_and_splits(save=False)
+        except (FileNotFoundError, ValueError) as err:
+            return [str(err)]
+        problems = []
+        for name, case in cases.items():
+            try:
+                self._preloaded[name] = load_case(case, self.contract)
+            except (ValueError, OSError) as err:
+                problems.append(str(err))
+        self._checked = not problems
+        return problems
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self._ensure_synthetic()
+        self.cases, self.splits = self._pairs_and_splits(save=True)
+        self.pairs = {n: (c.images[0], c.mask) for n, c in self.cases.items()}
+        c = self.contract
+        window = c.patch if c.dims == 3 else [self.crop["crop_size"]] * 2
+        start = time.perf_counter()
+        for name in ("train", "val", "test"):
+            dataset = VolumeDataset(
+                [self.cases[n] for n in self.splits[name]], c, train=name == "train",
+                crop=window, foreground_crop=self.crop["foreground_crop"],
+                augment=self.augment,
+            )  # fmt: skip
+            for i, n in enumerate(self.splits[name]):  # already read by check()
+                if n in self._preloaded:
+                    dataset._loaded[i] = self._preloaded.pop(n)
+            dataset.load_all()  # once, before loader workers copy the dataset
+            self.datasets[name] = dataset
+        log.info(
+            "volumes %s: %s (read in %.1f s); %s",
+            self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()),
+            time.perf_counter() - start, self.describe_sampling(),
+        )  # fmt: skip
+
+    def describe_sampling(self) -> str:
+        """One line: what a training sample is."""
+        c = self.contract
+        axis = "zyx"[c.slice_axis]
+        if c.dims == 3:
+            return f"3-D patches {c.patch}"
+        what = f"2.5-D slabs of {c.slab} slices" if c.dims == 2.5 else "2-D slices"
+        return f"{what} along {axis}, windows of {self.crop['crop_size']} px"
+
+    def class_frequencies(self) -> np.ndarray:
+        """Voxel share of each class over the training volumes."""
+        self.setup()
+        k, train = self.contract.num_classes, self.datasets["train"]
+        counts = np.zeros(k, np.int64)
+        for index in range(len(train)):
+            labels = train.case(index).labels
+            counts += np.bincount(labels[labels != PAD_LABEL].ravel(), minlength=k)[:k]
+        return counts / max(1, counts.sum())
+
+    def _loader(self, stage: str, batch_size: int, sampler) -> DataLoader:
+        return DataLoader(
+            self.datasets[stage],
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers if stage == "train" else 0,
+            persistent_workers=self.num_workers > 0 and stage == "train",
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_volumes,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.datasets["train"])
+        sampler = SeededShuffleSampler(n, self.seed, self.train_repeats, *self._rank())
+        return self._loader("train", self.batch_size, sampler)

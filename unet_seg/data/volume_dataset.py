@@ -1,0 +1,312 @@
+"""Volumes as samples: each case read once, normalised, and cut into training slices (2-D),
+slabs (2.5-D) or patches (3-D); validation and test items are whole volumes.
+
+A loaded case is `image` float32 `[C, Z, Y, X]` (normalised, channels first) and `labels`
+uint8 `[Z, Y, X]` of class indices (`PAD_LABEL` where a voxel carries no label). Training
+items are what the 2-D path gives (`{"image": [C*k, H, W], "mask": [H, W]}`) or their
+3-D form (`{"image": [C, D, H, W], "mask": [D, H, W]}`), so the nets, losses and metrics
+see one convention. Augmentation of volumes (`augment_window`) is `data.augment`'s flips,
+quarter turns and brightness/contrast, drawn from the sample's own seed.
+
+Intensity (`contract.intensity["mode"]`), nnU-Net's rules:
+- `ct`: clip to `low..high` (the foreground's 0.5..99.5 percentiles, in Hounsfield
+  units), then `(x - mean) / std` with the contract's foreground mean and spread;
+- `zscore`: each volume and channel to zero mean and unit spread (MRI, microscopy);
+- `range`, `percentile`, `fixed`: the 2-D rules (`readers.to_unit_range`), then
+  `(x - mean) / std`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unet_seg.data.contract import DataContract
+from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
+from unet_seg.data.readers import to_unit_range
+from unet_seg.data.volume_cases import VolumeCase, slab_indices
+from unet_seg.data.volumes import VolumeMeta, read_volume
+
+log = logging.getLogger(__name__)
+
+MAX_FOREGROUND_SAMPLES = 10_000
+"""Voxels per class and case kept as candidate patch centres (nnU-Net keeps 10,000)."""
+
+
+def volume_channels(contract: DataContract) -> int:
+    """Channels of the volumes themselves (`in_channels` counts a 2.5-D slab's slices)."""
+    return contract.in_channels // contract.slab
+
+
+def _per_channel(values: Sequence[float], channels: int, slab_size: int) -> np.ndarray:
+    """One value per volume channel from the contract's list (1, C or C x slab values)."""
+    v = np.asarray(values, dtype=np.float32)
+    if v.size == channels:
+        return v
+    if v.size == channels * slab_size:
+        return v[::slab_size]  # channel-major slabs: each channel's first slice
+    if v.size == 1:
+        return np.repeat(v, channels)
+    raise ValueError(f"{v.size} normalisation values for {channels} channel(s)")
+
+
+def scale_volume(
+    image: np.ndarray, intensity: dict, mean: Sequence[float], std: Sequence[float],
+    slab_size: int = 1, name: str | Path | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Stored intensities `[C, Z, Y, X]` -> the net's input, float32 (the module docstring).
+
+    Args:
+        image: the volume, channels first, any numeric type.
+        intensity: `contract.intensity`; mean, std: the contract's.
+        slab_size: `contract.slab` (the mean and std may list a value per slab slice).
+        name: the file, for errors.
+    """
+    channels = image.shape[0]
+    mode = intensity.get("mode", "range")
+    x = image.astype(np.float32, copy=True)
+    if mode == "zscore":
+        for c in range(channels):
+            mu, sigma = float(x[c].mean()), float(x[c].std())
+            x[c] = (x[c] - mu) / max(sigma, 1e-8)
+        return x
+    if mode == "ct":
+        np.clip(x, np.float32(intensity["low"]), np.float32(intensity["high"]), out=x)
+    else:
+        args = {k: v for k, v in intensity.items() if k != "mode"}
+        for c in range(channels):  # [Z, Y, X] read as an [H, W, C] picture: same values
+            scaled = to_unit_range(image[c], mode, **args, name=name)
+            x[c] = scaled / 255.0 if scaled.dtype == np.uint8 else scaled
+    m = _per_channel(mean, channels, slab_size).reshape(-1, 1, 1, 1)
+    s = _per_channel(std, channels, slab_size).reshape(-1, 1, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class LoadedCase:
+    """A case in memory: `image` `[C, Z, Y, X]` float32 normalised, `labels` `[Z, Y, X]`
+    uint8 class indices (`PAD_LABEL`: no label) or None, the first image's geometry."""
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray | None
+    meta: VolumeMeta
+
+
+def read_case_image(case: VolumeCase) -> tuple[np.ndarray, VolumeMeta]:
+    """The stored intensities of a case `[C, Z, Y, X]` (its channel files stacked) and the
+    geometry of its first file; files of one case must share `[Z, Y, X]`."""
+    arrays, meta = [], None
+    for path in case.images:
+        array, m = read_volume(path)
+        meta = meta or m
+        if array.shape[:3] != tuple(meta.shape):
+            raise ValueError(
+                f"{path}: {list(array.shape[:3])} voxels, but {case.images[0].name} of the same "
+                f"case has {list(meta.shape)}: the channels of a case must share one grid"
+            )
+        # [Z, Y, X] -> [1, Z, Y, X]; [Z, Y, X, C] -> [C, Z, Y, X]
+        arrays.append(array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0))
+    return np.concatenate(arrays, axis=0), meta
+
+
+def read_case_labels(path: Path, contract: DataContract, shape: Sequence[int]) -> np.ndarray:
+    """A label volume as uint8 class indices `[Z, Y, X]` by the contract's encoding."""
+    from unet_seg.data.masks import _whole_numbers  # the 2-D masks' rule for numeric types
+
+    array, _ = read_volume(path)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.shape != tuple(shape):
+        raise ValueError(
+            f"{path}: label volume of {list(array.shape)} voxels for an image of "
+            f"{list(shape)}: a mask must have its image's grid"
+        )
+    return contract.encoding.encode(_whole_numbers(array, path), path)
+
+
+def load_case(case: VolumeCase, contract: DataContract) -> LoadedCase:
+    """Read, check and normalise one case (`labels` None when it has no mask)."""
+    stored, meta = read_case_image(case)
+    expected = volume_channels(contract)
+    if stored.shape[0] != expected:
+        raise ValueError(
+            f"{case.images[0]}: case {case.name} has {stored.shape[0]} channel(s), the data "
+            f"contract {expected}: give every case the same channels (data.in_channels)"
+        )
+    image = scale_volume(stored, contract.intensity, contract.mean, contract.std,
+                         contract.slab, case.images[0])  # fmt: skip
+    labels = None
+    if case.mask is not None:
+        labels = read_case_labels(case.mask, contract, stored.shape[1:])
+    return LoadedCase(case.name, image, labels, meta)
+
+
+def foreground_points(labels: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
+    """`{class: flat indices of up to MAX_FOREGROUND_SAMPLES of its voxels}` for every
+    foreground class present (candidate centres of foreground patches)."""
+    rng = np.random.default_rng(seed)
+    points = {}
+    flat = labels.reshape(-1)
+    for c in np.unique(flat):
+        if c == 0 or c == PAD_LABEL:
+            continue
+        where = np.flatnonzero(flat == c)
+        if where.size > MAX_FOREGROUND_SAMPLES:
+            where = np.sort(rng.choice(where, MAX_FOREGROUND_SAMPLES, replace=False))
+        points[int(c)] = where
+    return points
+
+
+def labels_to_tensor(labels: np.ndarray) -> torch.Tensor:
+    """uint8 indices (`PAD_LABEL`: no label) -> int64 with `IGNORE_INDEX`."""
+    target = torch.from_numpy(np.ascontiguousarray(labels)).long()
+    target[target == PAD_LABEL] = IGNORE_INDEX
+    return target
+
+
+class VolumeDataset(Dataset):
+    """Training samples cut from volumes, or whole volumes for evaluation.
+
+    Args:
+        cases: the cases of this split.
+        contract: the data contract (intensity, classes, dims, slab, slice axis).
+        train: random slices, slabs or patches (`crop` sized, foreground-weighted,
+            augmented); else one item per case, the whole volume.
+        crop: the training window: `(d, h, w)` for 3-D, `(h, w)` for 2-D and 2.5-D.
+        foreground_crop: share of windows centred on a foreground voxel, the class picked
+            uniformly among those the case holds (nnU-Net's oversampling).
+        augment: `data.augment`: flips, quarter turns, brightness/contrast (`augment_window`).
+    Each case is read and normalised once, when first used, and kept in memory.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[VolumeCase],
+        contract: DataContract,
+        train: bool = False,
+        crop: Sequence[int] | None = None,
+        foreground_crop: float = 0.0,
+        augment: dict | None = None,
+    ) -> None:
+        if train and not crop:
+            raise ValueError("a training VolumeDataset needs its window size (crop)")
+        self.cases = list(cases)
+        self.contract = contract
+        self.train = train
+        self.crop = tuple(int(v) for v in crop) if crop else None
+        self.foreground_crop = float(foreground_crop)
+        self.augment = dict(augment or {})
+        self._loaded: dict[int, LoadedCase] = {}
+        self._points: dict[int, dict[int, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def case(self, index: int) -> LoadedCase:
+        """Case `index`, read and normalised on first use."""
+        if index not in self._loaded:
+            self._loaded[index] = load_case(self.cases[index], self.contract)
+        return self._loaded[index]
+
+    def load_all(self) -> None:
+        """Read every case now (before DataLoader workers copy the dataset)."""
+        for index in range(len(self)):
+            self.case(index)
+
+    def _view(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The case with its slice axis first: `[C, S, H, W]` and `[S, H, W]` (3-D: as is)."""
+        loaded = self.case(index)
+        if loaded.labels is None:
+            raise ValueError(f"{self.cases[index].images[0]}: case {loaded.name} has no mask")
+        if self.contract.dims == 3:
+            return loaded.image, loaded.labels
+        axis = self.contract.slice_axis
+        return np.moveaxis(loaded.image, axis + 1, 1), np.moveaxis(loaded.labels, axis, 0)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        if not self.train:
+            loaded = self.case(index)
+            item = {"image": torch.from_numpy(loaded.image), "name": loaded.name}
+            if loaded.labels is not None:
+                item["mask"] = labels_to_tensor(loaded.labels)
+            return item
+        if seed is None:
+            seed = int(torch.randint(2**31 - 1, ()).item())
+        rng = np.random.default_rng(seed)
+        image, labels = self._view(index)
+        size = self.crop if self.contract.dims == 3 else (1, *self.crop)
+        starts = self._starts(index, labels, size, rng)
+        k = 1 if self.contract.dims == 3 else self.contract.slab
+        # the window's own slices (3-D), or the slab around its one slice (2-D, 2.5-D)
+        depth = slice(starts[0], starts[0] + size[0])
+        slices = depth if k == 1 else slab_indices(labels.shape[0], starts[0], k)
+        plane = tuple(slice(a, a + s) for a, s in zip(starts[1:], size[1:], strict=True))
+        x = image[(slice(None), slices, *plane)]  # [C, d or k, h, w]
+        y = labels[(depth, *plane)]  # [d or 1, h, w]
+        pads = [(0, max(0, s - n)) for s, n in zip(size, y.shape, strict=True)]
+        if any(p for _, p in pads):  # a volume smaller than the window: image 0, no labels
+            x = np.pad(x, [(0, 0), pads[0] if k == 1 else (0, 0), *pads[1:]])
+            y = np.pad(y, pads, constant_values=PAD_LABEL)
+        if self.contract.dims != 3:  # [C, k, h, w] -> [C*k, h, w], channel-major as slab()
+            x, y = x.reshape(-1, *x.shape[-2:]), y[0]
+        if self.augment:
+            spatial = 3 if self.contract.dims == 3 else 2
+            x, y = augment_window(x, y, rng, spatial, self.augment)
+        return {"image": torch.from_numpy(np.ascontiguousarray(x)),
+                "mask": labels_to_tensor(y), "name": self.cases[index].name}  # fmt: skip
+
+    def _starts(
+        self, index: int, labels: np.ndarray, size: Sequence[int], rng: np.random.Generator
+    ) -> list[int]:
+        """Where a window of `size` over `[S, H, W]` starts: uniformly placed, or with
+        `foreground_crop` probability centred on a foreground voxel of a class picked
+        uniformly among those the case holds (nnU-Net)."""
+        shape = labels.shape
+        starts = [int(rng.integers(0, max(n - s, 0) + 1)) for s, n in zip(size, shape, strict=True)]
+        if self.foreground_crop and rng.random() < self.foreground_crop:
+            points = self._points.get(index)
+            if points is None:
+                points = self._points[index] = foreground_points(labels, seed=index)
+            if points:
+                classes = sorted(points)
+                chosen = points[classes[int(rng.integers(len(classes)))]]
+                centre = np.unravel_index(int(chosen[int(rng.integers(chosen.size))]), shape)
+                starts = [min(max(int(c) - s // 2, 0), max(n - s, 0))
+                          for c, s, n in zip(centre, size, shape, strict=True)]  # fmt: skip
+        return starts
+
+
+def augment_window(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, spatial: int, augment: dict
+) -> tuple[np.ndarray, np.ndarray]:
+    """`data.augment`'s flips, quarter turns and brightness/contrast for windows of volumes:
+    `hflip` mirrors x, `vflip` y, `zflip` (3-D; default: `hflip`'s) z; `rotate90` turns the
+    y-x plane when it is square; `brightness_contrast` shifts the normalised intensities by up
+    to `brightness` and scales them by 1 +- `contrast`. `x` `[C, *S]`, `y` `[*S]`,
+    `spatial` = len(S). Affine and elastic warps are for 2-D images only (not applied)."""
+    flips = [(-1, augment.get("hflip", 0)), (-2, augment.get("vflip", 0))]
+    if spatial == 3:
+        flips.append((-3, augment.get("zflip", augment.get("hflip", 0))))
+    for axis, p in flips:
+        if p and rng.random() < p:
+            x, y = np.flip(x, axis), np.flip(y, axis)
+    if (
+        augment.get("rotate90")
+        and x.shape[-1] == x.shape[-2]
+        and rng.random() < augment["rotate90"]
+    ):
+        turns = int(rng.integers(1, 4))
+        x, y = np.rot90(x, turns, axes=(-2, -1)), np.rot90(y, turns, axes=(-2, -1))
+    bc = augment.get("brightness_contrast") or {}
+    if bc.get("p") and rng.random() < bc["p"]:
+        contrast = np.float32(1 + rng.uniform(-1, 1) * bc.get("contrast", 0.2))
+        x = x * contrast + np.float32(rng.uniform(-1, 1) * bc.get("brightness", 0.2))
+    return x.astype(np.float32, copy=False), y

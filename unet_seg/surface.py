@@ -1,0 +1,196 @@
+"""Surface distances in millimetres: the 95th-percentile Hausdorff distance (HD95) and the
+mean surface distance (MSD) of a predicted mask against the truth, spacing-aware.
+
+Definitions (MONAI's, `monai.metrics` 1.x, which we match):
+
+- The surface of a mask is the mask minus its binary erosion with face connectivity (the
+  6-neighbourhood in 3-D, 4 in 2-D: `scipy.ndimage.generate_binary_structure(rank, 1)`),
+  the array's outside counting as background, so a mask touching the border has a surface
+  there (MONAI's `get_mask_edges`, medpy's `connectivity=1`).
+- The directed distances from one surface to the other are the Euclidean distances in mm
+  (`distance_transform_edt(..., sampling=spacing)`) from each voxel centre of the first
+  surface to the nearest voxel centre of the second.
+- HD95 is the larger of the two directed 95th percentiles (linear interpolation), as
+  `compute_hausdorff_distance(percentile=95)`. nnU-Net v1 (through medpy's `hd95`) takes
+  instead the 95th percentile of both directions pooled, which is never larger.
+- MSD is the mean of both directions' distances pooled, each surface voxel counting
+  once, as `compute_average_surface_distance(symmetric=True)`. medpy's `assd` (nnU-Net
+  v1) averages the two directed means instead; the two agree when both surfaces have as
+  many voxels.
+
+Where the definitions leave a gap we choose, and each choice is a test: a structure
+present in one mask and absent from the other scores the worst case, the diagonal of the
+volume in mm (`sqrt(sum((shape * spacing)^2))`, longer than any distance inside it), never
+NaN or infinity (MONAI gives inf, nnU-Net v1 NaN, and a mean would drop it); a structure
+absent from both scores NaN (nothing to score: left out of a mean, like the per-image Dice
+of `unet_seg.metrics.ratio_scores(empty=nan)`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from unet_seg.data.masks import IGNORE_INDEX
+from unet_seg.metrics import confusion_counts, ratio_scores
+
+
+def _check_masks(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> None:
+    problems = []
+    if pred.shape != truth.shape:
+        problems.append(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+    if len(spacing) != truth.ndim:
+        problems.append(
+            f"spacing {tuple(spacing)} has {len(spacing)} values for {truth.ndim}-D masks: give "
+            "one per axis, in the arrays' axis order (z, y, x for volumes)"
+        )
+    elif not all(math.isfinite(s) and s > 0 for s in spacing):
+        problems.append(f"spacing {tuple(spacing)}: every value must be a positive length in mm")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def worst_distance(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The diagonal of a volume of `shape` voxels of `spacing` mm: the score of a structure
+    missed or predicted where there is none."""
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """The voxels of a bool `mask` with a face neighbour outside it (or on the array's
+    border): `mask & ~binary_erosion(mask)`, face connectivity."""
+    return mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(mask.ndim, 1))
+
+
+def _crop(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both masks cut to the bounding box of their union: surfaces and distances between
+    them are the same (a box face is a surface either way), at a fraction of the cost."""
+    box = ndimage.find_objects((pred | truth).astype(np.uint8))[0]
+    return pred[box], truth[box]
+
+
+def surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances in mm, both ways.
+
+    Args:
+        pred, truth: bool masks of one shape, any rank (e.g. `[Z, Y, X]`).
+        spacing: voxel size in mm per axis, in the arrays' axis order.
+    Returns:
+        `(pred -> truth, truth -> pred)` float64: for each surface voxel of the first mask,
+        its distance to the nearest surface voxel of the second. A mask with no voxels has
+        an empty surface (an empty array), and the distances from the other one to it are
+        infinite.
+    """
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    _check_masks(pred, truth, spacing)
+    if not (pred.any() or truth.any()):
+        return np.zeros(0), np.zeros(0)
+    pred, truth = _crop(pred, truth)
+    edges = surface(pred), surface(truth)
+    distances = []
+    for source, target in (edges, edges[::-1]):
+        if not target.any():
+            distances.append(np.full(int(source.sum()), np.inf))
+            continue
+        to_target = ndimage.distance_transform_edt(~target, sampling=[float(s) for s in spacing])
+        distances.append(to_target[source])
+    return distances[0], distances[1]
+
+
+def surface_scores(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
+) -> tuple[float, float]:
+    """`(hd95, mean_surface_distance)` in mm from one pass over the surfaces."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    _check_masks(pred, truth, spacing)
+    there = pred.any(), truth.any()
+    if not any(there):
+        return math.nan, math.nan
+    if not all(there):
+        worst = worst_distance(truth.shape, spacing)
+        return worst, worst
+    to_truth, to_pred = surface_distances(pred, truth, spacing)
+    hd = max(np.percentile(to_truth, 95), np.percentile(to_pred, 95))
+    return float(hd), float(np.concatenate([to_truth, to_pred]).mean())
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """The 95th-percentile Hausdorff distance in mm: the larger of the two directed 95th
+    percentiles of `surface_distances` (MONAI's). The volume's diagonal when exactly one
+    mask is empty; NaN when both are.
+
+    Args:
+        pred, truth: bool masks of one shape, any rank.
+        spacing: voxel size in mm per axis.
+    """
+    return surface_scores(pred, truth, spacing)[0]
+
+
+def mean_surface_distance(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """The symmetric mean surface distance in mm: the mean over the surface voxels of both
+    masks of their distance to the other surface (MONAI's symmetric average surface
+    distance). The volume's diagonal when exactly one mask is empty; NaN when both are.
+
+    Args:
+        pred, truth: bool masks of one shape, any rank.
+        spacing: voxel size in mm per axis.
+    """
+    return surface_scores(pred, truth, spacing)[1]
+
+
+def volume_scores(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    num_classes: int,
+    spacing: Sequence[float],
+    ignore_index: int = IGNORE_INDEX,
+) -> dict[str, np.ndarray]:
+    """Per-class scores of one volume: Dice, IoU, HD95 and MSD in mm.
+
+    Dice and IoU come from `unet_seg.metrics.confusion_counts` and `ratio_scores` with
+    `empty=nan` (a class absent from both scores NaN). Voxels whose truth is `ignore_index`
+    count in no term: they are left out of the counts and, before surfaces are taken,
+    are background in both masks. HD95 and MSD are computed for the foreground classes
+    1..K-1 only; the background's are NaN (its surface is the union of the others').
+
+    Args:
+        pred: class indices `[Z, Y, X]` (any rank) in `[0, num_classes)`.
+        truth: class indices of the same shape, or `ignore_index`.
+        num_classes: K >= 2, the background 0 included.
+        spacing: voxel size in mm per axis, in the arrays' axis order.
+        ignore_index: truth value of unlabelled voxels.
+    Returns:
+        `{"dice", "iou", "hd95", "msd"}`: each `[K]` float64.
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    _check_masks(pred, truth, spacing)
+    problems = []
+    if num_classes < 2:
+        problems.append(f"num_classes={num_classes}: give K >= 2, the background included")
+    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
+        problems.append(
+            f"prediction values span [{pred.min()}, {pred.max()}]: expected class indices "
+            f"0..{num_classes - 1} (decode the mask encoding first)"
+        )
+    labelled = truth[truth != ignore_index]
+    if labelled.size and (labelled.min() < 0 or labelled.max() >= num_classes):
+        problems.append(
+            f"truth values span [{labelled.min()}, {labelled.max()}]: expected class indices "
+            f"0..{num_classes - 1} or {ignore_index} (unlabelled)"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    counts = confusion_counts(pred, truth, num_classes, ignore_index)
+    ratios = ratio_scores(counts, empty=math.nan)
+    valid = truth != ignore_index
+    scores = {"dice": ratios["dice"], "iou": ratios["iou"]}
+    scores["hd95"], scores["msd"] = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
+    for c in range(1, num_classes):
+        p, t = (pred == c) & valid, truth == c
+        scores["hd95"][c], scores["msd"][c] = surface_scores(p, t, spacing)
+    return scores

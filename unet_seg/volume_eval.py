@@ -1,0 +1,329 @@
+"""Prediction and evaluation for checkpoints trained on volumes (`data.volume: true`).
+
+`predict` and `evaluate` hand a volume checkpoint to these functions:
+
+- `predict_volumes`: every input volume (a file, a folder, or nnU-Net's `<case>_0000..`
+  channel files when the checkpoint takes several channels: its channel count decides)
+  gets a label volume written with the input's own geometry (affine, sform and qform,
+  spacing) in the input's format, so it opens aligned over the image in 3D Slicer or
+  ITK-SNAP; label values are the dataset's mask values.
+- `evaluate_volumes`: per volume and class, Dice, IoU, HD95 and the mean surface distance
+  in millimetres (`unet_seg.surface`); a per-volume CSV, the mean over volumes per class
+  (a structure missed scores the worst distance, the volume's diagonal, never NaN), and
+  the worst volumes drawn as three orthogonal slices with overlays.
+
+The net sees each volume as in validation (`SegModule.volume_probabilities`): a Gaussian
+sliding window of the training patch for 3-D nets, every slice or slab for 2-D ones.
+Volumes are used at their own spacing; one far from the training spacing is named in the
+log (resampling is not done yet).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
+from unet_seg.data.volume_cases import (
+    VolumeCase,
+    find_volume_cases,
+    list_volumes,
+    volume_stem,
+)
+from unet_seg.data.volume_dataset import LoadedCase, load_case
+from unet_seg.data.volumes import write_volume
+from unet_seg.files import write_json
+from unet_seg.module import SegModule
+from unet_seg.run_dir import RunDir
+from unet_seg.threads import set_threads
+from unet_seg.visualize import class_legend, display_image, overlay, with_legend
+
+log = logging.getLogger(__name__)
+
+VOLUME_METRICS = ("dice", "iou", "hd95", "msd")
+"""Per-volume scores, each per class (`unet_seg.surface.volume_scores`)."""
+
+
+def checkpoint_is_volume(ckpt: str | Path) -> bool:
+    """Whether a checkpoint's data contract is for volumes (read without building the net).
+    False for a file that is no checkpoint: loading it for 2-D images says what is wrong."""
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return bool(stored["hyper_parameters"]["data"].get("volume"))
+    except Exception:  # noqa: BLE001 - the 2-D path names a missing or broken file
+        return False
+
+
+def load_volume_module(ckpt: str | Path, device: str = "auto") -> SegModule:
+    """The checkpoint's `SegModule` in eval mode on `device` (`auto`: a GPU if there is one)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SegModule.from_checkpoint(ckpt).to(torch.device(device)).eval()
+
+
+def input_cases(spec: str | Path, channels: int) -> list[VolumeCase]:
+    """The cases to predict: a volume file, or a folder of them; with `channels` > 1 a
+    folder in nnU-Net's layout (`<case>_0000`, `<case>_0001`, ...)."""
+    path = Path(spec)
+    if path.is_file():
+        if channels > 1:
+            raise ValueError(
+                f"input={path}: the checkpoint takes {channels} channels, one file per channel "
+                "(<case>_0000, <case>_0001, ...): give their folder as input"
+            )
+        return [VolumeCase(volume_stem(path), (path,))]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path}: no such volume file or folder")
+    if channels > 1:
+        return find_volume_cases(path.parent, path.name, masks_dir=None)
+    files = list_volumes(path)
+    if not files:
+        raise FileNotFoundError(f"input={path}: no volumes in the folder")
+    return [VolumeCase(volume_stem(p), (p,)) for p in files]
+
+
+def _extension(path: Path) -> str:
+    """The volume extension of a file name (`.nii.gz` counts as one)."""
+    return path.name[len(volume_stem(path)) :]
+
+
+def inference_options(cfg: DictConfig) -> dict:
+    """`volume_probabilities` keyword arguments from a predict/evaluate config."""
+    tta = str(cfg.get("tta") or "none")
+    if tta not in ("none", "flips"):
+        raise ValueError(
+            f"tta={tta}: volumes take tta=none or tta=flips (every mirror image of the "
+            "window's axes, averaged); quarter turns (d4) are for 2-D images"
+        )
+    return {"tta": tta, "overlap": float(cfg.get("overlap") or 0.5),
+            "batch_size": int(cfg.get("batch_size") or 2)}  # fmt: skip
+
+
+def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np.ndarray:
+    volume = torch.from_numpy(loaded.image)
+    with torch.no_grad():
+        probs = module.volume_probabilities(volume, **inference_options(cfg))
+    return probs.numpy()  # [K, Z, Y, X]
+
+
+def _labels(probs: np.ndarray) -> np.ndarray:
+    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`."""
+    return probs.argmax(0).astype(np.uint8)
+
+
+def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
+    trained = module.contract.spacing
+    if trained and not np.allclose(loaded.meta.spacing, trained, rtol=0.25):
+        log.warning(
+            "%s: spacing %s mm, the net was trained at %s mm: it is used as it is (no "
+            "resampling yet), so scores may suffer", loaded.name,
+            [round(s, 3) for s in loaded.meta.spacing], [round(s, 3) for s in trained],
+        )  # fmt: skip
+
+
+def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
+    """Write a label volume for every input case (the module docstring); return the files."""
+    set_threads(cfg.get("threads", "auto"), "threads")
+    module = load_volume_module(cfg.ckpt, str(cfg.get("device", "auto")))
+    contract = module.contract
+    cases = input_cases(spec, contract.in_channels // contract.slab)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    log.info("predicting %d volume(s) on %s (%s)", len(cases), module.device, _how(module))
+    written, failed = [], []
+    for case in tqdm(cases, desc="predict", unit="volume"):
+        try:
+            loaded = load_case(case, contract)
+        except (ValueError, OSError) as err:
+            failed.append(str(err))
+            continue
+        _check_spacing(module, loaded)
+        probs = _probabilities(module, loaded, cfg)
+        values = contract.encoding.decode(_labels(probs))
+        target = output / f"{case.name}{_extension(case.images[0])}"
+        write_volume(target, values, loaded.meta, labels=True)
+        written.append(target)
+        if cfg.get("probabilities"):
+            folder = output / "probabilities"
+            folder.mkdir(exist_ok=True)
+            # [K, Z, Y, X] -> [Z, Y, X, K]: one channel per class, the input's geometry
+            write_volume(folder / f"{case.name}.nii.gz", np.moveaxis(probs, 0, -1), loaded.meta)
+    if failed:
+        log.warning("%d volume(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
+    log.info("wrote %d label volume(s) to %s", len(written), output)
+    return written
+
+
+def _how(module: SegModule) -> str:
+    c = module.contract
+    if c.dims == 3:
+        return f"3-D sliding window of {c.patch}"
+    what = f"2.5-D slabs of {c.slab}" if c.dims == 2.5 else "2-D slices"
+    return f"{what} along {'zyx'[c.slice_axis]}"
+
+
+def evaluation_cases(cfg: DictConfig) -> tuple[list[VolumeCase], str]:
+    """(cases with masks, what they are): the run's split, or `data_root` / `data.root`."""
+    if cfg.get("run_dir"):
+        run = RunDir(cfg.run_dir)
+        data = run.load_config().data
+        cases = {c.name: c for c in find_volume_cases(
+            data.root, data.get("images_dir", "images"), data.get("masks_dir", "masks"),
+            data.get("mask_suffix") or "")}  # fmt: skip
+        names = run.split(cfg.split)
+        missing = [n for n in names if n not in cases]
+        if missing:
+            raise FileNotFoundError(f"{data.root}: split volumes missing, e.g. {missing[:5]}")
+        return [cases[n] for n in names], f"{cfg.split} split of {run}"
+    data = cfg.get("data") or {}
+    root = data.get("root") or cfg.get("data_root")
+    if not root:
+        raise ValueError("give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR")
+    suffix = data.get("mask_suffix") or cfg.get("mask_suffix") or ""
+    return find_volume_cases(root, data.get("images_dir", "images"),
+                             data.get("masks_dir", "masks"), suffix), str(root)  # fmt: skip
+
+
+def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
+    """Score a volume checkpoint per volume (the module docstring); write `output` (JSON),
+    `<output>_per_volume.csv` and `<output>_worst.png`.
+
+    Returns:
+        `{metric/mean/class: mean over volumes}` for each class and `mean_fg`, `volumes`,
+        and the headline `dice` and `iou` (the means over volumes of the foreground mean).
+    """
+    from unet_seg.evaluate import _json_safe, write_rows  # as evaluate writes images
+    from unet_seg.surface import volume_scores
+
+    set_threads(cfg.get("threads", "auto"), "threads")
+    ckpt = Path(cfg.ckpt) if cfg.get("ckpt") else RunDir(cfg.run_dir).best
+    module = load_volume_module(ckpt, str(cfg.get("device", "auto")))
+    contract = module.contract
+    names = contract.class_names
+    cases, what = evaluation_cases(cfg)
+    log.info("evaluating %s on %s, %d volume(s) (%s)", ckpt, what, len(cases), _how(module))
+    rows, shown = [], []
+    for case in tqdm(cases, desc="evaluate", unit="volume"):
+        loaded = load_case(case, contract)
+        _check_spacing(module, loaded)
+        pred = _labels(_probabilities(module, loaded, cfg))
+        truth = loaded.labels.astype(np.int64)
+        truth[loaded.labels == PAD_LABEL] = IGNORE_INDEX
+        scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)
+        row: dict[str, object] = {"volume": case.name}
+        for metric in VOLUME_METRICS:
+            for c, name in enumerate(names[1:], start=1):
+                row[f"{metric}/{name}"] = float(scores[metric][c])
+        rows.append(row)
+        fg = np.nanmean([row[f"dice/{n}"] for n in names[1:]]) if len(names) > 1 else np.nan
+        shown.append((float(fg), case.name, loaded, pred))
+        shown = sorted(shown, key=lambda s: (np.nan_to_num(s[0], nan=2.0), s[1]))[: cfg.worst]
+    results = summarise(rows, names[1:])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"checkpoint": str(ckpt), "evaluated": what, "inference": _how(module),
+                "spacing_mm": "per volume, from its file", **_json_safe(results)},
+               output)  # fmt: skip
+    table = output.with_name(f"{output.stem}_per_volume.csv")
+    write_rows(rows, table)
+    picture = output.with_name(f"{output.stem}_worst.png")
+    if shown:
+        cv2.imwrite(str(picture), cv2.cvtColor(worst_picture(shown, names), cv2.COLOR_RGB2BGR))
+    log.info("%s, %d volume(s):\n%s", what, len(rows), format_volume_table(results, names[1:]))
+    log.info("wrote %s, %s and %s", output, table, picture)
+    return results
+
+
+def summarise(rows: list[dict], classes: list[str]) -> dict[str, float]:
+    """Means over volumes per metric and class, and over the foreground classes (NaN entries,
+    a class absent from both truth and prediction, left out)."""
+    out: dict[str, float] = {"volumes": len(rows)}
+    for metric in VOLUME_METRICS:
+        per_class = []
+        for name in classes:
+            values = np.array([r[f"{metric}/{name}"] for r in rows], dtype=float)
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            out[f"{metric}/mean/{name}"] = mean
+            per_class.append(mean)
+        finite = [v for v in per_class if np.isfinite(v)]
+        out[f"{metric}/mean/mean_fg"] = float(np.mean(finite)) if finite else float("nan")
+    out["dice"], out["iou"] = out["dice/mean/mean_fg"], out["iou/mean/mean_fg"]
+    return out
+
+
+def format_volume_table(results: dict[str, float], classes: list[str]) -> str:
+    """Rows the metrics (distances in mm), columns the classes and their mean."""
+    header = f"{'mean over volumes':<20}" + "".join(f"{n:>12}" for n in [*classes, "mean_fg"])
+    lines = [header]
+    for metric, label in zip(VOLUME_METRICS, ("Dice", "IoU", "HD95 (mm)", "MSD (mm)"),
+                             strict=True):  # fmt: skip
+        cells = [results[f"{metric}/mean/{n}"] for n in [*classes, "mean_fg"]]
+        lines.append(f"{label:<20}" + "".join(f"{v:>12.4f}" for v in cells))
+    return "\n".join(lines)
+
+
+def orthogonal_slices(
+    volume: np.ndarray, spacing: tuple[float, float, float], centre: tuple[int, int, int]
+) -> list[np.ndarray]:
+    """The axial `[Y, X]`, coronal `[Z, X]` and sagittal `[Z, Y]` slices through `centre` of
+    `[Z, Y, X(, C)]`, with rows stretched to the physical aspect (nearest neighbour)."""
+    z, y, x = centre
+    views = [(volume[z], spacing[1], spacing[2]), (volume[:, y], spacing[0], spacing[2]),
+             (volume[:, :, x], spacing[0], spacing[1])]  # fmt: skip
+    out = []
+    for view, row_mm, col_mm in views:
+        rows = max(1, round(view.shape[0] * row_mm / col_mm))
+        out.append(cv2.resize(view, (view.shape[1], rows), interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def _centre(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
+    """Where to cut: the centre of the errors, else of the truth's foreground, else the middle."""
+    for mask in ((truth != pred) & (truth != PAD_LABEL), truth > 0):
+        where = np.argwhere(mask & (truth != PAD_LABEL))
+        if where.size:
+            return tuple(int(v) for v in np.median(where, axis=0).round())
+    return tuple(n // 2 for n in truth.shape)
+
+
+def worst_picture(shown: list[tuple[float, str, LoadedCase, np.ndarray]],
+                  names: list[str]) -> np.ndarray:  # fmt: skip
+    """One block per volume (worst first): rows axial, coronal, sagittal; columns the image,
+    the truth and the prediction over it. RGB uint8."""
+    blocks = []
+    for dice, name, loaded, pred in shown:
+        truth = np.where(loaded.labels == PAD_LABEL, 0, loaded.labels)
+        centre = _centre(loaded.labels, pred)
+        spacing = loaded.meta.spacing
+        image = np.moveaxis(loaded.image, 0, -1)  # [Z, Y, X, C]
+        rows = []
+        for img, t, p in zip(*(orthogonal_slices(v, spacing, centre)
+                               for v in (image, truth, pred)), strict=True):  # fmt: skip
+            base = display_image(img if img.ndim == 3 else img[..., None])
+            panels = [base, overlay(base, t), overlay(base, p)]
+            rows.append(_hstack(panels))
+        block = _vstack(rows)
+        title = np.full((22, block.shape[1], 3), 255, np.uint8)
+        cv2.putText(title, f"{name}: Dice {dice:.3f} (image | truth | prediction)", (4, 15),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)  # fmt: skip
+        blocks.append(_vstack([title, block]))
+    return with_legend(_vstack(blocks), class_legend(names))
+
+
+def _hstack(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    height = max(p.shape[0] for p in panels)
+    padded = [np.pad(p, ((0, height - p.shape[0]), (0, gap), (0, 0)), constant_values=255)
+              for p in panels]  # fmt: skip
+    return np.concatenate(padded, axis=1)
+
+
+def _vstack(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    width = max(p.shape[1] for p in panels)
+    padded = [np.pad(p, ((0, gap), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+              for p in panels]  # fmt: skip
+    return np.concatenate(padded, axis=0)
