@@ -252,3 +252,19 @@ def test_benchmark_models_table_has_a_3d_row() -> None:
         assert row["params"] > 0 and row["gflop_train_per_image"] > row["gflop_fwd_per_image"] > 0
         assert row["seconds_per_step"] > 0
     assert rows[1]["params"] > rows[0]["params"]  # one level deeper
+
+
+def test_fast_path_channels_last_on_a_3d_net() -> None:
+    """`fast=channels_last` on a 3-D net: NDHWC weights (a 5-D tensor has no NHWC), the same
+    logits."""
+    from unet_seg.module import apply_fast_path
+
+    torch.manual_seed(0)
+    net = UNet3D(1, 2, base_channels=4).eval()
+    x = torch.randn(1, 1, 8, 12, 16)
+    with torch.no_grad():
+        before = net(x)
+        apply_fast_path(net, channels_last=True)
+        after = net(x)
+    assert net.inc.block[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
