@@ -15,7 +15,7 @@ from unet_seg.config import to_plain
 from unet_seg.models import NestedUNet, NestedUNet3D, UNet, UNet3D
 from unet_seg.models.anisotropy import conv_kernels, pool_strides, total_strides
 from unet_seg.models.blocks import DoubleConv, ResidualBlock, crop_to, pad_like, pad_to_multiple
-from unet_seg.models.registry import ARCHITECTURES, build_net
+from unet_seg.models.registry import ARCHITECTURES, arch_spatial_dims, build_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,7 +182,8 @@ def test_configs_build_the_3d_nets(name: str) -> None:
     and builds through the registry; the head is what the class count shapes."""
     plain = to_plain(compose_train([f"arch={name}", "arch.base_channels=4"]).arch)
     assert plain["spacing"] is None and plain["base_channels"] == 4
-    assert ARCHITECTURES[name].spatial_dims == 3  # readable before building
+    assert ARCHITECTURES[name].spatial_dims == arch_spatial_dims(plain) == 3  # before building
+    assert arch_spatial_dims({"name": name.removesuffix("3d")}) == 2
     net = build_net(plain)
     assert net.pad_multiples == (2**net.depth,) * 3
     cfg = compose_train([f"arch={name}", "arch.base_channels=4", "+data.spacing=[4.0,1.0,1.0]"])
@@ -251,3 +252,19 @@ def test_benchmark_models_table_has_a_3d_row() -> None:
         assert row["params"] > 0 and row["gflop_train_per_image"] > row["gflop_fwd_per_image"] > 0
         assert row["seconds_per_step"] > 0
     assert rows[1]["params"] > rows[0]["params"]  # one level deeper
+
+
+def test_fast_path_channels_last_on_a_3d_net() -> None:
+    """`fast=channels_last` on a 3-D net: NDHWC weights (a 5-D tensor has no NHWC), the same
+    logits."""
+    from unet_seg.module import apply_fast_path
+
+    torch.manual_seed(0)
+    net = UNet3D(1, 2, base_channels=4).eval()
+    x = torch.randn(1, 1, 8, 12, 16)
+    with torch.no_grad():
+        before = net(x)
+        apply_fast_path(net, channels_last=True)
+        after = net(x)
+    assert net.inc.block[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

@@ -469,8 +469,9 @@ def apply_fast_path(
     """Switch on speed-ups that change how `net` runs, never its weights; returns `net`.
 
     Args:
-        channels_last: weights in NHWC memory order; convolutions then keep their
-            activations NHWC too, the layout oneDNN's and cuDNN's fastest kernels use.
+        channels_last: weights in NHWC memory order (NDHWC for a 3-D net); convolutions
+            then keep their activations so too, the layout oneDNN's and cuDNN's fastest
+            kernels use.
         compile: `torch.compile` the net in place (`True`, or `torch.compile` kwargs);
             its state-dict keys, and so checkpoints, stay as they were.
         checkpointing: recompute UNet++ decoder nodes in the backward pass instead of
@@ -484,7 +485,9 @@ def apply_fast_path(
             )
         net.checkpointing = True
     if channels_last:
-        net.to(memory_format=torch.channels_last)
+        net.to(
+            memory_format=torch.channels_last_3d if net.spatial_dims == 3 else torch.channels_last
+        )
     if compile:
         net.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
     return net

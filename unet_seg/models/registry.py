@@ -53,3 +53,10 @@ def context_margin(arch: dict) -> int:
     the valid-convolution U-Net's margin (92 at depth 4), 0 for nets that pad."""
     cls, kwargs = _split(arch)
     return cls.margin_for_config(**kwargs)
+
+
+def arch_spatial_dims(arch: dict) -> int:
+    """The convolution dimension of the net an `arch` config describes, without building it:
+    2 (images, slices, 2.5-D slabs) or 3 (volumes: `unet3d`, `nested3d`)."""
+    cls, _ = _split(arch)
+    return cls.spatial_dims
