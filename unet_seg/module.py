@@ -481,7 +481,7 @@ def apply_fast_path(
         if not net.supports_checkpointing:
             raise ValueError(
                 f"checkpointing: {type(net).__name__} has no activation checkpointing "
-                "(only UNet++, arch=nested); drop the option"
+                "(only UNet++, arch=nested or arch=nested3d); drop the option"
             )
         net.checkpointing = True
     if channels_last:
