@@ -32,6 +32,7 @@ from unet_seg.data.plan import (
 )
 from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
+from unet_seg.models.encoders.weights import weight_problems
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.problems import problem_list
@@ -125,6 +126,7 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
         The checked data module, to train with (its files are not read again in `setup`).
     """
     problems: list[Exception] = finetune.problems(cfg) + trainer_problems(cfg)
+    problems += weight_problems(to_plain(cfg.arch))  # arch.encoder_weights: keys by name
     try:
         datamodule = build_datamodule(cfg, run)
     except (ValueError, FileNotFoundError) as err:

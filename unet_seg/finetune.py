@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.models.base import SegNet
+from unet_seg.models.encoder_unet import EncoderUNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
 
@@ -206,6 +207,22 @@ def init_from_checkpoint(module: SegModule, cfg: DictConfig, run: RunDir, resume
     module.hparams["finetune"] = {
         "init_from": record["checkpoint"], "reset": record["reset"], **options,
     }  # fmt: skip
+    return record
+
+
+def init_encoder(module: SegModule, run: RunDir) -> dict | None:
+    """A fresh run of a net with `arch.encoder_weights` (imagenet or a file): load them into
+    its encoder, log what loaded and write that record to `run/encoder_init.json`.
+
+    Returns:
+        The record of `weights.load_encoder_weights`, or None (no pretrained encoder).
+    """
+    net = module.net
+    if not isinstance(net, EncoderUNet):
+        return None
+    record = net.load_encoder_weights()
+    if record is not None:
+        run.save_encoder_init(record)
     return record
 
 

@@ -27,9 +27,7 @@ def build_encoder(name: str, in_channels: int = 3) -> Encoder:
         return ResNetEncoder(name, in_channels)
     if name in CONVNEXTS:
         return ConvNeXtEncoder(name, in_channels)
-    raise ValueError(
-        f"arch.encoder={name}: unknown encoder; choose one of {', '.join(ENCODERS)}"
-    )
+    raise ValueError(f"arch.encoder={name}: unknown encoder; choose one of {', '.join(ENCODERS)}")
 
 
 def is_encoder(module: nn.Module) -> bool:

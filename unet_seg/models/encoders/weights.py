@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -94,6 +95,7 @@ def read_state_dict(source: str | Path, encoder: str, url: str | None = None) ->
     """
     if str(source) == "imagenet":
         url = url or IMAGENET_URLS[encoder]
+        file_name = url.rsplit("/", 1)[-1]
         try:
             return torch.hub.load_state_dict_from_url(
                 url, map_location="cpu", progress=False, check_hash=True, weights_only=True
@@ -102,7 +104,7 @@ def read_state_dict(source: str | Path, encoder: str, url: str | None = None) ->
             raise EncoderWeightsError(
                 f"arch.encoder_weights=imagenet: cannot fetch {url} "
                 f"({type(err).__name__}: {err}). Without internet, download that file on "
-                f"another machine and pass it: arch.encoder_weights=/path/to/{url.rsplit('/', 1)[-1]}"
+                f"another machine and pass it: arch.encoder_weights=/path/to/{file_name}"
             ) from err
     path = Path(source).expanduser()
     if not path.is_file():
@@ -158,6 +160,11 @@ def adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
     return weight[:, index] * (c / in_channels)
 
 
+def _same_kernel(given: Sequence[int], want: Sequence[int]) -> bool:
+    """Whether two conv weight shapes `[O, I, k, k]` differ at most in their input channels."""
+    return (given[0], *given[2:]) == (want[0], *want[2:])
+
+
 def load_encoder_weights(
     encoder: Encoder, name: str, source: str | Path, url: str | None = None
 ) -> dict:
@@ -183,8 +190,8 @@ def load_encoder_weights(
         if key not in want:
             continue
         shape = tuple(want[key].shape)
-        if key == encoder.first_conv and tensor.ndim == 4 and tensor.shape[1] != in_channels \
-                and tuple(tensor.shape[:1]) + tuple(tensor.shape[2:]) == shape[:1] + shape[2:]:  # fmt: skip
+        other_channels = tensor.ndim == 4 and tensor.shape[1] != in_channels
+        if key == encoder.first_conv and other_channels and _same_kernel(tensor.shape, shape):
             rule = "sum" if in_channels == 1 else f"repeat, x {tensor.shape[1]}/{in_channels}"
             adapted.append(f"{key}: {tensor.shape[1]} -> {in_channels} input channels ({rule})")
             tensor = adapt_first_conv(tensor, in_channels)
@@ -197,10 +204,12 @@ def load_encoder_weights(
         *(f"wrong shape: {k}" for k in wrong),
     ]
     if problems:
-        shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
+        more = [f"... and {len(problems) - 40} more"] if len(problems) > 40 else []
+        shown = problems[:40] + more
         raise EncoderWeightsError(
             f"arch.encoder_weights={source}: {len(problems)} key(s) do not fit "
-            f"arch.encoder={name} (torchvision's names and shapes):\n  " + "\n  ".join(shown)
+            f"arch.encoder={name} (torchvision's names and shapes):\n  "
+            + "\n  ".join(shown)
             + f"\nGive the weights of a torchvision {name} (its state_dict), or another "
             "arch.encoder that matches the file"
         )
@@ -213,3 +222,19 @@ def load_encoder_weights(
              f"; adapted {'; '.join(adapted)}" if adapted else "",
              f"; ignored {len(ignored)} classifier keys" if ignored else "")  # fmt: skip
     return record
+
+
+def weight_problems(arch: dict) -> list[Exception]:
+    """What keeps the `arch.encoder_weights` of an `arch` config from loading (checked before
+    anything is written): a missing or foreign file, keys that do not fit; [] without."""
+    if arch.get("name") != "unet_encoder" or arch.get("encoder_weights") is None:
+        return []
+    from unet_seg.models.encoders import build_encoder  # the encoder alone, not the net
+
+    name = arch.get("encoder", "resnet34")
+    try:
+        encoder = build_encoder(name, int(arch.get("in_channels", 3)))
+        load_encoder_weights(encoder, name, arch["encoder_weights"])
+    except ValueError as err:  # EncoderWeightsError, an unknown encoder
+        return [err]
+    return []
