@@ -108,10 +108,18 @@ def encoders() -> dict[str, torch.nn.Module]:
 
 
 def published(keys: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict with these names and shapes (random values; counters as int64)."""
+    """A state dict with these names and shapes: small random weights, positive running
+    variances (a trained net's), counters as int64."""
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.zeros((), dtype=torch.int64) if k.endswith("num_batches_tracked")
-            else torch.randn(s, generator=g) for k, s in keys.items()}  # fmt: skip
+    state = {}
+    for key, shape in keys.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.int64)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=g) + 0.5
+        else:
+            state[key] = 0.05 * torch.randn(shape, generator=g)
+    return state
 
 
 # ------------------------------------------------------------------ layout and loading
@@ -328,3 +336,47 @@ def test_a_run_with_a_weights_file_records_what_loaded_and_refuses_a_wrong_one(
     assert record["adapted"] == ["conv1.weight: 3 -> 1 input channels (sum)"]
     assert json.loads(run.encoder_init_path.read_text()) == record
     assert module.hparams.arch["encoder_weights"] == str(good)  # the checkpoint says which
+
+
+def test_a_pretrained_run_plans_imagenets_normalisation_and_predicts_from_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """data=auto with arch.encoder_weights=PATH: the plan takes ImageNet's mean and std (and
+    1/255 for 8-bit images) with its reason; the run trains; its checkpoint alone predicts
+    (the weights file gone) exactly what the net does on the image so normalised."""
+    import cv2
+
+    from tests.conftest import write_folder
+    from unet_seg.api import load_model
+    from unet_seg.module import SegModule
+    from unet_seg.train import train
+
+    root = write_folder(tmp_path / "data", n=4, size=(32, 32), channels=3)
+    weights = tmp_path / "r18.pth"
+    torch.save(published(LAYOUTS["resnet18"][0]), weights)
+    run = RunDir(tmp_path / "run")
+    cfg = compose_train(["data=auto", f"data.root={root}", f"run_dir={run.path}",
+                         "data.train_repeats=1", "arch=unet_encoder", "arch.encoder=resnet18",
+                         "arch.base_channels=2",
+                         f"arch.encoder_weights={weights}", "trainer.max_epochs=1",
+                         "final_eval=false", "logger=none",
+                         "callbacks.validation_images.num_samples=0"])  # fmt: skip
+    train(cfg)
+    plan = json.loads((run.path / RunDir.PLAN).read_text())["plan"]
+    assert plan["mean"]["value"] == [0.485, 0.456, 0.406]
+    assert plan["std"]["value"] == [0.229, 0.224, 0.225]
+    assert plan["intensity"]["value"] == {"mode": "range"}
+    assert "pretrained on ImageNet" in plan["mean"]["why"]
+    assert json.loads(run.encoder_init_path.read_text())["loaded"] == 120
+    weights.unlink()  # the checkpoint alone
+    module = SegModule.from_checkpoint(run.last).eval()
+    image = cv2.imread(str(root / "images" / "img00.png"), cv2.IMREAD_UNCHANGED)
+    assert module.contract.mean == [0.485, 0.456, 0.406]
+    rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)  # [H, W, 3] uint8, as the readers give
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = (torch.from_numpy(rgb).permute(2, 0, 1) / 255 - mean) / std  # [3, H, W]
+    with torch.no_grad():
+        expected = module.net(x[None]).argmax(1)[0].numpy()
+    predicted = load_model(run.last, device="cpu", mode="whole").labels(rgb)
+    assert (predicted == expected).all() and predicted.shape == (32, 32)

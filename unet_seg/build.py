@@ -29,6 +29,7 @@ from unet_seg.data.plan import (
     has_auto,
     is_volume_config,
     plan_data_config,
+    plan_pretrained_normalisation,
 )
 from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
@@ -56,6 +57,9 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         return target_classes(cfg), None
     cache = str(Path(cfg.paths.output_dir) / ".cache") if cfg.get("paths") else None
     planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
+    weights = (cfg.get("arch") or {}).get("encoder_weights")
+    if weights is not None and not is_volume_config(planned):  # ImageNet's mean and std
+        plan_pretrained_normalisation(planned, record, str(weights))
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         for key in PLANNED_KEYS + VOLUME_KEYS:
