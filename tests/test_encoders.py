@@ -314,7 +314,7 @@ def test_a_run_with_a_weights_file_records_what_loaded_and_refuses_a_wrong_one(
     """Preflight refuses a file that does not fit before anything is written; a fitting one
     loads into the run's net and is recorded in encoder_init.json."""
     from unet_seg.build import build_module, preflight
-    from unet_seg.finetune import init_encoder
+    from unet_seg.finetune import init_encoder, problems
 
     good, bad = tmp_path / "r18.pth", tmp_path / "r34.pth"
     torch.save(published(LAYOUTS["resnet18"][0]), good)
@@ -329,13 +329,32 @@ def test_a_run_with_a_weights_file_records_what_loaded_and_refuses_a_wrong_one(
     ):
         preflight(cfg, run)
     assert not run.encoder_init_path.exists()
-    cfg = compose_train([*base, f"arch.encoder_weights={good}", f"run_dir={run.path}"])
-    module = build_module(cfg, preflight(cfg, run))
-    record = init_encoder(module, run)
+    finetune = ["finetune.freeze_encoder_epochs=1", "finetune.pretrained_lr_scale=0.1"]
+    cfg = compose_train([*base, f"arch.encoder_weights={good}", f"run_dir={run.path}", *finetune])
+    module = build_module(cfg, preflight(cfg, run))  # finetune.* without init_from: accepted
+    record = init_encoder(module, cfg, run, resumed=False)
     assert record is not None and record["loaded"] == 120
     assert record["adapted"] == ["conv1.weight: 3 -> 1 input channels (sum)"]
     assert json.loads(run.encoder_init_path.read_text()) == record
     assert module.hparams.arch["encoder_weights"] == str(good)  # the checkpoint says which
+    # the pretrained encoder learns at 0.1 x optimizer.lr, the new decoder and head at lr
+    optimizer = module.configure_optimizers()["optimizer"]
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    encoder = {id(p) for p in module.net.encoder.parameters()}
+    assert {id(p) for p in groups["pretrained"]["params"]} == encoder
+    assert groups["pretrained"]["lr"] == pytest.approx(0.1 * groups["new"]["lr"])
+    # frozen (epoch 0 of 1): the encoder's batch-norm statistics stay, the decoder's move
+    module.train()
+    module.on_train_batch_start(None, 0)
+    encoder_bn, decoder_bn = module.net.encoder.bn1, module.net.decoder[0].conv.block[1]
+    kept, moved = encoder_bn.running_mean.clone(), decoder_bn.running_mean.clone()
+    module.net(torch.randn(2, 1, 32, 32))
+    assert torch.equal(encoder_bn.running_mean, kept)
+    assert not torch.equal(decoder_bn.running_mean, moved)
+    assert module.net.decoder.training and not module.net.encoder.training
+    without = compose_train([*base, f"run_dir={run.path}", *finetune])
+    (problem,) = problems(without)  # no pretrained encoder, no init_from: refused
+    assert "arch.encoder_weights=imagenet|PATH" in str(problem)
 
 
 def test_a_pretrained_run_plans_imagenets_normalisation_and_predicts_from_its_checkpoint(

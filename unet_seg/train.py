@@ -109,8 +109,7 @@ def train(
 
     datamodule = datamodule or build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
-    if ckpt_path is None:  # arch.encoder_weights: a pretrained encoder (a resumed run has its own)
-        init_encoder(module, run)
+    init_encoder(module, cfg, run, resumed=ckpt_path is not None)  # arch.encoder_weights
     if cfg.get("init_from"):  # fine-tuning: a new run that starts from a checkpoint's weights
         init_from_checkpoint(module, cfg, run, resumed=ckpt_path is not None)
     check_output_dir(run, module)
