@@ -204,7 +204,9 @@ def test_files_that_are_not_weights_are_refused_with_the_fix(tmp_path: Path) -> 
     arch = {"name": "unet_encoder", "in_channels": 1, "encoder": "resnet18"}
     (tmp_path / "w.npy").write_bytes(b"x")
     torch.save([1, 2], tmp_path / "list.pth")
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", 5) + b"notjs")
     cases = {
+        str(tmp_path / "bad.safetensors"): "not a safetensors file (its header is not JSON",
         str(tmp_path / "nope.pth"): "no such file",
         str(tmp_path / "w.npy"): "give a .pth, .pt or .safetensors",
         str(tmp_path / "list.pth"): "holds a list, not a state dict",
@@ -399,3 +401,15 @@ def test_a_pretrained_run_plans_imagenets_normalisation_and_predicts_from_its_ch
         expected = module.net(x[None]).argmax(1)[0].numpy()
     predicted = load_model(run.last, device="cpu", mode="whole").labels(rgb)
     assert (predicted == expected).all() and predicted.shape == (32, 32)
+
+
+def test_fine_tuning_from_an_encoder_run_need_not_repeat_its_encoder_weights() -> None:
+    """init_from replaces every weight, so where the encoder's first weights came from does
+    not have to agree; the encoder itself does."""
+    from unet_seg.finetune import check_source
+
+    source = {"name": "unet_encoder", "in_channels": 3, "num_classes": 2, "encoder": "resnet34",
+              "encoder_weights": "imagenet", "base_channels": 16}  # fmt: skip
+    check_source(source, {**source, "encoder_weights": None, "num_classes": 3}, "best.ckpt")
+    with pytest.raises(ValueError, match="arch.encoder=resnet34"):
+        check_source(source, {**source, "encoder": "resnet18"}, "best.ckpt")

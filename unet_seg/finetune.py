@@ -37,9 +37,10 @@ from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-FREE_ARCH_KEYS = ("in_channels", "num_classes")
-"""`arch` keys a fine-tuning run need not share with its checkpoint (the data decides them;
-in_channels is then checked on its own)."""
+FREE_ARCH_KEYS = ("in_channels", "num_classes", "encoder_weights")
+"""`arch` keys a fine-tuning run need not share with its checkpoint (the data decides the
+first two; in_channels is then checked on its own); `encoder_weights` (arch=unet_encoder)
+only starts a net, and the checkpoint's weights replace them."""
 
 
 def _defaults() -> dict:
