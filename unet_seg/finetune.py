@@ -228,9 +228,10 @@ def init_encoder(module: SegModule, cfg: DictConfig, run: RunDir, resumed: bool)
     net = module.net
     if not isinstance(net, EncoderUNet) or net.encoder_weights is None:
         return None
-    if resumed:
-        record = json.loads(run.encoder_init_path.read_text())
-        log.info("pretrained encoder (resumed run): %s", record["source"])
+    if resumed:  # the record, when the first start wrote one
+        path = run.encoder_init_path
+        record = json.loads(path.read_text()) if path.is_file() else None
+        log.info("pretrained encoder, resumed run: %s", record["source"] if record else path)
     else:
         record = net.load_encoder_weights()
         run.save_encoder_init(record)
