@@ -29,9 +29,11 @@ from unet_seg.data.plan import (
     has_auto,
     is_volume_config,
     plan_data_config,
+    plan_pretrained_normalisation,
 )
 from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
+from unet_seg.models.encoders.weights import weight_problems
 from unet_seg.models.registry import context_margin
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.problems import problem_list
@@ -55,6 +57,9 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         return target_classes(cfg), None
     cache = str(Path(cfg.paths.output_dir) / ".cache") if cfg.get("paths") else None
     planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
+    weights = (cfg.get("arch") or {}).get("encoder_weights")
+    if weights is not None and not is_volume_config(planned):  # ImageNet's mean and std
+        plan_pretrained_normalisation(planned, record, str(weights))
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         for key in PLANNED_KEYS + VOLUME_KEYS:
@@ -125,6 +130,7 @@ def preflight(cfg: DictConfig, run: RunDir) -> SegDataModule:
         The checked data module, to train with (its files are not read again in `setup`).
     """
     problems: list[Exception] = finetune.problems(cfg) + trainer_problems(cfg)
+    problems += weight_problems(to_plain(cfg.arch))  # arch.encoder_weights: keys by name
     try:
         datamodule = build_datamodule(cfg, run)
     except (ValueError, FileNotFoundError) as err:

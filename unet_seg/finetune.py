@@ -12,7 +12,7 @@ every checkpoint (`SegModule.from_checkpoint`: `weights_only`, foreign or edited
 - The data contract (classes, intensity, normalisation, patch) is the new data's own.
   Input channels must agree with the checkpoint's: refused, with the fix.
 - `finetune.freeze_encoder_epochs=N`: the encoder (`SegNet.encoder_modules`) does not
-  train in the first N epochs (its batch-norm statistics still follow the new data).
+  train in the first N epochs, its batch-norm statistics included (eval mode).
 - `finetune.pretrained_lr_scale=s`: loaded tensors train at s x the learning rate of
   reset ones (`SegModule` puts them in two optimizer parameter groups).
 
@@ -22,6 +22,7 @@ What was loaded, reset and frozen is logged as a table and kept in the run direc
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -30,14 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.models.base import SegNet
+from unet_seg.models.encoder_unet import EncoderUNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
-FREE_ARCH_KEYS = ("in_channels", "num_classes")
-"""`arch` keys a fine-tuning run need not share with its checkpoint (the data decides them;
-in_channels is then checked on its own)."""
+FREE_ARCH_KEYS = ("in_channels", "num_classes", "encoder_weights")
+"""`arch` keys a fine-tuning run need not share with its checkpoint (the data decides the
+first two; in_channels is then checked on its own); `encoder_weights` (arch=unet_encoder)
+only starts a net, and the checkpoint's weights replace them."""
 
 
 def _defaults() -> dict:
@@ -132,12 +135,15 @@ def problems(cfg: DictConfig) -> list[Exception]:
             "tensors learn at a tenth of optimizer.lr; 1: all at optimizer.lr)"
         ))  # fmt: skip
     init_from = cfg.get("init_from")
+    if not init_from and (cfg.get("arch") or {}).get("encoder_weights") is not None:
+        return found  # they apply to the pretrained encoder (`init_encoder`)
     if not init_from:
         changed = [f"finetune.{k}={cli_value(v)}" for k, v in options.items() if v != DEFAULTS[k]]
         if changed:
             found.append(ValueError(
                 f"{', '.join(changed)} without init_from: these fine-tune a net started from a "
-                "checkpoint; add init_from=CKPT (a .ckpt or a run directory), or drop them"
+                "checkpoint or a pretrained encoder; add init_from=CKPT (a .ckpt or a run "
+                "directory) or arch.encoder_weights=imagenet|PATH (arch=unet_encoder), or drop them"
             ))  # fmt: skip
         return found
     try:
@@ -206,6 +212,32 @@ def init_from_checkpoint(module: SegModule, cfg: DictConfig, run: RunDir, resume
     module.hparams["finetune"] = {
         "init_from": record["checkpoint"], "reset": record["reset"], **options,
     }  # fmt: skip
+    return record
+
+
+def init_encoder(module: SegModule, cfg: DictConfig, run: RunDir, resumed: bool) -> dict | None:
+    """A net with `arch.encoder_weights` (imagenet or a file): a fresh run loads them into its
+    encoder, logs what loaded and writes that record to `run/encoder_init.json`; a resumed run
+    reads the record back (its weights come from its last checkpoint). Without `init_from`,
+    `finetune.freeze_encoder_epochs` and `finetune.pretrained_lr_scale` then apply to the
+    pretrained encoder (the decoder and head are new: they train at optimizer.lr).
+
+    Returns:
+        The record of `weights.load_encoder_weights`, or None (no pretrained encoder).
+    """
+    net = module.net
+    if not isinstance(net, EncoderUNet) or net.encoder_weights is None:
+        return None
+    if resumed:  # the record, when the first start wrote one
+        path = run.encoder_init_path
+        record = json.loads(path.read_text()) if path.is_file() else None
+        log.info("pretrained encoder, resumed run: %s", record["source"] if record else path)
+    else:
+        record = net.load_encoder_weights()
+        run.save_encoder_init(record)
+    if not cfg.get("init_from"):  # init_from_checkpoint sets its own (every layer loaded)
+        reset = [name for name, part in net.parts().items() if part != "encoder"]
+        module.hparams["finetune"] = {"init_from": None, "reset": reset, **settings(cfg)}
     return record
 
 

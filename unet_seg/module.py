@@ -330,6 +330,16 @@ class SegModule(pl.LightningModule):
         """Epochs at the start of a fine-tuning run in which the encoder does not train."""
         return int((self.hparams.get("finetune") or {}).get("freeze_encoder_epochs", 0))
 
+    def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
+        """While the encoder is frozen its batch-norm layers keep their statistics (eval mode:
+        they normalise with the loaded running mean and variance and do not update them); set
+        per batch, as Lightning returns the module to train mode after each validation."""
+        epochs = self.frozen_epochs()
+        if epochs:
+            frozen = self.current_epoch < epochs
+            for module in self.net.encoder_modules():
+                module.train(not frozen)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """While the encoder is frozen, drop its gradients before the step: optimizers skip a
         parameter without one (no update, no weight decay, no moments). Decided by the epoch,

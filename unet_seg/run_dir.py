@@ -8,6 +8,8 @@
       splits.json       which images went to train/val/test
       init.json         init_from=CKPT: the checkpoint a fine-tuning run started from, and
                         which tensors it loaded, reset and froze (unet_seg.finetune)
+      encoder_init.json arch.encoder_weights=imagenet|PATH: what the encoder loaded, what was
+                        adapted and ignored (unet_seg.models.encoders.weights)
       checkpoints/      best.ckpt, last.ckpt
       tensorboard/      scalars, images, hparams
       metrics.json      final val/test scores (present once the run finished)
@@ -57,6 +59,7 @@ class RunDir:
     FINGERPRINT = "fingerprint.json"
     PLAN = "plan.json"
     INIT = "init.json"
+    ENCODER_INIT = "encoder_init.json"
     CHECKPOINTS = "checkpoints"
     BEST = "best"
     LAST = "last"
@@ -95,6 +98,10 @@ class RunDir:
     @property
     def init_path(self) -> Path:
         return self.path / self.INIT
+
+    @property
+    def encoder_init_path(self) -> Path:
+        return self.path / self.ENCODER_INIT
 
     @property
     def checkpoints(self) -> Path:
@@ -202,6 +209,10 @@ class RunDir:
     def save_init(self, record: dict) -> Path:
         """Write what a fine-tuning run took from its `init_from` checkpoint."""
         return write_json(record, self.init_path)
+
+    def save_encoder_init(self, record: dict) -> Path:
+        """Write what the encoder loaded from `arch.encoder_weights`."""
+        return write_json(record, self.encoder_init_path)
 
     def load_init(self) -> dict:
         """The record `save_init` wrote, with a clear error when it is missing."""

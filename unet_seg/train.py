@@ -36,7 +36,7 @@ from unet_seg.callbacks import StopRequested
 from unet_seg.config import CONF_DIR, check_targets, to_plain
 from unet_seg.data.datamodule import SegDataModule
 from unet_seg.data.plan import plan_table
-from unet_seg.finetune import init_from_checkpoint
+from unet_seg.finetune import init_encoder, init_from_checkpoint
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir, hydra_log_file, open_run
 
@@ -109,6 +109,7 @@ def train(
 
     datamodule = datamodule or build_datamodule(cfg, run)
     module = build_module(cfg, datamodule)
+    init_encoder(module, cfg, run, resumed=ckpt_path is not None)  # arch.encoder_weights
     if cfg.get("init_from"):  # fine-tuning: a new run that starts from a checkpoint's weights
         init_from_checkpoint(module, cfg, run, resumed=ckpt_path is not None)
     check_output_dir(run, module)

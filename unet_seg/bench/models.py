@@ -48,10 +48,12 @@ class NetSpec:
 
 
 def _ours(
-    deep_supervision: bool | None = None, depth: int | None = None
+    deep_supervision: bool | None = None, depth: int | None = None, encoder: str | None = None
 ) -> Callable[[dict, int], nn.Module]:
     def build(arch: dict, base: int) -> nn.Module:
         kwargs = {**arch, "base_channels": base}
+        if encoder is not None:  # arch=unet_encoder: randomly initialised, no weights read
+            kwargs.update(encoder=encoder, encoder_weights=None)
         if deep_supervision is not None:
             kwargs["deep_supervision"] = deep_supervision
         if depth is not None:
@@ -108,6 +110,11 @@ NETS: dict[str, NetSpec] = {
     "attention_unet": NetSpec("Attention U-Net", "attention_unet", "ours", _ours()),
     "res_unet": NetSpec("Residual U-Net", "res_unet", "ours", _ours()),
     "unet_valid": NetSpec("U-Net, valid convs", "unet_valid", "ours", _ours()),
+    # a U-Net decoder on a ResNet encoder (base_channels: the decoder's full-size width)
+    "unet_resnet18": NetSpec("U-Net, ResNet-18 encoder", "unet_encoder", "ours",
+                             _ours(encoder="resnet18")),
+    "unet_resnet34": NetSpec("U-Net, ResNet-34 encoder", "unet_encoder", "ours",
+                             _ours(encoder="resnet34")),
     "monai_unet": NetSpec("BasicUNet", "unet", "MONAI", _monai(plus_plus=False)),
     "monai_nested": NetSpec("BasicUNetPlusPlus", "nested", "MONAI", _monai(plus_plus=True)),
     "monai_nested_ds": NetSpec(

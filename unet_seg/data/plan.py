@@ -546,3 +546,36 @@ def plan_table(record: dict[str, Any]) -> str:
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) <= 34 else text[:31] + "..."
+
+
+def plan_pretrained_normalisation(
+    planned: dict[str, Any], record: dict[str, Any], weights: str
+) -> None:
+    """`arch.encoder_weights` (an ImageNet-pretrained encoder): the planned `mean` and `std`
+    become ImageNet's, and 8-bit images are scaled by 1/255 (`intensity` range) as ImageNet's
+    were, so the encoder sees what it was trained on; keys the user gave stay as given. The
+    contract (and so the checkpoint, and `predict`) carries them.
+
+    Channels: one per input channel, RGB's for 3; the average of RGB's for 1 (a grey image
+    meets the summed RGB kernels of the adapted first conv); channel i takes RGB's `i % 3`
+    for other counts (the kernels are repeated alike). `planned` and `record` change in place.
+    """
+    from unet_seg.models.encoders.weights import IMAGENET_MEAN, IMAGENET_STD
+
+    given, plan = record["given"], record["plan"]
+    why = f"arch.encoder_weights={weights}: the encoder was pretrained on ImageNet"
+    images = record["fingerprint"]["images"]
+    if "intensity" not in given and all(e.get("dtype") == "uint8" for e in images):
+        planned["intensity"] = {"mode": "range"}
+        plan["intensity"] = {"value": planned["intensity"],
+                             "why": f"{why}, 8-bit images divided by 255"}  # fmt: skip
+    channels = int(planned["in_channels"])
+    for key, rgb in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        if key in given:
+            continue
+        if channels == 1:
+            values = [round(sum(rgb) / 3, 4)]
+        else:
+            values = [rgb[i % 3] for i in range(channels)]
+        planned[key] = values
+        plan[key] = {"value": values, "why": f"{why} (ImageNet's {key} {list(rgb)}, per channel)"}

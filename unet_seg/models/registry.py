@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.models.base import SegNet
+from unet_seg.models.encoder_unet import EncoderUNet
 from unet_seg.models.nested_unet import NestedUNet
 from unet_seg.models.nested_unet3d import NestedUNet3D
 from unet_seg.models.res_unet import ResUNet
@@ -23,6 +24,7 @@ ARCHITECTURES: dict[str, type[SegNet]] = {
     "unet_valid": ValidUNet,
     "unet3d": UNet3D,
     "nested3d": NestedUNet3D,
+    "unet_encoder": EncoderUNet,
 }
 
 
