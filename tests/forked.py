@@ -53,6 +53,7 @@ def child(job):
     try:
         if kind == "module":
             sys.argv = [target, *args]  # runpy puts the module's file in argv[0]
+            sys.modules.pop(target, None)  # as `python -m`: the module runs once, as __main__
             sys.path[0] = os.getcwd()
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         elif kind == "path":
