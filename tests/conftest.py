@@ -76,6 +76,8 @@ def forker():
     line whose subject is not Python's start-up."""
     from tests.forked import Forker
 
-    server = Forker(["unet_seg.train", "unet_seg.predict", "unet_seg.evaluate"])
+    server = Forker(
+        ["unet_seg.train", "unet_seg.predict", "unet_seg.evaluate", "unet_seg.check_data"]
+    )
     yield server
     server.close()

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SERVER = r"""
-import atexit, importlib, io, json, os, runpy, signal, sys, traceback
+import atexit, importlib, io, json, os, runpy, signal, sys, threading, traceback
 for name in sys.argv[1:]:
     importlib.import_module(name)
 requests, replies = sys.stdin, sys.stdout
@@ -75,7 +75,8 @@ def child(job):
     except BaseException:
         traceback.print_exc()
         code = 1
-    try:
+    try:  # what the interpreter does at exit: join the threads, then the atexit functions
+        threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -152,6 +153,8 @@ class Forker:
                  env: dict[str, str] | None = None) -> None:  # fmt: skip
         self.preload = list(preload)
         self.env = dict(os.environ if env is None else env)
+        root = str(Path(__file__).parents[1])  # the unet_seg this test session imports
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, self.env.get("PYTHONPATH")]))
         self.folder = Path(tempfile.mkdtemp(prefix="forker-"))
         self.server: subprocess.Popen | None = None
         self.count = 0
