@@ -43,8 +43,9 @@ def child(job):
     os.dup2(out, 1)
     os.dup2(err, 2)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True)
-    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True)
+    # the streams (and log handlers made at import that hold them) now write to the files
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
     threads = job["env"].get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(int(threads))  # what a new process reads at start
@@ -78,8 +79,8 @@ def child(job):
     try:  # what the interpreter does at exit: join the threads, then the atexit functions
         threading._shutdown()
         atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            stream.flush()
     finally:
         os._exit(code)
 
@@ -144,6 +145,9 @@ class Forked:
 class Forker:
     """A server that imports `preload` once and forks a process for each run.
 
+    Where there is no `fork` (Windows), or with `UNET_SEG_TEST_FORK=0` in the environment
+    (to compare), each run is a plain subprocess instead.
+
     Args:
         preload: modules the server imports before any run (a run imports the rest itself).
         env: the server's own environment (default: this process's).
@@ -159,6 +163,7 @@ class Forker:
         self.server: subprocess.Popen | None = None
         self.count = 0
         self.pids: dict[int, int] = {}  # run -> process id, to kill one that outlives its time
+        self.forks = hasattr(os, "fork") and os.environ.get("UNET_SEG_TEST_FORK", "1") != "0"
 
     def _start(self) -> subprocess.Popen:
         if self.server is None or self.server.poll() is not None:
@@ -188,7 +193,8 @@ class Forker:
         return json.loads(line)
 
     def popen(self, args: Sequence[str | os.PathLike], cwd: str | os.PathLike,
-              env: dict[str, str] | None = None, merge: bool = False) -> Forked:  # fmt: skip
+              env: dict[str, str] | None = None,
+              merge: bool = False) -> Forked | subprocess.Popen:  # fmt: skip
         """Start `python ARGS` as a fork of the server: `args` begin with `-m MODULE`,
         `-c CODE` or a script's path, as on the command line.
 
@@ -196,6 +202,11 @@ class Forker:
             merge: stderr goes to stdout (`stderr=subprocess.STDOUT`).
         """
         args = [str(a) for a in args]
+        if not self.forks:
+            return subprocess.Popen(
+                [sys.executable, *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if merge else subprocess.PIPE,
+            )  # fmt: skip
         if args[0] in ("-m", "-c"):
             kind = "module" if args[0] == "-m" else "code"
             target, rest = args[1], args[2:]
@@ -219,7 +230,7 @@ class Forker:
         """`subprocess.run(..., capture_output=True, text=True)` for `python ARGS`."""
         proc = self.popen(args, cwd, env)
         try:
-            stdout, stderr = proc.communicate(timeout)
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
