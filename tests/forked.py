@@ -9,6 +9,9 @@ its own process: its exit status, signals (a SIGKILL it sends itself), Hydra's g
 state and its threads are its own, and the server never runs a torch operation, so no
 thread pool is forked. The parts of `subprocess` tests use (`run`, `Popen`'s `wait`,
 `communicate`, `poll`, `kill`) keep their meaning.
+
+What a fork cannot show is what happens while Python starts and imports the preloaded
+modules: a test of that (test_quiet: no warning printed at import) keeps a real subprocess.
 """
 
 from __future__ import annotations
