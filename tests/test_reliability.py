@@ -252,8 +252,10 @@ def test_a_worker_error_names_the_file(tmp_path: Path) -> None:
     bad_folder(tmp_path)
     pairs = [p for p in find_pairs(tmp_path) if p[0].name == "img05.png"]
     ds = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.5], [0.25])
+    batches = iter(DataLoader(ds, num_workers=1, collate_fn=pad_collate))
     with pytest.raises(ValueError, match=r"img05\.png: mask values \[128\]"):
-        next(iter(DataLoader(ds, num_workers=1, collate_fn=pad_collate)))
+        next(batches)
+    batches._shutdown_workers()  # left to the garbage collector (a traceback holds it), 5 s
 
 
 def test_training_on_a_bad_folder_fails_in_setup(tmp_path: Path) -> None:
