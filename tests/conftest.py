@@ -67,3 +67,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "property" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def forker():
+    """Runs `python -m unet_seg.<entry point> ...` as forks of one process that imported
+    torch, Lightning and the entry points once (tests/forked.py), for tests of the command
+    line whose subject is not Python's start-up."""
+    from tests.forked import Forker
+
+    server = Forker(
+        ["unet_seg.train", "unet_seg.predict", "unet_seg.evaluate", "unet_seg.check_data"]
+    )
+    yield server
+    server.close()

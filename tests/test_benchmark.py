@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
+from tests.forked import Forker
 from unet_seg.bench import models as bench_models
 from unet_seg.bench.measure import HostReads, count_flops, peak_memory
 from unet_seg.benchmark import SECTIONS, format_table, task
@@ -241,11 +240,10 @@ def test_precision_sweep_rows_and_fraction_of_peak(tmp_path: Path) -> None:
     assert fp32["fraction_of_peak"] == pytest.approx(fp32["gflops_per_s"] / 1e3)
 
 
-def test_command_line_composes_the_benchmark_config() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "unet_seg.benchmark", "--cfg", "job", "size=64", "arch=nested"],
-        capture_output=True, text=True, check=True, cwd=Path(CONF_DIR).parent,
-    )  # fmt: skip
+def test_command_line_composes_the_benchmark_config(forker: Forker) -> None:
+    out = forker.run(["-m", "unet_seg.benchmark", "--cfg", "job", "size=64", "arch=nested"],
+                     cwd=Path(CONF_DIR).parent)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
     cfg = OmegaConf.create(out.stdout)
     assert cfg.size == 64 and cfg.arch.name == "nested" and cfg.data.root.endswith("_64px")
     assert list(cfg.sections) == ["overhead", "data", "models", "inference", "fastpath"]

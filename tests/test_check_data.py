@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import compose_train, write_folder
+from tests.forked import Forker
 from unet_seg.check_data import check_data
 
 
@@ -59,19 +58,21 @@ def test_a_messy_folder_names_every_problem(tmp_path: Path) -> None:
     assert report["suggested_mask_values"] is None or len(report["suggested_mask_values"]) > 2
 
 
-def test_cli_exit_status(tmp_path: Path) -> None:
+def test_cli_exit_status(tmp_path: Path, forker: Forker) -> None:
     root = write_folder(tmp_path / "d", n=3)
-    args = [sys.executable, "-m", "unet_seg.check_data", "data=folder", f"data.root={root}",
+    args = ["-m", "unet_seg.check_data", "data=folder", f"data.root={root}",
             "data.in_channels=1", "data.crop_size=32", f"output={tmp_path / 'r.json'}"]  # fmt: skip
-    ok = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ok = forker.run(args, cwd=tmp_path, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "3 image/mask pairs" in ok.stdout + ok.stderr
     (root / "images" / "img00.png").write_bytes(b"broken")
-    bad = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    bad = forker.run(args, cwd=tmp_path, timeout=300)
     assert bad.returncode == 1 and "img00.png: cannot be read" in bad.stdout + bad.stderr
 
 
-def test_a_refused_plan_and_missing_masks_are_one_clean_line(tmp_path: Path) -> None:
+def test_a_refused_plan_and_missing_masks_are_one_clean_line(
+    tmp_path: Path, forker: Forker
+) -> None:
     """As train does: exit 1 with the message naming the file and the fix, no traceback,
     and no output directory left behind."""
     noisy = write_folder(tmp_path / "noisy", n=3)  # 40 values, each in pieces: no plan
@@ -81,10 +82,9 @@ def test_a_refused_plan_and_missing_masks_are_one_clean_line(tmp_path: Path) -> 
     missing = write_folder(tmp_path / "missing", n=3)
     (missing / "masks" / "img01.png").unlink()
     cases = {noisy: "40 distinct values, too many for classes", missing: "have no mask in"}
-    procs = {root: subprocess.Popen(  # both at once: most of each is starting Python
-        [sys.executable, "-m", "unet_seg.check_data", f"data.root={root}",
-         "paths.output_dir=out"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    procs = {root: forker.popen(  # both at once
+        ["-m", "unet_seg.check_data", f"data.root={root}", "paths.output_dir=out"],
+        cwd=tmp_path, merge=True,
     ) for root in cases}  # fmt: skip
     for root, message in cases.items():
         output = procs[root].communicate(timeout=300)[0]
@@ -158,7 +158,9 @@ def test_the_plan_finds_carvanas_mask_suffix_and_names_gifs(tmp_path: Path, one_
         plan_data_config(data)
 
 
-def test_the_printed_train_command_plans_the_same_when_pasted(tmp_path: Path) -> None:
+def test_the_printed_train_command_plans_the_same_when_pasted(
+    tmp_path: Path, forker: Forker
+) -> None:
     """check_data's 'train with' line keeps every data.* key typed (Carvana's
     data.mask_suffix=_mask among them): composed as train would, it plans the same."""
     import shlex
@@ -167,11 +169,11 @@ def test_the_printed_train_command_plans_the_same_when_pasted(tmp_path: Path) ->
     from unet_seg.data.plan import PLANNED_KEYS, plan_data_config
 
     root = carvana_like(tmp_path / "cars")
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.check_data", f"data.root={root}",
+    proc = forker.run(
+        ["-m", "unet_seg.check_data", f"data.root={root}",
          "data.mask_suffix=_mask", "data.val_fraction=0.5", "data.group_regex='^(car[0-9])_'",
          f"output={tmp_path / 'r.json'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-3000:]

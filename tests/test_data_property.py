@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from data_folders import FolderSpec, ImageSpec, folder_specs, write_spec
 from hypothesis import HealthCheck, given, settings
 from property_harness import ONE_STEP, check_and_train, disagreements, refusal
+
+from tests.forked import Forker
 
 FEW = settings(max_examples=4, deadline=None, derandomize=True, database=None,
                suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -77,7 +77,7 @@ def test_check_data_and_train_agree_on_500_folders(spec: FolderSpec, tmp_path: P
 
 
 @pytest.mark.slow
-def test_the_harness_sees_what_the_command_line_sees(tmp_path: Path) -> None:
+def test_the_harness_sees_what_the_command_line_sees(tmp_path: Path, forker: Forker) -> None:
     """The in-process harness against real subprocesses on a folder both refuse: the same
     exit status, the refusal printed without a traceback, no run directory left by `train`."""
     spec = FolderSpec(images=[_image(seed=i) for i in range(4)], mask_kind="binary255",
@@ -91,9 +91,8 @@ def test_the_harness_sees_what_the_command_line_sees(tmp_path: Path) -> None:
     common = ["data=auto", f"data.root={root}", f"paths.output_dir={tmp_path / 'cli'}"]
     for module, extra in (("unet_seg.check_data", []), ("unet_seg.train", ONE_STEP)):
         cli_run = tmp_path / f"cli_{module}"
-        proc = subprocess.run([sys.executable, "-m", module, *common, *extra,
-                               f"hydra.run.dir={cli_run}"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = forker.run(["-m", module, *common, *extra, f"hydra.run.dir={cli_run}"],
+                          cwd=tmp_path, env=env, timeout=300)  # fmt: skip
         said = proc.stdout + proc.stderr
         assert proc.returncode == 1, said[-2000:]
         assert "im1.png: mask is 32x22" in said and "Traceback" not in said

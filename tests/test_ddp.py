@@ -8,20 +8,20 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.forked import Forked, Forker
 from unet_seg.budget import TimeBudget
 from unet_seg.evaluate import evaluate
 
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path) -> None:
+def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path, forker: Forker) -> None:
     """Shares of a split, even or with one process empty (a 1-image test split), pool to the
     scores one process gets."""
     args = [
@@ -31,8 +31,8 @@ def test_two_process_ddp_matches_a_one_process_evaluation(tmp_path: Path) -> Non
         "data.batch_size=2", "data.val_fraction=0.25", "data.test_fraction=0.0625",
         "arch.base_channels=4", "trainer.max_epochs=2", f"data.root={tmp_path / 'data'}",
     ]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "unet_seg.train", *args], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    # rank 0 is a fork of the server; Lightning starts rank 1 as `python -m unet_seg.train`
+    proc = forker.run(["-m", "unet_seg.train", *args], cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()  # one directory, not one per rank
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -96,14 +96,12 @@ def assert_ranks_agree(reports: list[dict]) -> None:
     assert len({r["lr"] for r in reports}) == 1, reports
 
 
-def run_ranks(script: Path, args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(script), *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+def run_ranks(forker: Forker, script: Path, args: list[str], cwd: Path, env: dict) -> Forked:
+    """`python SCRIPT ARGS` as a fork of the server, its stderr merged into its stdout."""
+    return forker.popen([script, *args], cwd=cwd, env=env, merge=True)
 
 
-def finish(procs: list[subprocess.Popen]) -> None:
+def finish(procs: list[Forked]) -> None:
     """Wait for every process; a failure or a hang kills the others."""
     try:
         for proc in procs:
@@ -125,7 +123,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_nodes_on_loopback_one_run_directory_and_a_resume(tmp_path: Path) -> None:
+def test_two_nodes_on_loopback_one_run_directory_and_a_resume(
+    tmp_path: Path, forker: Forker
+) -> None:
     """`trainer.num_nodes=2`, one process a node, in the environment a cluster launcher
     sets (MASTER_ADDR, MASTER_PORT, NODE_RANK, WORLD_SIZE): one run directory on the shared
     disk, written by rank 0 only; a resume with a longer budget continues it. Each rank
@@ -145,12 +145,15 @@ def test_two_nodes_on_loopback_one_run_directory_and_a_resume(tmp_path: Path) ->
                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                    "NODE_RANK": str(node), "WORLD_SIZE": "2"}  # fmt: skip
             extra = [] if node == 0 else ["hydra.output_subdir=null"]  # .hydra/: node 0's
-            procs.append(run_ranks(script, [*args, *extra], cwd, env))
+            procs.append(run_ranks(forker, script, [*args, *extra], cwd, env))
         finish(procs)
         return rank_reports(tmp_path / tag, 2)
 
     nodes = ["trainer.devices=1", "trainer.num_nodes=2", f"hydra.run.dir={run_dir}"]
-    first = run_nodes([*BUDGETED, *nodes, "trainer.budget=12s",
+    # forks start in well under a second, so budgets of 8 s and 14 s leave the ranks the
+    # training time 12 s and 22 s left after a fresh process's imports (91 and 157 steps
+    # on a busy 2-core machine)
+    first = run_nodes([*BUDGETED, *nodes, "trainer.budget=8s",
                        f"data.root={tmp_path / 'shared' / 'data'}"], "first")  # fmt: skip
     assert_ranks_agree(first)
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -159,7 +162,7 @@ def test_two_nodes_on_loopback_one_run_directory_and_a_resume(tmp_path: Path) ->
     assert not any((tmp_path / f"node{n}" / "outputs").exists() for n in (0, 1))
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best and last, once
 
-    resumed = run_nodes([f"resume={run_dir}", "trainer.budget=22s", *nodes], "resumed")
+    resumed = run_nodes([f"resume={run_dir}", "trainer.budget=14s", *nodes], "resumed")
     assert_ranks_agree(resumed)
     assert resumed[0]["step"] > first[0]["step"]  # it continued, with the time added
     assert resumed[0]["step"] > TimeBudget.SKIP_STEPS  # the plan came from timed steps

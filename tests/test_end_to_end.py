@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import compose_train, write_folder
+from tests.forked import Forker
 from unet_seg.evaluate import evaluate
 from unet_seg.predict import predict
 from unet_seg.train import train
@@ -137,29 +137,28 @@ def test_nested_deep_supervision_on_a_folder_then_pruned_prediction(tmp_path: Pa
     assert evaluate(eval_cfg)["images"] == 8
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+def run_cli(forker: Forker, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m ARGS` in a process of its own (a fork of one that imported torch once)."""
+    proc = forker.run(["-m", *args], cwd=cwd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
-def test_cli_train_resume_and_multirun(tmp_path: Path) -> None:
+def test_cli_train_resume_and_multirun(tmp_path: Path, forker: Forker) -> None:
     """Hydra's own run directories: resume reuses the run, a sweep makes one per job."""
     common = [*TINY, "data.synthetic.num_images=8", f"data.root={tmp_path / 'data'}",
               "paths.output_dir=outputs", "final_eval=false"]  # fmt: skip
-    run_cli("unet_seg.train", *common, "trainer.max_epochs=1", cwd=tmp_path)
+    run_cli(forker, "unet_seg.train", *common, "trainer.max_epochs=1", cwd=tmp_path)
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()
     overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
     steps = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    run_cli("unet_seg.train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
+    run_cli(forker, "unet_seg.train", f"resume={run_dir}", "trainer.max_epochs=2", cwd=tmp_path)
     assert [run_dir] == list((tmp_path / "outputs" / "train").iterdir())
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == overrides  # kept as run
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * steps  # a second epoch was trained on top of the first
 
-    run_cli("unet_seg.train", "-m", *common, "trainer.max_epochs=1", "optimizer=adam,sgd",
+    run_cli(forker, "unet_seg.train", "-m", *common, "trainer.max_epochs=1", "optimizer=adam,sgd",
             cwd=tmp_path)  # fmt: skip
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -169,21 +168,16 @@ def test_cli_train_resume_and_multirun(tmp_path: Path) -> None:
         assert (sweep / job / "checkpoints" / "best.ckpt").is_file()
 
 
-def test_cli_errors_are_clear(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.predict", f"ckpt={tmp_path / 'x.ckpt'}", "input=nowhere"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_cli_errors_are_clear(tmp_path: Path, forker: Forker) -> None:
+    proc = forker.run(["-m", "unet_seg.predict", f"ckpt={tmp_path / 'x.ckpt'}", "input=nowhere"],
+                      cwd=tmp_path, timeout=300)  # fmt: skip
     assert proc.returncode != 0
     assert "input=nowhere: no images found" in proc.stderr
     not_ckpt = tmp_path / "notes.ckpt"
     not_ckpt.write_text("hello")
     write_folder(tmp_path / "d", n=1)
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.predict", f"ckpt={not_ckpt}",
-         f"input={tmp_path / 'd' / 'images'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    args = ["-m", "unet_seg.predict", f"ckpt={not_ckpt}", f"input={tmp_path / 'd' / 'images'}"]
+    proc = forker.run(args, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0 and "not a loadable unet-seg checkpoint" in proc.stderr
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests.forked import Forker
 from tests.test_inference import make_checkpoint
 from unet_seg.export import export, load_exported
 from unet_seg.module import SegModule
@@ -115,13 +114,13 @@ def test_pt2_matches_pytorch_at_any_size_and_carries_metadata(tmp_path: Path) ->
 
 
 @needs_onnx
-def test_export_cli_and_its_errors(tmp_path: Path) -> None:
+def test_export_cli_and_its_errors(tmp_path: Path, forker: Forker) -> None:
     ckpt = make_checkpoint(tmp_path / "u.ckpt")
     out = tmp_path / "u.onnx"
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.export", f"ckpt={ckpt}", f"output={out}",
+    proc = forker.run(  # the exporter's loggers speak while it exports, not at import
+        ["-m", "unet_seg.export", f"ckpt={ckpt}", f"output={out}",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max abs diff" in proc.stdout + proc.stderr and out.is_file()

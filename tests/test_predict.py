@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import CONF
+from tests.forked import Forker
 from tests.test_inference import image, make_checkpoint
 from unet_seg import load_model
 from unet_seg.data.masks import MaskEncoding
@@ -157,12 +158,10 @@ def test_the_configs_share_the_inference_keys() -> None:
 
 
 def test_predict_says_what_failed_and_fails_when_nothing_was_written(
-    three_classes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    three_classes: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, forker: Forker
 ) -> None:
     """The last line counts the failures; the hint is one predict can follow (the checkpoint
     fixes the channels); with nothing written the command exits 1."""
-    import subprocess
-    import sys
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -175,9 +174,9 @@ def test_predict_says_what_failed_and_fails_when_nothing_was_written(
     assert "convert it to 1 channel(s): the model was trained on 1" in caplog.text
     assert "set data.in_channels" not in caplog.text
     assert caplog.records[-1].getMessage().endswith("2 of 2 file(s) failed (listed above)")
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.predict", f"ckpt={three_classes}", f"input={inputs}",
+    proc = forker.run(
+        ["-m", "unet_seg.predict", f"ckpt={three_classes}", f"input={inputs}",
          f"output={tmp_path / 'out2'}", "device=cpu"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1

@@ -8,7 +8,6 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -18,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import compose_train, write_folder
+from tests.forked import Forker
 from unet_seg import callbacks
 from unet_seg.callbacks import AtomicCheckpointIO
 from unet_seg.data.checks import check_pairs
@@ -98,26 +98,24 @@ main()
 
 
 def run_harness(
-    mode: str, at: int, *args: str, cwd: Path, threads: int = 1
+    forker: Forker, mode: str, at: int, *args: str, cwd: Path, threads: int = 1
 ) -> subprocess.CompletedProcess:
-    """Run the harness with `OMP_NUM_THREADS=threads` (what `trainer.threads=auto` takes),
-    whatever the environment of the test says."""
+    """Run the harness in a process of its own (a fork of one that imported torch once)
+    with `OMP_NUM_THREADS=threads` (what `trainer.threads=auto` takes), whatever the
+    environment of the test says."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return subprocess.run(
-        [sys.executable, "-c", HARNESS, mode, str(at), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    return forker.run(["-c", HARNESS, mode, str(at), *args], cwd=cwd, env=env, timeout=600)
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path, forker: Forker) -> None:
     """Killed anywhere, a run resumes to the weights of a run never killed. A resume from a
     checkpoint finds another thread count in its environment (as `trainer.threads=auto`
     may on a machine that got busier or quieter), and keeps the count the run started with:
     with 2 threads in place of 1 the sums run in another order and the weights differ."""
     common = [*TINY, f"data.root={tmp_path / 'data'}", "final_eval=false", "trainer.max_epochs=3"]
     reference = tmp_path / "reference"
-    proc = run_harness("step", -1, *common, f"hydra.run.dir={reference}", cwd=tmp_path)
+    proc = run_harness(forker, "step", -1, *common, f"hydra.run.dir={reference}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     total = torch.load(reference / "checkpoints/last.ckpt", weights_only=True)["global_step"]
     assert total == 3 * STEPS_PER_EPOCH
@@ -125,13 +123,15 @@ def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> Non
     # in epoch 0 before any checkpoint; mid-epoch 1; while writing epoch 1's checkpoints
     for mode, at in (("step", 1), ("step", 4), ("write", 3)):
         run_dir = tmp_path / f"{mode}{at}"
-        killed = run_harness(mode, at, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        killed = run_harness(forker, mode, at, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.exists():  # whatever is there is whole: the old file or the new one
             torch.load(last, weights_only=True)
         threads = 2 if last.exists() else 1  # without a checkpoint the run starts over
-        resumed = run_harness("step", -1, f"resume={run_dir}", cwd=tmp_path, threads=threads)
+        resumed = run_harness(
+            forker, "step", -1, f"resume={run_dir}", cwd=tmp_path, threads=threads
+        )
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         final = torch.load(last, weights_only=True)
         assert final["global_step"] == total
@@ -142,17 +142,19 @@ def test_sigkill_at_any_point_resumes_to_the_same_weights(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["term", "int"])
-def test_sigterm_or_ctrl_c_saves_and_exits_cleanly_then_resumes(tmp_path: Path, mode: str) -> None:
+def test_sigterm_or_ctrl_c_saves_and_exits_cleanly_then_resumes(
+    tmp_path: Path, mode: str, forker: Forker
+) -> None:
     run_dir = tmp_path / "run"
     common = [*TINY, f"data.root={tmp_path / 'data'}", "final_eval=false", "trainer.max_epochs=2"]
-    proc = run_harness(mode, 4, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_harness(forker, mode, 4, *common, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     signum = signal.SIGTERM if mode == "term" else signal.SIGINT
     assert proc.returncode == 128 + signum, proc.stderr[-2000:]
     output = proc.stdout + proc.stderr  # Hydra logs to stdout
     assert f"resume={run_dir}" in output and "Traceback" not in output
     saved = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert saved["global_step"] == 5  # the batch in flight finished, then it stopped
-    resumed = run_harness("step", -1, f"resume={run_dir}", cwd=tmp_path)
+    resumed = run_harness(forker, "step", -1, f"resume={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)
     assert final["global_step"] == 2 * STEPS_PER_EPOCH  # the interrupted epoch was completed
@@ -250,8 +252,10 @@ def test_a_worker_error_names_the_file(tmp_path: Path) -> None:
     bad_folder(tmp_path)
     pairs = [p for p in find_pairs(tmp_path) if p[0].name == "img05.png"]
     ds = SegDataset(pairs, MaskEncoding([0, 255]), 1, [0.5], [0.25])
+    batches = iter(DataLoader(ds, num_workers=1, collate_fn=pad_collate))
     with pytest.raises(ValueError, match=r"img05\.png: mask values \[128\]"):
-        next(iter(DataLoader(ds, num_workers=1, collate_fn=pad_collate)))
+        next(batches)
+    batches._shutdown_workers()  # left to the garbage collector (a traceback holds it), 5 s
 
 
 def test_training_on_a_bad_folder_fails_in_setup(tmp_path: Path) -> None:

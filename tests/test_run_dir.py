@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose_train
+from tests.forked import Forker
 from unet_seg.run_dir import RunDir, find_runs
 
 
@@ -55,21 +56,18 @@ def test_find_runs_lists_finished_runs_only(tmp_path: Path) -> None:
         find_runs([tmp_path / "b"])
 
 
-def test_a_refused_run_removes_only_what_it_wrote(tmp_path: Path) -> None:
+def test_a_refused_run_removes_only_what_it_wrote(tmp_path: Path, forker: Forker) -> None:
     """A command refused before training, pointed at a folder of the user's: Hydra's record and
     the command's log lines go; the user's own files (another log, lines already in
     train.log) stay."""
-    import subprocess
-    import sys
-
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "other.log").write_text("the user's own log\n")
     (folder / "train.log").write_text("an earlier line\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.train", f"hydra.run.dir={folder}",
+    proc = forker.run(
+        ["-m", "unet_seg.train", f"hydra.run.dir={folder}",
          "data=folder", f"data.root={tmp_path / 'absent'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "absent" in proc.stdout + proc.stderr  # the refusal was shown
@@ -78,10 +76,10 @@ def test_a_refused_run_removes_only_what_it_wrote(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["other.log", "train.log"]  # no .hydra/
 
     fresh = tmp_path / "fresh"
-    proc = subprocess.run(
-        [sys.executable, "-m", "unet_seg.train", f"hydra.run.dir={fresh}",
+    proc = forker.run(
+        ["-m", "unet_seg.train", f"hydra.run.dir={fresh}",
          "data=folder", f"data.root={tmp_path / 'absent'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 1 and not fresh.exists()  # a folder of its own: all gone
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.forked import Forker
 from unet_seg.report import report
 
 pytestmark = pytest.mark.slow
@@ -17,10 +17,10 @@ TINY = ["data.synthetic.num_images=12", "data.synthetic.size=64", "data.crop_siz
         "data.batch_size=4", "arch.base_channels=4", "trainer.max_epochs=1"]  # fmt: skip
 
 
-def train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "unet_seg.train", "-m", *TINY,
-                           f"data.root={cwd / 'data'}", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)  # fmt: skip
+def train_cli(forker: Forker, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`python -m unet_seg.train -m ...` as a fork of the session's fork server."""
+    proc = forker.run(["-m", "unet_seg.train", "-m", *TINY, f"data.root={cwd / 'data'}", *args],
+                      cwd=cwd, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -30,17 +30,17 @@ def train_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     reason="hparams_search=optuna needs the sweep extra (pip install -e '.[sweep]'): the Optuna "
     "sweeper plugin pins Optuna 2, so '.[dev]' leaves it out",
 )
-def test_optuna_search_resumes_where_it_stopped(tmp_path: Path) -> None:
+def test_optuna_search_resumes_where_it_stopped(tmp_path: Path, forker: Forker) -> None:
     import optuna
 
     sweep = tmp_path / "sweep"
     common = ["hparams_search=optuna", f"hydra.sweep.dir={sweep}"]
-    train_cli(*common, "optuna_trials=2", cwd=tmp_path)
+    train_cli(forker, *common, "optuna_trials=2", cwd=tmp_path)
     study = optuna.load_study(study_name="unet_seg", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     first = [t.params for t in study.trials]
 
-    train_cli(*common, "optuna_trials=3", cwd=tmp_path)  # as after an interruption
+    train_cli(forker, *common, "optuna_trials=3", cwd=tmp_path)  # as after an interruption
     study = optuna.load_study(study_name="unet_seg", storage=f"sqlite:///{sweep / 'optuna.db'}")
     assert len(study.trials) == 3  # one more, not three more
     assert study.trials[2].params not in first  # a new point, not the first one again
@@ -51,21 +51,21 @@ def test_optuna_search_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert sum(g["n"] for g in result["groups"]) == 3
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path, forker: Forker) -> None:
     sweep = tmp_path / "sweep"
-    train_cli("hydra=joblib", f"hydra.sweep.dir={sweep}", "optimizer=adam,sgd",
+    train_cli(forker, "hydra=joblib", f"hydra.sweep.dir={sweep}", "optimizer=adam,sgd",
               "final_eval=false", cwd=tmp_path)  # fmt: skip
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     assert all((sweep / j / "checkpoints" / "last.ckpt").is_file() for j in ("0", "1"))
 
 
-def test_cross_validation_folds_and_their_ensemble(tmp_path: Path) -> None:
+def test_cross_validation_folds_and_their_ensemble(tmp_path: Path, forker: Forker) -> None:
     import json
 
     from unet_seg.ensemble import ensemble
 
     sweep = tmp_path / "cv"
-    train_cli(f"hydra.sweep.dir={sweep}", "data.num_folds=2", "data.fold=0,1",
+    train_cli(forker, f"hydra.sweep.dir={sweep}", "data.num_folds=2", "data.fold=0,1",
               "data.test_fraction=0.25", "trainer.max_epochs=2", cwd=tmp_path)  # fmt: skip
     result = ensemble([sweep])
     assert result["images"] == 3 and len(result["models"]) == 2
@@ -77,16 +77,18 @@ def test_cross_validation_folds_and_their_ensemble(tmp_path: Path) -> None:
     assert folds["setting"] == [] and folds["groups"][0]["n"] == 2  # folds are replicates
 
 
-def test_a_grid_run_again_skips_finished_jobs_and_resumes_the_rest(tmp_path: Path) -> None:
+def test_a_grid_run_again_skips_finished_jobs_and_resumes_the_rest(
+    tmp_path: Path, forker: Forker
+) -> None:
     import torch
 
     sweep = tmp_path / "grid"
     args = [f"hydra.sweep.dir={sweep}", "optimizer=adam,sgd", "final_eval=false"]
-    train_cli(*args, cwd=tmp_path)
+    train_cli(forker, *args, cwd=tmp_path)
     done = (sweep / "0" / "metrics.json").stat().st_mtime_ns
     (sweep / "1" / "metrics.json").unlink()  # as if job 1 was killed after its last epoch
     steps = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-    train_cli(*args, cwd=tmp_path)  # the same command again
+    train_cli(forker, *args, cwd=tmp_path)  # the same command again
     assert (sweep / "0" / "metrics.json").stat().st_mtime_ns == done  # kept, not retrained
     assert (sweep / "1" / "metrics.json").is_file()  # finished from its checkpoint
     last = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)
