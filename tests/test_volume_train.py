@@ -114,3 +114,36 @@ def test_synthetic3d_trains_a_3d_unet(tmp_path: Path) -> None:
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["arch"]["name"] == "unet3d"
     assert ckpt["hyper_parameters"]["data"]["dims"] == 3
+
+
+def test_check_data_on_volumes_prints_spacing_anisotropy_and_the_choice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+    from unet_seg.check_data import check_data
+
+    data = mri_folder(tmp_path / "mri", n=3)
+    out = tmp_path / "check.json"
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("check_data", [f"data.root={data}", f"output={out}",
+                                     "data.val_fraction=0.34", "data.test_fraction=0"])  # fmt: skip
+    with caplog.at_level("INFO"):
+        report = check_data(cfg)
+    assert report["problems"] == [] and report["volumes"] == 3
+    text = caplog.text
+    assert "spacing     median 4 x 1 x 1 mm" in text and "anisotropy  4" in text
+    assert "2-D slices along the coarsest axis 0 (z)" in text
+    assert json.loads(out.read_text())["plan"]["plan"]["dims"]["value"] == 2
+    # a label value the plan did not see is named with its file, nothing else
+    bad = np.zeros((10, 24, 20), np.uint8)
+    bad[0, 0, 0] = 5
+    meta = read_volume(data / "masks" / "case0.nii.gz")[1]
+    write_volume(data / "masks" / "case0.nii.gz", bad, meta, labels=True)
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("check_data", [f"data.root={data}", f"output={out}", "data.mask_values=[0,1]",
+                                     "data.val_fraction=0.34", "data.test_fraction=0"])  # fmt: skip
+    report = check_data(cfg)
+    assert len(report["problems"]) == 1 and "case0.nii.gz" in report["problems"][0]
+    assert "[5]" in report["problems"][0]

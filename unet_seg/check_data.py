@@ -145,7 +145,7 @@ def check_volumes(cfg: DictConfig, plan: dict | None) -> dict:
     """`check_data` for a folder of volumes: the fingerprint (spacing, anisotropy, sizes,
     intensities, labels), the plan with the 2-D / 2.5-D / 3-D choice and its reason, and every
     case read as training would read it, each problem naming its file."""
-    from unet_seg.build import build_datamodule
+    from unet_seg.data.volume_datamodule import VolumeDataModule
     from unet_seg.data.volume_plan import fingerprint_volumes, volume_summary
 
     data = cfg.data
@@ -163,8 +163,7 @@ def check_volumes(cfg: DictConfig, plan: dict | None) -> dict:
                   f"any key given on the command line wins):\n{plan_table(plan)}",
                   f"\ntrain with:\n  {train_command(to_plain(data), plan, given)}"]  # fmt: skip
     log.info("\n".join(lines))
-    here = HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else "."
-    datamodule = build_datamodule(cfg, RunDir(here))  # reads every case; writes nothing
+    datamodule = VolumeDataModule(**to_plain(data), seed=cfg.get("seed", 0))  # writes nothing
     problems = datamodule.check()
     report = {"root": str(data.root), "volumes": len(fp.get("cases", [])), "problems": problems}
     if problems:
