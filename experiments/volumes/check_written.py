@@ -24,8 +24,10 @@ def compare(inputs: Path, predicted: Path) -> str:
         diff = float(np.abs(meta.affine_matrix() - out.affine_matrix()).max())
         spacing = "x".join(f"{s:.4g}" for s in meta.spacing)
         spacing_out = "x".join(f"{s:.4g}" for s in out.spacing)
-        lines.append(f"| {path.name} | {list(image.shape[:3])} / {list(labels.shape)} | {diff:.1e} "
-                     f"| {spacing} / {spacing_out} | {sorted(np.unique(labels).tolist())} |")  # fmt: skip
+        values = sorted(np.unique(labels).tolist())
+        shapes = f"{list(image.shape[:3])} / {list(labels.shape)}"
+        spacings = f"{spacing} / {spacing_out}"
+        lines.append(f"| {path.name} | {shapes} | {diff:.1e} | {spacings} | {values} |")
     return "\n".join(lines)
 
 
