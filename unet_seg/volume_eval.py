@@ -271,20 +271,23 @@ def orthogonal_slices(
     volume: np.ndarray, spacing: tuple[float, float, float], centre: tuple[int, int, int]
 ) -> list[np.ndarray]:
     """The axial `[Y, X]`, coronal `[Z, X]` and sagittal `[Z, Y]` slices through `centre` of
-    `[Z, Y, X(, C)]`, with rows stretched to the physical aspect (nearest neighbour)."""
+    `[Z, Y, X(, C)]`, with rows stretched to the physical aspect (nearest neighbour); the
+    coronal and sagittal ones with z upwards (the last slice at the top)."""
     z, y, x = centre
-    views = [(volume[z], spacing[1], spacing[2]), (volume[:, y], spacing[0], spacing[2]),
-             (volume[:, :, x], spacing[0], spacing[1])]  # fmt: skip
+    views = [(volume[z], spacing[1], spacing[2]), (volume[::-1, y], spacing[0], spacing[2]),
+             (volume[::-1, :, x], spacing[0], spacing[1])]  # fmt: skip
     out = []
     for view, row_mm, col_mm in views:
         rows = max(1, round(view.shape[0] * row_mm / col_mm))
+        view = np.ascontiguousarray(view)
         out.append(cv2.resize(view, (view.shape[1], rows), interpolation=cv2.INTER_NEAREST))
     return out
 
 
 def _centre(truth: np.ndarray, pred: np.ndarray) -> tuple[int, int, int]:
-    """Where to cut: the centre of the errors, else of the truth's foreground, else the middle."""
-    for mask in ((truth != pred) & (truth != PAD_LABEL), truth > 0):
+    """Where to cut: the centre of the truth's foreground (what should be found), else of
+    the errors (what was found where nothing is), else the middle."""
+    for mask in (truth > 0, (truth != pred) & (truth != PAD_LABEL)):
         where = np.argwhere(mask & (truth != PAD_LABEL))
         if where.size:
             return tuple(int(v) for v in np.median(where, axis=0).round())
