@@ -8,7 +8,7 @@ out=${OUT:-outputs/volumes/brain}
 python -m unet_seg.train data=auto data.root=outputs/data/brain_mri \
     data.split_file=outputs/data/brain_mri/split.json trainer.budget="${BUDGET:-5m}" \
     final_ckpt=last run_dir="$out"
-python -m unet_seg.evaluate run_dir="$out" split=test worst=1
+python -m unet_seg.evaluate run_dir="$out" ckpt="$out/checkpoints/last.ckpt" split=test worst=1
 python -m unet_seg.predict ckpt="$out/checkpoints/last.ckpt" input=outputs/data/brain_mri/images \
     output="$out/predicted"
 python experiments/volumes/check_written.py outputs/data/brain_mri/images "$out/predicted"
