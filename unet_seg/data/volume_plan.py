@@ -43,7 +43,7 @@ from unet_seg.data.plan import (
     RARE_STEPS_FACTOR,
     PlanError,
 )
-from unet_seg.data.splits import cut_split
+from unet_seg.data.splits import cut_split, load_splits
 from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
 from unet_seg.data.volumes import read_volume
 from unet_seg.problems import problem_list
@@ -704,7 +704,13 @@ def _assumed(cases: list[dict]) -> str:
 
 
 def _train_count(names: list[str], data: dict) -> int:
-    """Training cases of the split the data module will cut (all when it cannot be cut)."""
+    """Training cases of the split the data module will use: an explicit `data.split_file`'s,
+    else the one it will cut (all when it cannot be cut)."""
+    if data.get("split_file"):
+        try:
+            return max(1, len(load_splits(data["split_file"])["train"]))
+        except (OSError, ValueError):  # refused by the data module, naming the file
+            return max(1, len(names))
     seed = data.get("split_seed")
     split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
     try:
