@@ -182,3 +182,27 @@ def test_augment_window_moves_image_and_labels_together() -> None:
         assert not np.array_equal(ay, y)
     same_x, same_y = augment_window(x, y, np.random.default_rng(0), 3, {})
     np.testing.assert_array_equal(same_y, y)
+
+
+def test_resampling_to_the_contract_spacing_keeps_the_labels(tmp_path: Path) -> None:
+    from unet_seg.data.volume_dataset import resample_labels, resampled_shape
+
+    labels = np.random.default_rng(0).choice(np.array([0, 2, 5], np.uint8), size=(7, 9, 11))
+    out = resample_labels(labels, (13, 4, 11))
+    assert out.shape == (13, 4, 11) and set(np.unique(out)) <= {0, 2, 5}  # no 1, 3 or 4
+    np.testing.assert_array_equal(resample_labels(labels, (7, 9, 11)), labels)
+    assert resampled_shape((10, 20, 20), (2.0, 1.0, 1.0), (4.0, 1.0, 1.0)) == (5, 20, 20)
+    assert resampled_shape((10, 20, 20), (2.0, 1.0, 1.0), (2.04, 1.0, 1.0)) == (10, 20, 20)
+    # a case at 2 mm slices read for a net trained at 4 mm: half the slices, labels kept
+    image = np.zeros((6, 10, 12), np.float32)
+    image[:, :, 6:] = 1
+    labels = (image > 0).astype(np.uint8)
+    write_case(tmp_path, "thin", image, labels)  # spacing (2, 1, 1)
+    (case,) = find_volume_cases(tmp_path)
+    loaded = load_case(case, contract(dims=3, patch=[4, 8, 8], spacing=[4.0, 1.0, 1.0]))
+    assert loaded.image.shape == (1, 3, 10, 12) and loaded.labels.shape == (3, 10, 12)
+    np.testing.assert_array_equal(loaded.labels[:, :, 6:], 1)
+    assert loaded.meta.shape == (6, 10, 12)  # the file's own grid, to write back to
+    native = load_case(case, contract(dims=3, patch=[4, 8, 8], spacing=[4.0, 1.0, 1.0]),
+                       resample=False)  # fmt: skip
+    assert native.image.shape == (1, 6, 10, 12)

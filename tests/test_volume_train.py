@@ -99,6 +99,19 @@ def test_auto_plan_train_evaluate_predict_nifti(tmp_path: Path) -> None:
     assert labels.shape == image.shape and labels.dtype.kind in "ui"
     np.testing.assert_allclose(meta.affine_matrix(), image_meta.affine_matrix(), atol=1e-6)
     assert set(np.unique(labels)) <= {0, 1}
+    # a volume at half the training slice thickness: resampled to 4 mm for the net, its labels
+    # written back on its own 20-slice grid, in its own geometry
+    other = tmp_path / "other"
+    other.mkdir()
+    affine = tuple(map(tuple, oblique_affine((2.0, 1.0, 1.0))))
+    fine = VolumeMeta((20, 24, 20), (2.0, 1.0, 1.0), affine, "nifti")
+    write_volume(other / "fine.nii.gz", np.random.default_rng(1).normal(size=(20, 24, 20)), fine)
+    (path,) = predict(OmegaConf.create({
+        "ckpt": str(run_dir / "checkpoints" / "best.ckpt"), "input": str(other / "fine.nii.gz"),
+        "output": str(tmp_path / "pred_fine"), "device": "cpu"}))  # fmt: skip
+    labels, meta = read_volume(path)
+    assert labels.shape == (20, 24, 20)
+    np.testing.assert_allclose(meta.affine_matrix(), oblique_affine((2.0, 1.0, 1.0)), atol=1e-6)
 
 
 def test_synthetic3d_trains_a_3d_unet(tmp_path: Path) -> None:

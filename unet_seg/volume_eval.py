@@ -14,8 +14,9 @@
 
 The net sees each volume as in validation (`SegModule.volume_probabilities`): a Gaussian
 sliding window of the training patch for 3-D nets, every slice or slab for 2-D ones.
-Volumes are used at their own spacing; one far from the training spacing is named in the
-log (resampling is not done yet).
+A volume whose spacing differs from the training spacing is resampled to it (images
+trilinear, labels nearest) and its probabilities back to its own grid, where it is
+written and scored.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from unet_seg.data.volume_cases import (
     list_volumes,
     volume_stem,
 )
-from unet_seg.data.volume_dataset import LoadedCase, load_case
+from unet_seg.data.volume_dataset import LoadedCase, load_case, resample_image
 from unet_seg.data.volumes import write_volume
 from unet_seg.files import write_json
 from unet_seg.module import SegModule
@@ -106,10 +107,12 @@ def inference_options(cfg: DictConfig) -> dict:
 
 
 def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np.ndarray:
+    """Class probabilities `[K, Z, Y, X]` on the file's own grid (a case resampled to the
+    training spacing is predicted there and its probabilities resampled back)."""
     volume = torch.from_numpy(loaded.image)
     with torch.no_grad():
         probs = module.volume_probabilities(volume, **inference_options(cfg))
-    return probs.numpy()  # [K, Z, Y, X]
+    return resample_image(probs.numpy(), loaded.meta.shape)
 
 
 def _labels(probs: np.ndarray) -> np.ndarray:
@@ -119,11 +122,12 @@ def _labels(probs: np.ndarray) -> np.ndarray:
 
 def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
     trained = module.contract.spacing
-    if trained and not np.allclose(loaded.meta.spacing, trained, rtol=0.25):
-        log.warning(
-            "%s: spacing %s mm, the net was trained at %s mm: it is used as it is (no "
-            "resampling yet), so scores may suffer", loaded.name,
+    if tuple(loaded.image.shape[1:]) != tuple(loaded.meta.shape):
+        log.info(
+            "%s: spacing %s mm, resampled to the training spacing %s mm (%s -> %s voxels) and "
+            "predicted back on its own grid", loaded.name,
             [round(s, 3) for s in loaded.meta.spacing], [round(s, 3) for s in trained],
+            list(loaded.meta.shape), list(loaded.image.shape[1:]),
         )  # fmt: skip
 
 
@@ -213,6 +217,7 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
         loaded = load_case(case, contract)
         _check_spacing(module, loaded)
         pred = _labels(_probabilities(module, loaded, cfg))
+        loaded = load_case(case, contract, resample=False)  # scored on the file's own grid
         truth = loaded.labels.astype(np.int64)
         truth[loaded.labels == PAD_LABEL] = IGNORE_INDEX
         scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)

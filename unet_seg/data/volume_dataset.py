@@ -131,8 +131,47 @@ def read_case_labels(path: Path, contract: DataContract, shape: Sequence[int]) -
     return contract.encoding.encode(_whole_numbers(array, path), path)
 
 
-def load_case(case: VolumeCase, contract: DataContract) -> LoadedCase:
-    """Read, check and normalise one case (`labels` None when it has no mask)."""
+SPACING_TOLERANCE = 0.05
+"""A case whose spacing differs from the contract's by more than this share along some axis
+is resampled to it (nnU-Net resamples every case to the planned spacing)."""
+
+
+def resampled_shape(
+    shape: Sequence[int], spacing: Sequence[float], target: Sequence[float] | None
+) -> tuple[int, ...]:
+    """The `[Z, Y, X]` a volume of `shape` at `spacing` has at `target` spacing: its own shape
+    when `target` is None or within `SPACING_TOLERANCE` on every axis."""
+    if not target or all(
+        abs(s - t) <= SPACING_TOLERANCE * t for s, t in zip(spacing, target, strict=True)
+    ):
+        return tuple(int(n) for n in shape)
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
+
+
+def resample_image(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """`[C, Z, Y, X]` float -> `[C, *shape]` by trilinear interpolation (voxel centres aligned)."""
+    if tuple(image.shape[1:]) == tuple(shape):
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    out = torch.nn.functional.interpolate(x, size=tuple(shape), mode="trilinear",
+                                          align_corners=False)  # fmt: skip
+    return out[0].numpy()
+
+
+def resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """`[Z, Y, X]` class indices -> `shape` by nearest neighbour: every output voxel takes
+    the value of one input voxel, so no label appears that was not there (interpolating
+    the values would make class 1 between 0 and 2)."""
+    if tuple(labels.shape) == tuple(shape):
+        return labels
+    index = [np.minimum(((np.arange(m) + 0.5) * n / m).astype(np.int64), n - 1)
+             for m, n in zip(shape, labels.shape, strict=True)]  # fmt: skip
+    return labels[np.ix_(*index)]
+
+
+def load_case(case: VolumeCase, contract: DataContract, resample: bool = True) -> LoadedCase:
+    """Read, check and normalise one case (`labels` None when it has no mask); with
+    `resample`, at the contract's spacing (`resampled_shape`; `meta` stays the file's)."""
     stored, meta = read_case_image(case)
     expected = volume_channels(contract)
     if stored.shape[0] != expected:
@@ -145,6 +184,10 @@ def load_case(case: VolumeCase, contract: DataContract) -> LoadedCase:
     labels = None
     if case.mask is not None:
         labels = read_case_labels(case.mask, contract, stored.shape[1:])
+    if resample:
+        shape = resampled_shape(meta.shape, meta.spacing, contract.spacing)
+        image = resample_image(image, shape)
+        labels = None if labels is None else resample_labels(labels, shape)
     return LoadedCase(case.name, image, labels, meta)
 
 
