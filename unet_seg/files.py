@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -42,3 +47,32 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def put_in_place(tmp: Path, root: Path, current: Callable[[], bool], what: str) -> None:
+    """Rename the finished folder `tmp` to `root`, replacing what is there. Parallel callers
+    (DDP ranks, sweep jobs) may be doing the same: a folder already there for which
+    `current()` holds wins (`tmp` is removed), and a rename that loses a race is retried,
+    so whoever finishes leaves one complete folder. `what` names it in the log and errors."""
+    for _ in range(5):
+        if current():
+            log.info("%s at %s was written concurrently; keeping it", what, root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old: Path | None = None
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            old.rmdir()
+            try:
+                root.rename(old)
+            except FileNotFoundError:  # moved away concurrently
+                old = None
+        try:
+            tmp.rename(root)
+        except OSError:
+            continue  # another caller put a folder in place meanwhile: look again
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(f"could not put the {what} in place at {root}")

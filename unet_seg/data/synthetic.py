@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from unet_seg.files import put_in_place
+
 logger = logging.getLogger(__name__)
 
 #: Bump whenever the rendering changes, so data already on disk is regenerated.
@@ -246,32 +248,8 @@ def generate(root: str | Path, num_images: int = 200, size: int = 128, seed: int
             _write_png(dirs[2] / name, instances)
         (tmp / META_FILE).write_text(json.dumps(_params(num_images, size, seed), indent=2) + "\n")
 
-        # Put it in place. Parallel callers (DDP ranks, sweep jobs) may be doing the same:
-        # a dataset with these parameters already there wins, and a rename that loses a
-        # race is retried, so whoever finishes leaves one complete dataset.
-        for _ in range(5):
-            if is_current(root, num_images, size, seed):
-                logger.info("Synthetic dataset at %s was written concurrently; keeping it", root)
-                shutil.rmtree(tmp, ignore_errors=True)
-                break
-            old: Path | None = None
-            if root.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-                old.rmdir()
-                try:
-                    root.rename(old)
-                except FileNotFoundError:  # moved away concurrently
-                    old = None
-            try:
-                tmp.rename(root)
-            except OSError:
-                continue  # another caller put a dataset in place meanwhile: look again
-            finally:
-                if old is not None:
-                    shutil.rmtree(old, ignore_errors=True)
-            break
-        else:
-            raise OSError(f"could not put the synthetic dataset in place at {root}")
+        put_in_place(tmp, root, lambda: is_current(root, num_images, size, seed),
+                     "synthetic dataset")  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from unet_seg.data.volumes import VolumeMeta, write_volume
+from unet_seg.files import put_in_place
 
 logger = logging.getLogger(__name__)
 
@@ -194,38 +195,12 @@ def generate(
             write_volume(tmp / MASKS_DIR / case_name(i), labels, meta, labels=True)
         params = _params(num_volumes, shape3, spacing3, seed)
         (tmp / META_FILE).write_text(json.dumps(params, indent=2) + "\n")
-        _put_in_place(tmp, root, lambda: is_current(root, num_volumes, shape3, spacing3, seed))
+        put_in_place(tmp, root, lambda: is_current(root, num_volumes, shape3, spacing3, seed),
+                     "synthetic 3-D dataset")  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
-
-
-def _put_in_place(tmp: Path, root: Path, current: Any) -> None:
-    """Rename `tmp` to `root`. Parallel callers (DDP ranks, sweep jobs) may do the same: a
-    dataset with these parameters already there wins, and a lost rename is retried."""
-    for _ in range(5):
-        if current():
-            logger.info("Synthetic 3-D dataset at %s was written concurrently; keeping it", root)
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        old: Path | None = None
-        if root.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            old.rmdir()
-            try:
-                root.rename(old)
-            except FileNotFoundError:  # moved away concurrently
-                old = None
-        try:
-            tmp.rename(root)
-        except OSError:
-            continue  # another caller put a dataset in place meanwhile: look again
-        finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        return
-    raise OSError(f"could not put the synthetic 3-D dataset in place at {root}")
 
 
 def is_current(
