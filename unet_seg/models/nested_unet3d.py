@@ -10,8 +10,6 @@ rule, :mod:`~unet_seg.models.anisotropy`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from unet_seg.models.nested_unet import NestedUNet
 
 
@@ -25,26 +23,11 @@ class NestedUNet3D(NestedUNet):
         deep_supervision: one 1x1x1 head on each of ``x0_1 .. x0_4`` (else only ``x0_4``).
         bilinear: trilinear upsampling instead of ``ConvTranspose3d``.
         checkpointing: recompute the decoder nodes in the backward pass (training only).
-        spacing: voxel size ``(z, y, x)`` in mm for anisotropic pooling and kernels;
-            None: isotropic.
+        spacing: (keyword) voxel size ``(z, y, x)`` in mm for anisotropic pooling and
+            kernels; None: isotropic. The constructor is :class:`NestedUNet`'s.
 
     Shape:
         [B, in_channels, D, H, W] -> [B, num_classes, D, H, W] (or a list of 4 of them)
     """
 
     spatial_dims = 3
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        base_channels: int = 32,
-        deep_supervision: bool = False,
-        bilinear: bool = True,
-        checkpointing: bool = False,
-        spacing: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__(
-            in_channels, num_classes, base_channels, deep_supervision, bilinear, checkpointing,
-            spacing=spacing,
-        )  # fmt: skip
