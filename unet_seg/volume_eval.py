@@ -37,7 +37,7 @@ from unet_seg.data.volume_cases import (
     list_volumes,
     volume_stem,
 )
-from unet_seg.data.volume_dataset import LoadedCase, load_case, resample_image
+from unet_seg.data.volume_dataset import LoadedCase, at_spacing, load_case, resample_image
 from unet_seg.data.volumes import write_volume
 from unet_seg.files import write_json
 from unet_seg.module import SegModule
@@ -214,10 +214,10 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     log.info("evaluating %s on %s, %d volume(s) (%s)", ckpt, what, len(cases), _how(module))
     rows, shown = [], []
     for case in tqdm(cases, desc="evaluate", unit="volume"):
-        loaded = load_case(case, contract)
-        _check_spacing(module, loaded)
-        pred = _labels(_probabilities(module, loaded, cfg))
         loaded = load_case(case, contract, resample=False)  # scored on the file's own grid
+        net_input = at_spacing(loaded, contract.spacing)
+        _check_spacing(module, net_input)
+        pred = _labels(_probabilities(module, net_input, cfg))
         truth = loaded.labels.astype(np.int64)
         truth[loaded.labels == PAD_LABEL] = IGNORE_INDEX
         scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)

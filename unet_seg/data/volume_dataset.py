@@ -184,11 +184,18 @@ def load_case(case: VolumeCase, contract: DataContract, resample: bool = True) -
     labels = None
     if case.mask is not None:
         labels = read_case_labels(case.mask, contract, stored.shape[1:])
-    if resample:
-        shape = resampled_shape(meta.shape, meta.spacing, contract.spacing)
-        image = resample_image(image, shape)
-        labels = None if labels is None else resample_labels(labels, shape)
-    return LoadedCase(case.name, image, labels, meta)
+    loaded = LoadedCase(case.name, image, labels, meta)
+    return at_spacing(loaded, contract.spacing) if resample else loaded
+
+
+def at_spacing(loaded: LoadedCase, spacing: Sequence[float] | None) -> LoadedCase:
+    """A loaded case resampled to `spacing` (`resampled_shape`); itself when it is there
+    already. `meta` stays the file's, to write results back on its own grid."""
+    shape = resampled_shape(loaded.meta.shape, loaded.meta.spacing, spacing)
+    if shape == tuple(loaded.image.shape[1:]):
+        return loaded
+    labels = None if loaded.labels is None else resample_labels(loaded.labels, shape)
+    return LoadedCase(loaded.name, resample_image(loaded.image, shape), labels, loaded.meta)
 
 
 def foreground_points(labels: np.ndarray, seed: int = 0) -> dict[int, np.ndarray]:
