@@ -377,6 +377,21 @@ def test_jpeg_verdict_is_about_compression_not_value_counts(tmp_path: Path) -> N
     assert not looks_like_jpeg(blobs)
 
 
+def test_thin_rare_classes_of_index_masks_are_not_jpeg_noise() -> None:
+    """CamVid-like class indices 0..11: large regions of a few classes, and rare classes
+    (poles, signs) drawn one to three pixels wide, so none has interior pixels."""
+    mask = np.zeros((120, 160), np.uint8)
+    mask[60:, :] = 3  # road
+    mask[20:60, :80] = 1  # building
+    mask[20:60, 80:] = 5  # tree
+    for k, x in enumerate(range(10, 150, 14)):  # poles, signs, pedestrians: thin, rare
+        mask[25:70, x : x + 1 + k % 3] = (2, 6, 9, 10, 11)[k % 5]
+    assert not looks_like_jpeg(mask)
+    binary = np.where(mask == 3, 255, 0).astype(np.uint8)  # the road as a 0/255 mask
+    noisy = cv2.imdecode(cv2.imencode(".jpg", binary, [cv2.IMWRITE_JPEG_QUALITY, 80])[1], -1)
+    assert looks_like_jpeg(noisy)  # compressed: noise around 0 and 255
+
+
 def test_masks_of_other_pixel_types(tmp_path: Path) -> None:
     enc = MaskEncoding([0, 1, 2])
     truth = np.array([[0, 1], [2, 1]])
