@@ -41,8 +41,9 @@ from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
-"""Bumped when what a fingerprint records changes (older caches are recomputed)."""
+VERSION = 4
+"""Bumped when what a fingerprint records, or how it decides a verdict (JPEG-like masks:
+ version 4), changes; older caches are recomputed."""
 
 MAX_VALUES = 256
 """Distinct mask values recorded with their pixel counts (more: only their number)."""
