@@ -364,6 +364,7 @@ def test_grey_and_colour_images_mixed_plan_three_channels(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("n", "overrides", "train"), [
     (4, [], 2),  # 20% and 10% of 4 round to 1 and 0, but a fraction given gets one image
     (10, ["data.num_folds=5"], 7),  # 1 test image, then fold 0 of 9 holds 2
+    (10, ["data.split_file=SPLIT"], 3),  # the split file's 3, not 70% of 10 (CamVid's case)
 ])  # fmt: skip
 def test_the_steps_an_epoch_count_the_training_images_of_the_split(
     tmp_path: Path, n: int, overrides: list[str], train: int
@@ -371,8 +372,12 @@ def test_the_steps_an_epoch_count_the_training_images_of_the_split(
     """The plan sizes an epoch from the images the data module will train on: the split's,
     not the fractions' share of the folder (4 images at 20% + 10% held out train on 2)."""
     images, masks = zip(*blobs(n), strict=True)
-    data = auto_data(write(tmp_path / "d", list(images), list(masks)), "data.batch_size=4",
-                     *overrides)  # fmt: skip
+    root = write(tmp_path / "d", list(images), list(masks))
+    names = sorted(p.name for p in (root / "images").iterdir())
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:3], "val": names[3:6], "test": names[6:]}))
+    overrides = [o.replace("SPLIT", str(split)) for o in overrides]
+    data = auto_data(root, "data.batch_size=4", *overrides)
     planned, why = plan(fingerprint(tmp_path / "d"), data)
     assert planned["train_repeats"] == math.ceil(MIN_STEPS * 4 / train)
     assert why["train_repeats"].startswith(f"about {train} training images")

@@ -255,14 +255,14 @@ def test_ct_values_in_several_channels_are_z_scored(tmp_path) -> None:
     assert "2 of 2 cases hold signed integers" in why and "but 2 channels" in why
 
 
-def test_train_repeats_count_the_split_files_training_cases(tmp_path: Path) -> None:
+def test_train_count_reads_the_split_files_training_cases(tmp_path: Path) -> None:
     """With data.split_file the plan sizes an epoch by the file's training cases."""
     import json as _json
 
-    from unet_seg.data.volume_plan import _train_count
+    from unet_seg.data.splits import train_count
 
     split = tmp_path / "split.json"
     _json.dump({"train": ["a"], "val": ["b", "c"], "test": []}, split.open("w"))
     names = ["a", "b", "c"]
-    assert _train_count(names, {"split_file": str(split)}) == 1
-    assert _train_count(names, {"split_file": str(tmp_path / "missing.json")}) == 3
+    assert train_count(names, {"split_file": str(split)}) == 1
+    assert train_count(names, {"split_file": str(tmp_path / "missing.json")}) == 3

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_seg.data.splits import cut_split
+from unet_seg.data.splits import train_count
 from unet_seg.problems import problem_list
 
 AUTO = "auto"
@@ -356,12 +356,7 @@ def _plan_patches(
     pixels = float(np.median([e["height"] * e["width"] for e in images]))
     fill("eval_batch_size", int(max(1, min(batch, math.floor(budget / pixels)))),
          "about the same pixels per evaluation step")  # fmt: skip
-    seed = data.get("split_seed")  # the count depends on it only through data.group_regex
-    split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
-    try:  # the training images of the split the data module will cut
-        train_images = len(cut_split([e["name"] for e in images], split)["train"])
-    except ValueError:  # refused with the folder's other problems
-        train_images = len(images)
+    train_images = train_count([e["name"] for e in images], data)
     counts = np.zeros(data["num_classes"])  # pixels per class, to find the rare ones
     if data["mask_format"] in ("values", "palette", "folders"):
         for m in masks:

@@ -69,6 +69,23 @@ def cut_split(names: Sequence[str], split: Mapping[str, Any]) -> dict[str, list[
                        split.get("split_seed", 0), split.get("group_regex"))  # fmt: skip
 
 
+def train_count(names: Sequence[str], data: Mapping[str, Any]) -> int:
+    """Training images (or cases) of the split the data module will use: an explicit
+    `data.split_file`'s, else the one `cut_split` cuts (all when it cannot be cut: refused
+    with the folder's other problems). What the plans size their epochs by."""
+    if data.get("split_file"):
+        try:
+            return max(1, len(load_splits(data["split_file"])["train"]))
+        except (OSError, ValueError):  # refused by the data module, naming the file
+            return max(1, len(names))
+    seed = data.get("split_seed")  # the count depends on it only through data.group_regex
+    split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
+    try:
+        return max(1, len(cut_split(names, split)["train"]))
+    except ValueError:
+        return max(1, len(names))
+
+
 def split_problems(names: Sequence[str], split: Mapping[str, Any], root: str | Path) -> list[str]:
     """The problem (naming the folder `root`) that cutting `names` into the split of a data
     config would meet, as the data module cuts them; none with a `split_file` (checked when

@@ -43,7 +43,7 @@ from unet_seg.data.plan import (
     RARE_STEPS_FACTOR,
     PlanError,
 )
-from unet_seg.data.splits import cut_split, load_splits
+from unet_seg.data.splits import train_count
 from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
 from unet_seg.data.volumes import read_volume
 from unet_seg.problems import problem_list
@@ -542,7 +542,7 @@ def plan_volumes(
          f"{channels} channel(s) per case" + (f" x {slab} slices" if slab > 1 else ""))  # fmt: skip
     axis = int(data.get("slice_axis") or 0)
     names = [e["name"] for e in cases]
-    train_cases = _train_count(names, data)
+    train_cases = train_count(names, data)
     patch, batch, why = choose_patch(dims, spacing, shape, gpu_memory_gb,
                                      int(data["in_channels"]), axis, train_cases)  # fmt: skip
     if dims == 3:
@@ -701,22 +701,6 @@ def _assumed(cases: list[dict]) -> str:
         return ""
     return (f"; {len(assumed)} case(s) give no spacing along some axis, 1 mm assumed (e.g. "
             f"{assumed[:3]}): if wrong, set data.spacing=[z,y,x] in mm")  # fmt: skip
-
-
-def _train_count(names: list[str], data: dict) -> int:
-    """Training cases of the split the data module will use: an explicit `data.split_file`'s,
-    else the one it will cut (all when it cannot be cut)."""
-    if data.get("split_file"):
-        try:
-            return max(1, len(load_splits(data["split_file"])["train"]))
-        except (OSError, ValueError):  # refused by the data module, naming the file
-            return max(1, len(names))
-    seed = data.get("split_seed")
-    split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
-    try:
-        return max(1, len(cut_split(names, split)["train"]))
-    except ValueError:  # refused with the folder's other problems
-        return max(1, len(names))
 
 
 def _dims(value: Any) -> float:
