@@ -134,7 +134,11 @@ def folder_config(cfg: DictConfig, device: torch.device) -> DictConfig:
     compose and plan for the folder of `cfg.data`: `conf/train.yaml` with the benchmark's
     arch, width, seed, device, threads and `train_overrides`, its `data` the data group's
     node (the benchmark's own data keys left out), then `plan_config` as training plans it."""
-    if OmegaConf.is_missing(cfg.data, "root"):
+    given = OmegaConf.to_container(cfg.data, resolve=False).get("root")
+    own = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "benchmark.yaml").data,
+                                 resolve=False)["root"]  # fmt: skip
+    # `???` (conf/data/folder.yaml) does not replace a value in a merge: the root stays ours
+    if OmegaConf.is_missing(cfg.data, "root") or given == own:
         raise ValueError("the folder section needs your folder: data.root=DIR (DIR/images/* "
                          "and DIR/masks/*, paired by name)")  # fmt: skip
     root = Path(str(cfg.data.root))
@@ -336,8 +340,10 @@ def _folder(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN00
 
 RUNNERS = {"overhead": _overhead, "data": _data, "models": _models, "inference": _inference,
            "fastpath": _fastpath, "precision": _precision, "folder": _folder}  # fmt: skip
-FOLDER_SKIPPED = ("g. Your folder: skipped, no data folder given; benchmark yours with "
-                  "python -m unet_seg.benchmark data=auto data.root=DIR")
+FOLDER_SKIPPED = (
+    "g. Your folder: skipped, no data folder given; benchmark yours with "
+    "python -m unet_seg.benchmark data=auto data.root=DIR"
+)
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -530,7 +536,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"arch={cfg['arch']} size={cfg['size']} batch={cfg['batch']} "
         f"base_channels={cfg['base_channels']} device={env['device']} "
         f"precision={cfg['precision']}"
-        if not result.get("folder") else f"your folder, device={env['device']}"
+        if not result.get("folder")
+        else f"your folder, device={env['device']}"
     )
     lines = [
         f"unet-seg benchmark: {settings}",
@@ -544,11 +551,16 @@ def format_table(result: dict[str, Any]) -> str:
     if not result.get("folder"):
         lines += ["", FOLDER_SKIPPED]
     method = MEMORY_METHODS["cuda" if env["device"].startswith("cuda") else "cpu"]
-    lines += [
-        "",
+    legend = [  # the units of sections c-f
         "peak MiB: tensor memory above what the step started with (weights, gradients and "
         f"optimizer state excluded), from {method}",
         "FLOPs: torch.utils.flop_counter.FlopCounterMode (a multiply-add counts 2)",
+    ]
+    if not any(result.get(s) for s in ("models", "inference", "fastpath", "precision")):
+        legend = []
+    lines += [
+        "",
+        *legend,
         *(f"note: {n}" for n in result["notes"]),
         f"total {result['total_s']:.0f} s",
     ]

@@ -47,6 +47,10 @@ from unet_seg.module import FastPath, apply_fast_path
 
 log = logging.getLogger(__name__)
 
+IN_FORCE = ("threads", "threads_seen", "workers", "precision", "channels_last", "compile",
+            "device", "batch_shape", "batch_dtype")  # fmt: skip
+"""What `StepProbe` saw the fit run with, reported under `in_force`."""
+
 
 class StepProbe(pl.Callback):
     """Records, over training batches `warmup .. warmup + steps` of the first epoch, what a
@@ -136,8 +140,10 @@ def enough_batches(cfg: DictConfig, train_images: int, batches: int) -> tuple[Di
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.data.train_repeats = needed
-    return cfg, (f"folder: data.train_repeats {repeats} -> {needed} for the timed fit, so that "
-                 f"its first epoch holds {batches} batches of {train_images} training images")
+    return cfg, (
+        f"folder: data.train_repeats {repeats} -> {needed} for the timed fit, so that "
+        f"its first epoch holds {batches} batches of {train_images} training images"
+    )
 
 
 def net_step(
@@ -367,9 +373,7 @@ def measure_folder(
         "base_channels": cfg.arch.get("base_channels"),
         "crop_size": cfg.data.crop_size,
         "batch_size": batch,
-        "in_force": {k: facts[k] for k in ("threads", "threads_seen", "workers", "precision",
-                                           "channels_last", "compile", "device",
-                                           "batch_shape", "batch_dtype")},  # fmt: skip
+        "in_force": {k: facts[k] for k in IN_FORCE},
         "step": step,
         "net": net,
         "loader": loader,
