@@ -497,7 +497,8 @@ def _folder_lines(f: dict, cfg: dict) -> list[str]:
          "the wait for each batch inside fit"],
         ["  host-to-device copy", per["host_to_device"], "",
          "none on a CPU" if force["device"].startswith("cpu") else "measured alone"],
-        ["  rest (Python, Lightning)", per["rest"], "", "difference - the two above"],
+        ["  rest (Python, Lightning)", per["rest"], "", "difference - the two above"
+         + ("; also the workers' use of the step's cores" if workers else "")],
         [f"train DataLoader, {workers} worker{'s' * (workers != 1)}, alone",
          1e3 / loader["images_per_s"], loader["images_per_s"],
          f"{loader['over_step']:.2g}x what the step consumes, {loader['over_net']:.2g}x the "
