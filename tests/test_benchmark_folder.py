@@ -62,6 +62,7 @@ def test_folder_section_reports_the_planned_step_and_where_its_time_goes(
         "data=auto",
         f"data.root={root}",
         "data.num_workers=0",
+        "data.batch_size=4",  # the plan would take 28 patches of 96 px: fewer, faster
         f"work_dir={tmp_path / 'work'}",
     )
     result = task(cfg)
