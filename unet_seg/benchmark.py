@@ -12,10 +12,15 @@ d. inference  `Predictor.run` images/s and peak memory: resize and tile modes, +
 e. fastpath   channels-last, torch.compile and UNet++ activation checkpointing.
 f. precision  (not run by default; for a GPU) 32-true, 16-mixed, bf16-mixed, each with and
               without channels-last and compile, as images/s and a fraction of peak FLOP/s.
+g. folder     your own images (`data=auto data.root=DIR`, or any `data=` option): the
+              training config `python -m unet_seg.train` composes and plans for them, its
+              whole step next to the net's own step and the loader, and where the
+              difference goes per image (`unet_seg.bench.folder`). With a data folder only
+              this section runs by default; without one it is skipped, said in one line.
 
 With `output=FILE` the same figures are written as JSON, under the keys
 `config`, `environment`, `targets`, `overhead`, `data`, `models`, `inference`,
-`fastpath`, `precision`, `notes`, `total_s` (a section not run is null).
+`fastpath`, `precision`, `folder`, `notes`, `total_s` (a section not run is null).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from unet_seg.bench.folder import measure_folder
 from unet_seg.bench.inference import measure_inference
 from unet_seg.bench.measure import MEMORY_METHODS
 from unet_seg.bench.models import (
@@ -47,8 +53,9 @@ from unet_seg.bench.models import (
 )
 from unet_seg.bench.overhead import measure_overhead
 from unet_seg.bench.pipeline import measure_pipeline
-from unet_seg.build import build_datamodule, build_module, resolve_precision
+from unet_seg.build import build_datamodule, build_module, plan_config, resolve_precision
 from unet_seg.config import CONF_DIR, to_plain
+from unet_seg.data.plan import is_volume_config
 from unet_seg.files import write_json
 from unet_seg.inference import resolve_device
 from unet_seg.models.registry import ARCHITECTURES
@@ -57,7 +64,11 @@ from unet_seg.threads import set_threads
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("overhead", "data", "models", "inference", "fastpath", "precision")
+SECTIONS = ("overhead", "data", "models", "inference", "fastpath", "precision", "folder")
+DEFAULT_SECTIONS = ("overhead", "data", "models", "inference", "fastpath")
+"""`sections` in `conf/benchmark.yaml`: with a data folder given, `folder` runs instead."""
+OWN_DATA_KEYS = ("num_images", "workers", "images")
+"""The benchmark's own `data` keys (its synthetic set), beside a data group's."""
 TARGETS = {"overhead_pct_cpu": 5.0, "overhead_pct_gpu": 3.0, "loader_over_consumption": 2.0}
 """The issue's targets: framework overhead at most 5% (CPU) / 3% (GPU) over a plain loop;
 the loader delivering at least twice what training consumes."""
@@ -112,6 +123,56 @@ def compose_train(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
+def folder_given(cfg: DictConfig) -> bool:
+    """Whether a data group was chosen on the command line (`data=auto`, `data=folder`,
+    `data=isbi2012`, ...): its keys then sit in `cfg.data` beside the benchmark's own
+    (every option extends `conf/data/folder.yaml`, whose `images_dir` the benchmark lacks)."""
+    return "images_dir" in (cfg.get("data") or {})
+
+
+def folder_config(cfg: DictConfig, device: torch.device) -> DictConfig:
+    """The training config `python -m unet_seg.train data=<option> data.<key>=...` would
+    compose and plan for the folder of `cfg.data`: `conf/train.yaml` with the benchmark's
+    arch, width, seed, device, threads and `train_overrides`, its `data` the data group's
+    node (the benchmark's own data keys left out), then `plan_config` as training plans it."""
+    given = OmegaConf.to_container(cfg.data, resolve=False).get("root")
+    own = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "benchmark.yaml").data,
+                                 resolve=False)["root"]  # fmt: skip
+    # `???` (conf/data/folder.yaml) does not replace a value in a merge: the root stays ours
+    if OmegaConf.is_missing(cfg.data, "root") or given == own:
+        raise ValueError("the folder section needs your folder: data.root=DIR (DIR/images/* "
+                         "and DIR/masks/*, paired by name)")  # fmt: skip
+    root = Path(str(cfg.data.root))
+    if not root.is_dir():
+        raise ValueError(f"data.root={root}: no such folder ({root.resolve()}); give the folder "
+                         "that holds images/ and masks/")  # fmt: skip
+    overrides = [
+        f"arch={cfg.arch}",
+        f"seed={cfg.seed}",
+        "run_dir=.",  # replaced per run
+        f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
+        f"trainer.threads={'null' if cfg.get('threads') is None else cfg.threads}",
+    ]
+    if device.type == "cuda":
+        overrides.append(f"trainer.devices=[{device.index or 0}]")
+    if cfg.base_channels:
+        overrides.append(f"arch.base_channels={cfg.base_channels}")
+    else:
+        overrides.append("scale=paper")
+    train_cfg = compose_train(overrides + list(cfg.get("train_overrides") or []))
+    data = copy.deepcopy(cfg.data)
+    with open_dict(data):
+        for key in OWN_DATA_KEYS:
+            data.pop(key, None)
+    with open_dict(train_cfg):
+        train_cfg.data = data
+    planned, _ = plan_config(train_cfg)
+    if is_volume_config(to_plain(planned.data)):
+        raise ValueError(f"data.root={root}: a folder of volumes; the folder section measures "
+                         "2-D image folders (volumes: not yet)")  # fmt: skip
+    return planned
+
+
 def with_arch_name(cfg: DictConfig) -> DictConfig:
     """A copy of `cfg` whose `arch` is the architecture's name. On the command line
     `arch=nested` selects `conf/arch/nested.yaml`, as for training; only its name is used."""
@@ -125,9 +186,18 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
     """Run the sections of `cfg.sections`; return the results (see the module docstring)."""
     start = time.perf_counter()
     cfg = with_arch_name(cfg)
-    unknown = sorted(set(cfg.sections) - set(SECTIONS))
+    sections = list(cfg.sections)
+    unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"sections: unknown {unknown}; choose from {list(SECTIONS)}")
+    folder = folder_given(cfg)
+    if folder and sections == list(DEFAULT_SECTIONS):  # your folder: its section alone
+        sections = ["folder"]
+    elif folder and sections != ["folder"]:
+        raise ValueError(
+            f"sections={sections}: with a data folder (data=...) only the folder section runs; "
+            "run the others without data=, on the benchmark's synthetic images"
+        )
     if cfg.arch not in ("unet", "nested", "attention_unet", "res_unet"):
         raise ValueError(
             f"arch={cfg.arch}: the overhead, data, inference and fast-path sections run unet, "
@@ -140,11 +210,14 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
             "torch.cuda.is_available() is False); run this on a GPU machine, or use device=cpu"
         )
     set_threads(cfg.get("threads"), "threads")
-    train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
+    if folder:  # the training config of your folder, as train composes and plans it
+        train_cfg, archs = folder_config(cfg, device), {}
+    else:
+        train_cfg = compose_train(train_overrides(cfg, device, cfg.arch))
+        archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
+                 for a in sorted(ARCHITECTURES)}  # fmt: skip
     if device.type == "cuda":  # as training sets it (trainer.matmul_precision: TF32)
         torch.set_float32_matmul_precision(train_cfg.trainer.get("matmul_precision") or "highest")
-    archs = {a: to_plain(compose_train(train_overrides(cfg, device, a)).arch)
-             for a in sorted(ARCHITECTURES)}  # fmt: skip
     result: dict[str, Any] = {
         "config": to_plain(cfg),
         "environment": environment(device),
@@ -152,9 +225,11 @@ def benchmark(cfg: DictConfig) -> dict[str, Any]:
         "notes": [],
         **dict.fromkeys(SECTIONS),
     }
+    if "folder" in sections and not folder:  # the table says so (FOLDER_SKIPPED)
+        sections.remove("folder")
     with tempfile.TemporaryDirectory(prefix="unet_seg_bench_") as tmp:
         work = Path(cfg.work_dir) if cfg.get("work_dir") else Path(tmp)
-        for section in cfg.sections:
+        for section in sections:
             log.info("benchmark section: %s", section)
             RUNNERS[section](cfg, train_cfg, archs, device, work, result)
     result["total_s"] = time.perf_counter() - start
@@ -275,8 +350,20 @@ def training_default(train_cfg: DictConfig, device: torch.device) -> tuple[str, 
     return precision, cl, bool(fast.get("compile", False))
 
 
+def _folder(cfg, train_cfg, archs, device, work, result) -> None:  # noqa: ANN001
+    f = cfg.folder
+    out = measure_folder(train_cfg, work / "folder", device, f.warmup, f.steps, f.repeats,
+                         f.loader_images, f.samples)  # fmt: skip
+    result["notes"] += out["notes"]
+    result["folder"] = out
+
+
 RUNNERS = {"overhead": _overhead, "data": _data, "models": _models, "inference": _inference,
-           "fastpath": _fastpath, "precision": _precision}  # fmt: skip
+           "fastpath": _fastpath, "precision": _precision, "folder": _folder}  # fmt: skip
+FOLDER_SKIPPED = (
+    "g. Your folder: skipped, no data folder given; benchmark yours with "
+    "python -m unet_seg.benchmark data=auto data.root=DIR"
+)
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -418,18 +505,67 @@ def _precision_lines(p: list[dict], cfg: dict) -> list[str]:
     ]
 
 
+def _folder_lines(f: dict, cfg: dict) -> list[str]:
+    force, step, net, loader, work, per = (f[k] for k in ("in_force", "step", "net", "loader",
+                                                           "work", "per_image_ms"))  # fmt: skip
+    yes = {True: "yes", False: "no"}
+    workers = loader["workers"]
+    rows = [
+        ["whole training step (Trainer.fit)", per["step"], step["images_per_s"],
+         f"mean of {step['steps']} steps after {step['warmup']}; median "
+         f"{step['median_seconds'] or step['seconds']:.3g} s/step"],
+        ["net's own step (a ready batch)", per["net"], net["images_per_s"],
+         f"forward, loss, backward, optimizer; first step {net['first_step_s']:.3g} s"],
+        ["difference", per["difference"], "", ""],
+        ["  loader not hidden by the workers", per["loader_not_hidden"], "",
+         "the wait for each batch inside fit"],
+        ["  host-to-device copy", per["host_to_device"], "",
+         "none on a CPU" if force["device"].startswith("cpu") else "measured alone"],
+        ["  rest (Python, Lightning)", per["rest"], "", "difference - the two above"
+         + ("; also the workers' use of the step's cores" if workers else "")],
+        [f"train DataLoader, {workers} worker{'s' * (workers != 1)}, alone",
+         1e3 / loader["images_per_s"], loader["images_per_s"],
+         f"{loader['over_step']:.2g}x what the step consumes, {loader['over_net']:.2g}x the "
+         "net's"],
+        ["loader's work per image, one process:", "", "", f"{work['samples']} patches "
+         f"{'x'.join(map(str, work['patch_shape']))}"],
+        ["  a sample as the loader draws it", work["sample_ms"], "", ""],
+        ["    file decode (image + mask)", work["decode_ms"], "",
+         f"{work['decoded_images']} images: {work['files_read']} files, "
+         f"{work['mib_read']:.3g} MiB read"],
+        ["    patch cut + augmentation", work["cut_augment_ms"], "",
+         "decoded arrays served from memory"],
+        ["  collation", work["collate_ms"], "", ""],
+    ]  # fmt: skip
+    return [
+        f"g. Your folder: {f['root']} ({f['train_images']} training images), {f['arch']} "
+        f"width {f['base_channels']}, patch {f['crop_size']} px, batch {f['batch_size']}, "
+        "as python -m unet_seg.train plans them",
+        f"  in force: {force['threads']} torch thread(s), {workers} loader worker(s), "
+        f"precision {force['precision']}, channels-last {yes[force['channels_last']]}, "
+        f"compile {yes[force['compile']]}, {force['device']}; batch "
+        f"{'x'.join(map(str, force['batch_shape']))} {force['batch_dtype']}",
+        *_table(["", "ms/image", "images/s", ""], rows, [-38, 9, 9, -10]),
+    ]
+
+
 SECTION_LINES = {"overhead": _overhead_lines, "data": _data_lines, "models": _models_lines,
                  "inference": _inference_lines, "fastpath": _fastpath_lines,
-                 "precision": _precision_lines}  # fmt: skip
+                 "precision": _precision_lines, "folder": _folder_lines}  # fmt: skip
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The results as one plain-text table, section by section."""
     cfg, env = result["config"], result["environment"]
-    lines = [
-        f"unet-seg benchmark: arch={cfg['arch']} size={cfg['size']} batch={cfg['batch']} "
+    settings = (  # the folder section's net, patch and batch are the plan's: in its lines
+        f"arch={cfg['arch']} size={cfg['size']} batch={cfg['batch']} "
         f"base_channels={cfg['base_channels']} device={env['device']} "
-        f"precision={cfg['precision']}",
+        f"precision={cfg['precision']}"
+        if not result.get("folder")
+        else f"your folder, device={env['device']}"
+    )
+    lines = [
+        f"unet-seg benchmark: {settings}",
         f"on {env['device_name']}, {env['cpu_count']} CPUs, {env['torch_threads']} torch "
         f"threads; torch {env['torch']}, lightning {env['lightning']}, "
         f"MONAI {env['monai'] or 'not installed'}",
@@ -437,12 +573,19 @@ def format_table(result: dict[str, Any]) -> str:
     for section, to_lines in SECTION_LINES.items():
         if result.get(section):
             lines += ["", *to_lines(result[section], cfg)]
+    if not result.get("folder"):
+        lines += ["", FOLDER_SKIPPED]
     method = MEMORY_METHODS["cuda" if env["device"].startswith("cuda") else "cpu"]
-    lines += [
-        "",
+    legend = [  # the units of sections c-f
         "peak MiB: tensor memory above what the step started with (weights, gradients and "
         f"optimizer state excluded), from {method}",
         "FLOPs: torch.utils.flop_counter.FlopCounterMode (a multiply-add counts 2)",
+    ]
+    if not any(result.get(s) for s in ("models", "inference", "fastpath", "precision")):
+        legend = []
+    lines += [
+        "",
+        *legend,
         *(f"note: {n}" for n in result["notes"]),
         f"total {result['total_s']:.0f} s",
     ]
