@@ -16,6 +16,7 @@ from unet_seg.data.checks import check_pairs, read_header
 from unet_seg.data.contract import DataContract
 from unet_seg.data.dataset import SegDataset, find_pairs, instance_files, pad_collate
 from unet_seg.data.masks import MaskEncoding
+from unet_seg.data.plan import decide_cache
 from unet_seg.data.sampler import SeededShuffleSampler, ShardSampler, UnsizedShardSampler
 from unet_seg.data.splits import cut_split, load_splits, save_splits, split_problems
 from unet_seg.data.synthetic import ensure_synthetic
@@ -41,7 +42,13 @@ class SegDataModule(pl.LightningDataModule):
         splits_path: where the split in force is written; an existing file there is reused.
         split_file: an explicit split (JSON with train/val/test lists of image names).
         num_folds, fold, group_regex, fold_order: k-fold cross-validation (`make_folds`).
-        cache: keep decoded images in memory.
+        cache: `true` decodes the training and validation images once, in `setup` (this
+            process, before the loaders' workers start: they share the arrays), and keeps
+            them in memory as uint8/uint16; `auto` does so when they take at most
+            `plan.CACHE_SHARE` of the memory available (`plan.decide_cache`, estimated
+            from the first training image), saying why in the log; `false` reads every
+            sample from its file.
+        cache_memory: bytes of memory available for `cache: auto` (None: MemAvailable).
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
         instances_dir: folder of instance labels (0 = background, 1..N = objects) named
@@ -97,7 +104,8 @@ class SegDataModule(pl.LightningDataModule):
         std: Sequence[float] = (0.25,),
         intensity: dict | None = None,
         augment: dict | None = None,
-        cache: bool = False,
+        cache: bool | str = False,
+        cache_memory: int | None = None,
         seed: int = 0,
         synthetic: dict | None = None,
         instances_dir: str | None = None,
@@ -157,7 +165,10 @@ class SegDataModule(pl.LightningDataModule):
                       "fold_order": fold_order}  # fmt: skip
         self.splits_path = Path(splits_path) if splits_path else None
         self.augment = augment
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"data.cache={cache!r}: choose true, false or auto")
         self.cache = cache
+        self.cache_memory = cache_memory
         self.seed = seed
         self.synthetic = synthetic
         self._synthetic_ready = False  # prepare_data and setup both ask: check once
@@ -183,11 +194,12 @@ class SegDataModule(pl.LightningDataModule):
             check_pairs([pairs[n] for n in self.splits["val"] + self.splits["test"]], channels)
         c = self.contract
         common = {"encoding": c.encoding, "in_channels": c.in_channels, "mean": c.mean,
-                  "std": c.std, "intensity": c.intensity, "cache": self.cache}  # fmt: skip
+                  "std": c.std, "intensity": c.intensity}  # fmt: skip
+        cached = self.cache is not False  # `auto` decides below, from the first image
         self.datasets["train"] = SegDataset(
             train_pairs, transform=build_train_transform(self.augment), **self.crop, **common,
             **{**self._weight_args(train_pairs), **self._target_args(train_pairs)},
-            context=self.context,
+            context=self.context, cache=cached,
         )  # fmt: skip
         if self.weight_map is not None:  # once per image, before workers copy the dataset
             start = time.perf_counter()
@@ -196,10 +208,35 @@ class SegDataModule(pl.LightningDataModule):
                      len(train_pairs), time.perf_counter() - start)  # fmt: skip
         for name in ("val", "test"):
             split = [pairs[n] for n in self.splits[name]]
-            self.datasets[name] = SegDataset(split, **common, **self._target_args(split))
+            self.datasets[name] = SegDataset(split, **common, **self._target_args(split),
+                                             cache=cached and name == "val")  # fmt: skip
+        if cached:
+            self._fill_caches()
         log.info(
             "data %s: %s", self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         )
+
+    def _fill_caches(self) -> None:
+        """Decode the training and validation images into their datasets' caches now, in
+        this process (before any worker starts), or, for `cache: auto` when they would take
+        too much memory, drop the caches; the decision and its reason go to the log."""
+        train, val = self.datasets["train"], self.datasets["val"]
+        if self.cache == "auto" and len(train):
+            count = len(train) + len(val)
+            first = train.decoded(0)  # kept: the cache's first entry
+            needed = (first[0].nbytes + first[1].nbytes) * count
+            on, why = decide_cache(needed, self.cache_memory)
+            log.info("data.cache=auto: %s (%s; estimated from %s x %d images)",
+                     "on" if on else "off", why, train.pairs[0][0].name, count)  # fmt: skip
+            if not on:
+                train.drop_cache()
+                val.drop_cache()
+                return
+        start = time.perf_counter()
+        size = train.fill_cache(what="training images") + val.fill_cache(what="validation images")
+        log.info("%d training and %d validation images decoded once, %.0f MiB kept in memory "
+                 "(%.1f s)", len(train), len(val), size / 2**20,
+                 time.perf_counter() - start)  # fmt: skip
 
     def _ensure_synthetic(self) -> None:
         """Generate the synthetic data unless this data module has already made sure of it."""

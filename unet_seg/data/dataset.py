@@ -10,6 +10,7 @@ import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from unet_seg.data.checks import shared_stems
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
@@ -169,7 +170,11 @@ class SegDataset(Dataset):
         foreground_crop: share of patches centred on a random foreground pixel.
         pad_to_crop: pad images smaller than the patch (padding is ignored by the loss).
         intensity: `{"mode": "range" | "percentile", "low", "high"}` (see `readers`).
-        cache: keep decoded images and masks in memory (per DataLoader worker).
+        cache: keep decoded images and masks in memory, as the files hold them (uint8,
+            uint16; float32 only for `percentile` intensity, whose per-image percentiles
+            need the whole image): converted to [0, 1] per sample, after the crop. Fill it
+            with `fill_cache` before DataLoader workers start, and they share it (fork:
+            copy-on-write; spawn: a pickled copy each); else each worker fills its own.
         instance_paths: one instance label file per pair, for `weight_map` and
             `instance_target`.
         weight_map: `loss.weight_map` settings (`unet_seg.data.weight_map`): each
@@ -218,6 +223,9 @@ class SegDataset(Dataset):
         self.pad_to_crop = pad_to_crop
         self.intensity = intensity or DEFAULT_INTENSITY
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        # `range` and `fixed` map each pixel alone: the patch is converted after the crop,
+        # the same values as converting the whole image first
+        self._pointwise = self.intensity.get("mode", "range") in ("range", "fixed")
         self.weight_map = None if weight_map is None else weight_map_params(weight_map)
         self.instance_paths = None if instance_paths is None else list(instance_paths)
         # image index -> (weight map float32 [H, W], flat indices of touching borders)
@@ -239,11 +247,18 @@ class SegDataset(Dataset):
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The image `[H, W, C]` (uint8, or float32 in [0, 1]) and class indices `[H, W]`."""
+        image, indices = self.decoded(index)
+        return self._unit_range(image, index), indices
+
+    def decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The image `[H, W, C]` as its file holds it (uint8, uint16, ...; in [0, 1] already
+        for `percentile` intensity) and class indices `[H, W]`, from the cache when on."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path, self.in_channels)
-        image = to_unit_range(image, **self.intensity, name=image_path)
+        if not self._pointwise:
+            image = to_unit_range(image, **self.intensity, name=image_path)
         indices = self.mask(index)
         if self.instance_target is not None:
             mask_path = self.instance_paths[index]
@@ -256,6 +271,38 @@ class SegDataset(Dataset):
         if self._cache is not None:
             self._cache[index] = (image, indices)
         return image, indices
+
+    def _unit_range(self, image: np.ndarray, index: int) -> np.ndarray:
+        """A decoded image (or patch of one) in [0, 1] as `intensity` says (uint8 stays)."""
+        if not self._pointwise:
+            return image  # converted when decoded (per-image percentiles)
+        return to_unit_range(image, **self.intensity, name=self.pairs[index][0])
+
+    def fill_cache(self, progress: bool | None = None, what: str = "images") -> int:
+        """Decode every pair into the cache now, in this process: call it before the
+        DataLoader's workers start, so that none of them decodes (fork shares the arrays
+        copy-on-write; spawn pickles a copy to each). A progress bar is shown when
+        `progress` (None: when decoding takes over 2 s). Returns the bytes cached.
+
+        Raises a ValueError without a cache (`cache=False`)."""
+        if self._cache is None:
+            raise ValueError("fill_cache: this SegDataset was made with cache=False")
+        todo = [i for i in range(len(self)) if i not in self._cache]
+        bar = tqdm(total=len(todo), desc=f"decoding {what}", unit="img", delay=2.0,
+                   disable=progress is False, leave=False)  # fmt: skip
+        with bar:
+            for index in todo:
+                self.decoded(index)
+                bar.update()
+        return self.cached_bytes()
+
+    def drop_cache(self) -> None:
+        """Stop caching: every sample is read from its file from now on."""
+        self._cache = None
+
+    def cached_bytes(self) -> int:
+        """Bytes of the images and masks in the cache (0 without one)."""
+        return sum(a.nbytes + b.nbytes for a, b in (self._cache or {}).values())
 
     def mask(self, index: int) -> np.ndarray:
         """Class indices `[H, W]` of pair `index`: its mask decoded, or for an instance
@@ -302,7 +349,7 @@ class SegDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """Sample `key`: an index, or `(index, seed)` to fix the sample's randomness."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image, indices = self.load(index)
+        image, indices = self.decoded(index)  # converted to [0, 1] after the crop
         weight = None if self.weight_map is None else self._weights[index][0]
         if self.context:
             image, indices, weight = self._add_context(image, indices, weight)
@@ -315,16 +362,24 @@ class SegDataset(Dataset):
             if seed is None:
                 seed = int(torch.randint(2**31 - 1, ()).item())
             rng = np.random.default_rng(seed)
+            size = (self.crop_size or 0) + 2 * self.context
+            converted = min(indices.shape) < size  # padded to the patch: its zeros in [0, 1]
+            if converted:
+                image = self._unit_range(image, index)
             if self.crop_size:
                 image, indices, weight = self._crop(
                     image, indices, rng, self.pairs[index][0], weight
                 )
+            if not converted:
+                image = self._unit_range(image, index)  # the patch only: the crop came first
             if self.transform is not None:
                 draw = int(rng.integers(2**31 - 1))
                 self.transform.set_random_state(np.random.default_rng(draw), random.Random(draw))
                 extra = {} if weight is None else {"weight": weight}
                 out = self.transform(image=image, mask=indices, **extra)
                 image, indices, weight = out["image"], out["mask"], out.get("weight")
+        else:
+            image = self._unit_range(image, index)
         sample = {
             "image": normalize(image, self.mean, self.std),
             "mask": mask_to_tensor(indices),

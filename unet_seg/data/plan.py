@@ -40,6 +40,11 @@ it saw, with counts; `check_data` prints the override that undoes it.
   fit `trainer.budget`.
 - `foreground_crop`: a third of the patches centred on a foreground class picked
   uniformly among those present (rare-class oversampling, as nnU-Net).
+- `cache`: decode the training and validation images once, in the main process, and
+  keep them in memory as their files hold them (uint8, uint16) for the loader's workers
+  to share, when they take at most `CACHE_SHARE` of the memory available now
+  (`decide_cache`); off otherwise. `data=folder` decides the same at set-up
+  (`SegDataModule`), estimating from the first image.
 """
 
 from __future__ import annotations
@@ -57,8 +62,20 @@ AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
                 "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
-                "foreground_crop")  # fmt: skip
+                "foreground_crop", "cache")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
+
+UNPLANNED_AUTO = ("cache",)
+"""Planned keys whose `auto` the data module also resolves itself (`data=folder`'s default):
+alone, they do not make a config one to plan (`has_auto`)."""
+
+CACHE_SHARE = 0.25
+"""`data.cache: auto` is on when the decoded training and validation images take at most
+this share of the memory available (MemAvailable). The rest is the run's and the machine's:
+the net's activations and the optimiser (about 1-2 GB for the CPU plan's batch), the
+batches in flight, pages a forked worker copies when it writes near an array, a copy per
+worker where workers are spawned, and on a shared machine the other jobs, which a run
+should not push into swapping for a loader that is a few times faster, not essential."""
 
 VOLUME_KEYS = ("volume", "dims", "slab", "slice_axis", "spacing", "patch")
 """Data keys for volumes only: null in `conf/data/folder.yaml`, planned for a volume folder
@@ -91,7 +108,10 @@ class PlanError(ValueError):
 
 
 def plan(
-    fp: dict[str, Any], data: dict[str, Any], gpu_memory_gb: float | None = None
+    fp: dict[str, Any],
+    data: dict[str, Any],
+    gpu_memory_gb: float | None = None,
+    available: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Fill the `auto` keys of a data config from a fingerprint.
 
@@ -99,6 +119,7 @@ def plan(
         fp: `unet_seg.data.fingerprint.fingerprint(...)`.
         data: the data config as plain data; keys that are not `auto` are kept.
         gpu_memory_gb: memory of the GPU training will use, or None for a CPU.
+        available: bytes of memory available for `cache` (None: MemAvailable, read now).
     Returns:
         `(data with every auto key filled, {key: why})` for the keys planned here.
     Raises:
@@ -148,7 +169,68 @@ def plan(
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
     _plan_patches(images, masks, data, fill, gpu_memory_gb)
+    if data.get("cache") == AUTO:
+        names = _train_and_val(images, data)
+        kept = [e for e in images if e["name"] in names]
+        on, reason = decide_cache(decoded_bytes(kept, data), available)
+        fill("cache", on, reason)
     return data, why
+
+
+def _train_and_val(images: list[dict], data: dict) -> set[str]:
+    """Names of the images the data module will cache (training and validation)."""
+    seed = data.get("split_seed")
+    split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
+    try:
+        splits = cut_split([e["name"] for e in images], split)
+    except ValueError:  # refused with the folder's other problems
+        return {e["name"] for e in images}
+    return set(splits["train"]) | set(splits["val"])
+
+
+def decoded_bytes(images: list[dict], data: dict) -> int:
+    """Memory the cache takes for fingerprint entries `images` (`height`, `width`, `bits`):
+    each image at `data.in_channels` of its own pixel type (float32 under `percentile`
+    intensity, converted when decoded), and its uint8 class mask."""
+    percentile = (data.get("intensity") or {}).get("mode") == "percentile"
+    total = 0
+    for e in images:
+        pixels = int(e["height"]) * int(e["width"])
+        size = 4 if percentile or int(e.get("bits", 8)) > 16 else max(1, int(e.get("bits", 8)) // 8)
+        total += pixels * (int(data["in_channels"]) * size + 1)
+    return total
+
+
+def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory available to new work (Linux's MemAvailable: free memory plus the
+    page cache that can be dropped), or None where it cannot be read."""
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def decide_cache(
+    needed: int, available: int | None = None, share: float = CACHE_SHARE
+) -> tuple[bool, str]:
+    """`(on, why)` for `data.cache: auto`: on when `needed` bytes of decoded images are at
+    most `share` of `available` bytes (None: read now, `available_memory`)."""
+    if available is None:
+        available = available_memory()
+    if available is None:
+        return False, (f"decoded images would take {needed / 2**20:.0f} MiB; the memory "
+                       "available could not be read (no /proc/meminfo): off, set "
+                       "data.cache=true to keep them")  # fmt: skip
+    limit = share * available
+    on = needed <= limit
+    return on, (
+        f"decoded training+validation images {needed / 2**20:.0f} MiB "
+        f"{'<=' if on else '>'} {share:.0%} of the {available / 2**30:.1f} GiB "
+        f"available: {'decoded once, shared by the workers' if on else 'read per sample'}"
+    )
 
 
 def _plan_classes(fp: dict, data: dict, fill) -> None:
@@ -398,7 +480,7 @@ def _listing(problems: list[str]) -> str:
 
 def has_auto(data: dict[str, Any]) -> bool:
     """Whether a data config leaves anything to the plan."""
-    return any(data.get(k) == AUTO for k in PLANNED_KEYS)
+    return any(data.get(k) == AUTO for k in PLANNED_KEYS if k not in UNPLANNED_AUTO)
 
 
 def plan_data_config(
@@ -477,6 +559,8 @@ def plan_volume_config(
     fill("mask_colors", None, "volumes hold label values, not colours")
     fill("pad_to_crop", True, "windows larger than a volume are padded (no label there)")
     fill("crop_size", None, "3-D patches (data.patch)")
+    fill("cache", False, "the volume data module keeps its volumes its own way (data.cache "
+                         "is for 2-D folders)")  # fmt: skip
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
