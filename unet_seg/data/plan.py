@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_seg.data.splits import train_count
+from unet_seg.data.splits import planned_split, train_count
 from unet_seg.problems import problem_list
 
 AUTO = "auto"
@@ -179,11 +179,8 @@ def plan(
 
 def _train_and_val(images: list[dict], data: dict) -> set[str]:
     """Names of the images the data module will cache (training and validation)."""
-    seed = data.get("split_seed")
-    split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
-    try:
-        splits = cut_split([e["name"] for e in images], split)
-    except ValueError:  # refused with the folder's other problems
+    splits = planned_split([e["name"] for e in images], data)
+    if splits is None:
         return {e["name"] for e in images}
     return set(splits["train"]) | set(splits["val"])
 

@@ -69,21 +69,28 @@ def cut_split(names: Sequence[str], split: Mapping[str, Any]) -> dict[str, list[
                        split.get("split_seed", 0), split.get("group_regex"))  # fmt: skip
 
 
-def train_count(names: Sequence[str], data: Mapping[str, Any]) -> int:
-    """Training images (or cases) of the split the data module will use: an explicit
-    `data.split_file`'s, else the one `cut_split` cuts (all when it cannot be cut: refused
-    with the folder's other problems). What the plans size their epochs by."""
+def planned_split(names: Sequence[str], data: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """The split the data module will use, as the plans see it: an explicit
+    `data.split_file`'s, else the one `cut_split` cuts; None when it cannot be read or cut
+    (refused with the folder's other problems)."""
     if data.get("split_file"):
         try:
-            return max(1, len(load_splits(data["split_file"])["train"]))
+            return load_splits(data["split_file"])
         except (OSError, ValueError):  # refused by the data module, naming the file
-            return max(1, len(names))
+            return None
     seed = data.get("split_seed")  # the count depends on it only through data.group_regex
     split = {**data, "split_seed": seed if isinstance(seed, int) else 0}
     try:
-        return max(1, len(cut_split(names, split)["train"]))
+        return cut_split(names, split)
     except ValueError:
-        return max(1, len(names))
+        return None
+
+
+def train_count(names: Sequence[str], data: Mapping[str, Any]) -> int:
+    """Training images (or cases) of `planned_split` (all of `names` without one): what the
+    plans size their epochs by."""
+    split = planned_split(names, data)
+    return max(1, len(split["train"] if split else names))
 
 
 def split_problems(names: Sequence[str], split: Mapping[str, Any], root: str | Path) -> list[str]:
