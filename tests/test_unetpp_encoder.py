@@ -158,7 +158,10 @@ def test_the_training_command_fits_with_a_weights_file_and_a_frozen_encoder(
 ) -> None:
     """`python -m unet_seg.train arch=unetpp_encoder arch.encoder_weights=PATH` on synthetic
     data: the file loads (encoder_init.json), the encoder stays as loaded through its frozen
-    epoch (batch-norm statistics included) while the decoder and heads train."""
+    epoch (batch-norm statistics included) while the decoder and heads train; the checkpoint
+    alone, pruned to level 3 for inference, answers with the full net's third head."""
+    from unet_seg.inference import load_for_inference
+
     weights = tmp_path / "r18.pth"
     state = published(LAYOUTS["resnet18"][0])
     torch.save(state, weights)
@@ -182,3 +185,7 @@ def test_the_training_command_fits_with_a_weights_file_and_a_frozen_encoder(
         assert torch.equal(saved[f"net.encoder.{key}"], state[key]), key  # frozen as loaded
     # the decoder trained in train mode: its batch-norm statistics left their 0 / 1 start
     assert saved["net.conv0_5.conv.block.1.running_mean"].abs().sum() > 0
+    pruned = load_for_inference(run / "checkpoints" / "last.ckpt", device="cpu", level=3)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), pruned.net(x)[2])  # heads x0_1, x0_2, x0_3, ...
