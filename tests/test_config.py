@@ -124,7 +124,7 @@ def test_unknown_architecture_lists_choices() -> None:
     cfg = compose_train(["arch.name=segformer"])
     names = (
         r"\['attention_unet', 'nested', 'nested3d', 'res_unet', 'unet', 'unet3d', "
-        r"'unet_encoder', 'unet_valid'\]"
+        r"'unet_encoder', 'unet_valid', 'unetpp_encoder'\]"
     )
     with pytest.raises(ValueError, match=r"segformer.*" + names):
         build_module(cfg)
@@ -152,7 +152,7 @@ def test_unknown_group_option_lists_the_choices() -> None:
 
     choices = (
         r"Available options in 'arch':\s+attention_unet\s+nested\s+nested3d\s+res_unet\s+unet"
-        r"\s+unet3d\s+unet_encoder\s+unet_valid"
+        r"\s+unet3d\s+unet_encoder\s+unet_valid\s+unetpp_encoder"
     )
     with pytest.raises(MissingConfigException, match=choices):
         compose_train(["arch=segformer"])

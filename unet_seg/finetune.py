@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_seg.config import CONF_DIR, cli_value, to_plain
 from unet_seg.models.base import SegNet
-from unet_seg.models.encoder_unet import EncoderUNet
+from unet_seg.models.encoder_unet import EncoderNet
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir
 
@@ -143,7 +143,8 @@ def problems(cfg: DictConfig) -> list[Exception]:
             found.append(ValueError(
                 f"{', '.join(changed)} without init_from: these fine-tune a net started from a "
                 "checkpoint or a pretrained encoder; add init_from=CKPT (a .ckpt or a run "
-                "directory) or arch.encoder_weights=imagenet|PATH (arch=unet_encoder), or drop them"
+                "directory) or arch.encoder_weights=imagenet|PATH (arch=unet_encoder or "
+                "unetpp_encoder), or drop them"
             ))  # fmt: skip
         return found
     try:
@@ -226,7 +227,7 @@ def init_encoder(module: SegModule, cfg: DictConfig, run: RunDir, resumed: bool)
         The record of `weights.load_encoder_weights`, or None (no pretrained encoder).
     """
     net = module.net
-    if not isinstance(net, EncoderUNet) or net.encoder_weights is None:
+    if not isinstance(net, EncoderNet) or net.encoder_weights is None:
         return None
     if resumed:  # the record, when the first start wrote one
         path = run.encoder_init_path

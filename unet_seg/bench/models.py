@@ -115,6 +115,8 @@ NETS: dict[str, NetSpec] = {
                              _ours(encoder="resnet18")),
     "unet_resnet34": NetSpec("U-Net, ResNet-34 encoder", "unet_encoder", "ours",
                              _ours(encoder="resnet34")),
+    "unetpp_resnet34": NetSpec("UNet++, ResNet-34 encoder", "unetpp_encoder", "ours",
+                               _ours(deep_supervision=False, encoder="resnet34")),
     "monai_unet": NetSpec("BasicUNet", "unet", "MONAI", _monai(plus_plus=False)),
     "monai_nested": NetSpec("BasicUNetPlusPlus", "nested", "MONAI", _monai(plus_plus=True)),
     "monai_nested_ds": NetSpec(

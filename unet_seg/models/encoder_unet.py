@@ -6,6 +6,8 @@ The encoder (:mod:`~unet_seg.models.encoders`) returns features at strides 2..32
 or 4..32 (ConvNeXt). The decoder climbs from stride 32 to 1 in five x2 steps; each step
 upsamples, concatenates the encoder feature of that stride if there is one, and applies a
 :class:`~unet_seg.models.blocks.DoubleConv`; a 1x1 head gives full-resolution logits.
+What every net on such an encoder shares (building it, naming it for fine-tuning, loading
+its weights) is :class:`EncoderNet`.
 """
 
 from __future__ import annotations
@@ -44,12 +46,68 @@ class DecoderStep(nn.Module):
         return self.conv(x)
 
 
-class EncoderUNet(SegNet):
+def decoder_widths(base_channels: int, decoder_channels: Sequence[int] | None) -> list[int]:
+    """The width of each of the `STEPS` decoder levels, deep to shallow (strides 16 .. 1):
+    `decoder_channels` as given, else `base_channels * 2 ** (4 - i)` (256, ..., 16 at 16)."""
+    if decoder_channels is None:  # 256, 128, 64, 32, 16 at base 16
+        return [base_channels * 2 ** (STEPS - 1 - i) for i in range(STEPS)]
+    if len(decoder_channels) != STEPS:
+        raise ValueError(
+            f"arch.decoder_channels={list(decoder_channels)}: give {STEPS} widths, one "
+            "per x2 decoder step (deep to shallow), e.g. [256, 128, 64, 32, 16]"
+        )
+    return list(decoder_channels)
+
+
+class EncoderNet(SegNet):
+    """What every net on a (pretrained) ResNet or ConvNeXt encoder shares: the encoder, built
+    from its name (random weights: the constructor never reads a file, so a checkpoint
+    rebuilds the net without the file or the internet), named for fine-tuning
+    (`encoder_modules`), and `load_encoder_weights`, which a training run calls
+    (`unet_seg.finetune.init_encoder`; see `unet_seg.models.encoders.weights`).
+
+    Args:
+        in_channels: channels of the input image (a pretrained first conv is adapted).
+        encoder: `resnet18`, `resnet34`, `resnet50` or `convnext_tiny`.
+        encoder_weights: None (random initialisation), `imagenet` (torchvision's published
+            weights, downloaded once) or the path of a `.pth`/`.safetensors` state dict.
+    """
+
+    depth = STEPS  # pads H and W to a multiple of 32
+
+    def __init__(self, in_channels: int, encoder: str, encoder_weights: str | None) -> None:
+        super().__init__()
+        self.encoder_name = encoder
+        self.encoder_weights = None if encoder_weights is None else str(encoder_weights)
+        self.encoder = build_encoder(encoder, in_channels)
+
+    def encoder_modules(self) -> list[nn.Module]:
+        return [self.encoder]
+
+    def load_encoder_weights(self, url: str | None = None) -> dict | None:
+        """Load `encoder_weights` into the encoder (refused by name when they do not fit).
+
+        Returns:
+            What was loaded (`weights.load_encoder_weights`), or None without weights.
+        """
+        if self.encoder_weights is None:
+            return None
+        source = self.encoder_weights
+        if source != "imagenet":
+            source = str(Path(source).expanduser())
+        return load_encoder_weights(self.encoder, self.encoder_name, source, url)
+
+    def pyramid(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The encoder's features by stride: `{2: [B, C, H/2, W/2], ..., 32: ...}` (ResNet;
+        ConvNeXt from stride 4). H and W are multiples of 32."""
+        return dict(zip(self.encoder.strides, self.encoder(x), strict=True))
+
+
+class EncoderUNet(EncoderNet):
     """A U-Net whose contracting path is a (pretrained) ResNet or ConvNeXt.
 
-    The constructor never reads weights, so a checkpoint rebuilds the net without the
-    file or the internet; a training run calls :meth:`load_encoder_weights` (see
-    `unet_seg.models.encoders.weights`).
+    The encoder and its weights are :class:`EncoderNet`'s (shared with UNet++'s nested
+    decoder on the same pyramid, `unetpp_encoder.EncoderNestedUNet`).
 
     Args:
         in_channels: channels of the input image (a pretrained first conv is adapted).
@@ -69,8 +127,6 @@ class EncoderUNet(SegNet):
         [B, in_channels, H, W] -> [B, num_classes, H, W] (or a list of 4 of them)
     """
 
-    depth = STEPS  # pads H and W to a multiple of 32
-
     def __init__(
         self,
         in_channels: int,
@@ -81,17 +137,8 @@ class EncoderUNet(SegNet):
         decoder_channels: Sequence[int] | None = None,
         deep_supervision: bool = False,
     ) -> None:
-        super().__init__()
-        if decoder_channels is None:  # 256, 128, 64, 32, 16 at base 16
-            decoder_channels = [base_channels * 2 ** (STEPS - 1 - i) for i in range(STEPS)]
-        if len(decoder_channels) != STEPS:
-            raise ValueError(
-                f"arch.decoder_channels={list(decoder_channels)}: give {STEPS} widths, one "
-                "per x2 decoder step (deep to shallow), e.g. [256, 128, 64, 32, 16]"
-            )
-        self.encoder_name = encoder
-        self.encoder_weights = None if encoder_weights is None else str(encoder_weights)
-        self.encoder = build_encoder(encoder, in_channels)
+        decoder_channels = decoder_widths(base_channels, decoder_channels)
+        super().__init__(in_channels, encoder, encoder_weights)
         self.deep_supervision = deep_supervision
         by_stride = dict(zip(self.encoder.strides, self.encoder.out_channels, strict=True))
         # step i ends at stride 2 ** (4 - i): 16, 8, 4, 2, 1; its skip is the feature there
@@ -108,30 +155,13 @@ class EncoderUNet(SegNet):
     def num_heads(self) -> int:
         return len(self.heads)
 
-    def encoder_modules(self) -> list[nn.Module]:
-        return [self.encoder]
-
     def head_modules(self) -> list[nn.Module]:
         return [self.heads]
 
-    def load_encoder_weights(self, url: str | None = None) -> dict | None:
-        """Load `encoder_weights` into the encoder (refused by name when they do not fit).
-
-        Returns:
-            What was loaded (`weights.load_encoder_weights`), or None without weights.
-        """
-        if self.encoder_weights is None:
-            return None
-        source = self.encoder_weights
-        if source != "imagenet":
-            source = str(Path(source).expanduser())
-        return load_encoder_weights(self.encoder, self.encoder_name, source, url)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         x, size = pad_to_multiple(x, self.pad_multiples)
-        features = self.encoder(x)
-        skips = dict(zip(self.encoder.strides, features, strict=True))
-        y = features[-1]  # stride 32
+        skips = self.pyramid(x)
+        y = skips[2**STEPS]  # stride 32
         outputs = []
         for i, step in enumerate(self.decoder):
             y = step(y, skips.get(2 ** (STEPS - 1 - i)))

@@ -15,6 +15,7 @@ from unet_seg.models.res_unet import ResUNet
 from unet_seg.models.unet import UNet
 from unet_seg.models.unet3d import UNet3D
 from unet_seg.models.unet_valid import ValidUNet
+from unet_seg.models.unetpp_encoder import EncoderNestedUNet
 
 ARCHITECTURES: dict[str, type[SegNet]] = {
     "unet": UNet,
@@ -25,6 +26,7 @@ ARCHITECTURES: dict[str, type[SegNet]] = {
     "unet3d": UNet3D,
     "nested3d": NestedUNet3D,
     "unet_encoder": EncoderUNet,
+    "unetpp_encoder": EncoderNestedUNet,
 }
 
 
