@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
@@ -37,8 +38,8 @@ def read(repo: Path, path: str) -> bytes:
 def names(repo: Path, folder: str) -> list[str]:
     if (repo / folder).is_dir():
         return sorted(p.name for p in (repo / folder).glob("*.png"))
-    out = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "--name-only", f"HEAD:{folder}"],
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    command = ["git", "--git-dir", str(repo), "ls-tree", "--name-only", f"HEAD:{folder}"]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return sorted(n for n in out.split() if n.endswith(".png"))
 
 
@@ -58,9 +59,9 @@ def main() -> None:
             (args.out / "images" / f).write_bytes(read(args.repo, f"CamVid/{name}/{f}"))
             (args.out / "masks" / f).write_bytes(read(args.repo, f"CamVid/{annot}/{f}"))
         split[name] = files
-        print(f"{name}: {len(files)} images")
+        sys.stdout.write(f"{name}: {len(files)} images\n")
     (args.out / "split.json").write_text(json.dumps(split, indent=1))
-    print(f"wrote {args.out} (classes {', '.join(CLASSES)}; void = {VOID})")
+    sys.stdout.write(f"wrote {args.out} (classes {', '.join(CLASSES)}; void = {VOID})\n")
 
 
 if __name__ == "__main__":

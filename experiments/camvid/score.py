@@ -29,8 +29,19 @@ from PIL import Image
 
 from unet_seg.metrics import pixel_error, ratio_scores
 
-CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
-           "pedestrian", "bicyclist"]  # fmt: skip
+CLASSES = [
+    "sky",
+    "building",
+    "pole",
+    "road",
+    "pavement",
+    "tree",
+    "sign",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 VOID = 11
 
 
@@ -45,8 +56,9 @@ def read_indices(path: Path) -> np.ndarray:
         return np.asarray(image).astype(np.int64)
 
 
-def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int = len(CLASSES),
-                     void: int = VOID) -> np.ndarray:  # fmt: skip
+def confusion_matrix(
+    pred: np.ndarray, truth: np.ndarray, num_classes: int = len(CLASSES), void: int = VOID
+) -> np.ndarray:
     """`[K, K]` int64 pixel counts, rows the truth class, columns the predicted class;
     pixels whose truth is `void` are left out.
 
@@ -58,12 +70,17 @@ def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int = len
     valid = truth != void
     p, t = pred[valid], truth[valid]
     if p.size and (p.min() < 0 or p.max() >= num_classes):
-        raise ValueError(f"predicted indices {np.unique(p)[:12].tolist()} outside 0..{num_classes - 1}")
+        raise ValueError(
+            f"predicted indices {np.unique(p)[:12].tolist()} outside 0..{num_classes - 1}"
+        )
     if t.size and t.max() >= num_classes:
-        raise ValueError(f"truth indices {np.unique(t)[:12].tolist()} outside 0..{num_classes - 1} "
-                         f"and not void ({void})")  # fmt: skip
-    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes,
-                                                                              num_classes)
+        raise ValueError(
+            f"truth indices {np.unique(t)[:12].tolist()} outside 0..{num_classes - 1} "
+            f"and not void ({void})"
+        )
+    return np.bincount(t * num_classes + p, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
 
 
 def scores(matrix: np.ndarray) -> dict:
@@ -93,26 +110,45 @@ def score_folder(pred_dir: Path, data: Path, split: str = "test") -> dict:
     matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     for name in names:
         try:
-            matrix += confusion_matrix(read_indices(pred_dir / name), read_indices(data / "masks" / name))
+            matrix += confusion_matrix(
+                read_indices(pred_dir / name), read_indices(data / "masks" / name)
+            )
         except ValueError as err:
             raise ValueError(f"{pred_dir / name}: {err}") from err
     result = scores(matrix)
-    result.update({"split": split, "images": len(names), "pixels": int(matrix.sum()),
-                   "confusion": matrix.tolist()})  # fmt: skip
+    result.update(
+        {
+            "split": split,
+            "images": len(names),
+            "pixels": int(matrix.sum()),
+            "confusion": matrix.tolist(),
+        }
+    )
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
-    parser.add_argument("--data", type=Path, required=True, help="CamVid folder (masks/, split.json)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="CamVid folder (masks/, split.json)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="score JSON to write")
     parser.add_argument("--name", default=None, help="the run's name in the table")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--run-dir", type=Path, default=None,
-                        help="a unet-seg run directory: its metrics.json gives the steps")  # fmt: skip
-    parser.add_argument("--info", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="more fields for the JSON (budget=15m, threads=1)")  # fmt: skip
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="a unet-seg run directory: its metrics.json gives the steps",
+    )
+    parser.add_argument(
+        "--info",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more fields for the JSON (budget=15m, threads=1)",
+    )
     args = parser.parse_args()
     result = {"name": args.name or args.pred.parent.name}
     for item in args.info:
@@ -123,14 +159,18 @@ def main() -> None:
     if args.run_dir is not None:
         metrics_file = args.run_dir / "metrics.json"
         if not metrics_file.is_file():
-            sys.exit(f"{metrics_file} not found: give --run-dir the run directory of a finished run")
+            sys.exit(
+                f"{metrics_file} not found: give --run-dir the run directory of a finished run"
+            )
         result["steps"] = json.loads(metrics_file.read_text()).get("global_step")
     result.update(score_folder(args.pred, args.data, args.split))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     per_class = " ".join(f"{k} {v:.3f}" for k, v in result["iou"].items())
-    sys.stdout.write(f"{result['name']}: mIoU {result['miou']:.4f} pixel accuracy "
-                     f"{result['pixel_accuracy']:.4f} ({per_class}) -> {args.out}\n")  # fmt: skip
+    sys.stdout.write(
+        f"{result['name']}: mIoU {result['miou']:.4f} pixel accuracy "
+        f"{result['pixel_accuracy']:.4f} ({per_class}) -> {args.out}\n"
+    )
 
 
 if __name__ == "__main__":
