@@ -298,8 +298,9 @@ def native_bf16(device: str) -> str | None:
     convolutions use them), a GPU from Ampere on."""
     if device == "cuda":
         return "a GPU with bfloat16" if torch.cuda.is_bf16_supported(False) else None
-    for name, check in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported")):
-        if getattr(torch.cpu, check, lambda: False)():  # private probes of torch.cpu
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        if getattr(torch.cpu, probe, lambda: False)():  # private probes of torch.cpu
             return name
     return None
 
