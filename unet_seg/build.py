@@ -321,7 +321,8 @@ def resolve_precision(trainer: DictConfig) -> DictConfig:
     log.info(
         "trainer.precision=auto: %s (%s; trainer.precision=32-true for full float32)",
         trainer.precision,
-        f"this {where} computes bfloat16 natively: {why}" if why
+        f"this {where} computes bfloat16 natively: {why}"
+        if why
         else f"this {where} has no native bfloat16, which would run slower than float32",
     )
     return trainer
