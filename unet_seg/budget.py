@@ -14,6 +14,13 @@ start; the loader's start-up counts in the epoch's overhead). Under DDP the rank
 on the plan after every step (the smallest of their plans), so all of them stop at the
 same step with the same learning rate.
 
+Validation is thinned to fit the budget: once a validation pass and the steps are
+timed, the run validates every n-th epoch, n chosen so that validation takes about
+`VAL_SHARE` (a tenth) of the training time (`trainer.check_val_every_n_epoch`, as configured
+or larger), and always validates where it stops, so that `best.ckpt` can be the last state.
+On a small CPU a validation pass over full images can cost as much as an epoch of patches
+(CamVid: 25 s against 30 s): validating every epoch would spend half the budget on it.
+
 A run stops at a step boundary; Lightning then validates and saves `last.ckpt`,
 so the budget is overrun by at most that validation when the measurements were
 wrong. The time already spent is saved in every checkpoint: `resume=RUN`
@@ -178,6 +185,9 @@ class TimeBudget(pl.Callback):
     NO_PLAN = 2**52
     """The plan a rank without timings yet offers when the ranks agree (no limit)."""
 
+    VAL_SHARE = 0.1
+    """Validation's share of the training time that sets how often a budgeted run validates."""
+
     def __init__(
         self,
         seconds: float,
@@ -193,6 +203,9 @@ class TimeBudget(pl.Callback):
         self.step_time: float | None = None  # seconds per optimizer step (moving average)
         self.overhead: float | None = None  # seconds per epoch besides its steps
         self.val_time: float | None = None  # seconds of one validation pass
+        self.val_every: int | None = None  # validate every n-th epoch (None: as configured)
+        self._configured_every: int | None = None  # trainer.check_val_every_n_epoch given
+        self._validated = False  # the epoch in progress has validated
         self.total_steps: int | None = None
         self.first_plan: int | None = None  # the steps of the first plan made from timings
         self._batch_start = 0.0
@@ -216,7 +229,7 @@ class TimeBudget(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "spent": self.spent(), "step_time": self.step_time,
                 "overhead": self.overhead, "val_time": self.val_time,
-                "total_steps": self.total_steps}  # fmt: skip
+                "val_every": self.val_every, "total_steps": self.total_steps}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self._fitted:  # the final evaluation loads a checkpoint: the clock runs on
@@ -225,6 +238,7 @@ class TimeBudget(pl.Callback):
         self.step_time = state.get("step_time")
         self.overhead = state.get("overhead")
         self.val_time = state.get("val_time")
+        self.val_every = state.get("val_every")
         self.total_steps = state.get("total_steps")
 
     def spent(self) -> float:
@@ -239,12 +253,17 @@ class TimeBudget(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = self.clock()  # a resumed run may start within an epoch
         self._last_step = trainer.global_step
+        self._configured_every = trainer.check_val_every_n_epoch
+        if self.val_every is not None and self._configured_every is not None:  # resumed
+            trainer.check_val_every_n_epoch = max(self._configured_every, self.val_every)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = self.clock()
-        if self._epoch_ended:  # the last epoch's time besides its timed steps: loader start-up,
-            # validation, checkpoints (the last one is written after on_train_epoch_end)
-            self.overhead = max(0.0, now - self._epoch_start - self._epoch_step_time)
+        if self._epoch_ended:  # the last epoch's time besides its timed steps and validation:
+            # loader start-up, checkpoints (the last one is written after on_train_epoch_end)
+            val = self.val_time if self._validated and self.val_time is not None else 0.0
+            self.overhead = max(0.0, now - self._epoch_start - self._epoch_step_time - val)
+        self._validated = False
         self._epoch_start = now
         self._epoch_step_time = 0.0
         self._last_batch_end = None  # the first batch of an epoch waits for the loader
@@ -279,8 +298,31 @@ class TimeBudget(pl.Callback):
         self._val_start = self.clock()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self.val_time = self.clock() - self._val_start
+        if trainer.sanity_checking or self._fitted:
+            return
+        self.val_time = self.clock() - self._val_start
+        self._validated = True
+        self._thin_validation(trainer)
+
+    def _thin_validation(self, trainer: pl.Trainer) -> None:
+        """Validate every n-th epoch, n such that validation costs about `VAL_SHARE` of the
+        training time (never more often than configured; every process alike under DDP)."""
+        per_epoch = self._steps_in(trainer)
+        if self.step_time is None or not per_epoch or self._configured_every is None:
+            return
+        train = per_epoch * self.step_time
+        every = max(self._configured_every, math.ceil(self.val_time / (self.VAL_SHARE * train)))
+        if trainer.world_size > 1:  # the ranks' measurements differ: the largest n for all
+            offer = torch.tensor(float(every), dtype=torch.float64,
+                                 device=trainer.strategy.root_device)  # fmt: skip
+            every = int(trainer.strategy.reduce(offer, reduce_op="max").item())
+        if every != trainer.check_val_every_n_epoch:
+            log.info(
+                "time budget: validation takes %.1f s, an epoch's steps %.1f s: validating "
+                "every %d epoch(s), and where the run stops", self.val_time, train, every,
+            )  # fmt: skip
+        self.val_every = every
+        trainer.check_val_every_n_epoch = every
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fitted = True
@@ -322,6 +364,8 @@ class TimeBudget(pl.Callback):
         at its end value."""
         trainer.should_stop = True
         self._stopping = True
+        if trainer.check_val_every_n_epoch is not None:
+            trainer.check_val_every_n_epoch = 1  # validate where it stops (best.ckpt)
         self._set_total(trainer, trainer.global_step)
         for config in trainer.lr_scheduler_configs:  # the rate the checkpoint resumes with
             if isinstance(config.scheduler, ProgressLR):
@@ -361,8 +405,14 @@ class TimeBudget(pl.Callback):
             return self.total_steps
         per_epoch = self._steps_in(trainer)
         step_time = max(self.step_time or 0.0, 1e-6)
-        overhead = self.overhead if self.overhead is not None else self._guess_overhead(trainer)
         left = self.left() - self.final_eval_time(trainer)
+        if self.overhead is None:
+            overhead = self._guess_overhead(trainer)
+        else:  # the epochs' own overhead, and their share of validation
+            every = trainer.check_val_every_n_epoch or 1
+            overhead = self.overhead + (self.val_time or 0.0) / every
+            if every > 1:  # and the validation where it stops
+                left -= self.val_time or 0.0
         now = trainer.global_step
         if per_epoch is None:  # an endless loader: steps only, one validation at the end
             total = now + max(0, math.floor((left - overhead) / step_time))
