@@ -284,6 +284,42 @@ def test_a_rare_class_doubles_the_steps_an_epoch(tmp_path: Path) -> None:
     assert rare_plan["train_repeats"] == math.ceil(2 * MIN_STEPS * 4 / train_images)
     assert "under 1% of pixels" in rare_why["train_repeats"]
     assert "under 1%" not in plain_why["train_repeats"]
+    assert rare_plan["rare_classes"] == [2] and "median frequency" in rare_why["rare_classes"]
+    assert plain_plan["rare_classes"] == [] and "binary" in plain_why["rare_classes"]
+
+
+def test_rare_classes_weigh_the_cross_entropy_by_median_frequency(tmp_path: Path) -> None:
+    """loss.class_weights=rare (the default): median frequency weights when the plan found a
+    rare class, none for a folder without one, and a list given is kept."""
+    from unet_seg.build import build_datamodule, build_module, plan_config
+    from unet_seg.data.checks import median_frequency_weights
+
+    rng = np.random.default_rng(0)
+    images, masks, balanced = [], [], []
+    for _ in range(10):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[8:40, 8:40] = 1
+        balanced.append(mask.copy())
+        mask[30:50, 30:50] = 2
+        mask[50:52, 50:52] = 3  # 4 of 4096 pixels
+        images.append(rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        masks.append(mask)
+
+    def weights(root: Path, *overrides: str):
+        cfg, _ = plan_config(compose_train(["data=auto", f"data.root={root}",
+                                            f"run_dir={root}_run", *overrides]))  # fmt: skip
+        datamodule = build_datamodule(cfg, root.parent / f"{root.name}_run")
+        loss = build_module(cfg, datamodule).loss_fn
+        return loss.class_weights, datamodule
+
+    got, datamodule = weights(write(tmp_path / "rare", images, masks))
+    assert datamodule.rare_classes == [3]
+    expected = median_frequency_weights(datamodule.class_frequencies())
+    assert got.tolist() == pytest.approx(expected) and got[3] > 10 * got[1]
+    three = [np.where(m == 3, 2, m) for m in masks]  # the rare class merged into class 2
+    assert weights(write(tmp_path / "common", images, three))[0] is None
+    given = weights(tmp_path / "rare", "loss.class_weights=[1,2,3,4]")[0]
+    assert given.tolist() == [1, 2, 3, 4]
 
 
 def test_tiles_cut_from_one_image_are_instance_labels(tmp_path: Path) -> None:

@@ -211,6 +211,13 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
     else:
         contract = datamodule.contract
     loss = to_plain(cfg.loss)
+    if loss.get("class_weights") == "rare":
+        rare = cfg.data.get("rare_classes") if "data" in cfg else None
+        if rare and datamodule is not None and not is_volume_config(to_plain(cfg.data)):
+            log.info("classes %s are rare (data.rare_classes): loss.class_weights=rare", list(rare))
+            loss["class_weights"] = "auto"
+        else:
+            loss["class_weights"] = None
     if loss.get("class_weights") == "auto":
         if datamodule is None:
             raise ValueError("loss.class_weights=auto needs the data to count class frequencies")

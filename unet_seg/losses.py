@@ -215,6 +215,13 @@ def build_loss(cfg: dict, num_heads: int = 1) -> nn.Module:
     cfg = dict(cfg)
     scheme = cfg.pop("deep_supervision_weights", "equal")
     cfg.pop("weight_map", None)
+    if cfg.get("class_weights") == "rare":  # weights only when the data has rare classes,
+        cfg["class_weights"] = None  # which `unet_seg.build.build_module` looks at; none here
+    if isinstance(cfg.get("class_weights"), str):
+        raise ValueError(
+            f"loss.class_weights={cfg['class_weights']}: counted from the training masks "
+            "when a run is built (unet_seg.build.build_module); give a list of weights here"
+        )
     loss = CEDiceLoss(**cfg)
     if num_heads > 1:
         return DeepSupervisionLoss(loss, deep_supervision_weights(scheme, num_heads))

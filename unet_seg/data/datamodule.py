@@ -48,6 +48,8 @@ class SegDataModule(pl.LightningDataModule):
             `plan.CACHE_SHARE` of the memory available (`plan.decide_cache`, estimated
             from the first training image), saying why in the log; `false` reads every
             sample from its file.
+        rare_classes: classes under 1% of the training pixels (the plan's); read by the
+            loss (`loss.class_weights=rare`, `unet_seg.build.build_module`), kept here.
         cache_memory: bytes of memory available for `cache: auto` (None: MemAvailable).
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
@@ -106,6 +108,7 @@ class SegDataModule(pl.LightningDataModule):
         augment: dict | None = None,
         cache: bool | str = False,
         cache_memory: int | None = None,
+        rare_classes: Sequence[int] | None = None,
         seed: int = 0,
         synthetic: dict | None = None,
         instances_dir: str | None = None,
@@ -169,6 +172,7 @@ class SegDataModule(pl.LightningDataModule):
             raise ValueError(f"data.cache={cache!r}: choose true, false or auto")
         self.cache = cache
         self.cache_memory = cache_memory
+        self.rare_classes = list(rare_classes or [])
         self.seed = seed
         self.synthetic = synthetic
         self._synthetic_ready = False  # prepare_data and setup both ask: check once

@@ -62,7 +62,7 @@ AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
                 "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
-                "foreground_crop", "cache")  # fmt: skip
+                "foreground_crop", "rare_classes", "cache")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
 UNPLANNED_AUTO = ("cache",)
@@ -452,6 +452,13 @@ def _plan_patches(
          f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch"
          + (f", twice the usual {MIN_STEPS}: classes {rare} are under 1% of pixels" if rare
             else ""))  # fmt: skip
+    if data["num_classes"] <= 2:  # a rare foreground: the Dice term is made for it
+        fill("rare_classes", [], "binary: the Dice term balances a rare foreground, and the "
+                                 "cross-entropy is not weighed")  # fmt: skip
+    fill("rare_classes", rare,
+         f"classes {rare} are under 1% of the pixels: loss.class_weights=rare (the default) "
+         "weighs the cross-entropy by median frequency" if rare
+         else "no class is under 1% of the pixels: the cross-entropy is not weighed")  # fmt: skip
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
          + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
@@ -558,6 +565,8 @@ def plan_volume_config(
     fill("crop_size", None, "3-D patches (data.patch)")
     fill("cache", False, "the volume data module keeps its volumes its own way (data.cache "
                          "is for 2-D folders)")  # fmt: skip
+    fill("rare_classes", [], "not planned for volumes: loss.class_weights=rare weighs 2-D "
+                             "data only, where CamVid measured it")  # fmt: skip
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
