@@ -211,3 +211,16 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         SegDataset(pairs, MaskEncoding([0, 1, 2, 3]), 1, [0.5], [0.25]).fill_cache()
     with pytest.raises(ValueError, match="data.cache='yes'"):
         datamodule(root, cache="yes")
+
+
+def test_loader_workers_are_at_most_the_cores_this_process_may_use(monkeypatch) -> None:
+    """A run pinned to one core (`taskset -c 0`) gets one loader worker, not the two of
+    `data.num_workers`'s default; where affinity cannot be read the setting is kept."""
+    from unet_seg.data import datamodule
+
+    monkeypatch.setattr(datamodule, "allowed_cpus", lambda: {0})
+    assert datamodule.loader_workers(2) == 1 and datamodule.loader_workers(0) == 0
+    monkeypatch.setattr(datamodule, "allowed_cpus", lambda: {0, 1, 2, 3})
+    assert datamodule.loader_workers(2) == 2
+    monkeypatch.setattr(datamodule, "allowed_cpus", set)
+    assert datamodule.loader_workers(3) == 3

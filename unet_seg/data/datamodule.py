@@ -23,8 +23,20 @@ from unet_seg.data.synthetic import ensure_synthetic
 from unet_seg.data.transforms import build_train_transform
 from unet_seg.instances import instance_settings
 from unet_seg.problems import ProblemList
+from unet_seg.threads import allowed_cpus
 
 log = logging.getLogger(__name__)
+
+
+def loader_workers(num_workers: int) -> int:
+    """`data.num_workers`, at most the cores this process may use (a run pinned to one
+    core, `taskset -c 0`, gets one worker: more only queue on that core), said in the log."""
+    cores = len(allowed_cpus())
+    if cores and num_workers > cores:
+        log.info("data.num_workers=%d: %d loader worker(s), the cores this process may use",
+                 num_workers, cores)  # fmt: skip
+        return cores
+    return num_workers
 
 
 class SegDataModule(pl.LightningDataModule):
@@ -161,7 +173,7 @@ class SegDataModule(pl.LightningDataModule):
         self.train_repeats = train_repeats
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = loader_workers(num_workers)
         self.split = {"val_fraction": val_fraction, "test_fraction": test_fraction,
                       "split_seed": split_seed, "split_file": split_file,
                       "num_folds": num_folds, "fold": fold, "group_regex": group_regex,
