@@ -417,3 +417,42 @@ def test_the_steps_an_epoch_count_the_training_images_of_the_split(
     planned, why = plan(fingerprint(tmp_path / "d"), data)
     assert planned["train_repeats"] == math.ceil(MIN_STEPS * 4 / train)
     assert why["train_repeats"].startswith(f"about {train} training images")
+
+
+def street(rng: np.random.Generator, size: tuple[int, int] = (48, 64)) -> np.ndarray:
+    """A road scene's classes: sky (0) above a horizon, buildings (1) and road (2) below."""
+    mask = np.full(size, 1, np.uint8)
+    horizon = int(rng.integers(10, 20))
+    mask[:horizon] = 0
+    mask[int(rng.integers(30, 38)) :] = 2
+    return mask
+
+
+def test_classes_at_fixed_heights_make_the_images_upright(tmp_path: Path) -> None:
+    """Sky on top and road below in every mask: the plan leaves out vertical flips and
+    quarter turns (`data.upright`), and the data module trains so; cells scattered
+    anywhere keep them, and so do too few masks to tell."""
+    rng = np.random.default_rng(0)
+    grey = [rng.integers(0, 255, (48, 64), dtype=np.uint8) for _ in range(10)]
+    streets = [street(rng) for _ in range(10)]
+    planned, why = plan(fingerprint(write(tmp_path / "streets", grey, streets)),
+                        auto_data(tmp_path / "streets"))  # fmt: skip
+    assert planned["upright"] is True
+    assert "in the top half of 100%" in why["upright"] and "bottom half" in why["upright"]
+    cells = [np.where(lab > 0, 255, 0).astype(np.uint8) for _, lab in blobs(10)]
+    images = [im for im, _ in blobs(10)]
+    planned, why = plan(fingerprint(write(tmp_path / "cells", images, cells)),
+                        auto_data(tmp_path / "cells"))  # fmt: skip
+    assert planned["upright"] is False and "flips and quarter turns kept" in why["upright"]
+    few = plan(fingerprint(write(tmp_path / "few", grey[:5], streets[:5])),
+               auto_data(tmp_path / "few"))[0]  # fmt: skip
+    assert few["upright"] is False  # 5 masks: no evidence either way
+
+    from unet_seg.data.datamodule import SegDataModule
+
+    args = {"root": str(tmp_path / "streets"), "class_names": ["sky", "building", "road"],
+            "mask_values": [0, 1, 2], "num_classes": 3, "in_channels": 1,
+            "augment": {"hflip": 0.5, "vflip": 0.5, "rotate90": 0.5}}  # fmt: skip
+    assert SegDataModule(**args, upright=True).augment == {"hflip": 0.5, "vflip": 0.0,
+                                                          "rotate90": 0.0}  # fmt: skip
+    assert SegDataModule(**args).augment["vflip"] == 0.5

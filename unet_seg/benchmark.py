@@ -532,7 +532,8 @@ def _folder_lines(f: dict, cfg: dict) -> list[str]:
         ["  a sample as the loader draws it", work["sample_ms"], "", ""],
         ["    file decode (image + mask)", work["decode_ms"], "",
          f"{work['decoded_images']} images: {work['files_read']} files, "
-         f"{work['mib_read']:.3g} MiB read"],
+         f"{work['mib_read']:.3g} MiB read"
+         + ("; data.cache on: once per image before training" if work.get("cached") else "")],
         ["    patch cut + augmentation", work["cut_augment_ms"], "",
          "decoded arrays served from memory"],
         ["  collation", work["collate_ms"], "", ""],

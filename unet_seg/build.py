@@ -228,7 +228,8 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
                 "never occur in the training masks; give the weights explicitly"
             )
         loss["class_weights"] = median_frequency_weights(freq)
-        log.info("class weights (median frequency balancing): %s", loss["class_weights"])
+        log.info("class weights (median frequency balancing): %s",
+                 ", ".join(f"{w:.3g}" for w in loss["class_weights"]))  # fmt: skip
     scheduler = to_plain(cfg.get("scheduler"))
     if is_budgeted(cfg):  # the schedule follows the steps the budget allows
         scheduler = budget_scheduler(scheduler, initial_steps=10**6)

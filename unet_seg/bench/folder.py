@@ -222,7 +222,8 @@ def loader_work(
     - `sample_ms`: `dataset[key]` as the loader calls it (what each worker does per image);
     - `decode_ms`: reading and decoding the image and mask files of the distinct images
       those keys draw (`read_image` and the intensity scaling, `dataset.mask`: what
-      `SegDataset.load` does with the files), with the files' count and size;
+      `SegDataset.decoded` does with the files; with `data.cache` on, once per image
+      before training, not per sample), with the files' count and size, and `cached`;
     - `cut_augment_ms`: `dataset[key]` with the decoded arrays served from memory: the
       patch cut, augmentation, normalisation and conversion to tensors;
     - `collate_ms`: the loader's `collate` of `batch` samples, per image;
@@ -263,7 +264,7 @@ def loader_work(
         decode_s.append(time.perf_counter() - start)
         files += 2
         size += file_size(Path(image_path)) + file_size(Path(mask_path))
-    arrays = {index: dataset.load(index) for index in distinct}
+    arrays = {index: dataset.decoded(index) for index in distinct}
     served = [0]
 
     def from_memory(index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -271,17 +272,17 @@ def loader_work(
         return arrays[index]
 
     cut_s = []
-    dataset.load = from_memory  # this process's dataset only, for the timed calls below
+    dataset.decoded = from_memory  # this process's dataset only, for the timed calls below
     try:
         for key in keys:
             start = time.perf_counter()
             dataset[key]
             cut_s.append(time.perf_counter() - start)
     finally:
-        del dataset.load
+        del dataset.decoded
     if served[0] != len(keys):
         raise RuntimeError(
-            f"folder: SegDataset.__getitem__ called load() {served[0]} times for {len(keys)} "
+            f"folder: SegDataset.__getitem__ called decoded() {served[0]} times for {len(keys)} "
             "samples; the cut + augmentation timing assumes one call per sample"
         )
     n = len(keys)
@@ -290,6 +291,7 @@ def loader_work(
         "sample_ms": 1e3 * sum(sample_s) / n,
         "decode_ms": 1e3 * statistics.mean(decode_s),
         "decoded_images": len(distinct),
+        "cached": dataset._cache is not None,
         "files_read": files,
         "mib_read": size / 2**20,
         "cut_augment_ms": 1e3 * sum(cut_s) / n,

@@ -62,6 +62,8 @@ class SegDataModule(pl.LightningDataModule):
             sample from its file.
         rare_classes: classes under 1% of the training pixels (the plan's); read by the
             loss (`loss.class_weights=rare`, `unet_seg.build.build_module`), kept here.
+        upright: the images have an up (road scenes, photos): training leaves out
+            `augment`'s vertical flips and quarter turns.
         cache_memory: bytes of memory available for `cache: auto` (None: MemAvailable).
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
@@ -121,6 +123,7 @@ class SegDataModule(pl.LightningDataModule):
         cache: bool | str = False,
         cache_memory: int | None = None,
         rare_classes: Sequence[int] | None = None,
+        upright: bool = False,
         seed: int = 0,
         synthetic: dict | None = None,
         instances_dir: str | None = None,
@@ -180,6 +183,8 @@ class SegDataModule(pl.LightningDataModule):
                       "fold_order": fold_order}  # fmt: skip
         self.splits_path = Path(splits_path) if splits_path else None
         self.augment = augment
+        if upright and augment:  # a street upside down or on its side is no test image
+            self.augment = {**augment, "vflip": 0.0, "rotate90": 0.0}
         if cache not in (True, False, "auto"):
             raise ValueError(f"data.cache={cache!r}: choose true, false or auto")
         self.cache = cache

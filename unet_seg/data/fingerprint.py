@@ -41,9 +41,9 @@ from unet_seg.files import write_json
 
 log = logging.getLogger(__name__)
 
-VERSION = 4
+VERSION = 5
 """Bumped when what a fingerprint records, or how it decides a verdict (JPEG-like masks:
- version 4), changes; older caches are recomputed."""
+version 4; mask values in the top half: 5), changes; older caches are recomputed."""
 
 MAX_VALUES = 256
 """Distinct mask values recorded with their pixel counts (more: only their number)."""
@@ -186,6 +186,10 @@ def describe_mask(path: Path) -> dict[str, Any]:
     if len(values) <= MAX_VALUES:
         entry["values"] = {
             str(v): int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+        }
+        top, top_counts = np.unique(array[: array.shape[0] // 2], return_counts=True)
+        entry["values_top"] = {  # in the top half of the rows: where classes sit (upright)
+            str(v): int(c) for v, c in zip(top.tolist(), top_counts.tolist(), strict=True)
         }
     negative = values[values < 0]
     if len(negative):

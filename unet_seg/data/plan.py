@@ -62,7 +62,7 @@ AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
                 "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
-                "foreground_crop", "rare_classes", "cache")  # fmt: skip
+                "foreground_crop", "rare_classes", "upright", "cache")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
 UNPLANNED_AUTO = ("cache",)
@@ -169,12 +169,65 @@ def plan(
     _plan_classes(fp, data, fill)
     _plan_intensity(images, data, fill)
     _plan_patches(images, masks, data, fill, gpu_memory_gb)
+    fill("upright", *_upright(masks, data))
     if data.get("cache") == AUTO:
         names = _train_and_val(images, data)
         kept = [e for e in images if e["name"] in names]
         on, reason = decide_cache(decoded_bytes(kept, data), available)
         fill("cache", on, reason)
     return data, why
+
+
+UPRIGHT_SHARE = (0.3, 0.7)
+"""A class sits at a fixed height when, in at least `UPRIGHT_MASKS` of the masks that show
+it (8 at least), less or more of its pixels than this lie in the top half (`_upright`)."""
+UPRIGHT_MASKS = 0.8
+
+
+def _upright(masks: list[dict], data: dict) -> tuple[bool, str]:
+    """Whether the images have an up, from where the classes sit: road scenes and photos
+    keep the sky at the top and the road at the bottom in almost every image, where cells
+    and EM sections are alike in every direction. Upright images train without vertical
+    flips or quarter turns (`data.upright`): a flipped street is no test image. Only a
+    class of at least 5% of the pixels counts, in the masks where it holds 1% or more."""
+    if data["mask_format"] not in ("values", "palette"):
+        return False, "no evidence read from these masks: flips and quarter turns kept"
+    ignore = str(data.get("ignore_value"))
+    total: dict[str, int] = {}
+    for m in masks:
+        for v, c in (m.get("values") or {}).items():
+            total[v] = total.get(v, 0) + c
+    pixels = sum(c for v, c in total.items() if v != ignore)
+    low, high = UPRIGHT_SHARE
+    fixed: dict[str, float] = {}  # value -> the share of its masks with it up (or down)
+    for v, c in total.items():
+        if v == ignore or not pixels or c < 0.05 * pixels:
+            continue
+        shares = [m["values_top"].get(v, 0) / m["values"][v] for m in masks
+                  if "values_top" in m and m["values"].get(v, 0) >= 0.01 * _area(m)]  # fmt: skip
+        if len(shares) < 8:
+            continue
+        up = sum(s > high for s in shares) / len(shares)
+        down = sum(s < low for s in shares) / len(shares)
+        if max(up, down) >= UPRIGHT_MASKS:
+            fixed[v] = up if up >= down else -down
+    if not fixed:
+        return False, ("no class keeps to the top or the bottom half of the images: flips "
+                       "and quarter turns kept")  # fmt: skip
+    names = data.get("class_names") or []
+    values = [str(v) for v in (data.get("mask_values") or [])]
+
+    def name(v: str) -> str:
+        return names[values.index(v)] if v in values and values.index(v) < len(names) else v
+
+    seen = ", ".join(f"{name(v)} in the {'top' if f > 0 else 'bottom'} half of {abs(f):.0%}"
+                     for v, f in fixed.items())  # fmt: skip
+    return True, (f"classes keep their height ({seen} of the masks showing them): the "
+                  "images have an up, so no vertical flips or quarter turns")  # fmt: skip
+
+
+def _area(entry: dict) -> int:
+    return int(entry["height"]) * int(entry["width"])
 
 
 def _train_and_val(images: list[dict], data: dict) -> set[str]:
@@ -567,6 +620,7 @@ def plan_volume_config(
                          "is for 2-D folders)")  # fmt: skip
     fill("rare_classes", [], "not planned for volumes: loss.class_weights=rare weighs 2-D "
                              "data only, where CamVid measured it")  # fmt: skip
+    fill("upright", False, "volumes: the augmentation as configured (data.augment)")
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
