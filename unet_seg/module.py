@@ -491,7 +491,7 @@ def apply_fast_path(
         if not net.supports_checkpointing:
             raise ValueError(
                 f"checkpointing: {type(net).__name__} has no activation checkpointing "
-                "(only UNet++, arch=nested or arch=nested3d); drop the option"
+                "(only UNet++: arch=nested, nested3d or unetpp_encoder); drop the option"
             )
         net.checkpointing = True
     if channels_last:

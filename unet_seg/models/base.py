@@ -98,8 +98,8 @@ class SegNet(nn.Module):
         """Raise unless pruned inference at `level` is possible (None: the full net)."""
         if level is not None:
             raise ValueError(
-                f"level={level} prunes UNet++ only (arch=nested with deep supervision); "
-                f"this is a {type(self).__name__}"
+                f"level={level} prunes UNet++ only (arch=nested or unetpp_encoder, with deep "
+                f"supervision); this is a {type(self).__name__}"
             )
 
     def forward_level(self, x: Tensor, level: int) -> Tensor:
