@@ -351,3 +351,24 @@ def test_bad_threads_budget_and_schedule_are_refused_together_before_a_run(tmp_p
     assert "3 problems" in message and "trainer.threads='many'" in message
     assert "trainer.budget='forever'" in message and "scheduler=cosine" in message
     assert not (run_dir / "config.yaml").exists()
+
+
+def test_the_epoch_line_says_which_epoch_repeated_validation_figures_are_from(caplog) -> None:
+    """With validation every n-th epoch the epoch line repeats the last validation's figures,
+    marked with its epoch; the epoch that validated shows them unmarked."""
+    from unet_seg.callbacks import EpochLog
+
+    log_cb = EpochLog()
+    log_cb.start = 0.0
+    trainer = SimpleNamespace(
+        is_global_zero=True, current_epoch=0, max_epochs=3, global_step=10, callbacks=[],
+        sanity_checking=False, optimizers=[], callback_metrics={"val/loss": torch.tensor(0.5)},
+    )  # fmt: skip
+    module = SimpleNamespace(epoch_train_loss=lambda: 0.7)
+    with caplog.at_level("INFO", logger="unet_seg.epochs"):
+        log_cb.on_validation_end(trainer, module)
+        log_cb.on_train_epoch_end(trainer, module)
+        trainer.current_epoch = 1  # no validation in this one
+        log_cb.on_train_epoch_end(trainer, module)
+    first, second = (r.getMessage() for r in caplog.records if r.name == "unet_seg.epochs")
+    assert "val loss 0.5000 |" in first and "val loss 0.5000 (epoch 1) |" in second

@@ -107,6 +107,11 @@ class EpochLog(pl.Callback):
     def __init__(self) -> None:
         self.start: float | None = None
         self.first_epoch = 0  # the epoch this fit started at (after a resume, not 0)
+        self.val_epoch: int | None = None  # the epoch of the last validation
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.val_epoch = trainer.current_epoch
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start = time.monotonic()
@@ -127,13 +132,17 @@ class EpochLog(pl.Callback):
         loss = pl_module.epoch_train_loss()
         if loss is not None:
             parts.append(f"train loss {loss:.4f}")
+        # a run that validates every n-th epoch (a budget) repeats the last validation's
+        # figures: say from which epoch
+        when = ("" if self.val_epoch in (None, trainer.current_epoch)
+                else f" (epoch {self.val_epoch + 1})")  # fmt: skip
         if "val/loss" in metrics:
-            parts.append(f"val loss {float(metrics['val/loss']):.4f}")
+            parts.append(f"val loss {float(metrics['val/loss']):.4f}{when}")
         if "val/dice" in metrics:
             names = pl_module.contract.class_names[1:]
             per_class = ", ".join(f"{n} {float(metrics[f'val/dice/{n}']):.3f}" for n in names
                                   if f"val/dice/{n}" in metrics)  # fmt: skip
-            parts.append(f"val dice {float(metrics['val/dice']):.4f} ({per_class})")
+            parts.append(f"val dice {float(metrics['val/dice']):.4f} ({per_class}){when}")
         if trainer.optimizers:
             groups = trainer.optimizers[0].param_groups
             named = len(groups) > 1  # fine-tuning: pretrained and new tensors at their own rates
