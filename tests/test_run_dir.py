@@ -84,6 +84,47 @@ def test_a_refused_run_removes_only_what_it_wrote(tmp_path: Path, forker: Forker
     assert proc.returncode == 1 and not fresh.exists()  # a folder of its own: all gone
 
 
+def test_discard_beside_another_refused_command_in_the_same_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two refused commands started in the same second share Hydra's timestamped folder: the
+    second to discard finds the folder, `.hydra/` or its log already gone, or the folder
+    still holding the other's files, and is not an error for it (CI saw a FileNotFoundError
+    traceback from exactly this)."""
+    folder = tmp_path / "2026-12-04_12-11-47"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("a: 1\n")
+    (folder / "check_data.log").write_text("refused\n")
+    first, second = RunDir(folder), RunDir(folder)
+    first.discard(folder / "check_data.log", 0)
+    assert not folder.exists()
+    second.discard(folder / "check_data.log", 0)  # all gone already: nothing to do
+    second.discard(folder / "check_data.log", 8)  # nor when its log was to be cut back
+
+    # the interleaving CI met: the other command empties and removes the folder between
+    # this one's look at it and its rmdir
+    (folder / ".hydra").mkdir(parents=True)
+    rmdir = Path.rmdir
+
+    def the_other_goes_first(self: Path) -> None:
+        monkeypatch.setattr(Path, "rmdir", rmdir)
+        RunDir(folder).discard(None)
+        rmdir(self)
+
+    monkeypatch.setattr(Path, "rmdir", the_other_goes_first)
+    RunDir(folder).discard(None)
+    assert not folder.exists()
+
+    folder.mkdir()
+    (folder / "other.log").write_text("still being written\n")
+    RunDir(folder).discard(None)  # the other command's file keeps the folder
+    assert (folder / "other.log").read_text() == "still being written\n"
+
+    (folder / "config.yaml").write_text("a: 1\n")  # a started run is never discarded
+    with pytest.raises(RuntimeError, match="holds a run"):
+        RunDir(folder).discard(None)
+
+
 def test_a_resumed_run_leaves_no_warning_filter_behind(tmp_path: Path) -> None:
     import warnings
 

@@ -22,6 +22,7 @@ that already holds a run is continued.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import shutil
@@ -153,18 +154,31 @@ class RunDir:
         nothing; then the directory itself if it is left empty. Refuses a started run."""
         if self.holds_run:
             raise RuntimeError(f"{self} holds a run: it is not discarded")
+        # Two refused commands started in the same second share Hydra's timestamped folder
+        # and may discard it side by side: whatever the other one removed first is done.
         hydra = self.path / ".hydra"
-        if hydra.is_dir() and {p.name for p in hydra.iterdir()} <= self.HYDRA_FILES:
-            shutil.rmtree(hydra, ignore_errors=True)
+        try:
+            if {p.name for p in hydra.iterdir()} <= self.HYDRA_FILES:
+                shutil.rmtree(hydra, ignore_errors=True)
+        except FileNotFoundError:
+            pass
         log_path = Path(log_file) if log_file else None
-        if log_path is not None and log_path.is_file():
-            if log_kept > 0:
-                with log_path.open("r+b") as handle:
-                    handle.truncate(log_kept)
-            else:
-                log_path.unlink(missing_ok=True)
-        if self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+        if log_path is not None:
+            try:
+                if log_kept > 0:
+                    with log_path.open("r+b") as handle:
+                        handle.truncate(log_kept)
+                else:
+                    log_path.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        try:
+            self.path.rmdir()  # only when empty
+        except FileNotFoundError:
+            pass
+        except OSError as not_empty:
+            if not_empty.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
 
     def save_config(self, cfg: DictConfig) -> Path:
         """Write the resolved config atomically; return its path."""
