@@ -286,6 +286,25 @@ def test_a_rare_class_doubles_the_steps_an_epoch(tmp_path: Path) -> None:
     assert "under 1%" not in plain_why["train_repeats"]
     assert rare_plan["rare_classes"] == [2] and "median frequency" in rare_why["rare_classes"]
     assert plain_plan["rare_classes"] == [] and "binary" in plain_why["rare_classes"]
+    assert "class 2 is under 1% of pixels" in rare_why["train_repeats"]  # no names: indices
+    named = auto_data(tmp_path / "rare", "data.batch_size=4",
+                      "data.class_names=[background,cell,speck]")  # fmt: skip
+    named_plan, named_why = plan(fingerprint(tmp_path / "rare"), named)
+    assert named_plan["rare_classes"] == [2]  # the names change what the log says, only
+    assert "class speck (2) is under 1% of the pixels" in named_why["rare_classes"]
+    assert "speck (2) is under 1% of pixels" in named_why["foreground_crop"]
+
+
+def test_rare_classes_are_said_by_name() -> None:
+    from unet_seg.data.plan import rare_subject
+
+    names = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car",
+             "pedestrian", "bicyclist"]  # fmt: skip
+    assert rare_subject([9, 10], names) == "classes pedestrian (9) and bicyclist (10) are"
+    assert rare_subject([2, 7, 9], names) == "classes pole (2), fence (7) and pedestrian (9) are"
+    assert rare_subject([3], ["background", "class_1", "class_2", "class_3"]) == "class 3 is"
+    assert rare_subject([1, 2], ["background", "class1", "class2"]) == "classes 1 and 2 are"
+    assert rare_subject([3], "auto") == "class 3 is" and rare_subject([], names) == ""
 
 
 def test_rare_classes_weigh_the_cross_entropy_by_median_frequency(tmp_path: Path) -> None:

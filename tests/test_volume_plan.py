@@ -87,7 +87,7 @@ def test_ct_volumes_are_clipped_to_the_foreground_percentiles(ct_root) -> None:
     assert planned["foreground_crop"] == 0.33
     # class 2 is rare: an epoch of 2 x 20 steps, 3 training volumes, batch 2
     steps = math.ceil(3 * planned["train_repeats"] / planned["batch_size"])
-    assert steps >= 40 and "[2] are under 1%" in reasons["train_repeats"]
+    assert steps >= 40 and "class 2 is under 1%" in reasons["train_repeats"]
     # CT bounds given: the mean and std follow them
     given, _ = plan_volume_data(fp, _auto(intensity={"mode": "ct", "low": 0, "high": 100}))
     inside = np.clip(pooled, 0, 100)

@@ -92,6 +92,20 @@ RARE_STEPS_FACTOR = 2
 (experiments/plan: a class of 0.3% of the pixels was learned after about 400 steps, and
 only when the schedule still had a high learning rate then)."""
 
+
+def rare_subject(rare: list[int], names: Any) -> str:
+    """The rare classes as a log says them, by name where the data names them:
+    "class tumour (2) is", "classes pedestrian (9) and bicyclist (10) are"."""
+    if not rare:
+        return ""
+    names = [] if names is None or isinstance(names, str) else list(names)  # "auto": none
+    plain = {"", "class{}", "class_{}"}  # the names the plans make up: the index says it
+    said = [f"{names[i]} ({i})" if i < len(names) and names[i] not in
+            {p.format(i) for p in plain} else str(i) for i in rare]  # fmt: skip
+    listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+    return f"class {listed} is" if len(said) == 1 else f"classes {listed} are"
+
+
 MAX_CLASSES = 32
 """More distinct mask values than this are not classes: instance labels (or noise)."""
 
@@ -498,23 +512,24 @@ def _plan_patches(
                     counts[i] += c
     total = counts.sum()
     rare = [i for i, c in enumerate(counts) if i > 0 and total and c < RARE_SHARE * total]
+    said = rare_subject(rare, data.get("class_names"))
     steps = MIN_STEPS * (RARE_STEPS_FACTOR if rare else 1)
     repeats = max(1, math.ceil(steps * data["batch_size"] / train_images))
     fill("train_repeats", repeats,
          f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
          f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch"
-         + (f", twice the usual {MIN_STEPS}: classes {rare} are under 1% of pixels" if rare
+         + (f", twice the usual {MIN_STEPS}: {said} under 1% of pixels" if rare
             else ""))  # fmt: skip
     if data["num_classes"] <= 2:  # a rare foreground: the Dice term is made for it
         fill("rare_classes", [], "binary: the Dice term balances a rare foreground, and the "
                                  "cross-entropy is not weighed")  # fmt: skip
     fill("rare_classes", rare,
-         f"classes {rare} are under 1% of the pixels: loss.class_weights=rare (the default) "
+         f"{said} under 1% of the pixels: loss.class_weights=rare (the default) "
          "weighs the cross-entropy by median frequency" if rare
          else "no class is under 1% of the pixels: the cross-entropy is not weighed")  # fmt: skip
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
-         + (f" (classes {rare} are under 1% of pixels)" if rare else ""))  # fmt: skip
+         + (f" ({said} under 1% of pixels)" if rare else ""))  # fmt: skip
 
 
 def _formats(entries: list[dict]) -> str:

@@ -42,6 +42,7 @@ from unet_seg.data.plan import (
     RARE_SHARE,
     RARE_STEPS_FACTOR,
     PlanError,
+    rare_subject,
 )
 from unet_seg.data.splits import train_count
 from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
@@ -681,17 +682,18 @@ def _plan_repeats(
             counts[values.index(int(v))] += c
     total = counts.sum()
     rare = [i for i, c in enumerate(counts) if i > 0 and total and c < RARE_SHARE * total]
+    said = rare_subject(rare, data.get("class_names"))
     steps = MIN_STEPS * (RARE_STEPS_FACTOR if rare else 1)
     batch = int(data["batch_size"])
     repeats = max(1, math.ceil(steps * batch / train_cases))
     fill("train_repeats", repeats,
          f"about {train_cases} training volumes x {repeats} patches / batch {batch}: "
          f"{math.ceil(train_cases * repeats / batch)} steps an epoch"
-         + (f", twice the usual {MIN_STEPS}: classes {rare} are under 1% of voxels" if rare
+         + (f", twice the usual {MIN_STEPS}: {said} under 1% of voxels" if rare
             else ""))  # fmt: skip
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
-         + (f" (classes {rare} are under 1% of voxels)" if rare else ""))  # fmt: skip
+         + (f" ({said} under 1% of voxels)" if rare else ""))  # fmt: skip
 
 
 def _assumed(cases: list[dict]) -> str:
