@@ -112,20 +112,35 @@ def test_pruned_inference_is_the_full_nets_head_and_runs_only_its_nodes(encoder:
     nodes = {name: m for name, m in model.named_modules() if isinstance(m, PyramidNode)}
     for name, m in nodes.items():
         m.register_forward_hook(lambda *_, name=name: ran.append(name))
+    # the encoder's stages by the stride they end at: ResNet's stem and layer1..4,
+    # ConvNeXt's features.1, .3, .5, .7
+    stages = ([model.encoder.bn1, *(getattr(model.encoder, f"layer{k}") for k in range(1, 5))]
+              if encoder.startswith("resnet") else list(model.encoder.features)[1::2])  # fmt: skip
+    strides: list[int] = []
+    for stride, stage in zip(model.encoder.strides, stages, strict=True):
+        stage.register_forward_hook(lambda *_, stride=stride: strides.append(stride))
     with torch.no_grad():
         full = model(x)
+        assert strides == model.encoder.strides  # the full net runs the whole encoder
         for k, level in enumerate(model.levels):
             ran.clear()
+            strides.clear()
             pruned = model.forward_level(x, level)
             torch.testing.assert_close(pruned, full[k], rtol=0, atol=0)
             i_plus_j = {name: sum(map(int, name.removeprefix("conv").split("_"))) for name in nodes}
             assert sorted(ran) == sorted(n for n in nodes if i_plus_j[n] <= level)
+            assert strides == [s for s in model.encoder.strides if s <= 2**level]  # no deeper
             traced = model.forward_traceable(x[:1, :, :40, :50], level=level)  # export's path
             assert traced.shape == (1, 3, 40, 50)
     used = [model.parameters_at_level(level) for level in model.levels]
     assert used == sorted(used) and used[-1] == sum(p.numel() for p in model.parameters()) - sum(
         p.numel() for h in model.heads[:-1] for p in h.parameters()
     )
+    # the shallowest level leaves out the deepest stage's parameters (ResNet's layer4,
+    # ConvNeXt's last stage and the downsampling before it): the bulk of the encoder
+    deepest = sum(p.numel() for m in stages[-1:] for p in m.parameters())
+    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    assert used[0] < used[-1] - deepest and deepest > encoder_params / 3
 
 
 def test_levels_that_cannot_prune_are_refused_with_the_reason() -> None:

@@ -97,10 +97,10 @@ class EncoderNet(SegNet):
             source = str(Path(source).expanduser())
         return load_encoder_weights(self.encoder, self.encoder_name, source, url)
 
-    def pyramid(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    def pyramid(self, x: torch.Tensor, deepest: int | None = None) -> dict[int, torch.Tensor]:
         """The encoder's features by stride: `{2: [B, C, H/2, W/2], ..., 32: ...}` (ResNet;
-        ConvNeXt from stride 4). H and W are multiples of 32."""
-        return dict(zip(self.encoder.strides, self.encoder(x), strict=True))
+        ConvNeXt from stride 4), or only to stride `deepest`. H and W are multiples of 32."""
+        return dict(zip(self.encoder.strides, self.encoder(x, deepest), strict=False))
 
 
 class EncoderUNet(EncoderNet):

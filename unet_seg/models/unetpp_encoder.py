@@ -17,7 +17,8 @@ has stride ``2**(i + j)``: all 15 with ResNet; ConvNeXt has no ``x0_1`` (no ``x1
 The top row ``x0_j`` is at full resolution; deep supervision puts a 1x1 head on each of its
 nodes (ResNet ``x0_1 .. x0_5``, ConvNeXt ``x0_2 .. x0_5``), and pruned inference at level
 ``L`` evaluates only the decoder nodes with ``i + j <= L`` and returns head ``L``
-(NestedUNet's mechanism). The encoder runs whole: it returns its pyramid in one pass.
+(NestedUNet's mechanism), and the encoder only to stride ``2**L`` (its deeper stages, where
+most of a ResNet's parameters are, are not run).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class EncoderNestedUNet(EncoderNet):
         self.check_level(level)
         stop = STEPS if level is None else level
         x, size = pad_to_multiple(x, self.pad_multiples)
-        features = self.pyramid(x)
+        features = self.pyramid(x, None if level is None else 2**stop)
         x1_0, x2_0, x3_0, x4_0, x5_0 = (features.get(2**i) for i in range(1, STEPS + 1))
         node = self._node  # x0_0 is never there: no encoder has a stride-1 feature
 
@@ -247,11 +248,11 @@ class EncoderNestedUNet(EncoderNet):
         return self(x, level=level)
 
     def parameters_at_level(self, level: int) -> int:
-        """Number of parameters used by pruned inference at ``level``: the whole encoder
-        (it runs whole), the decoder nodes with ``i + j <= level`` and head ``level``."""
+        """Number of parameters used by pruned inference at ``level``: the encoder to stride
+        ``2**level``, the decoder nodes with ``i + j <= level`` and head ``level``."""
         self.check_level(level)
         nodes = [m for stage in self._stages()[:level] for m in stage if m is not None]
-        modules = [self.encoder, *nodes, self._head(level)]
+        modules = [*self.encoder.modules_to(2**level), *nodes, self._head(level)]
         return sum(p.numel() for m in modules for p in m.parameters())
 
     def _stages(self) -> list[list[PyramidNode | None]]:

@@ -125,10 +125,20 @@ class ConvNeXtEncoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, deepest: int | None = None) -> list[Tensor]:
+        """The pyramid, shallow to deep; with `deepest` (a stride) only up to that stride,
+        the deeper stages not run (UNet++'s pruned inference)."""
         features = []
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i % 2 == 1:  # the end of a stage: features.1, .3, .5, .7
                 features.append(x)
+                if deepest is not None and self.strides[len(features) - 1] >= deepest:
+                    break
         return features
+
+    def modules_to(self, deepest: int) -> list[nn.Module]:
+        """The modules `forward(x, deepest)` runs: the stem and downsampling layer before
+        each stage, and the stages up to stride `deepest`."""
+        stages = sum(s <= deepest for s in self.strides)
+        return list(self.features[: 2 * stages])

@@ -128,11 +128,22 @@ class ResNetEncoder(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, deepest: int | None = None) -> list[Tensor]:
+        """The pyramid, shallow to deep; with `deepest` (a stride) only up to that stride,
+        the deeper stages not run (UNet++'s pruned inference)."""
         x = self.relu(self.bn1(self.conv1(x)))  # stride 2
         features = [x]
         x = self.maxpool(x)  # stride 4
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+        layers = (self.layer1, self.layer2, self.layer3, self.layer4)
+        for stride, layer in zip(self.strides[1:], layers, strict=True):
+            if deepest is not None and stride > deepest:
+                break
             x = layer(x)
             features.append(x)
         return features
+
+    def modules_to(self, deepest: int) -> list[nn.Module]:
+        """The modules with parameters that `forward(x, deepest)` runs."""
+        stages = [[self.conv1, self.bn1], [self.layer1], [self.layer2], [self.layer3],
+                  [self.layer4]]  # fmt: skip
+        return [m for s, ms in zip(self.strides, stages, strict=True) if s <= deepest for m in ms]
