@@ -372,3 +372,25 @@ def test_the_epoch_line_says_which_epoch_repeated_validation_figures_are_from(ca
         log_cb.on_train_epoch_end(trainer, module)
     first, second = (r.getMessage() for r in caplog.records if r.name == "unet_seg.epochs")
     assert "val loss 0.5000 |" in first and "val loss 0.5000 (epoch 1) |" in second
+
+
+def test_the_epoch_line_marks_a_budgets_epoch_count_as_an_estimate(caplog, monkeypatch) -> None:
+    """Under trainer.budget the epochs are re-planned from each epoch's pace: `epoch 6/~25`,
+    not a count that seems to jump; a run of max_epochs says `epoch 6/20`."""
+    import unet_seg.callbacks as callbacks
+
+    log_cb = callbacks.EpochLog()
+    log_cb.start = 0.0
+    trainer = SimpleNamespace(
+        is_global_zero=True, current_epoch=5, max_epochs=20, global_step=60, callbacks=[],
+        sanity_checking=False, optimizers=[], callback_metrics={},
+    )  # fmt: skip
+    module = SimpleNamespace(epoch_train_loss=lambda: 0.7)
+    with caplog.at_level("INFO", logger="unet_seg.epochs"):
+        log_cb.on_train_epoch_end(trainer, module)
+        budget = SimpleNamespace(planned_epochs=lambda _: 25, left=lambda: 120.0)
+        monkeypatch.setattr(callbacks, "find_budget", lambda _: budget)
+        log_cb.on_train_epoch_end(trainer, module)
+    plain, budgeted = (r.getMessage() for r in caplog.records if r.name == "unet_seg.epochs")
+    assert plain.startswith("epoch 6/20 | step 60 |")
+    assert budgeted.startswith("epoch 6/~25 | step 60 |") and "about 2m00s left" in budgeted

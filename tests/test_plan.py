@@ -293,6 +293,12 @@ def test_a_rare_class_doubles_the_steps_an_epoch(tmp_path: Path) -> None:
     assert named_plan["rare_classes"] == [2]  # the names change what the log says, only
     assert "class speck (2) is under 1% of the pixels" in named_why["rare_classes"]
     assert "speck (2) is under 1% of pixels" in named_why["foreground_crop"]
+    # enough images for 40 steps an epoch anyway: the rare class changes nothing there, and
+    # the reason does not claim it did
+    many = write(tmp_path / "many", images * 6, with_rare * 6)
+    many_plan, many_why = plan(fingerprint(many), auto_data(many, "data.batch_size=1"))
+    assert many_plan["rare_classes"] == [2] and many_plan["train_repeats"] == 1
+    assert "under 1%" not in many_why["train_repeats"]
 
 
 def test_rare_classes_are_said_by_name() -> None:

@@ -30,6 +30,7 @@ from unet_seg.data.plan import (
     is_volume_config,
     plan_data_config,
     plan_pretrained_normalisation,
+    rare_subject,
 )
 from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
@@ -214,7 +215,8 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
     if loss.get("class_weights") == "rare":
         rare = cfg.data.get("rare_classes") if "data" in cfg else None
         if rare and datamodule is not None and not is_volume_config(to_plain(cfg.data)):
-            log.info("classes %s are rare (data.rare_classes): loss.class_weights=rare", list(rare))
+            said = rare_subject(list(rare), contract.class_names)
+            log.info("%s rare (data.rare_classes): loss.class_weights=rare", said)
             loss["class_weights"] = "auto"
         else:
             loss["class_weights"] = None

@@ -102,7 +102,8 @@ a terminal (a batch job, `> file`), where the progress bar cannot be seen."""
 
 class EpochLog(pl.Callback):
     """Log `epoch 3/20 | step 84 | train loss 0.41 | val loss 0.38 | val dice 0.91 (a 0.93,
-    b 0.88) | next lr 9.5e-04 | 1m12s, about 6m30s left` at the end of each training epoch."""
+    b 0.88) | next lr 9.5e-04 | 1m12s, about 6m30s left` at the end of each training epoch
+    (`epoch 3/~20` under `trainer.budget`: the epochs the budget now expects to fit)."""
 
     def __init__(self) -> None:
         self.start: float | None = None
@@ -126,9 +127,10 @@ class EpochLog(pl.Callback):
         metrics = trainer.callback_metrics
         done, total = trainer.current_epoch + 1, trainer.max_epochs
         budget = find_budget(trainer)
-        if budget is not None:  # trainer.budget: the epochs its current plan fits
-            total = budget.planned_epochs(trainer) or done
-        parts = [f"epoch {done}/{total}", f"step {trainer.global_step}"]
+        if budget is not None:  # trainer.budget: the epochs its current plan fits, an estimate
+            total = budget.planned_epochs(trainer) or done  # re-made from each epoch's pace
+        parts = [f"epoch {done}/{'~' if budget is not None else ''}{total}",
+                 f"step {trainer.global_step}"]  # fmt: skip
         loss = pl_module.epoch_train_loss()
         if loss is not None:
             parts.append(f"train loss {loss:.4f}")

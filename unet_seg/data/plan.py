@@ -515,11 +515,12 @@ def _plan_patches(
     said = rare_subject(rare, data.get("class_names"))
     steps = MIN_STEPS * (RARE_STEPS_FACTOR if rare else 1)
     repeats = max(1, math.ceil(steps * data["batch_size"] / train_images))
+    usual = max(1, math.ceil(MIN_STEPS * data["batch_size"] / train_images))
     fill("train_repeats", repeats,
          f"about {train_images} training images x {repeats} / batch {data['batch_size']}: "
          f"{math.ceil(train_images * repeats / data['batch_size'])} steps an epoch"
-         + (f", twice the usual {MIN_STEPS}: {said} under 1% of pixels" if rare
-            else ""))  # fmt: skip
+         + (f", at least twice the usual {MIN_STEPS}: {said} under 1% of pixels"
+            if repeats > usual else ""))  # fmt: skip
     if data["num_classes"] <= 2:  # a rare foreground: the Dice term is made for it
         fill("rare_classes", [], "binary: the Dice term balances a rare foreground, and the "
                                  "cross-entropy is not weighed")  # fmt: skip

@@ -686,11 +686,12 @@ def _plan_repeats(
     steps = MIN_STEPS * (RARE_STEPS_FACTOR if rare else 1)
     batch = int(data["batch_size"])
     repeats = max(1, math.ceil(steps * batch / train_cases))
+    usual = max(1, math.ceil(MIN_STEPS * batch / train_cases))
     fill("train_repeats", repeats,
          f"about {train_cases} training volumes x {repeats} patches / batch {batch}: "
          f"{math.ceil(train_cases * repeats / batch)} steps an epoch"
-         + (f", twice the usual {MIN_STEPS}: {said} under 1% of voxels" if rare
-            else ""))  # fmt: skip
+         + (f", at least twice the usual {MIN_STEPS}: {said} under 1% of voxels"
+            if repeats > usual else ""))  # fmt: skip
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
          + (f" ({said} under 1% of voxels)" if rare else ""))  # fmt: skip
