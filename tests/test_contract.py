@@ -40,6 +40,19 @@ def test_the_contract_round_trips_as_plain_data() -> None:
     assert again.encoding.mask_values == [0, 255]
 
 
+def test_background_is_kept_defaults_for_old_checkpoints_and_refuses_other_values() -> None:
+    cfg = compose_train(["data.background=false"])
+    contract = DataContract.from_config(cfg.data)
+    assert contract.background is False and contract.scored_classes == contract.class_names
+    stored = contract.to_dict()
+    assert DataContract.from_dict(stored) == contract
+    stored.pop("background")  # a checkpoint written before the key existed
+    old = DataContract.from_dict(stored)
+    assert old.background is True and old.scored_classes == contract.class_names[1:]
+    with pytest.raises(ValueError, match="data.background='maybe': true .* or false"):
+        DataContract.from_config(compose_train(["data.background=maybe"]).data)
+
+
 def test_contradictions_are_refused_with_the_keys_to_fix() -> None:
     cfg = compose_train(["data.num_classes=3"])
     with pytest.raises(ValueError, match="num_classes=3 needs 3 mask classes"):

@@ -88,3 +88,20 @@ def test_scores_never_exceed_one() -> None:
 def test_shape_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError, match="differ"):
         SegmentationScores(["bg", "fg"]).update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3))
+
+
+def test_without_a_background_the_means_count_class_0() -> None:
+    """data.background=false (CamVid's sky is class 0): Dice and IoU are the mean over all
+    classes; by default class 0 is left out."""
+    preds = torch.tensor([[[0, 0, 1, 2], [0, 1, 1, 2]]])
+    target = torch.tensor([[[0, 1, 1, 2], [0, 1, 2, 2]]])
+    names = ["sky", "road", "car"]
+    every, foreground = SegmentationScores(names, background=False), SegmentationScores(names)
+    every.update(preds, target)
+    foreground.update(preds, target)
+    got, fg = every.compute(), foreground.compute()
+    iou = [2 / 3, 2 / 4, 2 / 3]  # sky: TP 2 FP 1; road: TP 2, FP 1, FN 1; car: TP 2, FN 1
+    for name, value in zip(names, iou, strict=True):
+        assert got[f"iou/{name}"].item() == pytest.approx(value)
+    assert got["iou"].item() == pytest.approx(sum(iou) / 3)
+    assert fg["iou"].item() == pytest.approx(sum(iou[1:]) / 2)

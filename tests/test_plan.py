@@ -481,3 +481,82 @@ def test_classes_at_fixed_heights_make_the_images_upright(tmp_path: Path) -> Non
     assert SegDataModule(**args, upright=True).augment == {"hflip": 0.5, "vflip": 0.0,
                                                           "rotate90": 0.0}  # fmt: skip
     assert SegDataModule(**args).augment["vflip"] == 0.5
+
+
+def road_scene(n: int = 6, size: int = 48) -> tuple[list, list]:
+    """Road-scene-like masks of 3 classes with no background: class 0 (sky) on top, a
+    third; class 1 (road) below, the most; class 2 (car) a block on the road."""
+    rng = np.random.default_rng(1)
+    images, masks = [], []
+    for i in range(n):
+        mask = np.ones((size, size), np.uint8)
+        mask[: size // 3] = 0
+        mask[30:40, 8 + i : 24 + i] = 2
+        images.append(rng.integers(0, 255, (size, size), dtype=np.uint8))
+        masks.append(mask)
+    return images, masks
+
+
+def test_class_0_is_a_background_only_where_it_covers_the_most_pixels(tmp_path: Path) -> None:
+    """A road scene's class 0 (sky, a third of the pixels, road the most) is no background:
+    the plan says data.background=false, and made-up names do not call it one; given names
+    are kept. Cells-like masks (class 0 the most) and binary masks keep their background."""
+    images, masks = road_scene()
+    root = write(tmp_path / "street", images, masks)
+    planned, why = plan(fingerprint(root, progress=False), auto_data(root))
+    assert planned["num_classes"] == 3 and planned["background"] is False
+    assert planned["class_names"] == ["class0", "class1", "class2"]
+    assert "no background class" in why["background"] and "class0" in why["background"]
+    named, why = plan(fingerprint(root), auto_data(root, "data.class_names=[sky,road,car]"))
+    assert named["background"] is False and named["class_names"] == ["sky", "road", "car"]
+    assert "class 0 (sky) covers 33%" in why["background"] and "road" in why["background"]
+    given, _ = plan(fingerprint(root), auto_data(root, "data.background=true"))
+    assert given["background"] is True  # a value given wins
+
+    cells = [np.where(m == 1, 0, np.where(m == 0, 1, m)).astype(np.uint8) for m in masks]
+    root = write(tmp_path / "cells", images, cells)  # classes 0 and 1 swapped: 0 the most
+    planned, why = plan(fingerprint(root), auto_data(root))
+    assert planned["background"] is True and "covers the most pixels" in why["background"]
+    assert planned["class_names"][0] == "background"
+    binary = [(m == 2).astype(np.uint8) for m in masks]
+    root = write(tmp_path / "binary", images, binary)
+    planned, why = plan(fingerprint(root), auto_data(root))
+    assert planned["background"] is True and "two classes" in why["background"]
+
+
+def test_a_folder_without_background_scores_every_class(tmp_path: Path) -> None:
+    """data=auto on road-scene-like masks: the checkpoint's contract says no background,
+    the run's mean IoU and Dice count class 0, and evaluate reports `mean` (not `mean_fg`)
+    over all three classes."""
+    from unet_seg.evaluate import evaluate
+    from unet_seg.module import SegModule
+    from unet_seg.train import train
+
+    images, masks = road_scene(n=8)
+    root = write(tmp_path / "d", images, masks)
+    run = tmp_path / "run"
+    cfg = compose_train(["data=auto", f"data.root={root}", f"run_dir={run}",
+                         "arch.base_channels=4", "trainer.max_epochs=1", "data.num_workers=0",
+                         "data.crop_size=32", "data.batch_size=2"])  # fmt: skip
+    metrics = train(cfg)
+    contract = SegModule.from_checkpoint(run / "checkpoints" / "last.ckpt").contract
+    assert contract.background is False and contract.scored_classes == contract.class_names
+    names = contract.class_names
+    per_class = [metrics[f"test/iou/{n}"] for n in names]
+    assert metrics["test/iou"] == pytest.approx(np.mean(per_class), abs=1e-6)
+    eval_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "evaluate.yaml")
+    eval_cfg.pop("defaults")
+    eval_cfg = OmegaConf.merge(
+        eval_cfg,
+        {
+            "run_dir": str(run),
+            "split": "test",
+            "device": "cpu",
+            "output": str(tmp_path / "e.json"),
+            "worst": 1,
+        },
+    )
+    scores = evaluate(eval_cfg)
+    assert "dice/pooled/mean_fg" not in scores
+    pooled = [scores[f"iou/pooled/{n}"] for n in names]
+    assert scores["iou"] == scores["iou/pooled/mean"] == pytest.approx(np.mean(pooled))

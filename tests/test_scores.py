@@ -141,3 +141,19 @@ def test_pooled_mean_foreground_scores_and_pixel_error_equal_the_training_metric
     assert s["iou/pooled/mean_fg"] == pytest.approx(float(ref["iou"]), abs=1e-6)
     assert s["pixel_error/pooled"] == pytest.approx(float(ref["pixel_error"]), abs=1e-6)
     assert s["pixel_error/pooled"] == pytest.approx(wrong / pixels)
+
+
+def test_a_book_without_background_reports_the_mean_of_every_class() -> None:
+    """`mean` over all classes in place of `mean_fg` (which would leave out a real class)."""
+    truth = np.array([[0, 0, 1, 1], [2, 2, 1, 1]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 2, 1, 0]], np.uint8)
+    names = ["sky", "road", "car"]
+    every, foreground = ScoreBook(names, background=False), ScoreBook(names)
+    for book in (every, foreground):
+        book.add("a.png", pred, truth)
+    got, fg = every.summary(), foreground.summary()
+    dice = [got[f"dice/pooled/{n}"] for n in names]
+    assert got["dice/pooled/mean"] == pytest.approx(np.mean(dice))
+    assert "dice/pooled/mean_fg" not in got and "dice/pooled/mean" not in fg
+    assert fg["dice/pooled/mean_fg"] == pytest.approx(np.mean(dice[1:]))
+    assert every.rows[0]["dice/mean"] == pytest.approx(np.mean(dice))

@@ -141,7 +141,7 @@ class EpochLog(pl.Callback):
         if "val/loss" in metrics:
             parts.append(f"val loss {float(metrics['val/loss']):.4f}{when}")
         if "val/dice" in metrics:
-            names = pl_module.contract.class_names[1:]
+            names = pl_module.contract.scored_classes
             per_class = ", ".join(f"{n} {float(metrics[f'val/dice/{n}']):.3f}" for n in names
                                   if f"val/dice/{n}" in metrics)  # fmt: skip
             parts.append(f"val dice {float(metrics['val/dice']):.4f} ({per_class}){when}")

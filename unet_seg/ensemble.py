@@ -54,7 +54,8 @@ def ensemble(
         )
     folders_ = contract.class_names[1:] if contract.mask_format == "folders" else None
     pairs = runs[0].split_pairs(split, folders_)
-    books = [ScoreBook(contract.class_names) for _ in range(len(models) + 1)]
+    books = [ScoreBook(contract.class_names, background=contract.background)
+             for _ in range(len(models) + 1)]  # fmt: skip
     for image_path, mask_path in tqdm(pairs, desc="ensemble", unit="image"):
         image, truth = contract.read_pair(image_path, mask_path)
         probs = [m.run([image], probabilities=True)[0][1] for m in models]  # each [K, H, W]
@@ -64,7 +65,8 @@ def ensemble(
 
     def pooled(book: ScoreBook) -> dict[str, float]:
         summary = book.summary()
-        scores = {"dice": summary["dice/pooled/mean_fg"], "iou": summary["iou/pooled/mean_fg"],
+        mean = book.mean_name
+        scores = {"dice": summary[f"dice/pooled/{mean}"], "iou": summary[f"iou/pooled/{mean}"],
                   "pixel_error": summary["pixel_error/pooled"]}  # fmt: skip
         for name in contract.class_names:
             scores[f"dice/{name}"] = summary[f"dice/pooled/{name}"]

@@ -113,8 +113,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     Returns:
         Flat scores `metric/reduction/class` (reduction `pooled` or `image_mean`, class a
-        name or `mean_fg`), counts `n/metric/class` and `missing/hd95/class`, `images`, and
-        the headline `dice` and `iou` (pooled, mean over foreground classes, as in training).
+        name, or `mean_fg`: over the foreground classes, `mean`: over all where the data has
+        no background), counts `n/metric/class` and `missing/hd95/class`, `images`, and the
+        headline `dice` and `iou` (that mean, pooled, as in training).
     """
     ckpt = _checkpoint(cfg)
     if checkpoint_is_volume(ckpt):  # per volume, distances in mm
@@ -127,7 +128,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pairs, what = _pairs(cfg, folders)
     decoded = contract.instance_target  # pixel scores: the objects' foreground
     scored_classes = ["background", "foreground"] if decoded else contract.class_names
-    book = ScoreBook(scored_classes)
+    book = ScoreBook(scored_classes, background=decoded or contract.background)
     instances = instance_paths(cfg, pairs, contract.mask_format)
     if decoded and instances is None:
         raise ValueError(
@@ -137,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     scores = InstanceBook() if instances else None
-    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes)
+    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes, book.mean_name)
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
@@ -165,9 +166,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             pair = (true_objects, found) if decoded and true_objects is not None else None
             worst.offer(row, image, truth, labels, pair)
     results = book.summary()
-    results["dice"] = results["dice/pooled/mean_fg"]
-    results["iou"] = results["iou/pooled/mean_fg"]
-    log.info("%s, %d images:\n%s", what, len(pairs), format_table(results, book.class_names))
+    results["dice"] = results[f"dice/pooled/{book.mean_name}"]
+    results["iou"] = results[f"iou/pooled/{book.mean_name}"]
+    log.info("%s, %d images:\n%s", what, len(pairs),
+             format_table(results, book.class_names, book.mean_name))  # fmt: skip
     if scores is not None:
         results.update(scores.summary())
         log.info("objects (%s):\n%s", "watershed-decoded" if decoded else
@@ -200,9 +202,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return results
 
 
-def format_table(results: dict[str, float], class_names: list[str]) -> str:
-    """Rows `metric, reduction`, columns the classes and `mean_fg`."""
-    columns = [*class_names, "mean_fg"]
+def format_table(
+    results: dict[str, float], class_names: list[str], mean_name: str = "mean_fg"
+) -> str:
+    """Rows `metric, reduction`, columns the classes and their mean (`mean_fg`: over the
+    foreground classes; `mean`: over all, for data without a background)."""
+    columns = [*class_names, mean_name]
     width = max(10, *(len(c) + 2 for c in columns))
     lines = [f"{'':<34}" + "".join(f"{c:>{width}}" for c in columns)]
     for metric in METRICS:
@@ -244,9 +249,12 @@ class _WorstCases:
     """Keeps the `n` images with the lowest mean foreground Dice and draws them, with a
     legend of the class and error colours."""
 
-    def __init__(self, n: int, class_names: list[str], max_side: int = 384) -> None:
+    def __init__(
+        self, n: int, class_names: list[str], mean_name: str = "mean_fg", max_side: int = 384
+    ) -> None:
         self.n, self.max_side = n, max_side
         self.class_names = class_names
+        self.mean_name = mean_name  # the row's mean Dice that ranks the images
         self.heap: list[tuple[float, int, str, tuple]] = []
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
@@ -262,7 +270,7 @@ class _WorstCases:
         `objects`: (true, predicted) object labels `[H, W]` (0 = background), drawn in place
         of the classes, one colour per object."""
         truth = np.where(truth == PAD_LABEL, IGNORE_INDEX, truth).astype(np.int16)
-        score = row["dice/mean_fg"]
+        score = row[f"dice/{self.mean_name}"]
         score = 1.0 if _is_nan(score) else score  # nothing to find and nothing found
         if self.n <= 0:
             return

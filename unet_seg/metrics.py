@@ -96,23 +96,28 @@ def pixel_error(counts: Array) -> Array:
 
 
 class SegmentationScores(Metric):
-    """Pooled per-class Dice and IoU, their mean over the foreground classes 1..K-1, and the
-    pixel error (the share of misclassified pixels, as the ISBI 2012 challenge scores it).
+    """Pooled per-class Dice and IoU, their mean over the foreground classes 1..K-1 (over
+    all K without a background), and the pixel error (the share of misclassified pixels, as
+    the ISBI 2012 challenge scores it).
 
     Args:
-        class_names: one name per class index; class 0 is the background.
+        class_names: one name per class index.
         ignore_index: target value of pixels left out.
+        background: class 0 is the background, left out of the means (`data.background`).
     Shape:
         `update(preds [B, H, W] int, target [B, H, W] int)`.
     """
 
     full_state_update = False
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(
+        self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX, background: bool = True
+    ) -> None:
         super().__init__()
         if len(class_names) < 2:
             raise ValueError(f"need at least two class names, got {list(class_names)}")
         self.class_names = list(class_names)
+        self.first_scored = 1 if background else 0  # the means leave a background out
         self.num_classes = len(class_names)
         self.ignore_index = ignore_index
         for name in ("tp", "fp", "fn"):
@@ -129,8 +134,8 @@ class SegmentationScores(Metric):
         ratios = ratio_scores(counts, empty=1.0)
         dice, iou = ratios["dice"], ratios["iou"]
         scores = {
-            "dice": dice[1:].mean().float(),
-            "iou": iou[1:].mean().float(),
+            "dice": dice[self.first_scored :].mean().float(),
+            "iou": iou[self.first_scored :].mean().float(),
             "pixel_error": pixel_error(counts).float(),
         }
         for c, name in enumerate(self.class_names):

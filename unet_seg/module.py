@@ -74,8 +74,9 @@ class SegModule(pl.LightningModule):
         check_net_fits(arch, self.contract)
         self.net = build_net(arch)
         self.loss_fn = build_loss(loss, num_heads=self.net.num_heads)
-        self.val_scores = SegmentationScores(self.contract.class_names)
-        self.test_scores = SegmentationScores(self.contract.class_names)
+        background = self.contract.background
+        self.val_scores = SegmentationScores(self.contract.class_names, background=background)
+        self.test_scores = SegmentationScores(self.contract.class_names, background=background)
         # val/test loss: the mean over images, summed across processes at the epoch's end
         # (a process with an empty share under DDP logs nothing per step, but joins these sums)
         self.val_loss = MeanMetric(nan_strategy="disable")

@@ -34,7 +34,8 @@ RULES = (
     "in both truth and prediction: other images are left out of its mean, and those where only "
     "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
     "percentiles over the distances of all images together.",
-    "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background).",
+    "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background); where "
+    "the data has no background (data.background=false) it is mean, over all K classes.",
     "unlabelled truth pixels (data.ignore_value) count in no score: not in the pixel counts, "
     "and HD95 measures the prediction on labelled pixels only.",
     "pixel_error: the share of misclassified pixels, 1 - sum(TP) / sum(TP + FN) over the "
@@ -90,14 +91,20 @@ class ScoreBook:
     """Accumulates per-image rows and pooled statistics over an evaluation.
 
     Args:
-        class_names: one per class index; class 0 is the background.
+        class_names: one per class index.
         ignore_index: truth value of unlabelled pixels (`PAD_LABEL`, as
             `MaskEncoding.load` marks `data.ignore_value`): no score counts them.
+        background: class 0 is the background: the means (`mean_fg`) are over classes
+            1..K-1; else over all K, named `mean`.
     """
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = PAD_LABEL) -> None:
+    def __init__(
+        self, class_names: Sequence[str], ignore_index: int = PAD_LABEL, background: bool = True
+    ) -> None:
         self.ignore_index = ignore_index
         self.class_names = list(class_names)
+        self.mean_name = "mean_fg" if background else "mean"
+        self.scored = self.class_names[1:] if background else list(self.class_names)
         self.num_classes = len(self.class_names)
         self.counts = np.zeros((3, self.num_classes), dtype=np.int64)
         self.rows: list[dict[str, float | str]] = []
@@ -123,15 +130,15 @@ class ScoreBook:
             if forward.size:
                 self.distances[c][0].append(forward.astype(np.float32))
                 self.distances[c][1].append(backward.astype(np.float32))
-        fg = [row[f"dice/{cls}"] for cls in self.class_names[1:]]
-        row["dice/mean_fg"] = _nanmean(fg)
+        fg = [row[f"dice/{cls}"] for cls in self.scored]
+        row[f"dice/{self.mean_name}"] = _nanmean(fg)
         row["pixel_error"] = float(pixel_error(counts))
         self.rows.append(row)
         return row
 
     def summary(self) -> dict[str, float]:
-        """Flat scores `metric/reduction/class` (classes and `mean_fg`), with `n/...` counts,
-        and `pixel_error/pooled`."""
+        """Flat scores `metric/reduction/class` (classes and `mean_fg` or `mean`), with
+        `n/...` counts, and `pixel_error/pooled`."""
         out: dict[str, float] = {"images": len(self.rows)}
         pooled = ratio_scores(self.counts, empty=1.0)
         pooled["hd95"] = np.array([self._pooled_hd95(c) for c in range(self.num_classes)])
@@ -142,8 +149,8 @@ class ScoreBook:
                 out[f"{metric}/image_mean/{cls}"] = _nanmean(values)
                 out[f"n/{metric}/{cls}"] = int(np.count_nonzero(~np.isnan(values)))
             for reduction in REDUCTIONS:
-                fg = [out[f"{metric}/{reduction}/{cls}"] for cls in self.class_names[1:]]
-                out[f"{metric}/{reduction}/mean_fg"] = _nanmean(fg)
+                fg = [out[f"{metric}/{reduction}/{cls}"] for cls in self.scored]
+                out[f"{metric}/{reduction}/{self.mean_name}"] = _nanmean(fg)
         for cls in self.class_names:
             out[f"missing/hd95/{cls}"] = sum(
                 1 for r in self.rows

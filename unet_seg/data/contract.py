@@ -29,7 +29,8 @@ from unet_seg.instances import INSTANCE_CLASSES, instance_settings
 TARGETS = ("semantic", "instances")
 """`data.target`: the masks' classes, or objects from instance labels."""
 
-CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "mask_format", "mask_values",
+CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "background", "mask_format",
+                 "mask_values",
                  "mask_colors", "ignore_value", "intensity", "mean", "std", "crop_size",
                  "target", "instances", "volume", "dims", "slab", "slice_axis", "spacing",
                  "patch")  # fmt: skip
@@ -65,6 +66,9 @@ class DataContract:
 
     Args:
         class_names: one per class, background first (binary: two names).
+        background: whether class 0 is a background that the mean scores leave out (cells,
+            EM, organs); False where class 0 is a class like the others (CamVid's sky):
+            the means count every class. Checkpoints written before it existed load as True.
         in_channels: channels the net takes (see `unet_seg.data.readers`).
         sigmoid: a binary task with one logit and a sigmoid (`data.num_classes: 1`).
         mask_format, mask_values, mask_colors: the mask encoding (`unet_seg.data.masks`);
@@ -91,6 +95,7 @@ class DataContract:
 
     class_names: list[str]
     in_channels: int
+    background: bool = True
     sigmoid: bool = False
     mask_format: str = "values"
     mask_values: list[int] = field(default_factory=list)
@@ -127,6 +132,7 @@ class DataContract:
         contract = cls(
             class_names=list(data["class_names"]),
             in_channels=int(data["in_channels"]),
+            background=_background(data["background"]),
             sigmoid=num_classes == 1,
             mask_format=encoding.mask_format,
             mask_values=list(encoding.mask_values),
@@ -174,6 +180,11 @@ class DataContract:
             ignore_value=ignore,
             **_volume_fields(data),
         )
+
+    @property
+    def scored_classes(self) -> list[str]:
+        """The classes the mean scores count: 1..K-1, or all K without a background."""
+        return self.class_names[1:] if self.background else list(self.class_names)
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> DataContract:
@@ -273,3 +284,15 @@ def _floats(values: Sequence[float] | float | None, default: list[float]) -> lis
     if isinstance(values, int | float):
         return [float(values)]
     return [float(v) for v in values]
+
+
+def _background(value: Any) -> bool:
+    """`data.background`: true (or absent: class 0 is the background) or false."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    raise ValueError(
+        f"data.background={value!r}: true (class 0 is the background, left out of the mean "
+        "scores) or false (class 0 is a class like the others); data=auto plans it"
+    )

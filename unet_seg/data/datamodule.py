@@ -64,6 +64,8 @@ class SegDataModule(pl.LightningDataModule):
             loss (`loss.class_weights=rare`, `unet_seg.build.build_module`), kept here.
         upright: the images have an up (road scenes, photos): training leaves out
             `augment`'s vertical flips and quarter turns.
+        background: class 0 is the background, left out of the mean scores (None: true);
+            false where it is a class like the others (`DataContract.background`).
         cache_memory: bytes of memory available for `cache: auto` (None: MemAvailable).
         seed: seeds the training order and augmentation of each epoch.
         synthetic: parameters of `ensure_synthetic` to generate the data first, or None.
@@ -124,6 +126,7 @@ class SegDataModule(pl.LightningDataModule):
         cache_memory: int | None = None,
         rare_classes: Sequence[int] | None = None,
         upright: bool = False,
+        background: bool | None = None,
         seed: int = 0,
         synthetic: dict | None = None,
         instances_dir: str | None = None,
@@ -162,7 +165,7 @@ class SegDataModule(pl.LightningDataModule):
             "ignore_value": ignore_value, "intensity": intensity, "mean": mean, "std": std,
             "crop_size": crop_size, "target": target, "instances": instances,
             "volume": volume, "dims": dims, "slab": slab, "slice_axis": slice_axis,
-            "spacing": spacing, "patch": patch,
+            "spacing": spacing, "patch": patch, "background": background,
         })  # fmt: skip
         if synthetic3d and not volume:
             raise ValueError("data.synthetic3d generates volumes: it needs data.volume=true")

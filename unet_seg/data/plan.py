@@ -62,7 +62,8 @@ AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
                 "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
-                "foreground_crop", "rare_classes", "upright", "cache")  # fmt: skip
+                "foreground_crop", "rare_classes", "background", "upright",
+                "cache")  # fmt: skip
 """Data keys the plan fills when they are `auto`, in this order."""
 
 UNPLANNED_AUTO = ("cache",)
@@ -531,6 +532,44 @@ def _plan_patches(
     fill("foreground_crop", 0.33,
          "a third of patches centred on a foreground class, uniformly among those present"
          + (f" ({said} under 1% of pixels)" if rare else ""))  # fmt: skip
+    fill("background", *_background(counts, data))
+    if data["background"] is False and _made_up_names(data["class_names"]):
+        data["class_names"] = [f"class{i}" for i in range(len(data["class_names"]))]
+
+
+def _made_up_names(names: list[str]) -> bool:
+    """Whether `names` are the ones `_plan_classes` makes up for several classes."""
+    return list(names) == ["background", *(f"class{i}" for i in range(1, len(names)))]
+
+
+def _background(counts: np.ndarray, data: dict) -> tuple[bool, str]:
+    """Whether class 0 is a background (left out of the mean scores): always for two
+    classes, instance labels and class folders; for several classes when class 0 covers
+    the most pixels (cells, EM, organs), not when another class does (CamVid: road over
+    sky)."""
+    fmt = data["mask_format"]
+    if data["num_classes"] <= 2 or fmt in ("instances", "folders"):
+        return True, (
+            f"{'two classes' if data['num_classes'] <= 2 else 'mask_format=' + fmt}: "
+            "class 0 is the background, the mean scores are over the others"
+        )
+    total = counts.sum()
+    if fmt == "rgb" or not total:
+        return True, "class 0 is taken as the background (its pixels are not counted here)"
+    names = data["class_names"]
+    names = [f"class{i}" for i in range(len(names))] if _made_up_names(names) else names
+    largest = int(np.argmax(counts))
+    share = f"{counts[0] / total:.0%} of the pixels"
+    if largest == 0:
+        return True, (
+            f"class 0 ({names[0]}) covers the most pixels ({share}): the background, "
+            "left out of the mean scores"
+        )
+    return False, (
+        f"class 0 ({names[0]}) covers {share}, {names[largest]} "
+        f"{counts[largest] / total:.0%}: no background class, the mean scores count "
+        "every class (data.background=true to leave class 0 out)"
+    )
 
 
 def _formats(entries: list[dict]) -> str:
@@ -637,6 +676,7 @@ def plan_volume_config(
     fill("rare_classes", [], "not planned for volumes: loss.class_weights=rare weighs 2-D "
                              "data only, where CamVid measured it")  # fmt: skip
     fill("upright", False, "volumes: the augmentation as configured (data.augment)")
+    fill("background", True, "volumes: label 0 is the background")
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
