@@ -69,6 +69,28 @@ def test_error_map_marks_false_positives_and_misses() -> None:
     assert len({FALSE_POSITIVE, MISSED, WRONG_CLASS}) == 3
 
 
+def test_without_a_background_class_0_is_drawn_and_confused_like_any_class() -> None:
+    """CamVid's sky (class 0): tinted and named in the legend, and sky taken for building
+    is a wrong class, not a miss or a false positive."""
+    image = np.full((4, 4, 3), 230, np.uint8)
+    labels = np.zeros((4, 4), int)
+    labels[2:, :] = 1
+    labels[0, 0] = -1  # ignored: left as it is
+    out = overlay(image, labels, background=False)
+    entries = class_legend(["sky", "building", "road"], background=False)
+    assert [name for name, _ in entries] == ["sky", "building", "road"]
+    sky, building = entries[0][1], entries[1][1]
+    assert len({sky, building, entries[2][1], (0, 0, 0)}) == 4  # a colour each, none black
+    assert out[1, 1].tolist() != [230, 230, 230] and out[0, 0].tolist() == [230, 230, 230]
+    assert np.abs(out[1, 1].astype(int) - sky).sum() < np.abs(230 - np.array(sky)).sum()
+    assert out[2, 1].tolist() == list(building)  # the building region's edge in its colour
+    truth, pred = np.array([[0, 1, 0, 2]]), np.array([[0, 0, 1, 2]])
+    rgb = error_map(truth, pred, background=False)
+    assert rgb[0, 1].tolist() == rgb[0, 2].tolist() == list(WRONG_CLASS)
+    assert rgb[0, 0].tolist() == [c // 3 for c in sky]  # right, dimmed in its colour
+    assert error_legend(3, background=False) == [("wrong class", WRONG_CLASS)]
+
+
 def test_legends_name_the_colours_they_show() -> None:
     entries = class_legend(["background", "nucleus", "membrane"])
     assert [name for name, _ in entries] == ["nucleus", "membrane"]  # background is untinted

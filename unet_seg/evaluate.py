@@ -138,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     scores = InstanceBook() if instances else None
-    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes, book.mean_name)
+    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes, decoded or contract.background)
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
@@ -250,11 +250,12 @@ class _WorstCases:
     legend of the class and error colours."""
 
     def __init__(
-        self, n: int, class_names: list[str], mean_name: str = "mean_fg", max_side: int = 384
+        self, n: int, class_names: list[str], background: bool = True, max_side: int = 384
     ) -> None:
         self.n, self.max_side = n, max_side
         self.class_names = class_names
-        self.mean_name = mean_name  # the row's mean Dice that ranks the images
+        self.background = background  # else class 0 is drawn and scored as any class
+        self.mean_name = "mean_fg" if background else "mean"  # the Dice that ranks images
         self.heap: list[tuple[float, int, str, tuple]] = []
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
@@ -310,24 +311,29 @@ class _WorstCases:
         rows, drew_objects = [], False
         for neg_score, _, name, (rgb, truth, pred, objects) in sorted(self.heap, reverse=True):
             if objects is None:
-                shown, heads = [overlay(rgb, truth), overlay(rgb, pred)], "truth | prediction"
+                bg = self.background
+                shown = [overlay(rgb, truth, background=bg), overlay(rgb, pred, background=bg)]
+                heads = "truth | prediction"
             else:
                 true_objects, predicted = objects[0], match_objects(*objects)  # one colour each
                 shown = [object_overlay(rgb, true_objects), object_overlay(rgb, predicted)]
                 heads, drew_objects = "true objects | predicted", True
-            panels = [rgb, *shown, error_map(truth, pred)]
+            panels = [rgb, *shown, error_map(truth, pred, self.background)]
             gap = np.full((rgb.shape[0], 4, 3), 128, np.uint8)
             row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
             title = np.full((22, row.shape[1], 3), 255, np.uint8)
-            text = f"{name}  Dice (mean fg) {-neg_score:.3f}  | input | {heads} | errors"
+            mean = "mean fg" if self.background else "mean"
+            text = f"{name}  Dice ({mean}) {-neg_score:.3f}  | input | {heads} | errors"
             cv2.putText(title, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
             rows.append(np.concatenate([title, row], axis=0))
         width = max(r.shape[1] for r in rows)
         rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
                 for r in rows]  # fmt: skip
+        named = class_legend(self.class_names, self.background)
         classes = [("objects: one colour each", None)] if drew_objects else [
-            ("truth, prediction:", None), *class_legend(self.class_names)]  # fmt: skip
-        entries = [*classes, ("errors:", None), *error_legend(len(self.class_names))]
+            ("truth, prediction:", None), *named]  # fmt: skip
+        entries = [*classes, ("errors:", None),
+                   *error_legend(len(self.class_names), self.background)]  # fmt: skip
         picture = with_legend(np.concatenate(rows, axis=0), entries)
         cv2.imwrite(str(path), picture[:, :, ::-1])  # RGB -> BGR
         return True

@@ -109,10 +109,11 @@ class _Writer:
 
     def __init__(
         self, encoding: MaskEncoding, output: Path, cfg: DictConfig, class_names: list[str],
-        objects: bool = False,
+        objects: bool = False, background: bool = True,
     ) -> None:  # fmt: skip
         self.encoding, self.output, self.objects = encoding, output, objects
-        self.legend = None if objects else class_legend(class_names)
+        self.background = background  # else class 0 is tinted as any class
+        self.legend = None if objects else class_legend(class_names, background)
         overlays = cfg.get("overlays", "auto")
         overlays = objects if overlays == "auto" else bool(overlays)
         self.overlays = output / "overlays" if overlays else None
@@ -135,7 +136,8 @@ class _Writer:
             if self.objects:
                 picture = outline_objects(display_image(image), labels)
             else:
-                picture = with_legend(overlay(display_image(image), labels), self.legend)
+                shown = overlay(display_image(image), labels, background=self.background)
+                picture = with_legend(shown, self.legend)
             write_png(self.overlays / f"{stem}.png", picture)
         if self.probabilities is not None and probs is not None:
             write_probabilities(self.probabilities / f"{stem}.tif", probs)
@@ -156,7 +158,9 @@ def predict(cfg: DictConfig) -> list[Path]:
     predictor.progress = True
     output = Path(cfg.output)
     objects = predictor.contract.instance_target
-    writer = _Writer(predictor.encoding, output, cfg, predictor.contract.class_names, objects)
+    contract = predictor.contract
+    writer = _Writer(predictor.encoding, output, cfg, contract.class_names, objects,
+                     contract.background)  # fmt: skip
     want_probs = bool(cfg.get("probabilities"))
     tiling = f" tile_size={predictor.tile_size} overlap={predictor.overlap}"
     log.info(

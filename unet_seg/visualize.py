@@ -59,15 +59,25 @@ def class_colours(num_classes: int) -> list[tuple[int, int, int]]:
     return [tuple(int(v) for v in c) for c in colorize(np.arange(num_classes)[None])[0]]
 
 
-def error_map(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+def drawn_classes(labels: np.ndarray, background: bool = True) -> np.ndarray:
+    """The indices `colorize` draws `labels` with: as they are, or one up without a
+    `background`, so that class 0 (CamVid's sky) has a colour of its own, not black."""
+    return labels if background else np.where(labels >= 0, labels + 1, labels)
+
+
+def error_map(truth: np.ndarray, pred: np.ndarray, background: bool = True) -> np.ndarray:
     """Where a prediction is wrong, `[H, W]` labels -> RGB `[H, W, 3]` uint8.
 
     Correct pixels show the truth dimmed; false positives (truth background) are
     vermillion, misses (predicted background) sky blue, other confusions yellow
-    (`error_legend` names them); ignored pixels grey.
+    (`error_legend` names them); ignored pixels grey. Without a `background` (class 0 a
+    class like the others) every confusion is a wrong class.
     """
-    rgb = colorize(truth) // 3
+    rgb = colorize(drawn_classes(truth, background)) // 3
     wrong = (truth != pred) & (truth >= 0)
+    if not background:
+        rgb[wrong] = WRONG_CLASS
+        return rgb
     rgb[wrong & (truth == 0)] = FALSE_POSITIVE
     rgb[wrong & (pred == 0)] = MISSED
     rgb[wrong & (truth > 0) & (pred > 0)] = WRONG_CLASS
@@ -78,14 +88,20 @@ Entry = tuple[str, tuple[int, int, int] | None]
 """A legend entry: a name and its colour swatch (None: the name alone, as a heading)."""
 
 
-def class_legend(class_names: list[str]) -> list[Entry]:
-    """Legend entries naming the colour of each foreground class (background is untinted)."""
+def class_legend(class_names: list[str], background: bool = True) -> list[Entry]:
+    """Legend entries naming the colour of each foreground class (background is untinted);
+    of every class when there is no `background`."""
+    if not background:
+        return list(zip(class_names, class_colours(len(class_names) + 1)[1:], strict=True))
     colours = class_colours(len(class_names))
     return [(name, colours[i]) for i, name in enumerate(class_names) if i > 0]
 
 
-def error_legend(num_classes: int) -> list[Entry]:
-    """Legend entries of `error_map`'s colours (wrong class only with several foregrounds)."""
+def error_legend(num_classes: int, background: bool = True) -> list[Entry]:
+    """Legend entries of `error_map`'s colours (wrong class only with several foregrounds;
+    only wrong class without a background)."""
+    if not background:
+        return [("wrong class", WRONG_CLASS)]
     entries: list[Entry] = [("false positive", FALSE_POSITIVE), ("missed", MISSED)]
     return entries + ([("wrong class", WRONG_CLASS)] if num_classes > 2 else [])
 
@@ -196,13 +212,16 @@ def display_image(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+def overlay(
+    image: np.ndarray, labels: np.ndarray, alpha: float = 0.4, background: bool = True
+) -> np.ndarray:
     """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]` and
-    outline each class region in its full colour (background left as it is), so a region
-    shows on bright and grey inputs alike. Returns RGB uint8 `[H, W, 3]`."""
-    colours = colorize(labels)
+    outline each class region in its full colour (background left as it is; class 0 tinted
+    too where there is no `background`), so a region shows on bright and grey inputs alike.
+    Returns RGB uint8 `[H, W, 3]`."""
+    colours = colorize(drawn_classes(labels, background))
     tinted = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
-    fg = labels > 0
+    fg = labels > 0 if background else labels >= 0  # ignored pixels (< 0) stay untinted
     out = np.where(fg[:, :, None], tinted, image).round().astype(np.uint8)
     padded = np.pad(labels, 1, mode="edge")
     h, w = labels.shape
