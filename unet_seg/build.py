@@ -212,18 +212,26 @@ def build_module(cfg: DictConfig, datamodule: SegDataModule | None = None) -> Se
     else:
         contract = datamodule.contract
     loss = to_plain(cfg.loss)
+    freq = None
     if loss.get("class_weights") == "rare":
         rare = cfg.data.get("rare_classes") if "data" in cfg else None
+        loss["class_weights"] = None
         if rare and datamodule is not None and not is_volume_config(to_plain(cfg.data)):
             said = rare_subject(list(rare), contract.class_names)
-            log.info("%s rare (data.rare_classes): loss.class_weights=rare", said)
-            loss["class_weights"] = "auto"
-        else:
-            loss["class_weights"] = None
+            freq = datamodule.class_frequencies()
+            absent = [int(c) for c in (freq == 0).nonzero()[0]]
+            if absent:  # a default, not the user's choice: train unweighted rather than refuse
+                missing = rare_subject(absent, contract.class_names)
+                log.warning("%s rare (data.rare_classes), but %s never in the training "
+                            "masks: the cross-entropy is not weighed (loss.class_weights=rare)",
+                            said, missing)  # fmt: skip
+            else:
+                log.info("%s rare (data.rare_classes): loss.class_weights=rare", said)
+                loss["class_weights"] = "auto"
     if loss.get("class_weights") == "auto":
         if datamodule is None:
             raise ValueError("loss.class_weights=auto needs the data to count class frequencies")
-        freq = datamodule.class_frequencies()
+        freq = datamodule.class_frequencies() if freq is None else freq
         if (freq == 0).any():
             raise ValueError(
                 f"loss.class_weights=auto: classes {[int(c) for c in (freq == 0).nonzero()[0]]} "
