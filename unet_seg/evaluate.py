@@ -39,7 +39,7 @@ from unet_seg.files import write_json
 from unet_seg.instances import RULES as INSTANCE_RULES
 from unet_seg.instances import InstanceBook
 from unet_seg.run_dir import RunDir
-from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, object_counts
+from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, mean_key, object_counts
 from unet_seg.threads import set_threads
 from unet_seg.visualize import (
     class_legend,
@@ -128,7 +128,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     pairs, what = _pairs(cfg, folders)
     decoded = contract.instance_target  # pixel scores: the objects' foreground
     scored_classes = ["background", "foreground"] if decoded else contract.class_names
-    book = ScoreBook(scored_classes, background=decoded or contract.background)
+    background = decoded or contract.background  # decoded objects: their foreground
+    book = ScoreBook(scored_classes, background=background)
     instances = instance_paths(cfg, pairs, contract.mask_format)
     if decoded and instances is None:
         raise ValueError(
@@ -138,7 +139,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
     objects = dict.fromkeys(OBJECT_COUNTS, 0) if instances else None
     scores = InstanceBook() if instances else None
-    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes, decoded or contract.background)
+    worst = _WorstCases(int(cfg.get("worst", 4)), scored_classes, background)
     log.info("evaluating %s on %s, %d images", ckpt, what, len(pairs))
     for start in tqdm(range(0, len(pairs), predictor.batch_size), desc="evaluate", unit="batch"):
         chunk = pairs[start : start + predictor.batch_size]
@@ -255,7 +256,7 @@ class _WorstCases:
         self.n, self.max_side = n, max_side
         self.class_names = class_names
         self.background = background  # else class 0 is drawn and scored as any class
-        self.mean_name = "mean_fg" if background else "mean"  # the Dice that ranks images
+        self.mean_name = mean_key(background)  # the mean Dice that ranks the images
         self.heap: list[tuple[float, int, str, tuple]] = []
         self.counter = itertools.count()  # breaks ties without comparing arrays
 
@@ -322,7 +323,7 @@ class _WorstCases:
             gap = np.full((rgb.shape[0], 4, 3), 128, np.uint8)
             row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
             title = np.full((22, row.shape[1], 3), 255, np.uint8)
-            mean = "mean fg" if self.background else "mean"
+            mean = self.mean_name.replace("_", " ")
             text = f"{name}  Dice ({mean}) {-neg_score:.3f}  | input | {heads} | errors"
             cv2.putText(title, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
             rows.append(np.concatenate([title, row], axis=0))

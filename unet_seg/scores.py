@@ -87,6 +87,12 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     return hd95_from_distances(*directed_distances(pred, truth))
 
 
+def mean_key(background: bool) -> str:
+    """The name of the classes' mean in a score key (`dice/pooled/<it>`): `mean_fg` over
+    classes 1..K-1 when class 0 is the background, else `mean` over all K."""
+    return "mean_fg" if background else "mean"
+
+
 class ScoreBook:
     """Accumulates per-image rows and pooled statistics over an evaluation.
 
@@ -103,7 +109,7 @@ class ScoreBook:
     ) -> None:
         self.ignore_index = ignore_index
         self.class_names = list(class_names)
-        self.mean_name = "mean_fg" if background else "mean"
+        self.mean_name = mean_key(background)
         self.scored = self.class_names[1:] if background else list(self.class_names)
         self.num_classes = len(self.class_names)
         self.counts = np.zeros((3, self.num_classes), dtype=np.int64)

@@ -30,10 +30,9 @@ TARGETS = ("semantic", "instances")
 """`data.target`: the masks' classes, or objects from instance labels."""
 
 CONTRACT_KEYS = ("in_channels", "num_classes", "class_names", "background", "mask_format",
-                 "mask_values",
-                 "mask_colors", "ignore_value", "intensity", "mean", "std", "crop_size",
-                 "target", "instances", "volume", "dims", "slab", "slice_axis", "spacing",
-                 "patch")  # fmt: skip
+                 "mask_values", "mask_colors", "ignore_value", "intensity", "mean", "std",
+                 "crop_size", "target", "instances", "volume", "dims", "slab", "slice_axis",
+                 "spacing", "patch")  # fmt: skip
 """The keys of a data config (`conf/data/*.yaml`) that the contract holds."""
 
 
