@@ -12,14 +12,15 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from unet_seg import finetune
 from unet_seg.budget import TimeBudget, budget_scheduler, budget_seconds, is_budgeted
 from unet_seg.callbacks import EMA, AtomicCheckpointIO, EpochLog, GracefulStop, LogInterval
-from unet_seg.config import to_plain
+from unet_seg.config import CONF_DIR, to_plain
 from unet_seg.data.checks import median_frequency_weights
 from unet_seg.data.contract import DataContract
 from unet_seg.data.datamodule import SegDataModule
@@ -55,7 +56,7 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     """
     data = to_plain(cfg.data)
     if not has_auto(data):
-        return target_classes(cfg), None
+        return target_classes(choose_net(cfg, None)), None
     cache = str(Path(cfg.paths.output_dir) / ".cache") if cfg.get("paths") else None
     planned, record = plan_data_config(data, cache, _gpu_memory_gb(cfg))
     weights = (cfg.get("arch") or {}).get("encoder_weights")
@@ -80,7 +81,46 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
     else:  # check_data: no trainer yet
         why = "the train command's trainer.max_epochs or trainer.budget"
         record["epochs"] = {"value": "at train time", "why": why}
-    return target_classes(cfg), record
+    return target_classes(choose_net(cfg, record)), record
+
+
+# the 3-D net that trains where the default 2-D one was left in place
+NET_FOR_3D = {"unet": "unet3d", "nested": "nested3d"}
+
+
+def arch_given() -> bool:
+    """Whether this command named `arch` (`arch=...` on the command line, or an experiment
+    config that sets it); False outside a Hydra command (a composed config in a test)."""
+    if not HydraConfig.initialized():
+        return False
+    task = HydraConfig.get().overrides.task
+    named = any(o.split("=")[0].lstrip("+~") in ("arch", "experiment") for o in task)
+    return named
+
+
+def choose_net(cfg: DictConfig, record: dict | None) -> DictConfig:
+    """The net that trains on the data: 3-D patches (`data.dims=3`) with the default 2-D
+    net (`arch` not named on the command line) train the 3-D twin (unet -> unet3d, nested ->
+    nested3d, from conf/arch/ with this run's `base_channels`); the plan records why.
+    A net the user named is kept (`check_net_fits` then says what contradicts the data)."""
+    data = cfg.get("data") or {}
+    arch = cfg.get("arch") or {}
+    twin = NET_FOR_3D.get(str(arch.get("name")))
+    if twin is None or data.get("dims") != 3 or not data.get("volume") or arch_given():
+        return cfg
+    chosen = OmegaConf.load(Path(CONF_DIR) / "arch" / f"{twin}.yaml")
+    paper = OmegaConf.load(Path(CONF_DIR) / "arch" / f"{arch.name}.yaml")
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        if arch.get("base_channels") != paper.get("base_channels"):  # scale=small, or typed
+            chosen.base_channels = arch.base_channels
+        cfg.arch = chosen
+    why = (f"3-D patches train a 3-D net: arch={twin} in place of the default arch="
+           f"{arch.name} (name arch= to choose another, or data.dims=2 to train slices)")
+    log.info("net: %s", why)
+    if record is not None:
+        record["arch"] = {"value": twin, "why": why}
+    return cfg
 
 
 def target_classes(cfg: DictConfig) -> DictConfig:
