@@ -115,8 +115,10 @@ def choose_net(cfg: DictConfig, record: dict | None) -> DictConfig:
         if arch.get("base_channels") != paper.get("base_channels"):  # scale=small, or typed
             chosen.base_channels = arch.base_channels
         cfg.arch = chosen
-    why = (f"3-D patches train a 3-D net: arch={twin} in place of the default arch="
-           f"{arch.name} (name arch= to choose another, or data.dims=2 to train slices)")
+    why = (
+        f"3-D patches train a 3-D net: arch={twin} in place of the default arch="
+        f"{arch.name} (name arch= to choose another, or data.dims=2 to train slices)"
+    )
     log.info("net: %s", why)
     if record is not None:
         record["arch"] = {"value": twin, "why": why}
