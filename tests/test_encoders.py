@@ -18,8 +18,8 @@ from unet_seg.models.encoders.weights import (
     EncoderWeightsError,
     adapt_first_conv,
     load_encoder_weights,
-    weight_problems,
 )
+from unet_seg.models.registry import weight_problems
 from unet_seg.run_dir import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,8 @@ import torch
 from tests.forked import Forker
 from tests.test_encoders import LAYOUTS, published
 from unet_seg.models.encoder_unet import EncoderUNet
-from unet_seg.models.encoders.weights import EncoderWeightsError, weight_problems
-from unet_seg.models.registry import build_net
+from unet_seg.models.encoders.weights import EncoderWeightsError
+from unet_seg.models.registry import build_net, weight_problems
 from unet_seg.models.unetpp_encoder import EncoderNestedUNet, PyramidNode
 
 pytestmark = pytest.mark.usefixtures("one_thread")

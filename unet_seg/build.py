@@ -35,8 +35,7 @@ from unet_seg.data.plan import (
 )
 from unet_seg.data.volume_datamodule import VolumeDataModule
 from unet_seg.instances import INSTANCE_CLASSES
-from unet_seg.models.encoders.weights import weight_problems
-from unet_seg.models.registry import context_margin
+from unet_seg.models.registry import context_margin, weight_problems
 from unet_seg.module import SegModule, check_net_fits
 from unet_seg.problems import problem_list
 from unet_seg.quiet import silence_known_noise

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from unet_seg.models.attention_unet import AttentionUNet
 from unet_seg.models.base import SegNet
-from unet_seg.models.encoder_unet import EncoderUNet
+from unet_seg.models.encoder_unet import EncoderNet, EncoderUNet
+from unet_seg.models.encoders import build_encoder
+from unet_seg.models.encoders.weights import load_encoder_weights
 from unet_seg.models.nested_unet import NestedUNet
 from unet_seg.models.nested_unet3d import NestedUNet3D
 from unet_seg.models.res_unet import ResUNet
@@ -64,3 +66,19 @@ def arch_spatial_dims(arch: dict) -> int:
     2 (images, slices, 2.5-D slabs) or 3 (volumes: `unet3d`, `nested3d`)."""
     cls, _ = _split(arch)
     return cls.spatial_dims
+
+
+def weight_problems(arch: dict) -> list[Exception]:
+    """What keeps the `arch.encoder_weights` of an `arch` config from loading (checked before
+    anything is written): a missing or foreign file, keys that do not fit; [] without."""
+    net = ARCHITECTURES.get(arch.get("name"))  # unet_encoder, unetpp_encoder
+    if net is None or not issubclass(net, EncoderNet) or arch.get("encoder_weights") is None:
+        return []
+
+    name = arch.get("encoder", "resnet34")
+    try:
+        encoder = build_encoder(name, int(arch.get("in_channels", 3)))
+        load_encoder_weights(encoder, name, arch["encoder_weights"])
+    except ValueError as err:  # EncoderWeightsError, an unknown encoder
+        return [err]
+    return []

@@ -223,22 +223,3 @@ def load_encoder_weights(
              f"; ignored {len(ignored)} classifier keys" if ignored else "")  # fmt: skip
     return record
 
-
-def weight_problems(arch: dict) -> list[Exception]:
-    """What keeps the `arch.encoder_weights` of an `arch` config from loading (checked before
-    anything is written): a missing or foreign file, keys that do not fit; [] without."""
-    from unet_seg.models.encoder_unet import EncoderNet  # here: the registry imports this file
-    from unet_seg.models.encoders import build_encoder  # the encoder alone, not the net
-    from unet_seg.models.registry import ARCHITECTURES
-
-    net = ARCHITECTURES.get(arch.get("name"))  # unet_encoder, unetpp_encoder
-    if net is None or not issubclass(net, EncoderNet) or arch.get("encoder_weights") is None:
-        return []
-
-    name = arch.get("encoder", "resnet34")
-    try:
-        encoder = build_encoder(name, int(arch.get("in_channels", 3)))
-        load_encoder_weights(encoder, name, arch["encoder_weights"])
-    except ValueError as err:  # EncoderWeightsError, an unknown encoder
-        return [err]
-    return []
