@@ -15,6 +15,8 @@ from unet_seg.visualize import (
     class_colours,
     class_legend,
     colorize,
+    composite_colours,
+    display_image,
     error_legend,
     error_map,
     legend,
@@ -119,6 +121,98 @@ def test_prediction_grid_layout() -> None:
     assert grid.dtype == np.uint8
     assert grid.shape == (4 + 2 + 2 + 2, 4 * 5 + 3 * 2, 3)
     assert grid[0, 2 * 7 + 1].tolist() == list(class_colours(2)[1])  # third panel: class 1
+
+
+def stripes(channels: int, size: int = 10) -> np.ndarray:
+    """`[C, size, C * size]` float in [0, 1]: channel i bright (1) in the i-th block of
+    columns only, dark (0) elsewhere."""
+    image = np.zeros((channels, size, channels * size), np.float32)
+    for i in range(channels):
+        image[i, :, i * size : (i + 1) * size] = 1.0
+    return image
+
+
+PIXEL_TYPES = [np.uint8, np.uint16, np.float32]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+def test_every_channel_count_is_drawn_as_rgb(channels: int) -> None:
+    """2 MRI modalities, 2 stains, 4 modalities, 5 bands: every picture function gives RGB
+    uint8 (a 2-channel input panel or overlay base was a traceback)."""
+    chw = stripes(channels)
+    h, w = chw.shape[1:]
+    truth, pred = np.zeros((h, w), int), np.ones((h, w), int)
+    for colour in (True, False):
+        rgb = to_rgb8(chw, colour=colour)
+        assert rgb.shape == (h, w, 3) and rgb.dtype == np.uint8
+        grid = prediction_grid([(rgb, truth, pred)], gap=2)
+        assert grid.shape == (h + 2, 4 * w + 3 * 2, 3) and grid.dtype == np.uint8
+    for dtype in PIXEL_TYPES:
+        hwc = (chw.transpose(1, 2, 0) * (255 if dtype == np.uint8 else 1000)).astype(dtype)
+        for colour in (True, False):
+            base = display_image(hwc, colour=colour)
+            assert base.shape == (h, w, 3) and base.dtype == np.uint8
+            assert overlay(base, pred).shape == (h, w, 3)
+        for raw in (hwc, hwc[:, :, 0]):  # not RGB yet: drawn first, not a traceback
+            out = overlay(raw, pred)
+            assert out.shape == (h, w, 3) and out.dtype == np.uint8
+            assert prediction_grid([(raw, truth, pred)]).shape[2] == 3
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4, 5])
+@pytest.mark.parametrize("dtype", PIXEL_TYPES)
+def test_composite_gives_each_channel_its_own_colour(channels: int, dtype: type) -> None:
+    """Channels that are not colours are drawn like Fiji's composite: channel i where it
+    alone is bright shows its own colour, and no two channels share one."""
+    chw = stripes(channels)
+    scale = 255 if dtype == np.uint8 else 1000
+    hwc = (chw.transpose(1, 2, 0) * scale).astype(dtype)
+    colours = composite_colours(channels)
+    assert len({tuple(c) for c in colours.tolist()}) == channels
+    assert colours.max(axis=1).min() == 255  # bright, none black
+    for rgb in (to_rgb8(chw, colour=False), display_image(hwc, colour=False)):
+        for i in range(channels):
+            assert rgb[5, i * 10 + 5].tolist() == colours[i].tolist(), i
+    assert to_rgb8(chw, colour=False).tolist() == to_rgb8(chw, colour=False).tolist()
+
+
+def test_composite_stretches_each_channel_on_its_own() -> None:
+    """A dim second stain (values up to 40 of 65535) shows as brightly as the first."""
+    image = np.zeros((8, 16, 2), np.uint16)
+    image[:, :8, 0] = 60000
+    image[:, 8:, 1] = 40
+    rgb = display_image(image)
+    assert rgb[4, 2].tolist() == composite_colours(2)[0].tolist()
+    assert rgb[4, 12].tolist() == composite_colours(2)[1].tolist()
+
+
+def test_grey_and_colour_images_are_drawn_as_they_are() -> None:
+    """1 channel grey; 3 RGB and 4 RGBA (alpha dropped) by default; the same 3 or 4
+    channels as a composite with `colour=False` (4 MRI modalities are not RGBA)."""
+    grey = np.linspace(0, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    rgb = to_rgb8(grey)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+    assert rgb[0, 0, 0] == 0 and rgb[-1, -1, 0] == 255
+    rgba = np.random.default_rng(0).random((4, 3, 4)).astype(np.float32)
+    assert to_rgb8(rgba).tolist() == (rgba[:3].transpose(1, 2, 0) * 255).round().tolist()
+    photo = (rgba.transpose(1, 2, 0) * 255).astype(np.uint8)
+    assert display_image(photo).tolist() == photo[:, :, :3].tolist()
+    four = stripes(4)
+    assert to_rgb8(four)[5, 35].tolist() == [0, 0, 0]  # RGBA: the 4th channel is alpha
+    assert to_rgb8(four, colour=False)[5, 35].tolist() == composite_colours(4)[3].tolist()
+
+
+def test_overlay_tints_a_two_channel_image() -> None:
+    """`evaluate`'s worst-volume picture of a 2-modality volume: a float `[H, W, 2]` slice
+    drawn as a composite under the labels."""
+    image = np.random.default_rng(1).normal(size=(12, 12, 2)).astype(np.float32)
+    labels = np.zeros((12, 12), int)
+    labels[3:9, 3:9] = 1
+    base = display_image(image)
+    out = overlay(image, labels)
+    assert out.shape == (12, 12, 3) and out.dtype == np.uint8
+    assert (out[0, 0] == base[0, 0]).all()  # background as it is
+    assert out[3, 3].tolist() == list(class_colours(2)[1])  # the region's edge
 
 
 def test_attention_strip_upsamples_each_gate_over_the_input() -> None:

@@ -30,7 +30,9 @@ class ValidationImages(pl.Callback):
 
     The samples are fixed (the validation split is not shuffled), so the grid
     shows the same images improving epoch by epoch. Drawn on rank 0 only, and
-    only when a TensorBoard logger is attached.
+    only when a TensorBoard logger is attached. Inputs of any channel count are drawn
+    (`to_rgb8`): 3 and 4 channels of 2-D images as RGB(A), a volume's channels
+    (modalities) and other counts as a composite, one colour per channel.
     """
 
     def __init__(self, num_samples: int = 4, every_n_epochs: int = 1) -> None:
@@ -62,7 +64,8 @@ class ValidationImages(pl.Callback):
                 image = sample["image"].to(pl_module.device)
                 pred = pl_module.labels(pl_module(image[None]))[0]
                 picture = denormalize(image, contract.mean, contract.std).float().cpu().numpy()
-                rows.append((to_rgb8(picture), sample["mask"].numpy(), pred.cpu().numpy()))
+                rows.append((to_rgb8(picture, colour=True), sample["mask"].numpy(),
+                             pred.cpu().numpy()))  # fmt: skip
         grid = prediction_grid(rows)
         loggers[0].experiment.add_image(
             "val/input_truth_prediction_errors", grid, trainer.global_step, dataformats="HWC"
@@ -80,7 +83,8 @@ class ValidationImages(pl.Callback):
 def volume_row(pl_module: pl.LightningModule, sample: dict) -> tuple:
     """`(picture, truth, prediction)` of one validation volume: the slice along the contract's
     slice axis (z for 3-D nets) holding the most foreground, the picture stretched between
-    its 0.5 and 99.5 percentiles."""
+    its 0.5 and 99.5 percentiles (several channels, modalities rather than colours: a
+    composite, see `to_rgb8`)."""
     contract = pl_module.contract
     axis = contract.slice_axis if contract.dims != 3 else 0
     probs = pl_module.volume_probabilities(sample["image"])  # [K, Z, Y, X] on the CPU
@@ -90,7 +94,7 @@ def volume_row(pl_module: pl.LightningModule, sample: dict) -> tuple:
     image = sample["image"].movedim(axis + 1, 1)[:, index].float()  # [C, H, W]
     lo, hi = torch.quantile(image.flatten(), torch.tensor([0.005, 0.995]))
     picture = ((image - lo) / (hi - lo).clamp_min(1e-6)).numpy()
-    return to_rgb8(picture), truth[index].numpy(), pred[index].numpy()
+    return to_rgb8(picture, colour=False), truth[index].numpy(), pred[index].numpy()
 
 
 log = logging.getLogger(__name__)

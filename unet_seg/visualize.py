@@ -1,5 +1,6 @@
 """Pictures of predictions: colour-coded masks, overlays with legends, palettes for mask
-PNGs and input | truth | prediction grids."""
+PNGs and input | truth | prediction grids. Inputs of any channel count are drawn as RGB:
+grey, RGB(A), or a composite of channels that are not colours (`composite`)."""
 
 from __future__ import annotations
 
@@ -147,27 +148,110 @@ def with_legend(image: np.ndarray, entries: list[Entry]) -> np.ndarray:
     return np.concatenate([image, band], axis=0)
 
 
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """A [0, 1] float image `[C, H, W]` (1 channel, or the first 3) -> RGB uint8 `[H, W, 3]`."""
-    image = np.clip(image, 0, 1)
-    if image.shape[0] == 1:
+COMPOSITE_COLOURS = np.array(
+    [
+        [0, 255, 0],  # green
+        [255, 0, 255],  # magenta
+        [0, 255, 255],  # cyan
+        [255, 255, 0],  # yellow
+        [255, 0, 0],  # red
+        [0, 0, 255],  # blue
+        [255, 128, 0],  # orange
+        [128, 0, 255],  # violet
+    ],
+    dtype=np.uint8,
+)
+"""The colour of each channel of a `composite`, in channel order (then `_further_colours`):
+green and magenta first, which add up to white where both are bright, as in Fiji."""
+
+
+def composite_colours(channels: int) -> np.ndarray:
+    """RGB uint8 `[channels, 3]`: the colour `composite` shows each channel in."""
+    extra = channels - len(COMPOSITE_COLOURS)
+    if extra <= 0:
+        return COMPOSITE_COLOURS[:channels]
+    return np.concatenate([COMPOSITE_COLOURS, _further_colours(extra)])
+
+
+def _stretch(image: np.ndarray, min_span: float) -> np.ndarray:
+    """`[H, W, C]` -> float32 in [0, 1], each channel between its own 0.5 and 99.5
+    percentiles (over finite values; anything else shown as 0), over a range of at least
+    `min_span`."""
+    image = image.astype(np.float32)
+    finite = np.isfinite(image)
+    out = np.zeros(image.shape, np.float32)
+    for c in range(image.shape[2]):
+        values = image[:, :, c][finite[:, :, c]]
+        if values.size == 0:
+            continue
+        lo, hi = np.percentile(values, (0.5, 99.5))
+        span = max(float(hi - lo), min_span)
+        out[:, :, c] = np.clip((image[:, :, c] - lo) / span, 0, 1)
+    out[~finite] = 0
+    return out
+
+
+def composite(image: np.ndarray) -> np.ndarray:
+    """Channels that are not colours (MRI modalities, fluorescence stains) `[H, W, C]`, any
+    pixel type -> RGB uint8 `[H, W, 3]` the way Fiji draws a composite: each channel
+    stretched between its own 0.5 and 99.5 percentiles, tinted its colour of
+    `composite_colours` (green, magenta, cyan, yellow, red, blue, ...), added and clipped.
+    Deterministic: a channel's colour depends on its index alone; overlaps mix (green and
+    magenta make white)."""
+    integer = np.issubdtype(image.dtype, np.integer)  # a range of at least one unit
+    scaled = _stretch(image, min_span=1.0 if integer else 1e-6)
+    colours = composite_colours(image.shape[2]).astype(np.float32) / 255  # [C, 3]
+    rgb = np.clip(scaled @ colours, 0, 1)  # [H, W, 3]
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def _is_colour(channels: int, colour: bool) -> bool:
+    """Whether an image of `channels` channels is drawn as RGB(A) rather than a composite."""
+    return colour and channels in (3, 4)
+
+
+def to_rgb8(image: np.ndarray, colour: bool = True) -> np.ndarray:
+    """A [0, 1] float image `[C, H, W]` -> RGB uint8 `[H, W, 3]`, for any channel count.
+
+    1 channel: grey. 3 channels: RGB, and 4: RGBA with the alpha dropped, when `colour`
+    (the default: photographs, PNGs). Otherwise (2 channels, 5 or more, or 3 and 4 with
+    `colour=False`, as for MRI modalities or fluorescence stains) a `composite`, each
+    channel stretched on its own percentiles. Grey and RGB are shown as they are (clipped
+    to [0, 1]), not stretched.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    channels = image.shape[0]
+    if channels != 1 and not _is_colour(channels, colour):
+        return composite(image.transpose(1, 2, 0))
+    image = np.clip(np.nan_to_num(image), 0, 1)
+    if channels == 1:
         image = np.repeat(image, 3, axis=0)
     return (image[:3].transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+
+def as_rgb(image: np.ndarray, colour: bool = True) -> np.ndarray:
+    """`image` as RGB uint8 `[H, W, 3]`: RGB uint8 as it is, anything else (`[H, W]`, or
+    `[H, W, C]` of any channel count and pixel type) through `display_image`."""
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
+    return display_image(image if image.ndim == 3 else image[:, :, None], colour)
 
 
 def prediction_grid(
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], gap: int = 2
 ) -> np.ndarray:
-    """Stack rows of (input RGB, truth labels, predicted labels) into one RGB picture.
+    """Stack rows of (input, truth labels, predicted labels) into one RGB picture.
 
     Each row is `input | truth | prediction | errors` (see `error_map`); rows of
-    different sizes are padded with grey. Returns `[H, W, 3]` uint8.
+    different sizes are padded with grey. The input is RGB uint8 `[H, W, 3]` (`to_rgb8`);
+    any other `[H, W, C]` or `[H, W]` image is drawn with `display_image`. Returns
+    `[H, W, 3]` uint8.
     """
     panels = []
     for image, truth, pred in rows:
         h, w = truth.shape
         spacer = np.full((h, gap, 3), 128, np.uint8)
-        row = [image, colorize(truth), colorize(pred), error_map(truth, pred)]
+        row = [as_rgb(image), colorize(truth), colorize(pred), error_map(truth, pred)]
         panels.append(np.concatenate([p for panel in row for p in (panel, spacer)][:-1], axis=1))
     width = max(p.shape[1] for p in panels)
     padded = []
@@ -200,16 +284,27 @@ def attention_strip(image: np.ndarray, alphas: list[np.ndarray], gap: int = 2) -
     return np.concatenate([q for panel in panels for q in (panel, spacer)][:-1], axis=1)
 
 
-def display_image(image: np.ndarray) -> np.ndarray:
-    """An image `[H, W, C]` uint8/uint16 -> RGB uint8 `[H, W, 3]` to look at (16-bit images
-    are stretched between their 0.5 and 99.5 percentiles)."""
-    if image.dtype != np.uint8:
-        lo, hi = np.percentile(image, (0.5, 99.5))
-        scaled = (image.astype(np.float32) - lo) / max(float(hi - lo), 1.0)
-        image = (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
-    if image.shape[2] == 1:
+def display_image(image: np.ndarray, colour: bool = True) -> np.ndarray:
+    """An image `[H, W, C]` uint8/uint16/float -> RGB uint8 `[H, W, 3]` to look at, for any
+    channel count.
+
+    1 channel: grey. 3 channels: RGB, and 4: RGBA with the alpha dropped, when `colour`
+    (the default: photographs, PNGs). Otherwise (2 channels, 5 or more, or 3 and 4 with
+    `colour=False`, as for MRI modalities or fluorescence stains) a `composite`, each
+    channel stretched on its own percentiles. Grey and RGB that are not uint8 are stretched
+    between their 0.5 and 99.5 percentiles (all channels together; a range of at least 1,
+    so a [0, 1] float image is shown nearly as it is).
+    """
+    channels = image.shape[2]
+    if channels != 1 and not _is_colour(channels, colour):
+        return composite(image)
+    image = image[:, :, :3]
+    if image.dtype != np.uint8:  # one range for all channels, so colours keep their balance
+        scaled = _stretch(image.reshape(-1, 1, 1), min_span=1.0).reshape(image.shape)
+        image = (scaled * 255).round().astype(np.uint8)
+    if channels == 1:
         image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(image[:, :, :3])
+    return np.ascontiguousarray(image)
 
 
 def overlay(
@@ -218,7 +313,9 @@ def overlay(
     """Tint an RGB uint8 image `[H, W, 3]` with the colours of class indices `[H, W]` and
     outline each class region in its full colour (background left as it is; class 0 tinted
     too where there is no `background`), so a region shows on bright and grey inputs alike.
-    Returns RGB uint8 `[H, W, 3]`."""
+    Any other image (`[H, W]`, or `[H, W, C]` of any channel count and pixel type) is first
+    drawn with `display_image`. Returns RGB uint8 `[H, W, 3]`."""
+    image = as_rgb(image)
     colours = colorize(drawn_classes(labels, background))
     tinted = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
     fg = labels > 0 if background else labels >= 0  # ignored pixels (< 0) stay untinted
