@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from unet_seg.models.encoders.weights import (
     EncoderWeightsError,
     adapt_first_conv,
     load_encoder_weights,
+    read_safetensors,
 )
 from unet_seg.models.registry import weight_problems
 from unet_seg.run_dir import RunDir
@@ -255,6 +257,83 @@ def test_the_first_conv_is_adapted_as_segmentation_models_pytorch_does(
     same = torch.nn.functional.conv2d(x.expand(1, 3, 8, 8), rgb, padding=3)
     torch.testing.assert_close(torch.nn.functional.conv2d(x, adapt_first_conv(rgb, 1), padding=3),
                                same, atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def _raw_safetensors(path: Path, header: object, data: bytes) -> Path:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def _f32(offsets: list, shape: list | None = None) -> dict:
+    return {"dtype": "F32", "shape": [2] if shape is None else shape, "data_offsets": offsets}
+
+
+SAFETENSORS_DAMAGE = {  # name: (header, what the refusal says)
+    "list_header": ([{"a": 1}], "its header is a JSON array, expected an object"),
+    "past_the_end": ({"conv1.weight": _f32([8, 24])}, "'conv1.weight': data_offsets [8, 24]"),
+    "negative": ({"a": _f32([0, 8]), "conv1.weight": _f32([-8, 16])}, "data_offsets [-8, 16]"),
+    "begin_after_end": ({"conv1.weight": _f32([8, 0])}, "data_offsets [8, 0]"),
+    "too_few_bytes": ({"conv1.weight": _f32([0, 8], [2, 2])}, "8 bytes for a F32 tensor"),
+    "overlap": ({"a": _f32([0, 8]), "conv1.weight": _f32([4, 12])}, "'a' and 'conv1.weight'"),
+    "not_an_entry": ({"conv1.weight": [0, 8]}, "expected an object with dtype, shape"),
+    "float_offsets": ({"conv1.weight": _f32([0.0, 8.0])}, "expected [begin, end], integers"),
+    "bool_shape": ({"conv1.weight": _f32([0, 8], [True, 2])}, "a list of integers >= 0"),
+    "metadata_list": ({"__metadata__": ["pt"], "a": _f32([0, 8])}, "__metadata__ is a JSON"),
+    "unknown_dtype": ({"conv1.weight": {**_f32([0, 8]), "dtype": "F8"}}, "unsupported dtype"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(SAFETENSORS_DAMAGE))
+def test_a_damaged_safetensors_header_is_one_problem_naming_the_file_and_tensor(
+    tmp_path: Path, damage: str
+) -> None:
+    """Issue 32 #7: a list header raised AttributeError, bad offsets RuntimeError (tracebacks
+    in preflight), negative offsets read other bytes silently, overlaps were accepted."""
+    header, said = SAFETENSORS_DAMAGE[damage]
+    path = _raw_safetensors(tmp_path / f"{damage}.safetensors", header, bytes(16))
+    arch = {"name": "unet_encoder", "in_channels": 1, "encoder": "resnet18"}
+    (problem,) = weight_problems({**arch, "encoder_weights": str(path)})
+    assert isinstance(problem, EncoderWeightsError)
+    assert str(path) in str(problem) and said in str(problem)
+    assert str(problem).count(str(path)) == 1  # named once, not by each layer
+
+
+def test_a_header_longer_than_its_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    with pytest.raises(ValueError, match="header length 1099511627776 exceeds the file's 10"):
+        read_safetensors(path)
+
+
+def test_safetensors_round_trips_every_dtype_and_holds_the_file_once(tmp_path: Path) -> None:
+    """Each dtype, a scalar and an empty tensor read back exactly; the data are copied
+    once (the old reader held the whole file as bytes and then copied each tensor)."""
+    names = {"F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}  # fmt: skip
+    state = {name: (torch.arange(6) % 2 if t == torch.bool else torch.arange(6) * 3 - 7)
+             .to(t).reshape(2, 3) for name, t in names.items()}  # fmt: skip
+    state["scalar"], state["empty"] = torch.tensor(2.5), torch.zeros(0, 4)
+    state["big"] = torch.randn(1 << 20)  # 4 MiB: the file's bulk
+    header, chunks, offset = {"__metadata__": {"format": "pt"}}, [], 0
+    for name, t in state.items():
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        dtype = {v: k for k, v in {**names, "F32": torch.float32}.items()}[t.dtype]
+        header[name] = {"dtype": dtype, "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(raw)]}  # fmt: skip
+        chunks.append(raw)
+        offset += len(raw)
+    path = _raw_safetensors(tmp_path / "all.safetensors", header, b"".join(chunks))
+    tracemalloc.start()
+    try:
+        got = read_safetensors(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert set(got) == set(state)
+    for name, t in state.items():
+        assert got[name].dtype == t.dtype and torch.equal(got[name], t), name
+    assert peak < 1.5 * path.stat().st_size  # one copy of the data, not the file and a copy
 
 
 def test_imagenet_goes_through_torch_hub_with_its_hash_checked(

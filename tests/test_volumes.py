@@ -105,6 +105,33 @@ def test_nifti_geometry_changed_since_reading_is_the_one_written(tmp_path):
     assert (int(header["sform_code"]), int(header["qform_code"])) == (2, 1)
 
 
+def test_nifti_without_sform_or_qform_code_writes_labels_that_overlay_it(tmp_path):
+    """Issue 32 #4: codes 0 (placed by pixdim alone) came back with nibabel's fallback
+    affine as sform and qform, code 1: mirrored in x and shifted in ITK and Slicer, which
+    place codes 0 otherwise. The labels carry the input's header geometry as stored."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(SHAPE_XYZ)
+    header.set_qform(_oblique(), code=0)  # quaternion, offsets and odd pixdim, code 0
+    header.set_sform(_oblique(offset=(9.0, 8.0, 7.0)), code=0)  # a stale sform, code 0
+    header.set_xyzt_units("mm")
+    nib.save(nib.Nifti1Image(_coded_xyz(), None, header=header), str(tmp_path / "in.nii"))
+    array, meta = read_volume(tmp_path / "in.nii")
+    write_volume(tmp_path / "labels.nii.gz", array % 3, meta, labels=True)
+    given, written = nib.load(str(tmp_path / "in.nii")), nib.load(str(tmp_path / "labels.nii.gz"))
+    for image in (given, written):
+        assert (int(image.header["sform_code"]), int(image.header["qform_code"])) == (0, 0)
+        assert image.header.get_sform(coded=True) == (None, 0)
+        assert image.header.get_qform(coded=True) == (None, 0)
+    np.testing.assert_allclose(written.affine, given.affine, atol=1e-6)  # pixdim about the centre
+    for field in ("pixdim", "quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y",
+                  "qoffset_z", "srow_x", "srow_y", "srow_z", "xyzt_units"):  # fmt: skip
+        pick = slice(0, 4) if field == "pixdim" else slice(None)  # qfac and x, y, z
+        np.testing.assert_allclose(np.atleast_1d(written.header[field])[pick],
+                                   np.atleast_1d(given.header[field])[pick],
+                                   atol=1e-6, err_msg=field)  # fmt: skip
+    np.testing.assert_allclose(meta.spacing, SPACING_XYZ[::-1], rtol=1e-6)
+
+
 def test_nifti_spacing_in_micron_reads_as_mm_and_writes_back_as_stored(tmp_path):
     image = nib.Nifti1Image(_coded_xyz(), np.diag([*SPACING_XYZ, 1.0]))
     image.header.set_xyzt_units("micron")
@@ -201,6 +228,39 @@ def test_tiff_without_spacing_reads_1_and_says_so(tmp_path):
     assert array.shape == (5, 4, 3)  # unlabelled pages are slices
     assert meta.spacing == (1.0, 1.0, 1.0)
     assert meta.spacing_assumed == (True, True, True)
+
+
+@pytest.mark.parametrize(
+    ("resolution", "unit", "imagej"),
+    [((72, 72), "INCH", False), ((96, 96), "INCH", False), ((72, 72), None, False),
+     ((1, 1), None, False), ((72, 72), "INCH", True), ((72, 72), None, True)],
+)  # fmt: skip
+def test_tiff_placeholder_resolution_is_unknown_spacing(tmp_path, resolution, unit, imagej):
+    """Issue 32 #6: a writer's default 72 dpi read as 0.353 mm in y and x (not assumed) with
+    z assumed 1.0: an isotropic EM stack planned as anisotropic. A placeholder resolution
+    is no resolution: 1.0 on every axis, each marked assumed."""
+    extra = {"metadata": {"axes": "ZYX"}} if imagej else {"photometric": "minisblack"}
+    tifffile.imwrite(tmp_path / "em.tif", np.zeros((5, 4, 3), np.uint8), imagej=imagej,
+                     resolution=resolution, resolutionunit=unit, **extra)  # fmt: skip
+    array, meta = read_volume(tmp_path / "em.tif")
+    assert array.shape == (5, 4, 3)
+    assert meta.spacing == (1.0, 1.0, 1.0) and meta.spacing_assumed == (True, True, True)
+
+
+def test_tiff_resolution_in_an_imagej_length_unit_is_a_measurement(tmp_path):
+    # 72 (or 1) pixels per micron is a real resolution, not a placeholder
+    for per_um in (72.0, 1.0):
+        tifffile.imwrite(tmp_path / "em.tif", np.zeros((5, 4, 3), np.uint8), imagej=True,
+                         resolution=(per_um, per_um),
+                         metadata={"spacing": 0.05, "unit": "micron", "axes": "ZYX"})  # fmt: skip
+        _, meta = read_volume(tmp_path / "em.tif")
+        np.testing.assert_allclose(meta.spacing, (5e-5, 1e-3 / per_um, 1e-3 / per_um))
+        assert meta.spacing_assumed == (False, False, False)
+    tifffile.imwrite(tmp_path / "cm.tif", np.zeros((5, 4, 3), np.uint8), resolution=(72, 72),
+                     resolutionunit="CENTIMETER", photometric="minisblack")  # fmt: skip
+    _, meta = read_volume(tmp_path / "cm.tif")  # 72 per cm: a measurement (0.139 mm)
+    np.testing.assert_allclose(meta.spacing[1:], (10 / 72, 10 / 72))
+    assert meta.spacing_assumed == (True, False, False)
 
 
 def test_tiff_channels_go_last(tmp_path):

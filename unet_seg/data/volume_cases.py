@@ -10,6 +10,10 @@ Two layouts pair them:
   every image stem ends in `_` and four digits and no mask is named like an image (volumes
   named `scan_0001` with masks `scan_0001` pair by stem).
 
+nnU-Net's raw folders and the Medical Segmentation Decathlon's (`imagesTr/`, `labelsTr/`,
+`imagesTs/`) are read with `images_dir="imagesTr"`, `masks_dir="labelsTr"` (a Decathlon
+image is one 4-D NIfTI, channels last); their `dataset.json` is not read here.
+
 `find_volume_cases` lists every problem of a folder at once, each with its file and fix.
 """
 
@@ -111,7 +115,7 @@ def find_volume_cases(
     if not image_folder.is_dir():
         raise FileNotFoundError(
             f"{image_folder} does not exist: data.root must hold `{images_dir}/` (and "
-            f"`{masks_dir}/`) folders of volumes with matching names"
+            f"`{masks_dir}/`) folders of volumes with matching names{layout_hint(root)}"
         )
     images = list_volumes(image_folder)
     if not images:
@@ -170,6 +174,17 @@ def find_volume_cases(
         ))  # fmt: skip
     _raise(problems, FileNotFoundError if unmatched else ValueError, root)
     return [VolumeCase(c.name, c.images, masks[c.name]) for c in cases]
+
+
+def layout_hint(root: str | Path) -> str:
+    """For a folder in nnU-Net's or the Decathlon's layout (`imagesTr/`, `labelsTr/`), the
+    settings that read it; '' otherwise."""
+    root = Path(root)
+    if not (root / "imagesTr").is_dir():
+        return ""
+    masks = " data.masks_dir=labelsTr" if (root / "labelsTr").is_dir() else ""
+    return (f"; {root} is in nnU-Net's (or the Decathlon's) layout: give "
+            f"data.images_dir=imagesTr{masks} (imagesTs/ is for predict input=)")  # fmt: skip
 
 
 def _raise(problems: list[str], error: type[Exception], where: Path) -> None:

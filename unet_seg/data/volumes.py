@@ -33,7 +33,11 @@ sform = qform = `meta.affine`, in mm, code 1 (scanner) where none was. No
 other header field is copied, so an input's intensity slope never lands on a
 label volume. A TIFF that gives no spacing for an axis reads as 1.0 there, and
 `meta.spacing_assumed` says so (also for a number without a length unit, kept
-as it is).
+as it is). A writer's default resolution counts as none: 1, 72 or 96 pixels per
+inch or per no unit; a resolution in centimetres or in ImageJ's length `unit`
+(e.g. micron) is a measurement. NIfTI with sform_code = qform_code = 0 is
+placed by pixdim (nibabel's fallback) and written back with codes 0 and the same
+pixdim, so that any viewer places the input and its labels alike.
 
 Labels (`labels=True`) are rounded to the nearest integer (numpy.rint: halves
 to even), never truncated, and written as the smallest integer type that holds
@@ -70,6 +74,8 @@ _TO_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "um": 1e-3, "micron":
           "inch": 25.4, "in": 25.4}  # fmt: skip
 _NIFTI_UNITS = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 _TIFF_RESOLUTION_UNITS = {2: 25.4, 3: 10.0}  # ResolutionUnit INCH, CENTIMETER (1: none)
+PLACEHOLDER_DPI = (1.0, 72.0, 96.0)
+"""Resolutions (pixels per inch, or per no unit) that writers store by default: no spacing."""
 _LABEL_TYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32)
 
 Matrix = tuple[tuple[float, ...], ...]
@@ -95,8 +101,9 @@ class VolumeMeta:
         spacing: `(z, y, x)` voxel size in mm.
         affine: 4x4 voxel index `(i, j, k) = (x, y, z)` -> RAS+ mm (as NIfTI).
         format: the source format: `nifti`, `tiff` or `itk`.
-        spacing_assumed: `(z, y, x)`: True where the file gave no length (1.0 used,
-            or a number without a unit, taken as mm).
+        spacing_assumed: `(z, y, x)`: True where the file gave no length (1.0 used, also
+            for a writer's default resolution such as 72 dpi; or a number without a unit,
+            taken as mm).
         nifti: for a NIfTI source, the header's sform and qform to write back.
     """
 
@@ -199,6 +206,64 @@ def write_volume(
         _write_itk(path, array, meta)
 
 
+GEOMETRY_RTOL = 1e-3
+"""Spacings of two files of one case agree within this share; their affines (direction
+times spacing, and origin) within this share of the smaller voxel side (as nnU-Net's check)."""
+
+
+def geometry_mismatch(
+    path: str | Path, meta: VolumeMeta, ref_path: str | Path, ref: VolumeMeta, what: str
+) -> str | None:
+    """What keeps the file `path` (a channel file or a mask: `what`) off the grid of
+    `ref_path`, the case's first channel: another shape, spacing or placement (origin,
+    orientation); None when they agree within `GEOMETRY_RTOL`.
+
+    A file that gives no spacing along an axis (`spacing_assumed`, e.g. a TIFF mask saved
+    without a resolution) cannot contradict its image there; origin and orientation are
+    compared only where both files state them (`placed`: not TIFF, nor NIfTI with
+    sform_code = qform_code = 0, which viewers place each their own way).
+    """
+    how = "with nearest-neighbour interpolation" if what == "mask" else "(register it first)"
+    fix = (f"if only the headers disagree, write the {what} with {Path(ref_path).name}'s "
+           f"header (spacing, origin, direction); else resample it onto that image "
+           f"{how}")  # fmt: skip
+    head = f"{path}: {what} does not lie on the grid of {ref_path}"
+    if tuple(meta.shape) != tuple(ref.shape):
+        return (f"{head}: shape (z, y, x) {list(meta.shape)} against {list(ref.shape)}; "
+                f"{fix}")  # fmt: skip
+    known = [not (a or b) for a, b in zip(meta.spacing_assumed, ref.spacing_assumed,
+                                          strict=True)]  # fmt: skip
+    own = np.array(meta.spacing, dtype=np.float64)[known]
+    other = np.array(ref.spacing, dtype=np.float64)[known]
+    if not np.allclose(own, other, rtol=GEOMETRY_RTOL, atol=1e-6):
+        return (f"{head}: spacing (z, y, x) {_rounded(meta.spacing)} mm against "
+                f"{_rounded(ref.spacing)} mm; {fix}")  # fmt: skip
+    if not (placed(meta) and placed(ref)):
+        return None
+    a, b = meta.affine_matrix(), ref.affine_matrix()
+    tolerance = GEOMETRY_RTOL * min(ref.spacing)
+    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=tolerance):
+        return (f"{head}: origin (RAS, mm) {_rounded(a[:3, 3])} against "
+                f"{_rounded(b[:3, 3])}; {fix}")  # fmt: skip
+    if not np.allclose(a[:3, :3], b[:3, :3], rtol=0, atol=tolerance):
+        return (f"{head}: orientation differs (voxel axes in RAS: "
+                f"{_rounded(a[:3, :3].T)} against {_rounded(b[:3, :3].T)}); {fix}")  # fmt: skip
+    return None
+
+
+def placed(meta: VolumeMeta) -> bool:
+    """Whether a file states where its voxels lie (origin, orientation): ITK formats and
+    NIfTI with an sform or qform code; not TIFF stacks, nor NIfTI with both codes 0."""
+    if meta.format == "nifti":
+        return meta.nifti is None or bool(meta.nifti.sform_code or meta.nifti.qform_code)
+    return meta.format == "itk"
+
+
+def _rounded(values: Any) -> list:
+    """Numbers (or rows of them) rounded to 4 decimals for messages."""
+    return np.round(np.asarray(values, dtype=np.float64), 4).tolist()
+
+
 def label_dtype(low: int, high: int) -> np.dtype:
     """The smallest integer type holding `low..high` (unsigned first at each size)."""
     for kind in _LABEL_TYPES:
@@ -276,12 +341,24 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
     return array, meta
 
 
-def _nifti_is_current(geometry: NiftiGeometry, meta: VolumeMeta) -> bool:
-    """Whether `meta.affine` is still the header's best affine (sform, else qform), in mm."""
+def _nifti_header(geometry: NiftiGeometry, shape: tuple[int, ...]) -> nib.Nifti1Header:
+    """A header holding the stored geometry for data of NIfTI `shape` `(x, y, z[, c])`.
+
+    The shape matters where sform_code = qform_code = 0: a reader then places the volume
+    by pixdim about its centre (nibabel's fallback), which depends on the voxel counts.
+    The qform sets pixdim, quaternion, offsets and qfac as stored."""
     header = nib.Nifti1Header()
+    header.set_data_shape(shape)
     header.set_sform(np.array(geometry.sform), code=geometry.sform_code)
     header.set_qform(np.array(geometry.qform), code=geometry.qform_code)
     header["xyzt_units"] = geometry.xyzt_units
+    return header
+
+
+def _nifti_is_current(geometry: NiftiGeometry, meta: VolumeMeta) -> bool:
+    """Whether `meta.affine` is still the header's best affine (sform, else qform, else
+    nibabel's pixdim fallback for codes 0), in mm."""
+    header = _nifti_header(geometry, tuple(meta.shape[::-1]))
     best = header.get_best_affine()
     best[:3] *= _NIFTI_UNITS.get(header.get_xyzt_units()[0], 1.0)
     return bool(np.allclose(best, meta.affine_matrix(), rtol=1e-9, atol=1e-6))
@@ -297,18 +374,16 @@ def _write_nifti(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
     """The input's sform and qform as stored when `meta.affine` is still theirs; else (geometry
     from another format, or an affine changed since reading) both from `meta.affine`."""
     data = np.transpose(array, (2, 1, 0, *range(3, array.ndim)))  # (x, y, z[, c])
-    header = nib.Nifti1Header()
-    header.set_data_dtype(array.dtype)
     geometry = meta.nifti
     if geometry is not None and _nifti_is_current(geometry, meta):
-        header.set_sform(np.array(geometry.sform), code=geometry.sform_code)
-        header.set_qform(np.array(geometry.qform), code=geometry.qform_code)
-        header["xyzt_units"] = geometry.xyzt_units
+        header = _nifti_header(geometry, data.shape)  # codes 0 stay 0: the same fallback
     else:
+        header = nib.Nifti1Header()
         affine = meta.affine_matrix()
         header.set_sform(affine, code=(geometry.sform_code if geometry else 0) or NIFTI_SCANNER)
         header.set_qform(affine, code=(geometry.qform_code if geometry else 0) or NIFTI_SCANNER)
         header.set_xyzt_units("mm")
+    header.set_data_dtype(array.dtype)
     image = nib.Nifti1Image(data, None, header=header, dtype=array.dtype)
     image.header.set_slope_inter(1.0, 0.0)
     image.update_header()
@@ -410,10 +485,21 @@ def _tiff_spacing(
     z = source.get("spacing")
     spacing = [1.0 if z is None or float(z) <= 0 else float(z) * (z_to_mm or 1.0)]
     assumed = [z is None or float(z) <= 0 or z_to_mm is None]
+    inch_or_none = yx_to_mm is None or yx_to_mm == _TO_MM["inch"]
     for pixels_per_unit in resolution:  # y, x
-        spacing.append(1.0 if pixels_per_unit is None else (yx_to_mm or 1.0) / pixels_per_unit)
-        assumed.append(pixels_per_unit is None or yx_to_mm is None)
+        if pixels_per_unit is None or (inch_or_none and _placeholder(pixels_per_unit)):
+            spacing.append(1.0)  # no resolution, or a writer's default: unknown
+            assumed.append(True)
+            continue
+        spacing.append((yx_to_mm or 1.0) / pixels_per_unit)
+        assumed.append(yx_to_mm is None)
     return (spacing[0], spacing[1], spacing[2]), (assumed[0], assumed[1], assumed[2])
+
+
+def _placeholder(pixels_per_unit: float) -> bool:
+    """Whether a resolution in inch (or no unit) is a writer's default rather than a
+    measurement: 72 or 96 (a screen's dpi), or 1 (tifffile's and others' unset value)."""
+    return any(abs(pixels_per_unit - dpi) < 1e-6 for dpi in PLACEHOLDER_DPI)
 
 
 def _unit_mm(unit: Any) -> float | None:

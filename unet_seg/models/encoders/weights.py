@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,31 +58,116 @@ class EncoderWeightsError(ValueError):
     """Encoder weights that cannot be used: every problem listed, the file and the fix."""
 
 
+SAFETENSORS_FIX = "save the weights again (safetensors.torch.save_file(model.state_dict(), path))"
+"""The fix offered for a damaged or foreign `.safetensors` file."""
+
+
 def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a `.safetensors` file: an 8-byte little-endian header length, a JSON
     header `{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": ...}`,
-    then the raw little-endian bytes (offsets count from the end of the header)."""
-    raw = Path(path).read_bytes()
-    if len(raw) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (size,) = struct.unpack("<Q", raw[:8])
+    then the raw little-endian bytes (offsets count from the end of the header).
+
+    The header is checked before any byte is read: every tensor's dtype, shape and offsets
+    (integers, `0 <= begin <= end <=` the data's length, `end - begin` = its elements times
+    the dtype's size), and no two tensors sharing bytes. The data are memory-mapped and each
+    tensor copied once, so the file is not held twice in memory.
+
+    Raises:
+        ValueError naming the file (and the tensor) for anything that is not such a file.
+    """
+    path = Path(path)
+    total = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: too short for a safetensors file ({total} bytes); "
+                             f"{SAFETENSORS_FIX}")  # fmt: skip
+        (size,) = struct.unpack("<Q", head)
+        if size > total - 8:
+            raise ValueError(f"{path}: not a safetensors file (its header length {size} "
+                             f"exceeds the file's {total} bytes); {SAFETENSORS_FIX}")  # fmt: skip
+        text = f.read(size)
     try:
-        header = json.loads(raw[8 : 8 + size])
+        header = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {err})") from err
-    data = memoryview(raw)[8 + size :]
-    tensors = {}
+        raise ValueError(f"{path}: not a safetensors file (its header is not JSON: {err}); "
+                         f"{SAFETENSORS_FIX}") from err  # fmt: skip
+    start = 8 + size
+    entries = _safetensors_entries(path, header, total - start)
+    tensors: dict[str, Tensor] = {}
+    data = None
+    if total > start and any(end > begin for _, _, _, begin, end in entries):
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=start, shape=(total - start,))
+    for name, dtype, shape, begin, end in entries:
+        if end == begin:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = torch.from_numpy(np.array(data[begin:end]))  # one copy, out of the mapping
+        tensors[name] = raw.view(dtype).reshape(shape)
+    del data  # closes the mapping
+    return tensors
+
+
+def _safetensors_entries(
+    path: Path, header: object, length: int
+) -> list[tuple[str, torch.dtype, list[int], int, int]]:
+    """`(name, dtype, shape, begin, end)` of each tensor of a safetensors header, checked
+    against the format and the `length` bytes of data; a ValueError at the first problem."""
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{path}: not a valid safetensors file ({what}); {SAFETENSORS_FIX}")
+
+    if not isinstance(header, dict):
+        raise bad(f"its header is a JSON {_json_kind(header)}, expected an object "
+                  "{name: {dtype, shape, data_offsets}}")  # fmt: skip
+    entries = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict):
+                raise bad(f"__metadata__ is a JSON {_json_kind(info)}, expected an object")
             continue
-        dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise bad(f"tensor {name!r}: {json.dumps(info)[:80]}, expected an object with "
+                      "dtype, shape and data_offsets")  # fmt: skip
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
-            raise ValueError(f"{path}: tensor {name} has the unsupported dtype {info.get('dtype')}")
-        begin, end = info["data_offsets"]
-        flat = torch.frombuffer(bytearray(data[begin:end]), dtype=dtype) if end > begin else (
-            torch.empty(0, dtype=dtype))  # fmt: skip
-        tensors[name] = flat.reshape(info["shape"])  # [n] -> the stored shape
-    return tensors
+            raise ValueError(
+                f"{path}: tensor {name!r} has the unsupported dtype "
+                f"{info['dtype']!r} (supported: {', '.join(SAFETENSORS_DTYPES)})"
+            )
+        shape, offsets = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_count(n) for n in shape):
+            raise bad(f"tensor {name!r}: shape {shape!r}, expected a list of integers >= 0")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_count, offsets)):
+            raise bad(f"tensor {name!r}: data_offsets {offsets!r}, expected [begin, end], "
+                      "integers >= 0")  # fmt: skip
+        begin, end = offsets
+        if not begin <= end <= length:
+            raise bad(f"tensor {name!r}: data_offsets [{begin}, {end}], expected "
+                      f"0 <= begin <= end <= {length} (the bytes of data)")  # fmt: skip
+        want = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != want:
+            raise bad(f"tensor {name!r}: {end - begin} bytes for a {info['dtype']} tensor of "
+                      f"shape {shape} ({want} bytes)")  # fmt: skip
+        entries.append((name, dtype, shape, begin, end))
+    reach, last = 0, ""  # the furthest end so far, and its tensor
+    for begin, end, name in sorted((e[3], e[4], e[0]) for e in entries if e[4] > e[3]):
+        if begin < reach:
+            raise bad(f"tensors {last!r} and {name!r} share bytes")
+        reach, last = end, name
+    return entries
+
+
+def _json_kind(value: object) -> str:
+    """The JSON name of a decoded value's type (array, string, number, ...)."""
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+             type(None): "null", dict: "object"}  # fmt: skip
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _count(value: object) -> bool:
+    """An integer >= 0 (JSON's, not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_state_dict(source: str | Path, encoder: str, url: str | None = None) -> dict[str, Tensor]:
@@ -115,8 +202,8 @@ def read_state_dict(source: str | Path, encoder: str, url: str | None = None) ->
     if path.suffix == ".safetensors":
         try:
             return read_safetensors(path)
-        except (ValueError, KeyError, TypeError) as err:
-            raise EncoderWeightsError(f"arch.encoder_weights={path}: {err}") from err
+        except (ValueError, OSError) as err:  # the message names the file
+            raise EncoderWeightsError(f"arch.encoder_weights: {err}") from err
     if path.suffix not in (".pth", ".pt"):
         raise EncoderWeightsError(
             f"arch.encoder_weights={path}: a {path.suffix or 'suffix-less'} file; give a "
@@ -222,4 +309,3 @@ def load_encoder_weights(
              f"; adapted {'; '.join(adapted)}" if adapted else "",
              f"; ignored {len(ignored)} classifier keys" if ignored else "")  # fmt: skip
     return record
-
