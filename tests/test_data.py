@@ -41,6 +41,30 @@ def test_unknown_mask_value_names_the_file() -> None:
         enc.encode(np.array([[0, 128, 255]], np.uint8), "m.png")
 
 
+def test_a_negative_ignore_value_of_label_values_is_unlabelled() -> None:
+    """`data.ignore_value=-1` with label values (what the volume plan advised for label volumes
+    holding -1) was refused by the encoding, and -1 in the labels refused by the reader: now
+    -1 is unlabelled (PAD_LABEL, then -1 in the targets); another negative value is named."""
+    from unet_seg.data.masks import PAD_LABEL, _whole_numbers
+
+    enc = MaskEncoding([0, 1, 2], ignore_value=-1)
+    labels = np.array([[-1, 0, 1], [2, -1, 0]], np.int16)
+    for stored in (labels, labels.astype(np.float32), labels.astype(np.int32)):
+        indices = enc.encode(_whole_numbers(stored, "l.nii.gz"), "l.nii.gz")
+        assert indices.tolist() == [[PAD_LABEL, 0, 1], [2, PAD_LABEL, 0]]
+    assert enc.indices_of(labels, "l.tif").tolist() == [[PAD_LABEL, 0, 1], [2, PAD_LABEL, 0]]
+    assert enc.encode(np.array([[0, 2]], np.uint16)).tolist() == [[0, 2]]  # unsigned as before
+    with pytest.raises(ValueError, match=r"l\.nii\.gz: mask values \[-2, 7\] are not in "
+                       r"data\.mask_values=\[0, 1, 2\].*data\.ignore_value"):  # fmt: skip
+        enc.encode(np.array([[-2, -1, 7]], np.int32), "l.nii.gz")
+    with pytest.raises(ValueError, match=r"mask values \[-1\] are not in.*ignore_value"):
+        MaskEncoding([0, 1, 2]).encode(_whole_numbers(labels, "l.nii.gz"), "l.nii.gz")
+    with pytest.raises(ValueError, match="is also the value of class"):
+        MaskEncoding([0, 1], ignore_value=1)
+    with pytest.raises(ValueError, match=r"data.ignore_value=-1: with data.mask_format=palette"):
+        MaskEncoding([0, 1], "palette", ignore_value=-1)  # palette indices are never negative
+
+
 def test_mask_values_must_be_distinct() -> None:
     with pytest.raises(ValueError, match="distinct"):
         MaskEncoding([0, 0])

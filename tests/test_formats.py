@@ -442,3 +442,43 @@ def test_images_without_alpha_get_an_opaque_one_next_to_transparent_ones() -> No
     assert rgba.dtype == np.float32 and (rgba[:, :, 3] == 1.0).all()
     with pytest.raises(ValueError, match=r"rgb\.png: RGB image but data.in_channels=2"):
         fit_channels(rgb, 2, "rgb.png")
+
+
+def test_channel_tiffs_are_channels_of_data_not_grey_alpha_or_rgba(tmp_path: Path) -> None:
+    """A TIFF of 2 or 4 fluorescence channels (ImageJ axes CYX, unlabelled pages, grey
+    samples) was read as grey+alpha or RGBA: its second channel taken for an alpha (dropped
+    when 'opaque', i.e. saturated), 4 channels of equal planes for grey. Only a declared alpha
+    is one (a TIFF sample marked alpha, a PNG's)."""
+    from unet_seg.data.checks import read_header
+    from unet_seg.data.readers import read_stored
+
+    saturated = np.full((8, 10), 65535, np.uint16)  # a saturated channel: not an alpha
+    for channels in (2, 4):
+        planes = np.stack([RNG.integers(0, 4000, (8, 10), dtype=np.uint16)] * (channels - 1)
+                          + [saturated])  # fmt: skip
+        files = {"imagej": dict(imagej=True, metadata={"axes": "CYX"}),
+                 "pages": dict(photometric="minisblack"),
+                 "samples": dict(photometric="minisblack", planarconfig="contig")}  # fmt: skip
+        for how, kwargs in files.items():
+            path = tmp_path / f"{how}{channels}.tif"
+            data = np.moveaxis(planes, 0, -1) if how == "samples" else planes
+            tifffile.imwrite(path, data, **kwargs)
+            array, data_channels = read_stored(path)
+            assert data_channels and array.shape == (8, 10, channels), how
+            assert channel_kind(array, data_channels) == (f"{channels} channels", channels)
+            assert read_header(path)[2] == channels
+            assert (read_image(path, channels) == np.moveaxis(planes, 0, -1)).all()
+            with pytest.raises(ValueError, match=rf"{how}{channels}\.tif: {channels}-channel "
+                               rf"image but data.in_channels=1: {channels} channels of data.*"
+                               rf"set data.in_channels={channels}"):  # fmt: skip
+                read_image(path, 1)
+    # a declared alpha stays one: grey+alpha TIFF, and a grey+alpha PNG
+    grey_alpha = np.dstack([RNG.integers(0, 255, (8, 10), dtype=np.uint8),
+                            np.full((8, 10), 255, np.uint8)])  # fmt: skip
+    tifffile.imwrite(tmp_path / "ga.tif", grey_alpha, photometric="minisblack",
+                     extrasamples=["unassalpha"])  # fmt: skip
+    Image.fromarray(grey_alpha, "LA").save(tmp_path / "ga.png")
+    for name in ("ga.tif", "ga.png"):
+        array, data_channels = read_stored(tmp_path / name)
+        assert not data_channels and channel_kind(array, data_channels) == ("grey+alpha", 1)
+        assert read_image(tmp_path / name, 1).shape == (8, 10, 1)

@@ -560,3 +560,64 @@ def test_a_folder_without_background_scores_every_class(tmp_path: Path) -> None:
     assert "dice/pooled/mean_fg" not in scores
     pooled = [scores[f"iou/pooled/{n}"] for n in names]
     assert scores["iou"] == scores["iou/pooled/mean"] == pytest.approx(np.mean(pooled))
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_imagej_channel_tiffs_plan_their_channels_not_an_alpha(
+    tmp_path: Path, channels: int
+) -> None:
+    """ImageJ TIFFs of C fluorescence channels (axes CYX) are C channels of data: planned as
+    `C channels` with each channel's own statistics (the second channel was taken for an alpha,
+    `grey+alpha (transparent)`, its statistics dropped; 4 for RGBA), and they reach the net
+    as C channels."""
+    from unet_seg.build import build_datamodule, plan_config
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(6):
+        mask = np.zeros((48, 48), np.uint8)
+        mask[8 + i : 30 + i, 10:34] = 1
+        signal = 1 + mask.astype(np.int64)
+        planes = [(200 * (k + 1) * signal + rng.integers(0, 50, mask.shape)).astype(np.uint16)
+                  for k in range(channels)]  # fmt: skip
+        tifffile.imwrite(tmp_path / "images" / f"f{i}.tif", np.stack(planes), imagej=True,
+                         metadata={"axes": "CYX"})  # fmt: skip
+        cv2.imwrite(str(tmp_path / "masks" / f"f{i}.png"), mask)
+    fp = fingerprint(tmp_path, progress=False)
+    assert {e["kind"] for e in fp["images"]} == {f"{channels} channels"}
+    assert all(len(e["mean"]) == channels for e in fp["images"])  # every channel described
+    planned, why = plan(fp, auto_data(tmp_path))
+    assert planned["in_channels"] == channels and f"6 {channels} channels" in why["in_channels"]
+    means = planned["mean"]
+    assert len(means) == channels and len(set(means)) == channels  # each channel its own
+    cfg, _ = plan_config(compose_train(["data=auto", f"data.root={tmp_path}",
+                                        f"run_dir={tmp_path}_run"]))  # fmt: skip
+    datamodule = build_datamodule(cfg, tmp_path.parent / f"{tmp_path.name}_run")
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert cfg.data.in_channels == channels and batch["image"].shape[1] == channels
+
+
+def test_label_masks_with_a_negative_ignore_value_plan_and_load(tmp_path: Path) -> None:
+    """int16 class masks marking unlabelled pixels -1: with data.ignore_value=-1 they were
+    still refused (only instance labels took a negative ignore value); now -1 is unlabelled
+    and 0, 1, 2 the classes. Without it, the refusal names the file and the fix."""
+    from unet_seg.data.contract import DataContract
+    from unet_seg.data.masks import PAD_LABEL
+
+    images, masks = [], []
+    for i in range(4):
+        mask = np.zeros((32, 32), np.int16)
+        mask[4:14, 4:14], mask[18:28, 10 + i : 20 + i], mask[:, 30:] = 1, 2, -1
+        images.append((60 * np.maximum(mask, 0) + 20).astype(np.uint8))
+        masks.append(mask)
+    root = write(tmp_path / "d", images, masks)
+    with pytest.raises(PlanError, match=r"im0\.tif holds negative values \[-1\]: if they mark "
+                       r"unlabelled pixels set data.ignore_value=-1; otherwise save the labels "
+                       r"with 0 = background and 1..N = classes"):  # fmt: skip
+        plan_data_config(auto_data(root))
+    planned, _ = plan_data_config(auto_data(root, "data.ignore_value=-1"))
+    assert planned["mask_format"] == "values" and planned["mask_values"] == [0, 1, 2]
+    loaded = DataContract.from_config(planned).encoding.load(root / "masks" / "im0.tif")
+    assert (loaded[:, 30:] == PAD_LABEL).all() and loaded[5, 5] == 1 and loaded[20, 12] == 2

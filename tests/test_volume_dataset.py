@@ -68,6 +68,69 @@ def test_scale_volume_modes() -> None:
     np.testing.assert_allclose(out[1], (image[0] - 100) / 2, rtol=1e-6)
 
 
+def test_percentile_scales_each_channel_over_the_whole_volume() -> None:
+    """`percentile` on volumes took the last axis of `[Z, Y, X]` for channels, so each X column
+    was stretched to 0..1 on its own; each channel's percentiles are its whole volume's."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 10, (2, 4, 5, 6)).astype(np.float32)
+    image[0, ..., 3:] += 100  # the right half of channel 0 is much brighter than the left
+    image[1] *= 50
+    intensity = {"mode": "percentile", "low": 0.0, "high": 100.0}
+    out = scale_volume(image, intensity, [0.0, 0.0], [1.0, 1.0])
+    for c in range(2):
+        lo, hi = image[c].min(), image[c].max()
+        np.testing.assert_allclose(out[c], (image[c] - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
+    assert out[0, ..., :3].max() < 0.1 < 0.9 < out[0, ..., 3:].min()
+
+
+def test_zscore_over_the_nonzero_region_does_not_see_the_empty_field() -> None:
+    """The same brain with 0, 4 and 12 voxels of zero padding: the field weighed in the mean
+    (the brain came out at 0.00, 2.6 and 7.8); over the non-zero region (`nonzero`, nnU-Net's
+    use_mask_for_norm) the brain's values are the same, and the field stays 0. A zero voxel
+    inside the brain (a hole in the region) is normalised with it."""
+    rng = np.random.default_rng(1)
+    brain = rng.normal(300, 40, (2, 10, 12, 12)).astype(np.float32)
+    brain[:, 5, 6, 6] = 0.0
+    inside = []
+    for pad in (0, 4, 12):
+        padded = np.pad(brain, [(0, 0)] + [(pad, pad)] * 3)
+        out = scale_volume(padded, {"mode": "zscore", "nonzero": True}, [0.0] * 2, [1.0] * 2)
+        core = tuple(slice(pad, pad + n) for n in brain.shape[1:])
+        inside.append(out[(slice(None), *core)])
+        field = np.ones(padded.shape[1:], bool)
+        field[core] = False
+        assert (out[:, field] == 0).all()
+    for got in inside[1:]:
+        np.testing.assert_allclose(got, inside[0], atol=1e-5)
+    np.testing.assert_allclose(inside[0].mean((1, 2, 3)), 0.0, atol=1e-5)
+    assert (inside[0][:, 5, 6, 6] < -5).all()  # the hole: (0 - 300) / 40 or so
+
+
+@pytest.mark.parametrize(
+    "intensity", [{"mode": "zscore"}, {"mode": "percentile", "low": 1.0, "high": 99.0}]
+)
+def test_nan_and_infinite_voxels_are_left_out_and_set_to_zero(intensity: dict, caplog) -> None:
+    """One NaN made a whole channel NaN after z-score (training then stopped on a NaN loss):
+    NaN and infinite voxels count in no statistic and are 0 after normalisation, the rest
+    normalised as the finite voxels alone say, and the log says how many."""
+    rng = np.random.default_rng(2)
+    clean = rng.normal(100, 20, (1, 6, 8, 8)).astype(np.float32)
+    dirty = clean.copy()
+    dirty[0, 2, 3, 4], dirty[0, 4, 1, 1] = np.nan, np.inf
+    keep = np.isfinite(dirty)
+    with caplog.at_level("WARNING"):
+        out = scale_volume(dirty, intensity, [0.5], [0.25], name="t1.nii.gz")
+    assert np.isfinite(out).all() and (out[~keep] == 0).all()
+    assert "t1.nii.gz: 2 NaN or infinite voxel(s)" in caplog.text
+    finite = clean[keep]
+    if intensity["mode"] == "zscore":
+        expected = (clean - finite.mean()) / finite.std()
+    else:
+        lo, hi = np.percentile(finite, [1.0, 99.0])
+        expected = (np.clip((clean - lo) / (hi - lo), 0, 1) - 0.5) / 0.25
+    np.testing.assert_allclose(out[keep], expected[keep], rtol=1e-4, atol=1e-4)
+
+
 def test_holds_volumes(folder: Path, tmp_path: Path) -> None:
     assert holds_volumes(folder / "images")
     flat = tmp_path / "flat"

@@ -266,3 +266,97 @@ def test_train_count_reads_the_split_files_training_cases(tmp_path: Path) -> Non
     names = ["a", "b", "c"]
     assert train_count(names, {"split_file": str(split)}) == 1
     assert train_count(names, {"split_file": str(tmp_path / "missing.json")}) == 3
+
+
+def test_a_brain_in_an_empty_field_is_z_scored_over_its_nonzero_region(tmp_path) -> None:
+    """Brains inside a zero field (cropping to the non-zero region keeps under 3/4 of the
+    voxels, nnU-Net's rule) are z-scored over that region, with the numbers in the reason;
+    volumes that fill their grid are z-scored whole."""
+    rng = np.random.default_rng(2)
+    for name, pad in (("a", 4), ("b", 5), ("c", 6)):
+        brain = rng.normal(300, 40, (8, 10, 10)).astype(np.float32)
+        image = np.pad(brain, pad)
+        _case(tmp_path / "padded", name, image, _labels(image.shape))
+        _case(tmp_path / "full", name, brain, _labels(brain.shape))
+    fp = fingerprint_volumes(tmp_path / "padded")
+    share = 800 / (18 * 20 * 20)  # the median case, padded by 5
+    assert [e["nonzero_share"] for e in fp["cases"]][1] == pytest.approx(share, abs=1e-6)
+    intensity, mean, std, why = choose_intensity(fp)
+    assert intensity == {"mode": "zscore", "nonzero": True} and mean == [0.0] and std == [1.0]
+    assert f"keeps a median {share:.0%} of the voxels (3 of 3 cases under 75%)" in why
+    assert "use_mask_for_norm" in why and "data.intensity={mode:zscore}" in why
+    planned, reasons = plan_volume_data(fp, _auto())
+    assert planned["intensity"] == intensity and "non-zero region" in reasons["intensity"]
+    intensity, _, _, why = choose_intensity(fingerprint_volumes(tmp_path / "full"))
+    assert intensity == {"mode": "zscore"} and "keeps a median 100%" in why
+
+
+def test_nan_and_infinite_voxels_are_counted_left_out_and_said(tmp_path) -> None:
+    """NaN and infinite voxels were counted (NaN only) and then left in: -inf became the
+    minimum, and a NaN made whole-number CT volumes fractional (not CT). They count in no
+    statistic, and the plan says how many are set to 0."""
+    rng = np.random.default_rng(4)
+    for name in ("a", "b"):
+        image = rng.integers(-1024, 400, (8, 16, 16)).astype(np.float32)  # HU, as floats
+        if name == "a":
+            image[1, 2, 3], image[2, 2, 2] = np.nan, -np.inf
+        _case(tmp_path, name, image, _labels((8, 16, 16)))
+    fp = fingerprint_volumes(tmp_path)
+    a = fp["cases"][0]
+    assert a["nan_voxels"] == 2 and a["integer_valued"] and a["min"][0] >= -1024
+    assert all(np.isfinite(a[k]).all() for k in ("min", "max", "mean", "std"))
+    intensity, _, _, why = choose_intensity(fp)
+    assert intensity["mode"] == "ct"
+    assert "2 NaN or infinite voxel(s) in 1 case(s) (e.g. ['a'])" in why and "set to 0" in why
+
+
+def test_label_volumes_holding_minus_one_plan_it_as_unlabelled(tmp_path) -> None:
+    """Label volumes with -1 (unlabelled) and 0, 1, 2 could not be used at all: the plan
+    advised data.ignore_value=-1 and the mask encoding refused it. Now the plan takes -1 for
+    unlabelled (with its evidence) and 0, 1, 2 for three classes; the contract encodes -1 as
+    no label (-1 in the targets). Another negative value is refused with the fix."""
+    from tests.conftest import compose_train
+    from unet_seg.config import to_plain
+    from unet_seg.data.contract import DataContract
+    from unet_seg.data.masks import IGNORE_INDEX
+    from unet_seg.data.plan import plan_data_config
+    from unet_seg.data.volume_dataset import VolumeDataset
+
+    rng = np.random.default_rng(5)
+    for name in ("a", "b", "c"):
+        labels = _labels((8, 16, 16)).astype(np.int16)
+        labels[:, :, 12:] = 2
+        labels[0] = -1  # the first slice unlabelled
+        _case(tmp_path / "d", name, rng.uniform(0, 100, (8, 16, 16)).astype(np.float32), labels)
+
+    def planned(root: Path, *overrides: str) -> tuple[dict, dict]:
+        data = to_plain(compose_train(["data=auto", f"data.root={root}", *overrides]).data)
+        return plan_data_config(data)
+
+    data, record = planned(tmp_path / "d")
+    assert data["ignore_value"] == -1 and data["mask_values"] == [0, 1, 2]
+    assert data["num_classes"] == 3
+    assert "768 voxel(s) of 3 label volume(s)" in record["plan"]["ignore_value"]["why"]
+    contract = DataContract.from_config(data)
+    assert contract.ignore_value == -1
+    item = VolumeDataset(find_volume_cases(tmp_path / "d"), contract)[0]
+    mask = item["mask"].numpy()
+    assert (mask[0] == IGNORE_INDEX).all() and set(np.unique(mask[1:])) == {0, 1, 2}
+    # -2 beside -1: one value marks unlabelled voxels; -2 alone: the ignore value it names
+    for folder, marks in (("two", (-1, -2)), ("other", (-2,))):
+        for name in ("a", "b"):
+            labels = _labels((8, 16, 16)).astype(np.int16)
+            for z, value in enumerate(marks):
+                labels[z] = value
+            _case(tmp_path / folder, name, np.ones((8, 16, 16), np.float32), labels)
+    with pytest.raises(PlanError, match=r"hold negative values \[-2\]: only one value marks "
+                       r"unlabelled voxels \(data.ignore_value=-1\)"):  # fmt: skip
+        planned(tmp_path / "two")
+    with pytest.raises(PlanError, match=r"hold negative values \[-2\]: if they mark unlabelled "
+                       r"voxels set data.ignore_value=-2"):  # fmt: skip
+        planned(tmp_path / "other")
+    data, _ = planned(tmp_path / "other", "data.ignore_value=-2")
+    contract = DataContract.from_config(data)
+    assert contract.ignore_value == -2 and contract.mask_values == [0, 1]
+    mask = VolumeDataset(find_volume_cases(tmp_path / "other"), contract)[0]["mask"].numpy()
+    assert (mask[0] == IGNORE_INDEX).all() and set(np.unique(mask[1:])) == {0, 1}

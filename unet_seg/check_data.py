@@ -87,7 +87,7 @@ def train_command(data: dict, plan: dict, overrides: Sequence[str] = ()) -> str:
     """The command that trains on this folder with this plan: the planned keys spelled out
     (so that it keeps working if the plan's rules change), and every other `data.*` key of
     `overrides` (the command line given) as it was typed, so that pasted it plans the same."""
-    keys = [*plan["plan"], *plan["given"], "ignore_value"]
+    keys = list(dict.fromkeys([*plan["plan"], *plan["given"], "ignore_value"]))  # once each
     args = [f"data.{k}={cli_value(data[k])}" for k in keys if data.get(k) is not None]
     if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
         args.insert(0, f"data.target={data['target']}")

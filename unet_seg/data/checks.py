@@ -37,6 +37,7 @@ from unet_seg.data.readers import (
     is_image_file,
     plan_channels,
     read_array,
+    read_stored,
     size_mismatch,
 )
 from unet_seg.data.splits import split_problems
@@ -57,8 +58,8 @@ def read_header(path: str | Path) -> tuple[int, int, int]:
     """(height, width, channels it feeds a net) of an image file, as the loader decodes it
     (`read_array`) and counts its channels (`channel_kind`): a grey+alpha PNG with an opaque
     alpha is 1, an opaque RGBA 3. Raises a ValueError naming an unreadable file."""
-    image = read_array(path)
-    return image.shape[0], image.shape[1], channel_kind(image)[1]
+    image, data_channels = read_stored(path)
+    return image.shape[0], image.shape[1], channel_kind(image, data_channels)[1]
 
 
 def _each(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
@@ -77,15 +78,17 @@ def _check_image(
     """The image's facts (`height`, `width`, `kind`, `channels`, `dtype`, `max`) and its
     problems: unreadable, channels that cannot give `in_channels`, smaller than `crop_size`."""
     try:
-        image = read_array(path)
+        image, data_channels = read_stored(path)
     except ValueError as err:
         return None, [str(err)]
     problems = []
     try:
-        kind, channels, _ = plan_channels(image, in_channels, str(path))
+        kind, channels, _ = plan_channels(
+            image, in_channels, str(path), data_channels=data_channels
+        )
     except ValueError as err:  # refused, but still described (a channel count to suggest)
         problems.append(str(err))
-        kind, channels = channel_kind(image) if image.ndim in (2, 3) else ("?", 0)
+        kind, channels = channel_kind(image, data_channels) if image.ndim in (2, 3) else ("?", 0)
     h, w = image.shape[:2]
     top = int(image.max()) if image.dtype == np.uint16 else None
     info = {"height": h, "width": w, "kind": kind, "channels": channels,

@@ -35,7 +35,13 @@ from unet_seg.data.masks import (
     read_palette_indices,
     unpack_rgb,
 )
-from unet_seg.data.readers import channel_kind, file_format, is_jpeg_file, read_array
+from unet_seg.data.readers import (
+    channel_kind,
+    file_format,
+    is_jpeg_file,
+    read_array,
+    read_stored,
+)
 from unet_seg.data.weight_map import touching_border
 from unet_seg.files import write_json
 
@@ -107,8 +113,8 @@ def fingerprint(
 
 def describe_image(path: Path) -> dict[str, Any]:
     """One image's entry: format, dtype, bits, size, channels, kind, intensity statistics."""
-    array = read_array(path)
-    kind, feeds = channel_kind(array)
+    array, data_channels = read_stored(path)  # a TIFF of channels: no alpha, no colour
+    kind, feeds = channel_kind(array, data_channels)
     image = array if array.ndim == 3 else array[:, :, None]
     stored = image.shape[2]
     colour = image[:, :, : min(stored, 3)] if kind.startswith(("RGB", "grey as")) else image

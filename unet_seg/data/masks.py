@@ -23,8 +23,9 @@ palette's colours or transparency. Masks that are (or were) JPEG files carry
 compression noise and are refused with the advice to save them as PNG.
 
 `data.ignore_value` marks pixels that carry no label (partly labelled images):
-a pixel value for `values`, `palette` and `instances` (for instance labels also a
-negative one such as -1; any other negative id is refused), an `[r, g, b]` colour for
+a pixel value for `values`, `palette` and `instances` (for `values` and instance labels
+also a negative one such as -1, down to `LOWEST_VALUE` for `values`: label volumes often
+mark unlabelled voxels -1; any other negative value is refused), an `[r, g, b]` colour for
 `rgb`, and for `folders` the name of a folder of ignore masks
 (`masks/<name>/<stem>.png`, non-zero = no label; an image without one is fully
 labelled). Such pixels become `PAD_LABEL` (then `IGNORE_INDEX`), like padding:
@@ -60,6 +61,10 @@ PAD_LABEL = 255
 augmentation pipeline sees)."""
 
 MASK_FORMATS = ("values", "palette", "rgb", "folders", "instances")
+
+LOWEST_VALUE = -32768
+"""The lowest `data.ignore_value` of `values` masks (int16's): a negative ignore value (-1)
+marks unlabelled voxels of signed label volumes; class values are 0..65535."""
 
 
 class MaskEncoding:
@@ -109,12 +114,17 @@ class MaskEncoding:
             raise ValueError(f"at most {PAD_LABEL} classes are supported, got {len(values)}")
         self.mask_values = values
         self.ignore_value = self._check_ignore(ignore_value)
-        self._lut = np.full(65536, PAD_LABEL, dtype=np.uint8)
-        self._lut[values] = np.arange(len(values), dtype=np.uint8)
-        self._known = np.zeros(65536, dtype=bool)  # values a mask may hold
-        self._known[values] = True
-        if isinstance(self.ignore_value, int) and mask_format != "instances":
-            self._known[self.ignore_value] = True  # and maps to PAD_LABEL
+        ignore = self.ignore_value if isinstance(self.ignore_value, int) else None
+        if mask_format == "instances":
+            ignore = None  # instance labels: read by `indices_of`, not the table
+        # value v is at v + offset in the tables: a negative ignore value (-1) has a place
+        self._offset = -min(0, ignore if ignore is not None else 0)
+        self._lut = np.full(65536 + self._offset, PAD_LABEL, dtype=np.uint8)
+        self._lut[np.asarray(values) + self._offset] = np.arange(len(values), dtype=np.uint8)
+        self._known = np.zeros(65536 + self._offset, dtype=bool)  # values a mask may hold
+        self._known[np.asarray(values) + self._offset] = True
+        if ignore is not None:
+            self._known[ignore + self._offset] = True  # and maps to PAD_LABEL
 
     def _check_ignore(
         self, value: int | Sequence[int] | str | None
@@ -142,15 +152,17 @@ class MaskEncoding:
                                  f"{[list(c) for c in self.mask_colors]}: the ignore colour "
                                  "must differ from every class colour")  # fmt: skip
             return color
-        low = -(2**31) if fmt == "instances" else 0  # instance labels: also -1 and the like
+        # instance labels and label values: also -1 and the like (signed label volumes)
+        low = {"instances": -(2**31), "values": LOWEST_VALUE}.get(fmt, 0)
         if (
             isinstance(value, str | bytes)
             or not isinstance(value, int)
             or not low <= value <= 65535
         ):
             raise ValueError(f"{key}: with data.mask_format={fmt} it is one pixel value in "
-                             "0..65535 (an [r, g, b] colour needs mask_format=rgb; a negative "
-                             "value, such as -1, marks unlabelled pixels of instance labels, "
+                             f"{low}..65535 (an [r, g, b] colour needs mask_format=rgb; a "
+                             "negative value, such as -1, marks unlabelled pixels of label "
+                             "values, mask_format=values, or of instance labels, "
                              "mask_format=instances)")  # fmt: skip
         if fmt == "instances" and value == 0:
             raise ValueError(f"{key}: 0 is the background of instance labels; mark unlabelled "
@@ -229,15 +241,27 @@ class MaskEncoding:
         return self.encode(_whole_numbers(array, path), path)
 
     def encode(self, mask: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
-        """Pixel values `[H, W]` -> uint8 class indices; unknown values raise, naming `path`."""
-        if mask.dtype not in (np.uint8, np.uint16):
+        """Pixel values `[H, W]` (or `[Z, Y, X]`) -> uint8 class indices; unknown values raise,
+        naming `path`. Takes 8/16-bit masks, and signed integers (`_whole_numbers` of label
+        volumes holding -1)."""
+        signed = mask.dtype.kind == "i"
+        if mask.dtype not in (np.uint8, np.uint16) and not signed:
             raise ValueError(
                 f"{path}: mask pixel type {mask.dtype} unsupported; expected 8 or 16 bit"
             )
-        indices = self._lut[mask]
-        if not self._known[mask].all():
+        index, inside = mask, True
+        if signed or self._offset:
+            if mask.size:
+                inside = bool(mask.min() >= -self._offset and mask.max() <= 65535)
+            if inside:  # value v at v + offset
+                index = mask.astype(np.int32) + np.int32(self._offset)
+            else:  # values beyond the tables: a placeholder place, named below
+                wide = mask.astype(np.int64) + self._offset
+                index = np.where((wide >= 0) & (wide < len(self._lut)), wide, 0)
+        indices = self._lut[index]
+        if not inside or not self._known[index].all():
             found = np.unique(mask)
-            unknown = [int(v) for v in found if not self._known[v]]
+            unknown = [int(v) for v in found if not self._is_known(int(v))]
             jpeg = (
                 " Masks saved as JPEG carry compression noise: save them as PNG."
                 if looks_like_jpeg(mask, path)
@@ -251,6 +275,11 @@ class MaskEncoding:
                 f"of unlabelled pixels.{jpeg}"
             )
         return indices
+
+    def _is_known(self, value: int) -> bool:
+        """Whether pixel value `value` is a class value or the ignore value."""
+        place = value + self._offset
+        return 0 <= place < len(self._known) and bool(self._known[place])
 
     def objects_of(self, instances: np.ndarray) -> np.ndarray:
         """Instance labels `[H, W]` as the weight map and object counts take them: with
@@ -457,18 +486,21 @@ def single_channel(array: np.ndarray, path: str | Path) -> np.ndarray:
 
 def _whole_numbers(mask: np.ndarray, path: str | Path) -> np.ndarray:
     """uint8/uint16 as they are; other integer or float masks as uint16 when every value is a
-    whole number in 0..65535 (uint32 or float32 TIFFs of class values), else refused."""
+    whole number in 0..65535 (uint32 or float32 TIFFs of class values), as int32 when some
+    are negative down to `LOWEST_VALUE` (-1 for unlabelled voxels: `encode` takes them when
+    it is the ignore value, and names them otherwise), else refused."""
     if mask.dtype in (np.uint8, np.uint16) or mask.dtype.kind not in "uif" or mask.size == 0:
         return mask  # `encode` names types it cannot take
     lo, hi = mask.min(), mask.max()
     whole = mask.dtype.kind in "ui" or bool(np.isfinite([lo, hi]).all())
     if whole and mask.dtype.kind == "f":
         whole = bool((mask == np.round(mask)).all())
-    if whole and lo >= 0 and hi <= 65535:
-        return mask.astype(np.uint16)
+    if whole and lo >= LOWEST_VALUE and hi <= 65535:
+        return mask.astype(np.uint16 if lo >= 0 else np.int32)
     raise ValueError(
         f"{path}: mask pixel type {mask.dtype} with values {lo:.6g}..{hi:.6g}; masks must hold "
-        "whole numbers 0..65535: save them as 8 or 16-bit PNG or TIFF"
+        f"whole numbers 0..65535 (and {LOWEST_VALUE}..-1 for a data.ignore_value such as -1): "
+        "save them as 8 or 16-bit PNG or TIFF"
     )
 
 

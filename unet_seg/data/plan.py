@@ -13,14 +13,15 @@ What is planned, and how:
 - `in_channels`: 1 when every image is grey (also grey+alpha with an opaque alpha,
   grey stored as RGB/RGBA), 3 for colour and for grey and colour mixed (grey is
   repeated), 4 for grey+alpha next to colour (RGBA: images without transparency get
-  an opaque alpha), else the images' channel count.
+  an opaque alpha), else the images' channel count (a TIFF of C channels of data, such
+  as 2-channel fluorescence, is C channels: never grey+alpha, `readers.read_stored`).
 - `mask_format`, `mask_values`, `mask_colors`, `class_names`, `num_classes`: from
   what the masks hold: palette images (PNG, GIF), RGB colours, class folders,
   instance labels (each id one connected region, however numbered: one foreground
   class, `_instance_like`), or pixel values (each a class, in increasing order; 0/255
   is binary). `num_classes` is the number of classes. The value, colour or folder
-  given as `data.ignore_value` (unlabelled pixels) is never a class; other negative
-  values are refused.
+  given as `data.ignore_value` (unlabelled pixels, also a negative value such as -1) is
+  never a class; other negative values are refused.
 
 Each guess (the mask suffix, instance labels, the channels) says in its reason what
 it saw, with counts; `check_data` prints the override that undoes it.
@@ -55,10 +56,18 @@ from typing import Any
 
 import numpy as np
 
+from unet_seg.data.plan_rules import (
+    AUTO,
+    MAX_CLASSES,
+    MIN_STEPS,
+    RARE_SHARE,
+    RARE_STEPS_FACTOR,
+    PlanError,
+    rare_subject,
+)
 from unet_seg.data.splits import planned_split, train_count
 from unet_seg.problems import problem_list
 
-AUTO = "auto"
 PLANNED_KEYS = ("mask_suffix", "in_channels", "mask_format", "mask_values", "mask_colors",
                 "class_names", "num_classes", "intensity", "mean", "std", "crop_size",
                 "pad_to_crop", "batch_size", "eval_batch_size", "train_repeats",
@@ -78,48 +87,16 @@ batches in flight, pages a forked worker copies when it writes near an array, a 
 worker where workers are spawned, and on a shared machine the other jobs, which a run
 should not push into swapping for a loader that is a few times faster, not essential."""
 
-VOLUME_KEYS = ("volume", "dims", "slab", "slice_axis", "spacing", "patch")
-"""Data keys for volumes only: null in `conf/data/folder.yaml`, planned for a volume folder
-(`unet_seg.data.volume_plan`) unless given."""
-
-MIN_STEPS = 20
-"""Training steps an epoch has at least (`train_repeats` draws each image more often)."""
-
-RARE_SHARE = 0.01
-"""A foreground class under this share of all mask pixels is rare."""
-
-RARE_STEPS_FACTOR = 2
-"""With a rare class, an epoch has this many times `MIN_STEPS`: a rare class is learned late
-(experiments/plan: a class of 0.3% of the pixels was learned after about 400 steps, and
-only when the schedule still had a high learning rate then)."""
-
-
-def rare_subject(rare: list[int], names: Any) -> str:
-    """The rare classes as a log says them, by name where the data names them:
-    "class tumour (2) is", "classes pedestrian (9) and bicyclist (10) are"."""
-    if not rare:
-        return ""
-    names = [] if names is None or isinstance(names, str) else list(names)  # "auto": none
-    plain = {"", "class{}", "class_{}"}  # the names the plans make up: the index says it
-    said = [f"{names[i]} ({i})" if i < len(names) and names[i] not in
-            {p.format(i) for p in plain} else str(i) for i in rare]  # fmt: skip
-    listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
-    return f"class {listed} is" if len(said) == 1 else f"classes {listed} are"
-
-
-MAX_CLASSES = 32
-"""More distinct mask values than this are not classes: instance labels (or noise)."""
-
+VOLUME_KEYS = ("volume", "dims", "slab", "slice_axis", "spacing", "patch", "ignore_value")
+"""Data keys null in `conf/data/folder.yaml` that a volume folder's plan fills
+(`unet_seg.data.volume_plan`) unless given: the keys for volumes only, and `ignore_value`
+(-1 in label volumes: unlabelled voxels)."""
 
 RARE_IDS_MASKS, RARE_IDS_RECUR = 4, 2.0
 """With few distinct values that are not numbered 1..N in each mask, the masks are still
 instance labels when, over at least `RARE_IDS_MASKS` masks, each value lies in at most
 `RARE_IDS_RECUR` masks on average: tiles of one image share only the objects cut by their
 borders, while a class recurs from mask to mask."""
-
-
-class PlanError(ValueError):
-    """The data cannot be planned for; the message lists every problem with its file."""
 
 
 def plan(
@@ -171,7 +148,8 @@ def plan(
     images, masks = fp["images"], fp["masks"]
     feeds = sorted({e["channels"] for e in images})
     channels = max(feeds)
-    if 2 in feeds and 3 in feeds:
+    alpha = any(e["channels"] == 2 and e["kind"] != "2 channels" for e in images)
+    if alpha and 3 in feeds:
         channels = 4  # grey+alpha with colour: RGBA, an opaque alpha added where none is
     kinds: dict[str, int] = {}
     for e in images:
@@ -421,16 +399,17 @@ def _instance_like(masks: list[dict], ignore: str) -> tuple[bool, str]:
 
 
 def _refuse_negative(fp: dict, fmt: str, ignore: str) -> None:
-    """Negative mask values are either the ignore label of instance labels (`data.ignore_value`,
-    e.g. -1) or an error: refused, naming each file, before they become a class or an object."""
+    """Negative mask values are either the ignore label (`data.ignore_value`, e.g. -1, of
+    instance labels or label values) or an error: refused, naming each file, before they
+    become a class or an object."""
     problems = []
     for m in fp["masks"]:
-        bad = sorted(int(v) for v in m.get("negative") or {} if fmt != "instances" or v != ignore)
+        bad = sorted(int(v) for v in m.get("negative") or {} if v != ignore)
         if bad:
             fix = (
                 f"if they mark unlabelled pixels set data.ignore_value={bad[0]}"
-                + (" with data.mask_format=instances" if fmt != "instances" else "")
-                + "; otherwise save the labels with 0 = background and 1..N = objects"
+                + "; otherwise save the labels with 0 = background and 1..N = "
+                + ("objects" if fmt == "instances" else "classes")
             )
             problems.append(f"{fp['root']}: mask {m['name']} holds negative values {bad[:5]}: "
                             f"{fix}")  # fmt: skip
@@ -671,8 +650,16 @@ def plan_volume_config(
     fill("mask_colors", None, "volumes hold label values, not colours")
     fill("pad_to_crop", True, "windows larger than a volume are padded (no label there)")
     fill("crop_size", None, "3-D patches (data.patch)")
-    fill("cache", False, "the volume data module keeps its volumes its own way (data.cache "
-                         "is for 2-D folders)")  # fmt: skip
+    if data.get("cache") == AUTO:  # float32 images and uint8 labels at the planned spacing
+        cases = [e for e in fp["cases"] if "channels" in e]
+        needed = sum(math.prod(n * s / t for n, s, t in zip(e["shape"], e["spacing"],
+                     data["spacing"] or e["spacing"], strict=True)) * (4 * e["channels"] + 1)
+                     for e in cases)  # fmt: skip
+        on, why_cache = decide_cache(int(needed))
+        fill("cache", on, why_cache.replace("decoded training+validation images", "volumes "
+             "(float32)").replace("decoded once, shared by the workers", "kept in memory")
+             .replace("read per sample", "each preprocessed once into a copy on disk and "
+                      "memory-mapped (VolumeDataset.store)"))  # fmt: skip
     fill("rare_classes", [], "not planned for volumes: loss.class_weights=rare weighs 2-D "
                              "data only, where CamVid measured it")  # fmt: skip
     fill("upright", False, "volumes: the augmentation as configured (data.augment)")

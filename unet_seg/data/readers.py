@@ -22,6 +22,7 @@ error naming the file and the fix, never a guess):
 | RGBA, alpha fully opaque                | 3     | 3 (alpha dropped); 4 (as is)     |
 | RGBA, alpha with transparency           | 4     | 4                                |
 | C channels (TIFF)                       | C     | C                                |
+| C channels of data (TIFF, see below)    | C     | C                                |
 
 "Fully opaque" is the pixel type's maximum (1.0 for float) everywhere. A stored
 channel count is always accepted as it is. Transparency that `data.in_channels`
@@ -41,12 +42,22 @@ read as channels in page order. Any other stack (more pages, slices along
 Z or T, pages of different sizes) is refused: split it into one file per slice.
 CMYK TIFFs are refused (convert them to RGB).
 
+Channels of data: a TIFF whose pages are channels (ImageJ/OME axis C, unlabelled pages),
+or whose samples are grey (MinIsBlack) with no sample declared an alpha, stores C channels
+of data (fluorescence, multispectral) rather than a picture (`read_stored`): it is `C
+channels`, feeding C, never grey+alpha, RGB(A) or "grey as RGB" however its values fall,
+and a count other than C is refused. Only a picture format's own alpha (a PNG's, a
+palette's transparency, a TIFF sample declared alpha) is an alpha. `channel_kind`,
+`plan_channels` and `fit_channels` take this answer as `data_channels` (an array of unknown
+origin is read by the table's rules).
+
 Pixel types: uint8, uint16 and float16/32/64 (float: finite values only, read
 as float32); 1-bit images read as 0/255 uint8.
 Intensity (`data.intensity`): `range` divides by the type's maximum (float
 images must already lie in [0, 1]); `percentile` maps each image's channel
 percentiles `low`..`high` to 0..1 (for 16-bit microscopy, whose useful range
-is often a small part of 0..65535).
+is often a small part of 0..65535), over the whole image (or volume) per channel,
+NaN and infinite values left out.
 """
 
 from __future__ import annotations
@@ -159,14 +170,35 @@ def read_array(path: str | Path) -> np.ndarray:
     what OpenCV cannot read. Raises a ValueError naming the file when it cannot
     be read.
     """
+    return read_stored(path)[0]
+
+
+def read_stored(path: str | Path) -> tuple[np.ndarray, bool]:
+    """`read_array(path)`, and whether its channels are channels of data rather than a
+    picture's: a TIFF of channel pages (ImageJ/OME axis C, or unlabelled pages), or of grey
+    samples none of which is declared an alpha (the module docstring). Other formats and
+    RGB(A) TIFFs: False."""
     path = Path(path)
+    data_channels = False
     if path.suffix.lower() in TIFF_EXTENSIONS:
-        array = _read_tiff(path)
+        array, data_channels = _read_tiff(path)
     else:
         array = _read_other(path)
     if array.dtype == bool:  # 1-bit: as OpenCV reads 1-bit PNGs
         array = array.astype(np.uint8) * 255
-    return array
+    return array, data_channels and array.ndim == 3 and array.shape[2] > 1
+
+
+def _tiff_channels(tif: tifffile.TiffFile, layout: str, shape: tuple[int, ...]) -> bool:
+    """Whether a TIFF of `_tiff_layout`'s `layout` and `shape` holds channels of data: more
+    than one channel, grey (MinIsBlack / MinIsWhite) samples or pages, no alpha declared."""
+    channels = shape[0] if layout == "channels first" else (shape[2] if len(shape) == 3 else 1)
+    if channels < 2:
+        return False
+    page = tif.pages[0]
+    grey = page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+    alpha = (tifffile.EXTRASAMPLE.ASSOCALPHA, tifffile.EXTRASAMPLE.UNASSALPHA)
+    return bool(grey and not any(e in alpha for e in (page.extrasamples or ())))
 
 
 def _read_other(path: Path, tiff_error: Exception | None = None) -> np.ndarray:
@@ -190,23 +222,25 @@ def _bgr_to_rgb(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
+    """A TIFF as `[H, W(, C)]`, and whether its channels are data (`_tiff_channels`)."""
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:  # noqa: BLE001 - not a TIFF after all, or broken: try the others
-        return _read_other(path, err)
+        return _read_other(path, err), False
     with tif:
         pages, layout, shape = _tiff_layout(tif, path)
+        data_channels = _tiff_channels(tif, layout, shape)
         try:
             array = tif.series[0].asarray()
         except Exception as err:  # noqa: BLE001 - a codec tifffile lacks (LZW, as OpenCV writes)
-            return _read_tiff_with_opencv(path, pages, err)
+            return _read_tiff_with_opencv(path, pages, err), data_channels
     if array.size != int(np.prod(shape)):
         raise _unreadable(path, f"TIFF data of shape {array.shape}, expected {shape}")
     array = array.reshape(shape)
     if layout == "channels first":
-        return np.ascontiguousarray(np.moveaxis(array, 0, -1))
-    return array
+        return np.ascontiguousarray(np.moveaxis(array, 0, -1)), data_channels
+    return array, data_channels
 
 
 def _tiff_layout(tif: tifffile.TiffFile, path: Path) -> tuple[int, str, tuple[int, ...]]:
@@ -280,13 +314,21 @@ def _read_with_pillow(path: Path, tiff_error: Exception | None = None) -> np.nda
 
 def read_image(path: str | Path, in_channels: int) -> np.ndarray:
     """An image as `[H, W, in_channels]`, following the rules in this module's docstring."""
-    return fit_channels(read_array(path), in_channels, str(path), CHANNEL_FIX)
+    image, data_channels = read_stored(path)
+    return fit_channels(image, in_channels, str(path), CHANNEL_FIX, data_channels)
 
 
 def plan_channels(
-    image: np.ndarray, in_channels: int, name: str, fix: str = CHANNEL_FIX
+    image: np.ndarray,
+    in_channels: int,
+    name: str,
+    fix: str = CHANNEL_FIX,
+    data_channels: bool = False,
 ) -> tuple[str, int, list[int] | None]:
     """Check a decoded image and decide how it gives `in_channels` channels, converting nothing.
+
+    `data_channels`: the file stores channels of data (`read_stored`): C of them feed C,
+    and no other count is made of them.
 
     Returns:
         `(kind, channels, take)`: `channel_kind`'s answer, and the stored channels to take
@@ -303,10 +345,15 @@ def plan_channels(
             f"{name}: expected [H, W] or [H, W, C], got shape {image.shape}; save one 2-D image "
             "per file"
         )
-    kind, channels = channel_kind(image)
+    kind, channels = channel_kind(image, data_channels)
     stored, wanted = image.shape[2], in_channels
     if wanted == stored:
         return kind, channels, None
+    if data_channels and stored > 1:
+        raise ValueError(
+            f"{name}: {stored}-channel image but data.in_channels={wanted}: {stored} channels "
+            f"of data (a TIFF of channels, no colour or alpha); {fix.format(channels=stored)}"
+        )
     grey_alpha = kind.startswith(("grey+alpha", "grey as RGBA"))
     transparent = kind.endswith("(transparent)")
     take = None
@@ -360,15 +407,20 @@ def _check_pixels(image: np.ndarray, name: str) -> None:
 
 
 def fit_channels(
-    image: np.ndarray, in_channels: int, name: str, fix: str = CHANNEL_FIX
+    image: np.ndarray,
+    in_channels: int,
+    name: str,
+    fix: str = CHANNEL_FIX,
+    data_channels: bool = False,
 ) -> np.ndarray:
     """Check pixel type and values, then give `[H, W(, C)]` exactly `in_channels` channels.
 
-    The conversions are the module docstring's table, decided by `plan_channels`;
-    anything else raises a ValueError that names the image (`name`) and ends with
-    `fix` (`{channels}` is filled in). Float images must be finite and become float32.
+    The conversions are the module docstring's table, decided by `plan_channels`
+    (`data_channels`: its argument); anything else raises a ValueError that names the image
+    (`name`) and ends with `fix` (`{channels}` is filled in). Float images must be finite
+    and become float32.
     """
-    _, _, take = plan_channels(image, in_channels, name, fix)
+    _, _, take = plan_channels(image, in_channels, name, fix, data_channels)
     if image.dtype.kind == "f":
         image = image.astype(np.float32, copy=False)
     if image.ndim == 2:
@@ -381,18 +433,24 @@ def fit_channels(
     return image if take is None else np.ascontiguousarray(image[:, :, take])
 
 
-def channel_kind(image: np.ndarray) -> tuple[str, int]:
+def channel_kind(image: np.ndarray, data_channels: bool = False) -> tuple[str, int]:
     """What the channels of a decoded `[H, W(, C)]` image are, and how many it feeds a net.
 
+    Args:
+        image: the decoded array.
+        data_channels: the file stores channels of data (`read_stored`), not a picture.
     Returns:
         `(kind, channels)`: `grey` 1; `grey+alpha` (opaque: 1, else `grey+alpha
         (transparent)` 2); `grey as RGB` (R = G = B) 1; `RGB` 3; `grey as RGBA` (R = G = B,
         opaque) 1, `grey as RGBA (transparent)` 2; `RGBA` (opaque) 3, `RGBA (transparent)`
-        4; `C-channel` C. An alpha that carries transparency counts as a channel.
+        4; `C-channel` C; with `data_channels`, `C channels` C. An alpha that carries
+        transparency counts as a channel.
     """
     if image.ndim == 2 or image.shape[2] == 1:
         return "grey", 1
     channels = image.shape[2]
+    if data_channels:
+        return f"{channels} channels", channels
     if channels == 2:
         return ("grey+alpha", 1) if _alpha_is_opaque(image) else ("grey+alpha (transparent)", 2)
     if channels not in (3, 4):
@@ -437,7 +495,9 @@ def to_unit_range(
     (the same for every image: the plan's dataset percentiles) to 0..1. Both clip.
 
     Returns uint8 (to be divided by 255 once, after augmentation) or float32 in [0, 1].
-    Shape `[H, W, C]` kept. `name` (the file) prefixes errors.
+    Shape kept: `[..., C]`, channels last (`[H, W, C]`, a volume's `[Z, Y, X, 1]`), or `[H, W]`,
+    one channel; `percentile` takes each channel's percentiles over all its values, NaN and
+    infinite values left out (they stay NaN). `name` (the file) prefixes errors.
     """
     if mode == "fixed":
         scale = np.float32(vmax - vmin) if vmax > vmin else np.float32(1.0)
@@ -447,17 +507,23 @@ def to_unit_range(
             return image
         if image.dtype == np.uint16:
             return image.astype(np.float32) / 65535.0
-        if image.min() < 0 or image.max() > 1:
+        low, high = np.nanmin(image), np.nanmax(image)  # NaN: not a value outside [0, 1]
+        if low < 0 or high > 1:
             prefix = f"{name}: " if name else ""
             raise ValueError(
-                f"{prefix}float image values span {image.min():.3g}..{image.max():.3g}, outside "
+                f"{prefix}float image values span {low:.3g}..{high:.3g}, outside "
                 "[0, 1]: set data.intensity.mode=percentile, or rescale the images"
             )
         return image.astype(np.float32, copy=False)
     if mode == "percentile":
-        flat = image.reshape(-1, image.shape[2])
+        channels = image.shape[-1] if image.ndim >= 3 else 1  # channels last; [H, W]: one
+        flat = image.reshape(-1, channels)
         flat = flat[:: max(1, len(flat) // 1_000_000)].astype(np.float32)  # <= ~1M samples
-        lo, hi = np.percentile(flat, [low, high], axis=0)  # [C] each
+        if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+            flat = np.where(np.isfinite(flat), flat, np.nan)  # NaN, inf: no percentile
+            lo, hi = np.nanpercentile(flat, [low, high], axis=0)  # [C] each
+        else:
+            lo, hi = np.percentile(flat, [low, high], axis=0)  # [C] each
         scale = np.where(hi > lo, hi - lo, 1.0)
         scaled = (image.astype(np.float32) - lo.astype(np.float32)) / scale.astype(np.float32)
         return np.clip(scaled, 0.0, 1.0)  # float32: np.percentile's float64 not carried on

@@ -4,12 +4,20 @@ It keeps `SegDataModule`'s contract, split, sampler and loader rules and changes
 what a sample is: cases (`volume_cases.find_volume_cases`) split by case name;
 training draws slices, slabs or 3-D patches from them (`VolumeDataset`), and
 validation and test see one whole volume per item, scored as a volume.
+
+Memory is bounded by the plan, not by the dataset (`data.cache`, nnU-Net's way): the cases
+are kept in memory as float32 when they take at most `plan.CACHE_SHARE` of the memory
+available (`auto`, or `true`), else each is preprocessed once into a copy on disk
+(`VolumeDataset.store`, under the run's `.cache/volumes` unless `cache_dir` is given) and
+memory-mapped, so a training window reads only the pages it touches (`false`).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +47,10 @@ class VolumeDataModule(SegDataModule):
 
     Args:
         synthetic3d: parameters of `ensure_synthetic3d` to generate the data first, or None.
+        cache_dir: the folder of the preprocessed copies on disk (None: `.cache/volumes`
+            beside the splits file, i.e. in the run; else the system's temporary folder).
+            `cache` (default `auto`) and `cache_memory` choose memory or disk (the module
+            docstring).
         **kwargs: `SegDataModule`'s arguments. The contract's volume fields (`dims`, `slab`,
             `slice_axis`, `spacing`, `patch`) say what a sample is: 2-D and 2.5-D train on
             `crop_size` windows of slices along `slice_axis`, 3-D on `patch` windows. The
@@ -46,7 +58,10 @@ class VolumeDataModule(SegDataModule):
             are refused.
     """
 
-    def __init__(self, synthetic3d: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self, synthetic3d: dict | None = None, cache_dir: str | None = None, **kwargs
+    ) -> None:
+        kwargs.setdefault("cache", "auto")
         unsupported = [k for k in ("weight_map", "instances_dir", "context") if kwargs.get(k)]
         unsupported += ["target=instances"] if kwargs.get("target") == "instances" else []
         if unsupported:
@@ -63,6 +78,34 @@ class VolumeDataModule(SegDataModule):
         self.eval_batch_size = 1  # whole volumes, each of its own size
         self.cases: dict[str, VolumeCase] = {}
         self._preloaded: dict[str, LoadedCase] = {}
+        if cache_dir is None:
+            run = Path(self.splits_path).parent if self.splits_path else None
+            cache_dir = run / ".cache" / "volumes" if run else Path(
+                tempfile.gettempdir()) / "unet_seg" / "volumes"  # fmt: skip
+        self.cache_dir = Path(cache_dir)
+        self.in_memory: bool | None = None if self.cache == "auto" else bool(self.cache)
+        """Whether the cases are kept in memory (else memory-mapped from copies on disk);
+        None until `auto` has decided (`_decide`)."""
+
+    def _decide(self, first: LoadedCase, count: int) -> None:
+        """`data.cache: auto`: memory or disk for all `count` cases, estimated from the
+        `first` read (`VolumeDataset.memory_decision`); logged once with its reason."""
+        if self.in_memory is not None:
+            return
+        size = first.image.nbytes + (first.labels.nbytes if first.labels is not None else 0)
+        self.in_memory, why = VolumeDataset.memory_decision(size * count, self.cache_memory,
+                                                            self.cache_dir)  # fmt: skip
+        log.info("data.cache=auto: %s (%s; estimated from %s x %d cases)",
+                 "in memory" if self.in_memory else "on disk", why, first.name,
+                 count)  # fmt: skip
+
+    def _keep(self, case: VolumeCase, loaded: LoadedCase) -> None:
+        """A case read by `check`: kept for `setup` in memory, or written to its copy on
+        disk and let go."""
+        if self.in_memory:
+            self._preloaded[case.name] = loaded
+        else:
+            VolumeDataset.store(case, self.contract, self.cache_dir, loaded)
 
     def _ensure_synthetic(self) -> None:
         if self.synthetic3d and not self._synthetic_ready:
@@ -84,16 +127,20 @@ class VolumeDataModule(SegDataModule):
     def check(self) -> list[str]:
         """Every problem that would stop training, each naming its file: the folder's (a
         missing mask, a channel gap, ...), then every case read: channels, grids, label
-        values. The cases read are kept for `setup`."""
+        values. The cases read are kept for `setup`, in memory or as their copies on disk
+        (`data.cache`)."""
         self._ensure_synthetic()
         try:
             cases, _ = self._pairs_and_splits(save=False)
         except (FileNotFoundError, ValueError) as err:
             return [str(err)]
         problems = []
-        for name, case in cases.items():
+        for case in cases.values():
             try:
-                self._preloaded[name] = load_case(case, self.contract)
+                loaded = load_case(case, self.contract)
+                self._decide(loaded, len(cases))
+                self._keep(case, loaded)
+                del loaded
             except (ValueError, OSError) as err:
                 problems.append(str(err))
         self._checked = not problems
@@ -108,11 +155,18 @@ class VolumeDataModule(SegDataModule):
         c = self.contract
         window = c.patch if c.dims == 3 else [self.crop["crop_size"]] * 2
         start = time.perf_counter()
+        if self.in_memory is None and self.cases:  # auto, not decided by check()
+            first = self.cases[(self.splits["train"] or sorted(self.cases))[0]]
+            loaded = load_case(first, self.contract)
+            self._decide(loaded, len(self.cases))
+            self._keep(first, loaded)
+            del loaded
         for name in ("train", "val", "test"):
             dataset = VolumeDataset(
                 [self.cases[n] for n in self.splits[name]], c, train=name == "train",
                 crop=window, foreground_crop=self.crop["foreground_crop"],
-                augment=self.augment,
+                augment=self.augment, cache=self.in_memory is not False,
+                cache_dir=self.cache_dir,
             )  # fmt: skip
             for i, n in enumerate(self.splits[name]):  # already read by check()
                 if n in self._preloaded:
@@ -120,9 +174,10 @@ class VolumeDataModule(SegDataModule):
             dataset.load_all()  # once, before loader workers copy the dataset
             self.datasets[name] = dataset
         log.info(
-            "volumes %s: %s (read in %.1f s); %s",
+            "volumes %s: %s (read in %.1f s, %s); %s",
             self.root, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()),
-            time.perf_counter() - start, self.describe_sampling(),
+            time.perf_counter() - start, "in memory" if self.in_memory is not False else
+            f"memory-mapped from {self.cache_dir}", self.describe_sampling(),
         )  # fmt: skip
 
     def describe_sampling(self) -> str:

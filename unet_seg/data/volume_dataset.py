@@ -11,9 +11,12 @@ quarter turns and brightness/contrast, drawn from the sample's own seed.
 Intensity (`contract.intensity["mode"]`), nnU-Net's rules:
 - `ct`: clip to `low..high` (the foreground's 0.5..99.5 percentiles, in Hounsfield
   units), then `(x - mean) / std` with the contract's foreground mean and spread;
-- `zscore`: each volume and channel to zero mean and unit spread (MRI, microscopy);
-- `range`, `percentile`, `fixed`: the 2-D rules (`readers.to_unit_range`), then
-  `(x - mean) / std`.
+- `zscore`: each volume and channel to zero mean and unit spread (MRI, microscopy); with
+  `nonzero` (planned when the non-zero region is clearly smaller than the volumes), over
+  the non-zero region only, the voxels outside it kept at 0;
+- `range`, `percentile`, `fixed`: the 2-D rules (`readers.to_unit_range`) per channel
+  over the whole volume, then `(x - mean) / std`.
+NaN and infinite voxels count in no statistic and are 0 after normalisation (`scale_volume`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from unet_seg.data.contract import DataContract
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 from unet_seg.data.readers import to_unit_range
 from unet_seg.data.volume_cases import VolumeCase, slab_indices
-from unet_seg.data.volumes import VolumeMeta, read_volume
+from unet_seg.data.volumes import VolumeMeta, geometry_mismatch, read_volume
+from unet_seg.problems import ProblemList
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +66,72 @@ def scale_volume(
 ) -> np.ndarray:  # fmt: skip
     """Stored intensities `[C, Z, Y, X]` -> the net's input, float32 (the module docstring).
 
+    Every statistic is taken per channel over the whole volume (`percentile`: each channel's
+    own percentiles); NaN and infinite voxels count in none and are 0 in the result (the
+    normalised mean), logged with their count. `intensity["nonzero"]` (`zscore` only): each
+    channel's mean and spread over the non-zero region (`nonzero_region`), voxels outside it
+    stay 0 (nnU-Net's ZScoreNormalization with use_mask_for_norm).
+
     Args:
         image: the volume, channels first, any numeric type.
         intensity: `contract.intensity`; mean, std: the contract's.
         slab_size: `contract.slab` (the mean and std may list a value per slab slice).
-        name: the file, for errors.
+        name: the file, for errors and the log.
     """
     channels = image.shape[0]
     mode = intensity.get("mode", "range")
     x = image.astype(np.float32, copy=True)
+    bad = None if image.dtype.kind != "f" or np.isfinite(x).all() else ~np.isfinite(x)
+    if bad is not None:
+        log.warning("%s: %d NaN or infinite voxel(s) left out of the intensity statistics and "
+                    "set to 0 (the normalised mean)", name or "a volume",
+                    int(bad.sum()))  # fmt: skip
     if mode == "zscore":
+        region = nonzero_region(x) if intensity.get("nonzero") else None  # [Z, Y, X]
         for c in range(channels):
-            mu, sigma = float(x[c].mean()), float(x[c].std())
-            x[c] = (x[c] - mu) / max(sigma, 1e-8)
-        return x
-    if mode == "ct":
-        np.clip(x, np.float32(intensity["low"]), np.float32(intensity["high"]), out=x)
+            keep = region
+            if bad is not None:
+                keep = ~bad[c] if keep is None else keep & ~bad[c]
+            values = x[c] if keep is None else x[c][keep]
+            mu = float(values.mean()) if values.size else 0.0
+            sigma = float(values.std()) if values.size else 1.0
+            x[c] = (x[c] - np.float32(mu)) / np.float32(max(sigma, 1e-8))
+            if region is not None:
+                x[c][~region] = 0.0
     else:
-        args = {k: v for k, v in intensity.items() if k != "mode"}
-        for c in range(channels):  # [Z, Y, X] read as an [H, W, C] picture: same values
-            scaled = to_unit_range(image[c], mode, **args, name=name)
-            x[c] = scaled / 255.0 if scaled.dtype == np.uint8 else scaled
-    m = _per_channel(mean, channels, slab_size).reshape(-1, 1, 1, 1)
-    s = _per_channel(std, channels, slab_size).reshape(-1, 1, 1, 1)
-    return (x - m) / s
+        if mode == "ct":
+            np.clip(x, np.float32(intensity["low"]), np.float32(intensity["high"]), out=x)
+        else:
+            args = {k: v for k, v in intensity.items() if k not in ("mode", "nonzero")}
+            for c in range(channels):  # [Z, Y, X, 1]: one channel, channels last
+                scaled = to_unit_range(image[c][..., None], mode, **args, name=name)[..., 0]
+                x[c] = scaled / 255.0 if scaled.dtype == np.uint8 else scaled
+        m = _per_channel(mean, channels, slab_size).reshape(-1, 1, 1, 1)
+        s = _per_channel(std, channels, slab_size).reshape(-1, 1, 1, 1)
+        x = (x - m) / s
+    if bad is not None:
+        x[bad] = 0.0
+    return x
+
+
+def nonzero_region(image: np.ndarray) -> np.ndarray:
+    """The non-zero region `[Z, Y, X]` of a volume `[C, Z, Y, X]`: voxels where some channel
+    is finite and not 0, with the zero holes inside it filled (nnU-Net's nonzero mask, whose
+    bounding box it crops to); the whole volume when no voxel is non-zero."""
+    from scipy import ndimage  # scikit-image's dependency: imported when used
+
+    region = np.zeros(image.shape[1:], bool)
+    for channel in image:
+        region |= (channel != 0) & np.isfinite(channel)
+    if not region.any():
+        return np.ones_like(region)
+    outside, count = ndimage.label(~region)  # zero voxels, 6-connected pieces
+    if count:
+        faces = [outside[(slice(None),) * a + (end,)] for a in range(outside.ndim)
+                 for end in (0, -1)]  # fmt: skip
+        border = np.unique(np.concatenate([f.ravel() for f in faces]))
+        region |= ~np.isin(outside, border)  # a piece that does not reach a face: a hole
+    return region
 
 
 @dataclass
@@ -101,28 +147,48 @@ class LoadedCase:
 
 def read_case_image(case: VolumeCase) -> tuple[np.ndarray, VolumeMeta]:
     """The stored intensities of a case `[C, Z, Y, X]` (its channel files stacked) and the
-    geometry of its first file; files of one case must share `[Z, Y, X]`."""
-    arrays, meta = [], None
+    geometry of its first file. Every channel file must lie on the first one's grid (shape,
+    spacing, origin, orientation: `volumes.geometry_mismatch`); a ValueError lists each
+    file that does not."""
+    arrays, problems = [], []
+    first, meta = case.images[0], None
     for path in case.images:
         array, m = read_volume(path)
         meta = meta or m
-        if array.shape[:3] != tuple(meta.shape):
-            raise ValueError(
-                f"{path}: {list(array.shape[:3])} voxels, but {case.images[0].name} of the same "
-                f"case has {list(meta.shape)}: the channels of a case must share one grid"
-            )
+        problem = geometry_mismatch(path, m, first, meta, "channel file")
+        if problem:
+            problems.append(problem)
+            continue
         # [Z, Y, X] -> [1, Z, Y, X]; [Z, Y, X, C] -> [C, Z, Y, X]
         arrays.append(array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ProblemList(f"case {case.name}: {len(problems)} channel files off its first "
+                          "channel's grid", problems)  # fmt: skip
     return np.concatenate(arrays, axis=0), meta
 
 
-def read_case_labels(path: Path, contract: DataContract, shape: Sequence[int]) -> np.ndarray:
-    """A label volume as uint8 class indices `[Z, Y, X]` by the contract's encoding."""
+def read_case_labels(
+    path: Path, contract: DataContract, shape: Sequence[int],
+    image_meta: VolumeMeta | None = None, image: Path | None = None,
+) -> np.ndarray:  # fmt: skip
+    """A label volume as uint8 class indices `[Z, Y, X]` by the contract's encoding.
+
+    Args:
+        shape: the image's `[Z, Y, X]`.
+        image_meta, image: the image's geometry and first file: the labels must lie on its
+            grid (`volumes.geometry_mismatch`), else a ValueError naming both files.
+    """
     from unet_seg.data.masks import _whole_numbers  # the 2-D masks' rule for numeric types
 
-    array, _ = read_volume(path)
+    array, meta = read_volume(path)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
+    if image_meta is not None and array.ndim == 3:
+        problem = geometry_mismatch(path, meta, image or "its image", image_meta, "mask")
+        if problem:
+            raise ValueError(problem)
     if array.shape != tuple(shape):
         raise ValueError(
             f"{path}: label volume of {list(array.shape)} voxels for an image of "
@@ -183,7 +249,7 @@ def load_case(case: VolumeCase, contract: DataContract, resample: bool = True) -
                          contract.slab, case.images[0])  # fmt: skip
     labels = None
     if case.mask is not None:
-        labels = read_case_labels(case.mask, contract, stored.shape[1:])
+        labels = read_case_labels(case.mask, contract, stored.shape[1:], meta, case.images[0])
     loaded = LoadedCase(case.name, image, labels, meta)
     return at_spacing(loaded, contract.spacing) if resample else loaded
 
@@ -233,8 +299,28 @@ class VolumeDataset(Dataset):
         foreground_crop: share of windows centred on a foreground voxel, the class picked
             uniformly among those the case holds (nnU-Net's oversampling).
         augment: `data.augment`: flips, quarter turns, brightness/contrast (`augment_window`).
-    Each case is read and normalised once, when first used, and kept in memory.
+        cache: where the cases live (`data.cache`'s words): `true` in memory, `false` as a
+            preprocessed copy on disk opened with `np.load(mmap_mode="r")` (nnU-Net's way:
+            a window reads only the pages it touches), `auto` in memory when the cases'
+            float32 size (estimated from the first) is at most `plan.CACHE_SHARE` of
+            `cache_memory`, else on disk; the decision and its reason are logged once.
+        cache_dir: the folder of the copies on disk (`false`, or `auto` when it chooses disk).
+        cache_memory: bytes of memory available for `auto` (None: MemAvailable).
+    Each case is read and normalised once, when first used, and kept in memory or written
+    once to `cache_dir/<case>-<key>/` (`image.npy` float32, `labels.npy` uint8, `meta.json`),
+    the key hashing the case's files (path, size, time), the contract's preprocessing fields
+    and the reading code, so a changed contract or file never reuses a stale copy.
     """
+
+    CACHE_VERSION = 1
+    """Bumped when the layout of the copies on disk changes."""
+    CACHE_IRRELEVANT = ("class_names", "background", "sigmoid", "crop_size", "instances",
+                        "dims", "slice_axis", "patch")  # fmt: skip
+    """Contract fields that do not change `load_case`'s output (left out of the key)."""
+    CACHE_CODE = ("volume_dataset.py", "volumes.py", "readers.py", "masks.py", "contract.py")
+    """Modules of `unet_seg.data` whose code makes a copy (in the key: a changed reader
+    or normalisation writes new copies)."""
+    _code_key: str | None = None
 
     def __init__(
         self,
@@ -244,9 +330,22 @@ class VolumeDataset(Dataset):
         crop: Sequence[int] | None = None,
         foreground_crop: float = 0.0,
         augment: dict | None = None,
+        cache: bool | str = True,
+        cache_dir: str | Path | None = None,
+        cache_memory: int | None = None,
     ) -> None:
         if train and not crop:
             raise ValueError("a training VolumeDataset needs its window size (crop)")
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"data.cache={cache!r}: choose true (volumes in memory), false "
+                             "(memory-mapped from a copy on disk) or auto")  # fmt: skip
+        if cache is not True and cache_dir is None:
+            raise ValueError(f"data.cache={cache}: a VolumeDataset needs cache_dir for the "
+                             "copies on disk")  # fmt: skip
+        self.cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_memory = cache_memory
+        self._on_disk: dict[int, tuple[Path, VolumeMeta]] = {}  # case -> its copy, geometry
         self.cases = list(cases)
         self.contract = contract
         self.train = train
@@ -260,13 +359,126 @@ class VolumeDataset(Dataset):
         return len(self.cases)
 
     def case(self, index: int) -> LoadedCase:
-        """Case `index`, read and normalised on first use."""
-        if index not in self._loaded:
-            self._loaded[index] = load_case(self.cases[index], self.contract)
-        return self._loaded[index]
+        """Case `index`, read and normalised on first use: in memory, or (on disk) its
+        copy memory-mapped anew at each call, so that no mapping and none of its pages stay
+        with the dataset (nnU-Net opens its copies per sample too)."""
+        if index in self._loaded:
+            return self._loaded[index]
+        if index not in self._on_disk:
+            loaded = None
+            if self.cache == "auto":
+                loaded = load_case(self.cases[index], self.contract)
+                self.cache = self.decide_cache(loaded)
+            if self.cache is True:
+                self._loaded[index] = loaded or load_case(self.cases[index], self.contract)
+                return self._loaded[index]
+            self._on_disk[index] = self.store(self.cases[index], self.contract,
+                                              self.cache_dir, loaded)  # fmt: skip
+        folder, meta = self._on_disk[index]
+        labels = folder / "labels.npy"
+        return LoadedCase(
+            self.cases[index].name, np.load(folder / "image.npy", mmap_mode="r"),
+            np.load(labels, mmap_mode="r") if labels.exists() else None, meta,
+        )  # fmt: skip
+
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the cases are memory-mapped from copies on disk (`cache` false, or
+        `auto` decided so)."""
+        return self.cache is False
+
+    def decide_cache(self, first: LoadedCase) -> bool:
+        """`data.cache: auto` for this dataset alone (`memory_decision`), estimated from its
+        first case; logged once with the reason. True: in memory."""
+        size = first.image.nbytes + (first.labels.nbytes if first.labels is not None else 0)
+        on, why = self.memory_decision(size * len(self), self.cache_memory, self.cache_dir)
+        log.info("data.cache=auto: %s (%s; estimated from %s x %d cases)",
+                 "in memory" if on else "on disk", why, first.name, len(self))  # fmt: skip
+        return on
+
+    @staticmethod
+    def memory_decision(
+        needed: int, available: int | None = None, cache_dir: str | Path | None = None
+    ) -> tuple[bool, str]:
+        """`(in memory, why)` for `data.cache: auto` on volumes: in memory when `needed`
+        bytes (float32 images, uint8 labels) are at most `plan.CACHE_SHARE` of `available`
+        (None: MemAvailable now), else memory-mapped from copies on disk, as 2-D images are
+        cached by the same share (`plan.decide_cache`)."""
+        from unet_seg.data.plan import CACHE_SHARE, available_memory
+
+        available = available_memory() if available is None else available
+        there = f" in {cache_dir}" if cache_dir is not None else ""
+        if available is None:
+            return False, (f"volumes take {needed / 2**20:.0f} MiB as float32; the memory "
+                           "available could not be read: memory-mapped from preprocessed "
+                           f"copies{there} (data.cache=true keeps them in memory)")  # fmt: skip
+        on = needed <= CACHE_SHARE * available
+        return on, (
+            f"volumes {needed / 2**20:.0f} MiB as float32 {'<=' if on else '>'} "
+            f"{CACHE_SHARE:.0%} of the {available / 2**30:.1f} GiB available: "
+            + ("kept in memory" if on else f"memory-mapped from preprocessed copies{there}")
+        )
+
+    @classmethod
+    def cache_key(cls, case: VolumeCase, contract: DataContract) -> str:
+        """The key of a case's copy on disk: its files (resolved path, size, modification
+        time), the contract's fields that shape `load_case`'s output, and the reading code."""
+        import hashlib
+        import json
+
+        if cls._code_key is None:
+            code = hashlib.sha256()
+            for name in cls.CACHE_CODE:
+                code.update((Path(__file__).parent / name).read_bytes())
+            cls._code_key = code.hexdigest()
+        files = []
+        for path in (*case.images, *([case.mask] if case.mask is not None else [])):
+            stat = Path(path).stat()
+            files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+        fields = {k: v for k, v in contract.to_dict().items() if k not in cls.CACHE_IRRELEVANT}
+        text = json.dumps({"version": cls.CACHE_VERSION, "files": files, "contract": fields,
+                           "code": cls._code_key}, sort_keys=True, default=str)  # fmt: skip
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @classmethod
+    def store(
+        cls, case: VolumeCase, contract: DataContract, cache_dir: str | Path,
+        loaded: LoadedCase | None = None,
+    ) -> tuple[Path, VolumeMeta]:  # fmt: skip
+        """The folder of a case's preprocessed copy (`load_case`'s output) under
+        `cache_dir`, and its geometry: reused when its key matches, else written once,
+        atomically (a temporary folder renamed into place; a copy another process wrote
+        first is kept). `loaded`: the case already read, to write without reading again."""
+        import json
+        import os
+        import shutil
+        import tempfile
+
+        cache_dir = Path(cache_dir)
+        folder = cache_dir / f"{case.name}-{cls.cache_key(case, contract)}"
+        if not (folder / "meta.json").exists():
+            loaded = loaded or load_case(case, contract)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{case.name}-", dir=cache_dir))
+            try:
+                np.save(tmp / "image.npy", np.ascontiguousarray(loaded.image, np.float32))
+                if loaded.labels is not None:
+                    np.save(tmp / "labels.npy", np.ascontiguousarray(loaded.labels, np.uint8))
+                (tmp / "meta.json").write_text(json.dumps(loaded.meta.to_dict()))
+                try:
+                    os.replace(tmp, folder)
+                except OSError:  # written meanwhile by another process (same key: same data)
+                    if not (folder / "meta.json").exists():
+                        raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            log.debug("%s: preprocessed copy written to %s", case.name, folder)
+        meta = VolumeMeta.from_dict(json.loads((folder / "meta.json").read_text()))
+        return folder, meta
 
     def load_all(self) -> None:
-        """Read every case now (before DataLoader workers copy the dataset)."""
+        """Read every case now (before DataLoader workers copy the dataset): into memory,
+        or into its copy on disk (written once, then reused)."""
         for index in range(len(self)):
             self.case(index)
 
@@ -283,10 +495,10 @@ class VolumeDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, None)
         if not self.train:
-            loaded = self.case(index)
-            item = {"image": torch.from_numpy(loaded.image), "name": loaded.name}
+            loaded = self.case(index)  # a whole volume: read from its copy on disk
+            item = {"image": torch.from_numpy(self._owned(loaded.image)), "name": loaded.name}
             if loaded.labels is not None:
-                item["mask"] = labels_to_tensor(loaded.labels)
+                item["mask"] = labels_to_tensor(self._owned(loaded.labels))
             return item
         if seed is None:
             seed = int(torch.randint(2**31 - 1, ()).item())
@@ -310,8 +522,16 @@ class VolumeDataset(Dataset):
         if self.augment:
             spatial = 3 if self.contract.dims == 3 else 2
             x, y = augment_window(x, y, rng, spatial, self.augment)
-        return {"image": torch.from_numpy(np.ascontiguousarray(x)),
-                "mask": labels_to_tensor(y), "name": self.cases[index].name}  # fmt: skip
+        name = self.cases[index].name
+        return {"image": torch.from_numpy(self._owned(x)),
+                "mask": labels_to_tensor(self._owned(y)), "name": name}  # fmt: skip
+
+    @staticmethod
+    def _owned(a: np.ndarray) -> np.ndarray:
+        """`a` contiguous and writable: a window of a memory-mapped copy is copied out of
+        the mapping (a tensor must not share a read-only mapping's pages)."""
+        a = np.ascontiguousarray(a)
+        return a if a.flags.writeable and not isinstance(a, np.memmap) else np.array(a)
 
     def _starts(
         self, index: int, labels: np.ndarray, size: Sequence[int], rng: np.random.Generator

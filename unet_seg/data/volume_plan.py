@@ -11,7 +11,11 @@ their value and a reason with the numbers seen:
   or whole numbers read as floats from a scaled NIfTI, reaching `HU_MIN` or below, air,
   in most cases): clip to the pooled foreground's
   0.5..99.5 percentiles, then the clipped foreground's mean and std (nnU-Net's
-  CTNormalization); otherwise a z-score per volume and channel (MRI, microscopy).
+  CTNormalization); otherwise a z-score per volume and channel (MRI, microscopy), over
+  the non-zero region only (`nonzero`, the voxels outside kept at 0) when cropping to it
+  keeps less than `NONZERO_SHARE` of the median case's voxels (nnU-Net's use_mask_for_norm).
+  NaN and infinite voxels count in no statistic and are 0 after normalisation; the reason
+  says how many.
 - `choose_dims`: 2-D slices along the coarsest axis when the spacing is anisotropic
   (max / min >= `ANISOTROPY`) or a volume is too thin for a 3-D patch (fewer than
   `THIN` voxels along an axis); else 3-D patches.
@@ -35,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_seg.data.plan import (
+from unet_seg.data.plan_rules import (
     AUTO,
     MAX_CLASSES,
     MIN_STEPS,
@@ -51,18 +55,23 @@ from unet_seg.problems import problem_list
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
-"""Bumped when what a volume fingerprint records changes."""
+VERSION = 2
+"""Bumped when what a volume fingerprint records changes (2: `nonzero_share`, NaN and
+infinite voxels out of every statistic)."""
 
-VOLUME_KEYS = ("mask_suffix", "mask_format", "mask_values", "mask_colors", "class_names",
-               "num_classes", "intensity", "mean", "std", "spacing", "dims", "slice_axis",
-               "slab", "in_channels", "patch", "crop_size", "pad_to_crop", "batch_size",
-               "eval_batch_size", "train_repeats", "foreground_crop")  # fmt: skip
+VOLUME_KEYS = ("mask_suffix", "ignore_value", "mask_format", "mask_values", "mask_colors",
+               "class_names", "num_classes", "intensity", "mean", "std", "spacing", "dims",
+               "slice_axis", "slab", "in_channels", "patch", "crop_size", "pad_to_crop",
+               "batch_size", "eval_batch_size", "train_repeats", "foreground_crop")  # fmt: skip
 """Data keys `plan_volumes` fills when they are `auto`, in this order (a later key follows
 the earlier ones, given or planned)."""
 
 FG_SAMPLES = 10_000
 """Foreground voxels sampled per case for the intensity statistics (nnU-Net's number)."""
+
+NONZERO_SHARE = 0.75
+"""Volumes are z-scored over their non-zero region when cropping to it keeps less than this
+share of the voxels in the median case (nnU-Net's rule: the brain inside its zero field)."""
 
 HU_MIN = -500.0
 """A volume whose minimum is at or below this, in signed integers, holds air in Hounsfield
@@ -110,7 +119,8 @@ def describe_case(case: VolumeCase, seed: int = 0, keep_samples: bool = False) -
     Returns:
         `{"name", "images", "mask", "shape" (z, y, x), "spacing" (z, y, x), "channels",
         "dtype", "integer_valued", "labels" {value: voxels}, "min", "max", "mean", "std" (of up
-        to ~2M evenly strided voxels), "nan_voxels",
+        to ~2M evenly strided voxels; NaN and infinite voxels left out), "nan_voxels" (voxels
+        NaN or infinite in some channel), "nonzero_share" (`_nonzero_share`),
         "fg_voxels", "fg_min", "fg_max", "fg_mean", "fg_std", "fg_p0_5", "fg_p99_5",
         "problems"}` (per-channel lists), or `{"name", "error"}` naming the file that cannot
         be read.
@@ -147,16 +157,23 @@ def _describe(case: VolumeCase, seed: int, keep_samples: bool) -> dict[str, Any]
     values = image.reshape(-1, channels)  # [Z*Y*X, C]
     dtypes = sorted({str(a.dtype) for a in arrays})
     sample = values[:: max(1, len(values) // 1_000_000)].astype(np.float64)  # <= ~2M voxels
-    floating = image.dtype.kind == "f"  # NaN voxels are left out of the statistics
+    bad = ~np.isfinite(values) if image.dtype.kind == "f" else None  # NaN, inf: [Z*Y*X, C]
+    if bad is not None and not bad.any():
+        bad = None
+    if bad is not None:  # left out of every statistic (scale_volume sets them to 0)
+        values = np.where(bad, np.nan, values)
+        sample[~np.isfinite(sample)] = np.nan
+    whole = sample[:200_000]
     entry.update(
         channels=int(channels),
         dtype="/".join(dtypes),
-        integer_valued=bool(not floating or np.all(np.mod(sample[:200_000], 1) == 0)),
-        min=_floats(np.nanmin(values, 0) if floating else values.min(0)),
-        max=_floats(np.nanmax(values, 0) if floating else values.max(0)),
+        integer_valued=bool(np.all(np.mod(whole[np.isfinite(whole)], 1) == 0)),
+        min=_floats(np.nanmin(values, 0) if bad is not None else values.min(0)),
+        max=_floats(np.nanmax(values, 0) if bad is not None else values.max(0)),
         mean=_floats(np.nanmean(sample, 0)),
         std=_floats(np.nanstd(sample, 0)),
-        nan_voxels=int(np.isnan(values).any(1).sum()) if floating else 0,
+        nan_voxels=int(bad.any(1).sum()) if bad is not None else 0,
+        nonzero_share=_nonzero_share(image),
     )
     foreground = None
     if case.mask is not None:
@@ -182,6 +199,23 @@ def _describe(case: VolumeCase, seed: int, keep_samples: bool) -> dict[str, Any]
             foreground = mask.reshape(-1) > 0  # [Z*Y*X]
     _foreground_stats(entry, values, foreground, seed, keep_samples)
     return entry
+
+
+def _nonzero_share(image: np.ndarray) -> float:
+    """The share of a volume's voxels `[Z, Y, X, C]` inside the bounding box of its non-zero
+    region (some channel finite and not 0): what cropping to it keeps (nnU-Net's relative size
+    after cropping); 1.0 when no voxel is non-zero."""
+    region = np.zeros(image.shape[:3], bool)
+    for c in range(image.shape[3]):
+        channel = image[..., c]
+        region |= (channel != 0) & np.isfinite(channel)
+    if not region.any():
+        return 1.0
+    box = 1
+    for axis in range(3):
+        hit = np.flatnonzero(region.any(axis=tuple(a for a in range(3) if a != axis)))
+        box *= int(hit[-1] - hit[0] + 1)
+    return round(box / region.size, 6)
 
 
 def _label_counts(mask: np.ndarray, chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
@@ -353,11 +387,13 @@ def choose_intensity(
     Returns:
         `(intensity, mean, std, reason)`: `{"mode": "ct", "low", "high"}` with the clipped
         foreground's mean and std (one channel: the CT mode clips every channel alike), or
-        `{"mode": "zscore"}` with mean 0 and std 1 per channel.
+        `{"mode": "zscore"}` (`"nonzero": True` over the non-zero region, `_nonzero_evidence`)
+        with mean 0 and std 1 per channel.
     """
     channels = fp.get("channels") or 1
     ct, seen = _hu_evidence(fp)
     fg = fp.get("foreground")
+    nans = _nan_note(fp)
     if ct and fg is not None and channels == 1:
         low, high = fg["p0_5"], fg["p99_5"]
         mean = [round(v, 4) for v in fg["clipped_mean"]]
@@ -367,16 +403,50 @@ def choose_intensity(
             f"CT: {seen}: clipped to the foreground's 0.5..99.5 percentiles {_list(low)}.."
             f"{_list(high)} ({fg['samples']} voxels sampled from {fg['cases']} cases), then "
             f"their mean {_list(mean)} and std {_list(std)} (nnU-Net's CT normalisation); not "
-            "CT? data.intensity={mode:zscore}"
+            "CT? data.intensity={mode:zscore}" + nans
         )  # fmt: skip
     why = (seen if not ct else f"{seen}, but no foreground voxels to take CT bounds from"
            if fg is None else f"{seen}, but {channels} channels: the CT mode clips every "
            "channel alike")  # fmt: skip
-    return {"mode": "zscore"}, [0.0] * channels, [1.0] * channels, (
-        f"not CT ({why}): each volume and channel z-scored, (x - mean) / std of the volume "
-        "(nnU-Net's rule for MRI and microscopy); CT in Hounsfield units? "
-        "data.intensity={mode:ct,low:L,high:H}"
+    nonzero, region = _nonzero_evidence(fp)
+    intensity = {"mode": "zscore", "nonzero": True} if nonzero else {"mode": "zscore"}
+    return intensity, [0.0] * channels, [1.0] * channels, (
+        f"not CT ({why}): each volume and channel z-scored, (x - mean) / std of the volume"
+        + (" over its non-zero region, the voxels outside it kept at 0" if nonzero else "")
+        + f" (nnU-Net's rule for MRI and microscopy); {region}; CT in Hounsfield units? "
+        "data.intensity={mode:ct,low:L,high:H}" + nans
     )  # fmt: skip
+
+
+def _nonzero_evidence(fp: dict[str, Any]) -> tuple[bool, str]:
+    """Whether volumes are z-scored over their non-zero region (nnU-Net: when cropping to it
+    keeps less than `NONZERO_SHARE` of the voxels in the median case), and what was seen."""
+    shares = [e["nonzero_share"] for e in fp["cases"] if "nonzero_share" in e]
+    if not shares:
+        return False, "no non-zero region measured"
+    median = float(np.median(shares))
+    smaller = sum(s < NONZERO_SHARE for s in shares)
+    seen = (f"cropping to the non-zero region (some channel not 0) keeps a median "
+            f"{median:.0%} of the voxels ({smaller} of {len(shares)} cases under "
+            f"{NONZERO_SHARE:.0%})")  # fmt: skip
+    if median < NONZERO_SHARE:
+        return True, (f"{seen}: the empty field around the object would weigh in the mean, so "
+                      "the statistics are the non-zero region's (nnU-Net's use_mask_for_norm); "
+                      "the whole volume instead: data.intensity={mode:zscore}")  # fmt: skip
+    return False, (f"{seen}: the statistics are the whole volume's; over the non-zero region "
+                   "only: data.intensity={mode:zscore,nonzero:true}")  # fmt: skip
+
+
+def _nan_note(fp: dict[str, Any]) -> str:
+    """The reason's note on NaN and infinite voxels, naming the cases; "" when none."""
+    cases = [e for e in fp["cases"] if e.get("nan_voxels")]
+    if not cases:
+        return ""
+    total = sum(e["nan_voxels"] for e in cases)
+    names = [e["name"] for e in cases]
+    return (f"; {total} NaN or infinite voxel(s) in {len(cases)} case(s) (e.g. {names[:3]}): "
+            "left out of the statistics and set to 0 (the normalised mean) in the net's "
+            "input")  # fmt: skip
 
 
 def choose_dims(spacing_median: list[float], shape_median: list[float]) -> tuple[float, int, str]:
@@ -612,17 +682,37 @@ def plan_volume_data(
     return data, why
 
 
+UNLABELLED = -1
+"""The label value taken for unlabelled voxels when label volumes hold it and
+`data.ignore_value` is not given (a common convention of signed label volumes)."""
+
+
 def _plan_labels(fp: dict, data: dict, fill: Callable[[str, Any, str], None]) -> None:
+    """The classes of label volumes: `ignore_value` (-1 when the volumes hold it: unlabelled
+    voxels, no loss term or score), then every other value a class in increasing order, 0
+    first; other negative values are refused with the fix."""
+    found = sorted(int(v) for v in fp["labels"])
+    holding = [e for e in fp["cases"] if UNLABELLED in {int(v) for v in e.get("labels") or {}}]
+    voxels = sum(int(e["labels"][str(UNLABELLED)]) for e in holding)
+    fill("ignore_value", UNLABELLED if UNLABELLED in found else None, (
+        f"{voxels} voxel(s) of {len(holding)} label volume(s) (e.g. "
+        f"{[e['mask'] for e in holding][:3]}) hold {UNLABELLED}: unlabelled, counted in no loss "
+        "term or score; if it is a class, save the labels as 0 = background and 1..N = "
+        "classes" if UNLABELLED in found else f"no label volume holds {UNLABELLED} (unlabelled "
+        "voxels): every voxel is labelled"))  # fmt: skip
     ignore = data.get("ignore_value")
-    ignore = None if ignore is None or isinstance(ignore, list | str) else int(ignore)
-    values = sorted(int(v) for v in fp["labels"] if int(v) != ignore)
+    ignore = None if ignore in (None, AUTO) or isinstance(ignore, list | str) else int(ignore)
+    values = [v for v in found if v != ignore]
     problems = []
     negative = [v for v in values if v < 0]
-    if negative:
-        files = [e["mask"] for e in fp["cases"] if any(int(v) < 0 for v in e.get("labels") or {})]
+    if negative and data.get("mask_values") == AUTO:
+        files = [e["mask"] for e in fp["cases"] if any(int(v) < 0 and int(v) != ignore
+                                                       for v in e.get("labels") or {})]  # fmt: skip
+        fix = (f"only one value marks unlabelled voxels (data.ignore_value={ignore})"
+               if ignore is not None else
+               f"if they mark unlabelled voxels set data.ignore_value={negative[0]}")  # fmt: skip
         problems.append(f"{fp['root']}: label volumes {files[:5]} hold negative values "
-                        f"{negative[:5]}: if they mark unlabelled voxels set "
-                        f"data.ignore_value={negative[0]}; otherwise save 0 = background and "
+                        f"{negative[:5]}: {fix}; otherwise save 0 = background and "
                         "1..N = classes")  # fmt: skip
     many = [e["mask"] for e in fp["cases"] if e.get("n_labels", 0) > 256]
     if (len(values) > MAX_CLASSES or many) and data.get("mask_values") == AUTO:
