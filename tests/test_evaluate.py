@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import CONF, write_folder
+from tests.forked import Forker
 from tests.test_inference import make_checkpoint
 from unet_seg import load_model
 from unet_seg.data.dataset import find_pairs, read_image
@@ -190,3 +191,77 @@ def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Pat
     assert tuple(pred[inside[0]]) == tuple(pred[inside[1]])  # merged: one colour
     assert truth[8, 6:22].tolist() == [colours[1].tolist()] * 16  # outlined in its colour
     assert truth[8, 22:40].tolist() == [colours[2].tolist()] * 18
+
+
+def test_evaluate_without_data_says_what_to_type(tmp_path: Path, forker: Forker) -> None:
+    """`evaluate ckpt=PATH` without a data root ended in a ValueError traceback."""
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    with pytest.raises(ValueError, match=r"add data_root=DIR .*or give run_dir=RUN"):
+        evaluate(config(ckpt=str(ckpt)))
+    proc = forker.run(["-m", "unet_seg.evaluate", f"ckpt={ckpt}"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("evaluate needs the images to score: add data_root=DIR")
+    assert not any(p.is_file() for p in (tmp_path / "outputs").rglob("*"))  # nothing left
+
+
+def two_volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Two hand-made (truth, prediction) volumes `[2, 4, 5]` of classes 0, 1, 2 whose
+    Dice (class 1, class 2) are (1.0, absent from both) and (0.4, 0.0)."""
+    truth_a = np.zeros((2, 4, 5), np.uint8)
+    truth_a[0, 0, :4] = 1
+    truth_b = truth_a.copy()
+    truth_b[0, 2, :2] = 2
+    pred_b = np.zeros_like(truth_b)
+    pred_b[0, 0, 0] = 1  # 1 of 4 voxels of class 1: Dice 2 / 5
+    pred_b[0, 3, :2] = 2  # class 2 beside its truth: Dice 0
+    return {"a": (truth_a, truth_a.copy()), "b": (truth_b, pred_b)}
+
+
+def test_volume_dice_is_one_definition_in_training_and_evaluate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`val/volume_dice` was the mean over volumes of each volume's mean (1.0 and 0.2: 0.6),
+    `evaluate`'s the mean over classes of each class's mean over volumes (0.7 and 0.0:
+    0.35); both are now `module.mean_over_volumes`, nnU-Net's convention."""
+    import torch
+
+    from tests.test_predict import volume_checkpoint, write_nifti
+    from unet_seg import volume_eval
+    from unet_seg.module import SegModule
+
+    volumes = two_volumes()
+    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 1, 2))
+
+    def onehot(labels: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), 3).movedim(-1, 0)
+
+    module = SegModule.from_checkpoint(ckpt)
+    for truth, pred in volumes.values():
+        module.volume_probabilities = lambda v, p=pred, **_: onehot(p).float()
+        batch = {"image": torch.zeros(1, 1, *truth.shape),
+                 "mask": torch.from_numpy(truth).long()[None]}  # fmt: skip
+        module.validation_step(batch, 0)
+    trained = float(module.val_volume_dice.compute())
+
+    for name, (truth, _) in volumes.items():
+        write_nifti(tmp_path / "data" / "images" / f"{name}.nii.gz", truth.astype(np.float32))
+        write_nifti(tmp_path / "data" / "masks" / f"{name}.nii.gz", truth, labels=True)
+    monkeypatch.setattr(
+        volume_eval,
+        "_probabilities",
+        lambda module, loaded, cfg: onehot(volumes[loaded.name][1]).numpy(),
+    )
+    scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
+                             output=str(tmp_path / "eval" / "e.json")))  # fmt: skip
+
+    assert scores["dice/mean/class1"] == pytest.approx(0.7)
+    assert scores["dice/mean/class2"] == pytest.approx(0.0)
+    assert scores["dice"] == pytest.approx(0.35) and trained == pytest.approx(0.35)
+    from unet_seg.module import mean_over_volumes
+
+    per_class, mean = mean_over_volumes([[1.0, float("nan")], [0.4, 0.0]])
+    assert per_class.tolist() == pytest.approx([0.7, 0.0]) and float(mean) == pytest.approx(0.35)
+    per_class, mean = mean_over_volumes([[float("nan"), 0.5]])  # a class in no volume: left out
+    assert per_class[0].isnan() and float(mean) == 0.5

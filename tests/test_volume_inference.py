@@ -13,6 +13,7 @@ from unet_seg.volume_inference import (
     gaussian_weights_nd,
     slicewise,
     sliding_window,
+    tile_starts,
     window_memory_bytes,
 )
 
@@ -207,3 +208,82 @@ def test_window_memory_counts_the_cpu_accumulators() -> None:
     assert sizes["output"] == 2 * 4 * voxels and sizes["weights"] == 4 * voxels
     assert sizes["cpu"] == sizes["input"] + sizes["output"] + sizes["weights"] == 16 * voxels
     assert sizes["device_batch"] == 2 * 3 * 4 * 64 * 128 * 128
+
+
+def pointwise_2d(in_channels: int, num_classes: int, seed: int = 0) -> nn.Module:
+    """A 1x1 conv and a softmax: translation-equivariant, blind to any window's border."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(in_channels, num_classes, 1), nn.Softmax(dim=1))
+
+
+@pytest.mark.parametrize("slab_size,axis", [(1, 0), (3, 1)])
+def test_slicewise_tiles_a_slice_larger_than_the_window(
+    slab_size: int, axis: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices ran whole (16 at a time, no tiling: large EM slices ran out of memory); now each
+    is tiled by the window, and a translation-equivariant net gives the untiled result."""
+    vol = volume((5, 37, 50), channels=2)
+    net = pointwise_2d(2 * slab_size, 3)
+    seen = []
+
+    def predict(x: Tensor) -> Tensor:
+        seen.append(tuple(x.shape))
+        return net(x)
+
+    out = slicewise(predict, vol, axis=axis, slab=slab_size, num_classes=3, patch=(16, 16),
+                    overlap=0.25, batch_size=4)  # fmt: skip
+    stack = vol.movedim(axis + 1, 1)
+    slices, plane = stack.shape[1], tuple(stack.shape[2:])
+    window = tuple(min(16, n) for n in plane)  # a slice shorter than the window: one window
+    assert {s[1:] for s in seen} == {(2 * slab_size, *window)}  # never a whole slice
+    assert all(s[0] <= 4 for s in seen)
+    per_slice = sum(s[0] for s in seen) / slices
+    assert (
+        per_slice
+        == len(tile_starts(plane[0], window[0], 12)) * len(tile_starts(plane[1], window[1], 12))
+        and per_slice > 1
+    )
+    with torch.no_grad():
+        whole = torch.stack([net(slab(stack, i, slab_size)[None])[0] for i in range(slices)], 1)
+    assert torch.allclose(out, whole.movedim(1, axis + 1), atol=1e-5)
+    # the slices gathered into one stack, or one at a time: the same
+    monkeypatch.setattr("unet_seg.volume_inference.SLICE_CHUNK_VALUES", 1)
+    one_by_one = slicewise(net, vol, axis=axis, slab=slab_size, num_classes=3, patch=(16, 16),
+                           overlap=0.25, batch_size=4)  # fmt: skip
+    assert torch.allclose(one_by_one, out, atol=1e-6)
+
+
+def test_a_conv_net_tiled_in_the_slice_stays_close_to_the_whole_slice() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3, padding=1),
+                        nn.Softmax(dim=1))  # fmt: skip
+    vol = volume((3, 40, 40), channels=1)
+    with torch.no_grad():
+        whole = net(vol.movedim(1, 0)).movedim(0, 1)  # [2, Z, Y, X]
+    tiled = slicewise(net, vol, axis=0, slab=1, num_classes=2, patch=(16, 16), overlap=0.5)
+    assert (tiled - whole).abs().mean() < 0.02
+    assert (tiled - whole).abs().max() > 1e-6  # the windows did see their own borders
+
+
+def test_a_2d_volume_module_tiles_slices_by_its_training_crop() -> None:
+    """`SegModule.volume_probabilities` (validation, predict, evaluate) of a net trained on
+    16-pixel windows of slices feeds it 16-pixel windows of a 40 x 44 slice."""
+    from unet_seg.module import SegModule
+
+    module = SegModule(
+        arch={"name": "unet", "base_channels": 4, "depth": 2, "bilinear": False,
+              "in_channels": 1, "num_classes": 2},
+        loss={}, optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+        data={"class_names": ["background", "cell"], "in_channels": 1, "mask_values": [0, 1],
+              "mean": [0.0], "std": [1.0], "volume": True, "dims": 2, "crop_size": 16},
+    ).eval()  # fmt: skip
+    sizes = []
+    forward = module.forward
+
+    def recorded(x: Tensor) -> Tensor:
+        sizes.append(tuple(x.shape[2:]))
+        return forward(x)
+
+    module.forward = recorded
+    probs = module.volume_probabilities(volume((2, 40, 44), channels=1), overlap=0.0)
+    assert probs.shape == (2, 2, 40, 44) and set(sizes) == {(16, 16)}

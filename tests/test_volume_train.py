@@ -160,3 +160,19 @@ def test_check_data_on_volumes_prints_spacing_anisotropy_and_the_choice(
     report = check_data(cfg)
     assert len(report["problems"]) == 1 and "case0.nii.gz" in report["problems"][0]
     assert "[5]" in report["problems"][0]
+
+
+def test_val_volume_dice_is_evaluates_dice_on_the_same_volumes(tmp_path: Path) -> None:
+    """One definition of a volume Dice (`module.mean_over_volumes`): the run's
+    `val/volume_dice` is what `evaluate` reports on its validation split."""
+    data = mri_folder(tmp_path / "mri", n=4)
+    run_dir = tmp_path / "run"
+    train(compose_train([*QUICK, "data=auto", f"data.root={data}", f"run_dir={run_dir}",
+                         "data.val_fraction=0.5", "data.test_fraction=0.0",
+                         "data.crop_size=16", "data.train_repeats=1"]))  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    results = evaluate(OmegaConf.create({
+        "run_dir": str(run_dir), "ckpt": None, "split": "val", "data_root": None,
+        "device": "cpu", "output": str(tmp_path / "eval.json"), "worst": 0}))  # fmt: skip
+    assert results["volumes"] == 2
+    assert results["dice"] == pytest.approx(metrics["val/volume_dice"], abs=1e-6)

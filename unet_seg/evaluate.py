@@ -11,16 +11,18 @@ objects of a net trained on an instance target (`data.target=instances`, whose p
 scores are then those of its foreground against the instance labels' foreground), else
 the 8-connected components of the predicted foreground. Outputs: a table in the log,
 JSON, a per-image CSV and a picture of the worst images. Inference options (`mode`,
-`tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`.
+`tile_size`, `tta`, `level`, `postprocess`, ...) are those of `predict`, checked by the
+same function (`inference.check_options`: a volume checkpoint refuses the 2-D-only ones
+by name). A volume checkpoint is scored per volume (`volume_eval.evaluate_volumes`).
 """
 
 from __future__ import annotations
 
-import csv
 import heapq
 import itertools
 import logging
 import math
+import sys
 from pathlib import Path
 
 import cv2
@@ -35,10 +37,11 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import find_instances, find_pairs
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 from unet_seg.data.weight_map import read_instances
-from unet_seg.files import write_json
+from unet_seg.files import json_safe, write_json, write_rows
+from unet_seg.inference import check_options
 from unet_seg.instances import RULES as INSTANCE_RULES
 from unet_seg.instances import InstanceBook
-from unet_seg.run_dir import RunDir
+from unet_seg.run_dir import RunDir, hydra_log_file
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, mean_key, object_counts
 from unet_seg.threads import set_threads
 from unet_seg.visualize import (
@@ -51,7 +54,7 @@ from unet_seg.visualize import (
     overlay,
     with_legend,
 )
-from unet_seg.volume_eval import checkpoint_is_volume, evaluate_volumes
+from unet_seg.volume_eval import NO_DATA, checkpoint_is_volume, evaluate_volumes
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,18 @@ LABELS = {
 
 
 def _checkpoint(cfg: DictConfig) -> Path:
-    """`ckpt=`, else the run's best checkpoint."""
+    """`ckpt=`, else the run's best checkpoint; refused (`NO_DATA`) without data to score:
+    no `run_dir`, `data_root` or `data.root`."""
+    data = cfg.get("data") or {}
+    if not (cfg.get("run_dir") or cfg.get("data_root") or data.get("root")):
+        raise ValueError(NO_DATA)
     if cfg.ckpt:
         return Path(cfg.ckpt)
     if not cfg.run_dir:
-        raise ValueError("give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR")
+        raise ValueError(
+            "evaluate needs the net to score: add ckpt=PATH (a .ckpt written by train), or give "
+            "run_dir=RUN (its best checkpoint and its test split)"
+        )
     return RunDir(cfg.run_dir).best
 
 
@@ -85,9 +95,7 @@ def _pairs(cfg: DictConfig, class_folders: list[str] | None) -> tuple[list, str]
                            class_folders)  # fmt: skip
         return pairs, str(data.root)
     if not cfg.data_root:
-        raise ValueError(
-            "give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR (or data=folder data.root=DIR)"
-        )
+        raise ValueError(NO_DATA)
     pairs = find_pairs(cfg.data_root, mask_suffix=cfg.get("mask_suffix") or "",
                        class_folders=class_folders)  # fmt: skip
     return pairs, str(cfg.data_root)
@@ -118,7 +126,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         headline `dice` and `iou` (that mean, pooled, as in training).
     """
     ckpt = _checkpoint(cfg)
-    if checkpoint_is_volume(ckpt):  # per volume, distances in mm
+    volume = checkpoint_is_volume(ckpt)
+    check_options(cfg, "evaluate", volume)  # before anything is read or written
+    if volume:  # per volume, distances in mm
         output = Path(cfg.output) if cfg.output else _default_output(cfg)
         return evaluate_volumes(cfg, output)
     set_threads(cfg.get("threads", "auto"), "threads")
@@ -192,7 +202,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         inference.update(tile_size=predictor.tile_size, overlap=predictor.overlap)
     meta = {"checkpoint": str(ckpt), "evaluated": what, "inference": inference,
             "rules": RULES + (INSTANCE_RULES if scores is not None else ())}  # fmt: skip
-    write_json({**meta, **_json_safe(results)}, output)
+    write_json({**meta, **json_safe(results)}, output)
     table = output.with_name(f"{output.stem}_per_image.csv")
     write_rows(book.rows, table)
     picture = output.with_name(f"{output.stem}_worst.png")
@@ -234,16 +244,6 @@ def format_instances(results: dict[str, float]) -> str:
         mean, pooled = (results[f"instances/{key}/{r}"] for r in ("image_mean", "pooled"))
         lines.append(f"{label:<34}{mean:>16.4f}{pooled:>10.4f}")
     return "\n".join(lines)
-
-
-def write_rows(rows: list[dict], path: Path) -> None:
-    """Per-image scores as CSV (empty cell: the score is left out, see the rules)."""
-    fields = list(rows[0]) if rows else ["image"]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if _is_nan(v) else v for k, v in row.items()})
 
 
 class _WorstCases:
@@ -344,11 +344,6 @@ def _is_nan(value: object) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _json_safe(results: dict[str, float]) -> dict[str, float | None]:
-    """NaN (a score left out everywhere) -> null, which JSON can hold."""
-    return {k: None if _is_nan(v) else v for k, v in results.items()}
-
-
 def _default_output(cfg: DictConfig) -> Path:
     if cfg.run_dir:
         return RunDir(cfg.run_dir).evaluation(cfg.split)
@@ -357,7 +352,16 @@ def _default_output(cfg: DictConfig) -> Path:
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    output = RunDir(HydraConfig.get().runtime.output_dir)
+    fresh = not output.holds_run
+    log_file, log_kept = hydra_log_file()  # cut back to this size if refused
+    try:
+        evaluate(cfg)
+    except (ValueError, FileNotFoundError) as refused:  # no data, an option, a checkpoint
+        log.debug("refused", exc_info=True)
+        if fresh:
+            output.discard(log_file, log_kept)  # Hydra's .hydra/ and this command's log lines
+        sys.exit(f"{refused}")  # the message alone, on stderr; exit status 1
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -40,6 +43,27 @@ def write_json(data: dict[str, Any], path: str | Path, sort_keys: bool = True) -
     """Write `data` as indented JSON atomically (see `atomic_write_text`); NaN is written as
     `NaN`, as `json.dumps` does. `sort_keys=False` keeps the dict's order."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def _is_nan(value: object) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def json_safe(results: dict[str, Any]) -> dict[str, Any]:
+    """NaN (a score left out everywhere) -> null, which JSON can hold."""
+    return {k: None if _is_nan(v) else v for k, v in results.items()}
+
+
+def write_rows(rows: list[dict], path: str | Path) -> Path:
+    """Rows of scores (per image or per volume) as CSV, atomically (an empty cell: the score
+    is left out, NaN)."""
+    fields = list(rows[0]) if rows else ["image"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if _is_nan(v) else v for k, v in row.items()})
+    return atomic_write_text(path, text.getvalue())
 
 
 def _umask() -> int:

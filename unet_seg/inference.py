@@ -11,7 +11,7 @@ floats, whatever the image height.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,89 @@ TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
 }
 """Each transform is (quarter turns, then horizontal flip); both sets are groups, so the
 averaged prediction is exactly invariant to the transforms of the set."""
+
+
+VOLUME_TTA = ("none", "flips")
+"""TTA for volumes: every mirror image of the window's axes; quarter turns (d4) are 2-D."""
+
+OPTIONS_FOR_IMAGES_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
+    "mode": (
+        ("tile",),
+        "volumes are predicted by a sliding window (mode=tile, the default), "
+        "a 3-D net's over the volume and a 2-D net's over each slice; whole and resize "
+        "are for 2-D images",
+    ),
+    "tile_size": (
+        (),
+        "the window is the training patch recorded in the checkpoint "
+        "(data.patch for a 3-D net, data.crop_size for slices); leave tile_size "
+        "out",
+    ),
+    "size": ((None,), "it is resize mode's input, for 2-D images; leave it out"),
+    "palette": (
+        ("auto", False),
+        "label volumes hold the dataset's label values in the "
+        "input's format (NIfTI, TIFF, ...), never a palette",
+    ),
+    "overlays": (
+        ("auto", False),
+        "overlays are PNGs of 2-D images; evaluate draws the worst volumes (<output>_worst.png)",
+    ),
+    "instances_dir": ((None,), "object scores are for 2-D images"),
+}
+"""The predict/evaluate options that apply to 2-D images only: `{option: (values that ask
+for nothing, why not for volumes)}`; the default of `conf/<task>.yaml` asks for nothing too.
+Every other option applies to every rank: `device`, `threads`, `overlap`, `tta` (volumes:
+`VOLUME_TTA`), `batch_size`, `level` (the pruned UNet++ head, `nested` or `nested3d`),
+`postprocess.*` (on volumes in 3-D: objects 26-connected, sizes in voxels),
+`probabilities`, and the inputs and outputs."""
+
+
+def _task_defaults(task: str) -> dict:
+    """The options of `conf/<task>.yaml` as written there (what is not asked for)."""
+    from omegaconf import OmegaConf
+
+    from unet_seg.config import CONF_DIR
+
+    path = Path(CONF_DIR) / f"{task}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+
+
+def check_options(cfg: Mapping, task: str, volume: bool) -> None:
+    """Refuse, before anything is read or written, every predict/evaluate option that does
+    not apply to the checkpoint's rank (`volume`: trained on volumes), and values no rank
+    takes, naming each (`OPTIONS_FOR_IMAGES_ONLY`); all problems at once.
+
+    Args:
+        cfg: the task's config (an absent key is its default).
+        task: `predict` or `evaluate`, to name in the message and to read its defaults.
+    """
+    problems = []
+    overlap = cfg.get("overlap")
+    if overlap is not None and not 0 <= float(overlap) < 1:
+        problems.append(f"overlap={overlap}: must be in [0, 1) (0: windows side by side)")
+    batch = cfg.get("batch_size")
+    if batch is not None and int(batch) < 1:
+        problems.append(f"batch_size={batch}: must be >= 1")
+    tta = str(cfg.get("tta") or "none")
+    allowed = VOLUME_TTA if volume else tuple(TTA_TRANSFORMS)
+    if tta not in allowed:
+        why = "; quarter turns (d4) are for 2-D images" if volume and tta == "d4" else ""
+        problems.append(f"tta={tta}: choose one of {', '.join(allowed)}{why}")
+    if volume:
+        defaults = _task_defaults(task)
+        for key, (accepted, why) in OPTIONS_FOR_IMAGES_ONLY.items():
+            asks_nothing = (*accepted, defaults[key]) if key in defaults else accepted
+            if key not in cfg or cfg.get(key) in asks_nothing:
+                continue
+            problems.append(f"{key}={cfg.get(key)} does not apply to volumes: {why}")
+    if len(problems) == 1:
+        raise ValueError(f"{task}: {problems[0]}")
+    if problems:
+        from unet_seg.problems import ProblemList
+
+        what = "volume checkpoint" if volume else "checkpoint"
+        raise ProblemList(f"{task}: {len(problems)} options do not fit this {what}", problems)
 
 
 def resolve_device(device: str) -> torch.device:

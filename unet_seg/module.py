@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
 
 from unet_seg.data.contract import DataContract
@@ -93,8 +94,8 @@ class SegModule(pl.LightningModule):
         elif side:
             self.example_input_array = torch.zeros(1, self.contract.in_channels, side, side)
         # volumes: each validation or test item is a whole volume, scored on its own too
-        self.val_volume_dice = MeanMetric(nan_strategy="ignore")
-        self.test_volume_dice = MeanMetric(nan_strategy="ignore")
+        self.val_volume_dice = VolumeDice(self.contract.num_classes)
+        self.test_volume_dice = VolumeDice(self.contract.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level
@@ -139,7 +140,9 @@ class SegModule(pl.LightningModule):
     ) -> Tensor:  # fmt: skip
         """One normalised volume `[C, Z, Y, X]` -> class probabilities `[K, Z, Y, X]` float32
         on the CPU: a Gaussian-weighted sliding window of `contract.patch` for a 3-D net,
-        every slice (or slab) along `contract.slice_axis` for a 2-D one."""
+        every slice (or slab) along `contract.slice_axis` for a 2-D one, each slice tiled
+        by the same window with the training crop (`contract.crop_size`; none recorded:
+        whole slices)."""
         from unet_seg.volume_inference import slicewise, sliding_window
 
         c = self.contract
@@ -152,13 +155,15 @@ class SegModule(pl.LightningModule):
             return sliding_window(predict, volume, c.patch, k, overlap=overlap,
                                   batch_size=batch_size, device=self.device, tta=tta,
                                   progress=progress)  # fmt: skip
-        return slicewise(predict, volume, c.slice_axis, c.slab, k, batch_size=4 * batch_size,
-                         device=self.device, tta=tta, progress=progress)  # fmt: skip
+        window = [c.crop_size] * 2 if c.crop_size else None
+        return slicewise(predict, volume, c.slice_axis, c.slab, k, patch=window,
+                         overlap=overlap, batch_size=4 * batch_size, device=self.device,
+                         tta=tta, progress=progress)  # fmt: skip
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities by
         `volume_probabilities`, the loss of their logarithms (the logits of the same
-        probabilities), the pooled scores and this volume's own mean foreground Dice."""
+        probabilities), the pooled scores and this volume's per-class Dice (`VolumeDice`)."""
         masks = batch["mask"]  # [1, Z, Y, X]
         probs = self.volume_probabilities(batch["image"][0]).to(masks.device)[None]
         probs = probs.clamp_min(1e-7)
@@ -173,10 +178,7 @@ class SegModule(pl.LightningModule):
         labels = self.labels(logits)
         getattr(self, f"{stage}_scores").update(labels, masks)
         getattr(self, f"{stage}_loss").update(loss.detach(), 1)
-        counts = confusion_counts(labels, masks, self.contract.num_classes, IGNORE_INDEX)
-        dice = ratio_scores(counts, empty=float("nan"))["dice"][1:]
-        if not dice.isnan().all():
-            getattr(self, f"{stage}_volume_dice").update(dice.nanmean())
+        getattr(self, f"{stage}_volume_dice").update(labels, masks)
         self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
         return loss
 
@@ -286,7 +288,7 @@ class SegModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss.compute(), prog_bar=True)
         self.log(f"{stage}/dice", values.pop(f"{stage}/dice"), prog_bar=True)
         self.log_dict(values)
-        if self.contract.volume:  # the mean over volumes of each one's foreground Dice
+        if self.contract.volume:  # per class over volumes, then over classes: `VolumeDice`
             volume_dice = getattr(self, f"{stage}_volume_dice")
             self.log(f"{stage}/volume_dice", volume_dice.compute())
             volume_dice.reset()
@@ -414,6 +416,70 @@ class SegModule(pl.LightningModule):
                 "The checkpoint was edited or its weights come from another architecture."
             ) from err
         return module.eval()
+
+
+def mean_over_volumes(per_volume: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """The one reduction of per-volume scores, for `val/volume_dice` and `test/volume_dice`
+    in training (`VolumeDice`) and `evaluate`'s means over volumes alike (nnU-Net's summary,
+    the field's convention): the mean over volumes of each class, then the mean over classes
+    of those means. A class absent from both the truth and the prediction of a volume
+    scores NaN there (nothing to find, nothing found) and is left out of that class's mean;
+    a class absent from every volume is NaN and left out of the mean over classes (NaN when
+    every class is).
+
+    Two volumes, Dice of (class a, class b): (1.0, absent) and (0.4, 0.0) give class means
+    (0.7, 0.0) and 0.35; not 0.6, the mean of each volume's own mean (1.0 and 0.2).
+
+    Args:
+        per_volume: `[N, K]` scores, a row per volume, a column per class scored.
+    Returns:
+        `(per-class means [K], their mean [])`, float64 tensors on the input's device.
+    """
+    scores = torch.as_tensor(per_volume, dtype=torch.float64)
+    counted = ~scores.isnan()
+    return class_means(torch.where(counted, scores, 0.0).sum(0), counted.sum(0))
+
+
+def class_means(total: Tensor, counted: Tensor) -> tuple[Tensor, Tensor]:
+    """`mean_over_volumes` from its sums: per class the sum of its scores over the volumes
+    that count it and their number (`[K]` each; what `VolumeDice` sums across processes).
+
+    Returns:
+        `(per-class means [K], their mean [])`, float64.
+    """
+    per_class = total.double() / counted.double()  # 0 / 0: NaN, a class in no volume
+    kept = per_class[~per_class.isnan()]
+    mean = kept.mean() if kept.numel() else per_class.new_tensor(float("nan"))
+    return per_class, mean
+
+
+class VolumeDice(Metric):
+    """`val/volume_dice`: each whole volume's Dice per foreground class (NaN for a class
+    absent from both its truth and prediction), reduced as `evaluate` reduces volumes
+    (`mean_over_volumes`: per class over volumes, then over classes). The state is per class
+    the sum of the counted Dice and the count of volumes, summed across processes under
+    DDP (a process without volumes adds zeros)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        foreground = max(num_classes - 1, 0)
+        self.add_state("total", default=torch.zeros(foreground), dist_reduce_fx="sum")
+        self.add_state("counted", default=torch.zeros(foreground, dtype=torch.long),
+                       dist_reduce_fx="sum")  # fmt: skip
+
+    def update(self, labels: Tensor, masks: Tensor) -> None:
+        """One volume's labels and truth (`IGNORE_INDEX` where unlabelled), any shape."""
+        counts = confusion_counts(labels, masks, self.num_classes, IGNORE_INDEX)
+        dice = ratio_scores(counts, empty=float("nan"))["dice"][1:]
+        present = ~dice.isnan()
+        self.total += torch.where(present, dice, 0.0)
+        self.counted += present.long()
+
+    def compute(self) -> Tensor:
+        return class_means(self.total.cpu(), self.counted.cpu())[1].float()
 
 
 def check_net_fits(arch: dict, contract: DataContract) -> None:

@@ -10,7 +10,12 @@ uint16 PNG labels (0 = background, 1..N; a 32-bit TIFF past 65535 objects), deco
 after the tiles are blended, and overlays with each object outlined in its own colour.
 Optional overlays (`overlays/`) and probability maps (`probabilities/`, float32
 TIFF, one page per class; for two classes one page, class 1). Files that cannot
-be read are listed at the end; the others still finish.
+be read are listed at the end; the others still finish; when none could be, the command
+exits 1.
+
+A checkpoint trained on volumes writes label volumes (`volume_eval.predict_volumes`); the
+options that apply to 2-D images only (`mode`, `tile_size`, `size`, `palette`, `overlays`)
+are refused by name before anything is read (`inference.check_options`, the one list).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import cv2
 import hydra
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -32,7 +38,9 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_array
+from unet_seg.inference import check_options
 from unet_seg.instances import write_objects
+from unet_seg.run_dir import RunDir, hydra_log_file
 from unet_seg.threads import set_threads
 from unet_seg.visualize import (
     class_legend,
@@ -150,7 +158,9 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
-    if checkpoint_is_volume(cfg.ckpt):  # label volumes in the inputs' geometry
+    volume = checkpoint_is_volume(cfg.ckpt)
+    check_options(cfg, "predict", volume)  # before anything is read or written
+    if volume:  # label volumes in the inputs' geometry
         return predict_volumes(cfg, input_spec(cfg))
     set_threads(cfg.get("threads", "auto"), "threads")
     files = resolve_inputs(str(input_spec(cfg)))
@@ -204,7 +214,17 @@ def predict(cfg: DictConfig) -> list[Path]:
 
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base=None)
 def main(cfg: DictConfig) -> None:
-    if not predict(cfg):  # nothing written: every input failed
+    output = RunDir(HydraConfig.get().runtime.output_dir)
+    fresh = not output.holds_run
+    log_file, log_kept = hydra_log_file()  # cut back to this size if refused
+    try:
+        written = predict(cfg)
+    except (ValueError, FileNotFoundError) as refused:  # an option, an input, a checkpoint
+        log.debug("refused", exc_info=True)
+        if fresh:
+            output.discard(log_file, log_kept)  # Hydra's .hydra/ and this command's log lines
+        sys.exit(f"{refused}")  # the message alone, on stderr; exit status 1
+    if not written:  # nothing written: every input failed (each listed above)
         sys.exit(1)
 
 

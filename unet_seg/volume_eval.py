@@ -13,7 +13,11 @@
   the worst volumes drawn as three orthogonal slices with overlays.
 
 The net sees each volume as in validation (`SegModule.volume_probabilities`): a Gaussian
-sliding window of the training patch for 3-D nets, every slice or slab for 2-D ones.
+sliding window of the training patch for 3-D nets, every slice or slab for 2-D ones, each
+tiled by the training crop. The options of `predict` and `evaluate` that do not apply to
+volumes are refused by name before anything is read (`inference.check_options`); `level`
+prunes a UNet++ (`nested3d`) as for images, and `postprocess.*` acts in 3-D
+(`postprocess_volume`).
 A volume whose spacing differs from the training spacing is resampled to it (images
 trilinear, labels nearest) and its probabilities back to its own grid, where it is
 written and scored.
@@ -22,12 +26,15 @@ written and scored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 import torch
 from omegaconf import DictConfig
+from scipy import ndimage
 from tqdm import tqdm
 
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
@@ -38,14 +45,22 @@ from unet_seg.data.volume_cases import (
     volume_stem,
 )
 from unet_seg.data.volume_dataset import LoadedCase, at_spacing, load_case, resample_image
-from unet_seg.data.volumes import write_volume
-from unet_seg.files import write_json
-from unet_seg.module import SegModule
+from unet_seg.data.volumes import TIFF_EXTENSIONS, write_volume
+from unet_seg.files import json_safe, write_json, write_rows
+from unet_seg.inference import load_for_inference
+from unet_seg.module import SegModule, mean_over_volumes
+from unet_seg.postprocess import PostProcess
 from unet_seg.run_dir import RunDir
 from unet_seg.threads import set_threads
 from unet_seg.visualize import class_legend, display_image, overlay, with_legend
 
 log = logging.getLogger(__name__)
+
+NO_DATA = (
+    "evaluate needs the images to score: add data_root=DIR (DIR/images and DIR/masks), or "
+    "data=folder data.root=DIR, or give run_dir=RUN instead of ckpt= (the run's test split)"
+)
+"""What `evaluate` says when it is given a checkpoint and no data."""
 
 VOLUME_METRICS = ("dice", "iou", "hd95", "msd")
 """Per-volume scores, each per class (`unet_seg.surface.volume_scores`)."""
@@ -61,22 +76,54 @@ def checkpoint_is_volume(ckpt: str | Path) -> bool:
         return False
 
 
-def load_volume_module(ckpt: str | Path, device: str = "auto") -> SegModule:
-    """The checkpoint's `SegModule` in eval mode on `device` (`auto`: a GPU if there is one)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SegModule.from_checkpoint(ckpt).to(torch.device(device)).eval()
+def load_volume_module(
+    ckpt: str | Path, device: str = "auto", level: int | None = None
+) -> SegModule:
+    """The checkpoint's `SegModule` in eval mode on `device` (`auto`: a GPU if there is one),
+    UNet++-pruned to `level` when given (as for images: `inference.load_for_inference`)."""
+    return load_for_inference(ckpt, device, None if level is None else int(level)).eval()
+
+
+def stored_channels(path: Path) -> int | None:
+    """The channels of one volume file from its header alone (a 4-D NIfTI `[X, Y, Z, C]`,
+    the Medical Segmentation Decathlon's layout, or a TIFF with a C axis); None when the
+    header does not say (the file is then checked when it is read)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = nib.load(str(path)).shape
+            if len(shape) == 5 and shape[3] == 1:  # (x, y, z, t=1, c)
+                return int(shape[4])
+            return int(shape[3]) if len(shape) == 4 else 1
+        if name.endswith(TIFF_EXTENSIONS):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = series.axes
+                return int(series.shape[axes.index("C")]) if "C" in axes else 1
+    except Exception:  # noqa: BLE001 - an unreadable file is named when it is read
+        return None
+    return None
 
 
 def input_cases(spec: str | Path, channels: int) -> list[VolumeCase]:
     """The cases to predict: a volume file, or a folder of them; with `channels` > 1 a
-    folder in nnU-Net's layout (`<case>_0000`, `<case>_0001`, ...)."""
+    file holding them all (a 4-D NIfTI `[X, Y, Z, C]`, the Decathlon's layout), or a folder
+    of such files or in nnU-Net's layout (`<case>_0000`, `<case>_0001`, ...)."""
     path = Path(spec)
     if path.is_file():
-        if channels > 1:
+        found = stored_channels(path)
+        if found is not None and found != channels:
+            layout = (
+                f"a 4-D file of {channels} channels ([X, Y, Z, C], the Decathlon's layout), "
+                f"or the folder of its {channels} channel files (<case>_0000, <case>_0001, ...)"
+                if channels > 1
+                else "a volume of one channel"
+            )
             raise ValueError(
-                f"input={path}: the checkpoint takes {channels} channels, one file per channel "
-                "(<case>_0000, <case>_0001, ...): give their folder as input"
+                f"input={path}: {found} channel(s) in the file, but the checkpoint takes "
+                f"{channels}: give {layout}"
             )
         return [VolumeCase(volume_stem(path), (path,))]
     if not path.is_dir():
@@ -95,15 +142,13 @@ def _extension(path: Path) -> str:
 
 
 def inference_options(cfg: DictConfig) -> dict:
-    """`volume_probabilities` keyword arguments from a predict/evaluate config."""
-    tta = str(cfg.get("tta") or "none")
-    if tta not in ("none", "flips"):
-        raise ValueError(
-            f"tta={tta}: volumes take tta=none or tta=flips (every mirror image of the "
-            "window's axes, averaged); quarter turns (d4) are for 2-D images"
-        )
-    return {"tta": tta, "overlap": float(cfg.get("overlap") or 0.5),
-            "batch_size": int(cfg.get("batch_size") or 2)}  # fmt: skip
+    """`volume_probabilities` keyword arguments from a predict/evaluate config (checked by
+    `inference.check_options`; an absent or null key is the default: overlap 0.5, batch 2;
+    `overlap=0` is windows side by side)."""
+    overlap, batch = cfg.get("overlap"), cfg.get("batch_size")
+    return {"tta": str(cfg.get("tta") or "none"),
+            "overlap": 0.5 if overlap is None else float(overlap),
+            "batch_size": 2 if batch is None else int(batch)}  # fmt: skip
 
 
 def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np.ndarray:
@@ -115,9 +160,44 @@ def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np
     return resample_image(probs.numpy(), loaded.meta.shape)
 
 
-def _labels(probs: np.ndarray) -> np.ndarray:
-    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`."""
-    return probs.argmax(0).astype(np.uint8)
+def _labels(probs: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed by
+    `cfg.postprocess` (`postprocess_volume`)."""
+    return postprocess_volume(probs.argmax(0).astype(np.uint8), cfg.get("postprocess"))
+
+
+def postprocess_volume(labels: np.ndarray, settings: Mapping | None) -> np.ndarray:
+    """`PostProcess`'s steps on class indices `[Z, Y, X]`, in 3-D and in its order:
+    `min_size` (objects of fewer voxels become background), `fill_holes` (background
+    enclosed by one class, not reaching the volume's faces, takes that class) and
+    `keep_largest` (each class's largest object). Objects are 26-connected, the background
+    around a hole 6-connected (as 8 and 4 in 2-D)."""
+    steps = PostProcess(**dict(settings or {}))
+    if not steps.active:
+        return labels
+    objects = np.ones((3, 3, 3), dtype=bool)  # 26-connected
+
+    def classes(of: np.ndarray) -> list[int]:
+        return [int(c) for c in np.unique(of) if 0 < c != PAD_LABEL]
+
+    out = labels.copy()
+    if steps.min_size > 1:
+        for c in classes(out):
+            comp, _ = ndimage.label(out == c, objects)
+            small = np.bincount(comp.ravel()) < steps.min_size
+            small[0] = False
+            out[small[comp]] = 0
+    if steps.fill_holes:
+        before = out.copy()
+        for c in classes(before):
+            out[ndimage.binary_fill_holes(before == c) & (before == 0)] = c
+    if steps.keep_largest:
+        for c in classes(out):
+            comp, count = ndimage.label(out == c, objects)
+            if count > 1:
+                largest = 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
+                out[(comp != largest) & (comp > 0)] = 0
+    return out
 
 
 def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
@@ -134,7 +214,7 @@ def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
 def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
     """Write a label volume for every input case (the module docstring); return the files."""
     set_threads(cfg.get("threads", "auto"), "threads")
-    module = load_volume_module(cfg.ckpt, str(cfg.get("device", "auto")))
+    module = load_volume_module(cfg.ckpt, str(cfg.get("device", "auto")), cfg.get("level"))
     contract = module.contract
     cases = input_cases(spec, contract.in_channels // contract.slab)
     output = Path(cfg.output)
@@ -149,7 +229,7 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
             continue
         _check_spacing(module, loaded)
         probs = _probabilities(module, loaded, cfg)
-        values = contract.encoding.decode(_labels(probs))
+        values = contract.encoding.decode(_labels(probs, cfg))
         target = output / f"{case.name}{_extension(case.images[0])}"
         write_volume(target, values, loaded.meta, labels=True)
         written.append(target)
@@ -160,16 +240,24 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
             write_volume(folder / f"{case.name}.nii.gz", np.moveaxis(probs, 0, -1), loaded.meta)
     if failed:
         log.warning("%d volume(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
-    log.info("wrote %d label volume(s) to %s", len(written), output)
+    if failed and not written:
+        log.error("predict: none of the %d volume(s) could be read (listed above): nothing "
+                  "written", len(failed))  # fmt: skip
+        return written
+    skipped = f"; {len(failed)} of {len(cases)} volume(s) failed (listed above)" if failed else ""
+    log.info("wrote %d label volume(s) to %s%s", len(written), output, skipped)
     return written
 
 
 def _how(module: SegModule) -> str:
+    """How the net sees a volume, for the log and the evaluation's JSON."""
     c = module.contract
+    level = f", UNet++ pruned to level {module.inference_level}" if module.inference_level else ""
     if c.dims == 3:
-        return f"3-D sliding window of {c.patch}"
+        return f"3-D sliding window of {c.patch}{level}"
     what = f"2.5-D slabs of {c.slab}" if c.dims == 2.5 else "2-D slices"
-    return f"{what} along {'zyx'[c.slice_axis]}"
+    window = f", windows of {c.crop_size} px" if c.crop_size else ""
+    return f"{what} along {'zyx'[c.slice_axis]}{window}{level}"
 
 
 def evaluation_cases(cfg: DictConfig) -> tuple[list[VolumeCase], str]:
@@ -188,7 +276,7 @@ def evaluation_cases(cfg: DictConfig) -> tuple[list[VolumeCase], str]:
     data = cfg.get("data") or {}
     root = data.get("root") or cfg.get("data_root")
     if not root:
-        raise ValueError("give run_dir=RUN_DIR, or ckpt=PATH with data_root=DIR")
+        raise ValueError(NO_DATA)
     suffix = data.get("mask_suffix") or cfg.get("mask_suffix") or ""
     return find_volume_cases(root, data.get("images_dir", "images"),
                              data.get("masks_dir", "masks"), suffix), str(root)  # fmt: skip
@@ -199,15 +287,15 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     `<output>_per_volume.csv` and `<output>_worst.png`.
 
     Returns:
-        `{metric/mean/class: mean over volumes}` for each class and `mean_fg`, `volumes`,
-        and the headline `dice` and `iou` (the means over volumes of the foreground mean).
+        `{metric/mean/class: mean over volumes}` for each class and `mean_fg` (their mean,
+        `summarise`), `volumes`, and the headline `dice` and `iou` (those `mean_fg`: the
+        definition of `val/volume_dice`, `module.mean_over_volumes`).
     """
-    from unet_seg.evaluate import _json_safe, write_rows  # as evaluate writes images
     from unet_seg.surface import volume_scores
 
     set_threads(cfg.get("threads", "auto"), "threads")
     ckpt = Path(cfg.ckpt) if cfg.get("ckpt") else RunDir(cfg.run_dir).best
-    module = load_volume_module(ckpt, str(cfg.get("device", "auto")))
+    module = load_volume_module(ckpt, str(cfg.get("device", "auto")), cfg.get("level"))
     contract = module.contract
     names = contract.class_names
     cases, what = evaluation_cases(cfg)
@@ -217,7 +305,7 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
         loaded = load_case(case, contract, resample=False)  # scored on the file's own grid
         net_input = at_spacing(loaded, contract.spacing)
         _check_spacing(module, net_input)
-        pred = _labels(_probabilities(module, net_input, cfg))
+        pred = _labels(_probabilities(module, net_input, cfg), cfg)
         truth = loaded.labels.astype(np.int64)
         truth[loaded.labels == PAD_LABEL] = IGNORE_INDEX
         scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)
@@ -232,7 +320,7 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     results = summarise(rows, names[1:])
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json({"checkpoint": str(ckpt), "evaluated": what, "inference": _how(module),
-                "spacing_mm": "per volume, from its file", **_json_safe(results)},
+                "spacing_mm": "per volume, from its file", **json_safe(results)},
                output)  # fmt: skip
     table = output.with_name(f"{output.stem}_per_volume.csv")
     write_rows(rows, table)
@@ -245,18 +333,17 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
 
 
 def summarise(rows: list[dict], classes: list[str]) -> dict[str, float]:
-    """Means over volumes per metric and class, and over the foreground classes (NaN entries,
-    a class absent from both truth and prediction, left out)."""
+    """Means over volumes per metric and class, and their mean over the foreground classes
+    (`mean_fg`, the headline `dice` and `iou`), by `module.mean_over_volumes`: the one
+    definition `val/volume_dice` uses in training (a class absent from both truth and
+    prediction in a volume is NaN there and left out of that class's mean)."""
     out: dict[str, float] = {"volumes": len(rows)}
     for metric in VOLUME_METRICS:
-        per_class = []
-        for name in classes:
-            values = np.array([r[f"{metric}/{name}"] for r in rows], dtype=float)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-            out[f"{metric}/mean/{name}"] = mean
-            per_class.append(mean)
-        finite = [v for v in per_class if np.isfinite(v)]
-        out[f"{metric}/mean/mean_fg"] = float(np.mean(finite)) if finite else float("nan")
+        table = np.array([[r[f"{metric}/{n}"] for n in classes] for r in rows], dtype=float)
+        per_class, mean = mean_over_volumes(table.reshape(len(rows), len(classes)))
+        for name, value in zip(classes, per_class.tolist(), strict=True):
+            out[f"{metric}/mean/{name}"] = value
+        out[f"{metric}/mean/mean_fg"] = float(mean)
     out["dice"], out["iou"] = out["dice/mean/mean_fg"], out["iou/mean/mean_fg"]
     return out
 
@@ -312,7 +399,8 @@ def worst_picture(shown: list[tuple[float, str, LoadedCase, np.ndarray]],
         rows = []
         for img, t, p in zip(*(orthogonal_slices(v, spacing, centre)
                                for v in (image, truth, pred)), strict=True):  # fmt: skip
-            base = display_image(img if img.ndim == 3 else img[..., None])
+            # the channels are modalities, never RGB: a composite of each
+            base = display_image(img if img.ndim == 3 else img[..., None], colour=False)
             panels = [base, overlay(base, t), overlay(base, p)]
             rows.append(_hstack(panels))
         block = _vstack(rows)

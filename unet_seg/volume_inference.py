@@ -1,5 +1,7 @@
-"""Inference on volumes: an N-D sliding window with Gaussian blending, slice by slice for
-2-D and 2.5-D nets, and test-time augmentation (TTA) by flips.
+"""Inference on volumes: an N-D sliding window with Gaussian blending, and test-time
+augmentation (TTA) by flips. 2-D and 2.5-D nets run slice by slice through the same window
+(`slicewise`, a thin adapter: windows one slice thick), so a large slice is tiled as a 2-D
+image is.
 
 Pure tensor functions: the net is any `predict(x) -> probabilities` callable, so that a
 `SegModule`, an ensemble or a test's toy function all fit.
@@ -125,7 +127,11 @@ def _predict_checked(predict: Predict, x: Tensor, num_classes: int) -> Tensor:
 
 
 def _windows(
-    shape: Sequence[int], patch: Sequence[int], overlap: float, tta: str
+    shape: Sequence[int],
+    patch: Sequence[int],
+    overlap: float,
+    tta: str,
+    flip_axes: Sequence[int] | None = None,
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Every `(window start per axis, flipped axes)` pass of `sliding_window`.
 
@@ -134,13 +140,15 @@ def _windows(
     as the unflipped pass would on the flipped volume: mirrored, `length - patch - start`
     (negative where the volume is shorter than the patch: padded before its start). The set
     of passes is thus mirror-symmetric, and the blended result exactly invariant to flips.
+    `flip_axes`: the spatial axes TTA flips (None: every one).
     """
     starts = [
         tile_starts(n, p, max(1, round(p * (1 - overlap))))
         for n, p in zip(shape, patch, strict=True)
     ]
     passes = []
-    for flips in _flip_sets(range(len(shape)), tta):
+    axes_flipped = range(len(shape)) if flip_axes is None else flip_axes
+    for flips in _flip_sets(axes_flipped, tta):
         axes = [
             [n - p - s for s in ss] if i in flips else ss
             for i, (n, p, ss) in enumerate(zip(shape, patch, starts, strict=True))
@@ -175,6 +183,7 @@ def sliding_window(
     device: torch.device | str = "cpu",
     tta: str = "none",
     progress: bool = False,
+    flip_axes: Sequence[int] | None = None,
 ) -> Tensor:
     """Class probabilities of a whole volume from a net that sees patches.
 
@@ -200,6 +209,8 @@ def sliding_window(
         device: where the patches go.
         tta: `none` or `flips`.
         progress: a progress bar over the batches.
+        flip_axes: the spatial axes `tta="flips"` flips (None: all; `slicewise` flips the
+            two axes of a slice, not the axis along which slices are stacked).
     Returns:
         probabilities `[K, *S]` float32 on the CPU.
     """
@@ -213,7 +224,7 @@ def sliding_window(
     weights = gaussian_weights_nd(patch)  # [*patch], CPU
     acc = torch.zeros(num_classes, *shape)  # [K, *S], CPU
     wsum = torch.zeros(shape)  # [*S], CPU
-    passes = _windows(shape, patch, overlap, tta)
+    passes = _windows(shape, patch, overlap, tta, flip_axes)
     log.debug("%s: %d passes of %s over %s (tta=%s)", name, len(passes), patch, shape, tta)
     bar = tqdm(
         list(_batches(passes, batch_size)), desc="windows", unit="batch", disable=not progress
@@ -238,6 +249,11 @@ def sliding_window(
     return acc.div_(wsum)
 
 
+SLICE_CHUNK_VALUES = 2**25
+"""Input values (float32: 128 MiB) of the slices `slicewise` gathers into one stack for
+`sliding_window`: at least one slice, at most this many values of slices and slabs."""
+
+
 @torch.no_grad()
 def slicewise(
     predict: Predict,
@@ -245,29 +261,40 @@ def slicewise(
     axis: int,
     slab: int,
     num_classes: int,
+    patch: Sequence[int] | None = None,
+    overlap: float = 0.5,
     batch_size: int = 8,
     device: torch.device | str = "cpu",
     tta: str = "none",
     progress: bool = False,
 ) -> Tensor:
-    """Class probabilities of a volume from a 2-D or 2.5-D net, slice by slice.
+    """Class probabilities of a volume from a 2-D or 2.5-D net, slice by slice: a thin
+    adapter over `sliding_window`, so that a slice larger than the training window is
+    tiled with it exactly as a 2-D image (Gaussian blending, `overlap`, flips), and memory
+    stays bounded by the window, not the slice.
 
     Slices run along spatial `axis`; the net's input at slice i is
     `volume_cases.slab(v, i, slab)` of the volume `v` with that axis moved first: the `slab`
-    neighbouring slices as channels, channel-major (`slab=1`: the slice itself). Each slice
-    is one whole pass: `predict` must take the slice's size (e.g. a net's `forward_same`).
-    `tta="flips"`: the four flips of the slice's two axes, averaged.
+    neighbouring slices as channels, channel-major (`slab=1`: the slice itself). Slices are
+    gathered a few at a time (`SLICE_CHUNK_VALUES`) into a stack `[C * slab, n, H, W]`
+    over which `sliding_window` runs windows `[1, *patch]` (one slice thick: each slice is
+    predicted once, its windows blended in its plane only). A slice no larger than `patch`
+    on an axis is one window on that axis (the window shrinks to the slice: the net takes
+    any size, as a 2-D image's one pass). `tta="flips"`: the four flips of the slice's two
+    axes, averaged.
 
     Args:
-        predict: `x [B, C * slab, H, W] -> probabilities [B, K, H, W]`, on `device`.
+        predict: `x [B, C * slab, h, w] -> probabilities [B, K, h, w]`, on `device`.
         volume: normalised `[C, Z, Y, X]`, on any device.
         axis: spatial axis of the slices: 0 (z), 1 (y) or 2 (x).
         slab: slices per input, odd (1 for a 2-D net).
         num_classes: K, the probabilities' channels (1 for a sigmoid net).
-        batch_size: slices per `predict` call.
-        device: where the slices go.
+        patch: the window `[h, w]` in a slice (the training window); None: whole slices.
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        batch_size: windows per `predict` call.
+        device: where the windows go.
         tta: `none` or `flips`.
-        progress: a progress bar over the batches.
+        progress: a progress bar over the chunks of slices.
     Returns:
         probabilities `[K, Z, Y, X]` float32 on the CPU.
     """
@@ -275,22 +302,31 @@ def slicewise(
     problems = [] if axis in (0, 1, 2) else [f"axis={axis}: must be 0 (z), 1 (y) or 2 (x)"]
     if slab < 1 or slab % 2 == 0:
         problems.append(f"slab={slab}: must be odd and >= 1 (1 for a 2-D net)")
+    if patch is not None and (len(patch) != 2 or min(patch) < 1):
+        problems.append(f"patch={list(patch)}: give the window's two sides in a slice, >= 1")
     _check(volume, 3, tta, batch_size, name, problems)
     stack = volume.movedim(axis + 1, 1)  # [C, S, H, W], S along `axis`
+    plane = tuple(stack.shape[2:])  # (H, W)
+    window = (
+        plane if patch is None else tuple(min(int(p), n) for p, n in zip(patch, plane, strict=True))
+    )
     out = torch.empty(num_classes, *volume.shape[1:])  # [K, Z, Y, X], CPU
     view = out.movedim(axis + 1, 1)  # [K, S, H, W], writes land in `out`
-    flip_sets = _flip_sets((2, 3), tta)  # tensor dims of [B, C * slab, H, W]
-    bar = tqdm(
-        list(_batches(list(range(stack.shape[1])), batch_size)),
-        desc="slices",
-        unit="batch",
-        disable=not progress,
-    )
-    for indices in bar:
-        x = torch.stack([slab_of(stack, i, slab) for i in indices]).to(device)  # [B, C*k, H, W]
-        total = None
-        for dims in flip_sets:
-            p = _predict_checked(predict, x.flip(dims), num_classes).flip(dims)
-            total = p if total is None else total + p
-        view[:, indices[0] : indices[-1] + 1] = (total / len(flip_sets)).cpu().movedim(0, 1)
+
+    def predict_slices(x: Tensor) -> Tensor:  # [B, C * slab, 1, h, w] -> [B, K, 1, h, w]
+        return predict(x[:, :, 0])[:, :, None]
+
+    per_slice = stack.shape[0] * slab * math.prod(plane)
+    chunk = max(1, SLICE_CHUNK_VALUES // max(1, per_slice))
+    starts = range(0, stack.shape[1], chunk)
+    for first in tqdm(starts, desc="slices", unit="chunk", disable=not progress):
+        indices = range(first, min(first + chunk, stack.shape[1]))
+        if slab == 1:
+            inputs = stack[:, indices.start : indices.stop]  # a view: [C, n, H, W]
+        else:  # [n, C * slab, H, W] -> [C * slab, n, H, W]
+            inputs = torch.stack([slab_of(stack, i, slab) for i in indices], dim=1)
+        view[:, indices.start : indices.stop] = sliding_window(
+            predict_slices, inputs, (1, *window), num_classes, overlap=overlap,
+            batch_size=batch_size, device=device, tta=tta, flip_axes=(1, 2),
+        )  # fmt: skip
     return out
