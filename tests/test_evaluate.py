@@ -265,3 +265,50 @@ def test_volume_dice_is_one_definition_in_training_and_evaluate(
     assert per_class.tolist() == pytest.approx([0.7, 0.0]) and float(mean) == pytest.approx(0.35)
     per_class, mean = mean_over_volumes([[float("nan"), 0.5]])  # a class in no volume: left out
     assert per_class[0].isnan() and float(mean) == 0.5
+
+
+def test_volume_dice_counts_class_0_without_a_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `data.background=false` class 0 is a real class: `val/volume_dice` and
+    `evaluate`'s volume means count it (`mean` over all classes, `scores.mean_key`), as
+    the 2-D scores do; both left it out before."""
+    import torch
+
+    from tests.test_predict import volume_checkpoint, write_nifti
+    from unet_seg import volume_eval
+    from unet_seg.module import SegModule
+
+    volumes = two_volumes()
+    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 1, 2), background=False)
+
+    def onehot(labels: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), 3).movedim(-1, 0)
+
+    module = SegModule.from_checkpoint(ckpt)
+    for truth, pred in volumes.values():
+        module.volume_probabilities = lambda v, p=pred, **_: onehot(p).float()
+        batch = {"image": torch.zeros(1, 1, *truth.shape),
+                 "mask": torch.from_numpy(truth).long()[None]}  # fmt: skip
+        module.validation_step(batch, 0)
+    trained = float(module.val_volume_dice.compute())
+
+    for name, (truth, _) in volumes.items():
+        write_nifti(tmp_path / "data" / "images" / f"{name}.nii.gz", truth.astype(np.float32))
+        write_nifti(tmp_path / "data" / "masks" / f"{name}.nii.gz", truth, labels=True)
+    monkeypatch.setattr(
+        volume_eval,
+        "_probabilities",
+        lambda module, loaded, cfg: onehot(volumes[loaded.name][1]).numpy(),
+    )
+    scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
+                             output=str(tmp_path / "eval" / "e.json")))  # fmt: skip
+
+    background = (1.0 + 64 / 71) / 2  # volume b: 32 voxels of class 0 in both, 34 + 37 in all
+    assert scores["dice/mean/background"] == pytest.approx(background)
+    assert scores["dice/mean/class1"] == pytest.approx(0.7)
+    expected = (background + 0.7 + 0.0) / 3
+    assert scores["dice/mean/mean"] == pytest.approx(expected) and "dice/mean/mean_fg" not in scores
+    assert scores["dice"] == pytest.approx(expected) and trained == pytest.approx(expected)
+    with open(tmp_path / "eval" / "e_per_volume.csv") as f:
+        assert "dice/background" in next(csv.reader(f))

@@ -345,12 +345,16 @@ def test_volume_predict_prunes_a_nested3d_at_level(tmp_path: Path) -> None:
 def test_volume_postprocessing_acts_in_3d(
     volume_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`postprocess.*` was ignored for volumes: objects are 26-connected, sizes in voxels."""
+    """`postprocess.*` was ignored for volumes: objects are 26-connected, sizes in voxels
+    (`PostProcess`, the one post-processing of every rank)."""
     import torch
 
     from unet_seg.data.volumes import read_volume
     from unet_seg.module import SegModule
-    from unet_seg.volume_eval import postprocess_volume
+    from unet_seg.postprocess import PostProcess
+
+    def postprocess_volume(labels: np.ndarray, settings: dict) -> np.ndarray:
+        return PostProcess(**settings)(labels)
 
     labels = np.zeros((6, 12, 12), np.uint8)
     labels[1:5, 1:7, 1:7] = 1  # a 4x6x6 block with a one-voxel cavity inside
@@ -406,3 +410,33 @@ def test_volume_predict_with_every_case_failing_says_so_and_exits_1(
         "recorded in the checkpoint (data.patch for a 3-D net, data.crop_size for slices); "
         "leave tile_size out"
     ]
+
+
+def test_predict_reads_a_channel_tiff_as_channels_of_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 2-channel ImageJ CYX TIFF is two channels of data (`readers.read_stored`), never
+    grey+alpha: a 2-channel checkpoint predicts it as the channels are, and a 1-channel one
+    refuses it by name (predict read it as grey with an opaque alpha and silently fed the
+    first channel alone)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    stain = rng.integers(0, 60000, (40, 48), dtype=np.uint16)
+    flat = np.full_like(stain, 65535)  # a channel at the type's maximum: an "opaque alpha"
+    channels = np.stack([stain, flat])  # [C, Y, X]
+    source = tmp_path / "in" / "cells.tif"
+    source.parent.mkdir()
+    tifffile.imwrite(source, channels, imagej=True, metadata={"axes": "CYX"})
+
+    two = make_checkpoint(tmp_path / "two.ckpt", in_channels=2)
+    (written,) = predict(config(ckpt=two, input=source, output=tmp_path / "out2", device="cpu"))
+    ((labels, _),) = load_model(two, device="cpu").run([np.moveaxis(channels, 0, -1)])
+    np.testing.assert_array_equal(cv2.imread(str(written), cv2.IMREAD_UNCHANGED) > 0, labels > 0)
+
+    one = make_checkpoint(tmp_path / "one.ckpt", in_channels=1)
+    with caplog.at_level(logging.WARNING, logger="unet_seg.predict"):
+        assert predict(config(ckpt=one, input=source, output=tmp_path / "out1",
+                              device="cpu")) == []  # fmt: skip
+    assert str(source) in caplog.text and "2 channels of data" in caplog.text
+    assert not list((tmp_path / "out1").glob("*.png"))

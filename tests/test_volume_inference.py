@@ -287,3 +287,103 @@ def test_a_2d_volume_module_tiles_slices_by_its_training_crop() -> None:
     module.forward = recorded
     probs = module.volume_probabilities(volume((2, 40, 44), channels=1), overlap=0.0)
     assert probs.shape == (2, 2, 40, 44) and set(sizes) == {(16, 16)}
+
+
+# ---- validation of a whole volume, streamed through the device a chunk of slices at a time ----
+
+
+def whole_volume_loss(probs: Tensor, masks: Tensor, loss_fn: nn.Module, sigmoid: bool) -> Tensor:
+    """What `SegModule._volume_step` computed before it streamed: the whole volume at once."""
+    p = probs[None].clamp_min(1e-7)
+    logits = (p[:, 1:] / p[:, :1]).log() if sigmoid else p.log()
+    return loss_fn(logits, masks[None])
+
+
+@pytest.mark.parametrize(
+    ("loss", "k", "sigmoid"),
+    [
+        ({}, 3, False),  # CE + Dice, background left out of Dice
+        ({"include_background": True, "class_weights": [0.5, 1.0, 2.0]}, 3, False),
+        ({"ce_weight": 0.0, "dice_weight": 1.0, "smooth": 0.1}, 4, False),  # Dice alone
+        ({"class_weights": [1.0, 3.0]}, 2, True),  # one logit: BCE and Dice of [1 - p, p]
+    ],
+)
+def test_streamed_volume_loss_equals_the_whole_volume_loss(
+    loss: dict, k: int, sigmoid: bool
+) -> None:
+    """`streamed_volume_loss` with a chunk of one slice (and of a few) is the loss of the whole
+    volume on the device at once, its labels the whole volume's argmax, ignored voxels
+    included: Dice's per-class sums pool over chunks and the loss is finished once."""
+    from unet_seg.data.masks import IGNORE_INDEX
+    from unet_seg.losses import build_loss
+    from unet_seg.module import streamed_volume_loss
+
+    torch.manual_seed(0)
+    shape = (7, 5, 6)
+    probs = torch.softmax(3 * torch.randn(k, *shape), dim=0)
+    probs[:, 2, 1, 1] = 0.0  # exact zeros: clamped as before
+    probs[0, 2, 1, 1] = 1.0
+    masks = torch.randint(0, k, shape)
+    masks[3, :2] = IGNORE_INDEX
+    loss_fn = build_loss({"deep_supervision_weights": "equal", **loss}, num_heads=2)
+    expected = whole_volume_loss(probs, masks, loss_fn.loss, sigmoid)
+    p = probs[None].clamp_min(1e-7)
+    whole_labels = (p[0, 1] > p[0, 0]).long() if sigmoid else p[0].argmax(0)
+    for chunk_bytes in (1, 4 * k * 5 * 6 * 3):  # one slice; three slices (7 = 3 + 3 + 1)
+        seen: list[tuple[Tensor, Tensor]] = []
+        got = streamed_volume_loss(probs, masks, loss_fn, "cpu",
+                                   lambda lab, t, seen=seen: seen.append((lab, t)),
+                                   sigmoid=sigmoid, chunk_bytes=chunk_bytes)  # fmt: skip
+        assert float(got) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+        assert len(seen) == (7 if chunk_bytes == 1 else 3)
+        assert torch.equal(torch.cat([lab for lab, _ in seen]), whole_labels)
+        assert torch.equal(torch.cat([t for _, t in seen]), masks)
+
+
+def test_volume_validation_keeps_the_volume_off_the_device_and_scores_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_volume_step` moves chunks of slices, never the whole volume, to the device; its
+    loss, pooled scores and volume Dice are those of the whole-volume computation. Volume
+    batches outside training stay on the CPU (`transfer_batch_to_device`)."""
+    from types import SimpleNamespace
+
+    from unet_seg.metrics import SegmentationScores
+    from unet_seg.module import SegModule, streamed_volume_loss
+
+    module = SegModule(
+        arch={"name": "unet", "base_channels": 4, "depth": 2, "bilinear": False,
+              "in_channels": 1, "num_classes": 3},
+        loss={"deep_supervision_weights": "equal"},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+        data={"class_names": ["bg", "a", "b"], "in_channels": 1, "mask_values": [0, 1, 2],
+              "mean": [0.0], "std": [1.0], "volume": True, "dims": 2, "crop_size": 8},
+    )  # fmt: skip
+    torch.manual_seed(1)
+    shape = (6, 8, 8)
+    probs = torch.softmax(torch.randn(3, *shape), dim=0)
+    masks = torch.randint(0, 3, shape)
+    module.volume_probabilities = lambda v, **_: probs
+    calls: list[int] = []
+    real = streamed_volume_loss
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through
+        calls.append(1)
+        return real(*args, **kwargs, chunk_bytes=1)
+
+    monkeypatch.setattr("unet_seg.module.streamed_volume_loss", spy)
+    loss = module._volume_step({"image": torch.zeros(1, 1, *shape), "mask": masks[None]}, "val")
+    assert calls
+    expected = whole_volume_loss(probs, masks, module.loss_fn, False)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    reference = SegmentationScores(["bg", "a", "b"])
+    reference.update(probs.argmax(0), masks)
+    for key, value in reference.compute().items():
+        assert float(module.val_scores.compute()[key]) == pytest.approx(float(value))
+    check = type(module.val_volume_dice)(3)
+    check.update(probs.argmax(0), masks)
+    assert float(module.val_volume_dice.compute()) == pytest.approx(float(check.compute()))
+    # outside training a volume batch is not moved: the trainer is only asked what it does
+    batch = {"image": torch.zeros(1, 1, *shape), "mask": masks[None]}
+    module._trainer = SimpleNamespace(training=False)
+    assert module.transfer_batch_to_device(batch, torch.device("meta"), 0) is batch

@@ -6,14 +6,15 @@ It is the one place logits become probabilities, labels or instances.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
@@ -22,7 +23,12 @@ from unet_seg.data.contract import DataContract
 from unet_seg.data.masks import IGNORE_INDEX
 from unet_seg.data.readers import DEFAULT_INTENSITY
 from unet_seg.instances import DEFAULT_INSTANCES, decode_instances
-from unet_seg.losses import DeepSupervisionLoss, build_loss, class_probabilities
+from unet_seg.losses import (
+    CEDiceLoss,
+    DeepSupervisionLoss,
+    build_loss,
+    class_probabilities,
+)
 from unet_seg.metrics import SegmentationScores, confusion_counts, ratio_scores
 from unet_seg.models.base import SegNet
 from unet_seg.models.blocks import center_crop
@@ -94,8 +100,8 @@ class SegModule(pl.LightningModule):
         elif side:
             self.example_input_array = torch.zeros(1, self.contract.in_channels, side, side)
         # volumes: each validation or test item is a whole volume, scored on its own too
-        self.val_volume_dice = VolumeDice(self.contract.num_classes)
-        self.test_volume_dice = VolumeDice(self.contract.num_classes)
+        self.val_volume_dice = VolumeDice(self.contract.num_classes, background)
+        self.test_volume_dice = VolumeDice(self.contract.num_classes, background)
 
     def forward(self, x: Tensor) -> Tensor:
         """Final logits `[B, C, H, W]` for every input pixel (the deepest head; a pruned level
@@ -162,25 +168,39 @@ class SegModule(pl.LightningModule):
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities by
-        `volume_probabilities`, the loss of their logarithms (the logits of the same
-        probabilities), the pooled scores and this volume's per-class Dice (`VolumeDice`)."""
-        masks = batch["mask"]  # [1, Z, Y, X]
-        probs = self.volume_probabilities(batch["image"][0]).to(masks.device)[None]
-        probs = probs.clamp_min(1e-7)
-        if self.contract.sigmoid:  # one logit: log(p / (1 - p))
-            logits = (probs[:, 1:] / probs[:, :1]).log()
-        else:
-            logits = probs.log()
-        loss_fn = (
-            self.loss_fn.loss if isinstance(self.loss_fn, DeepSupervisionLoss) else self.loss_fn
+        `volume_probabilities` (stitched on the CPU), then the loss of their logarithms (the
+        logits of the same probabilities), the pooled scores and this volume's per-class
+        Dice (`VolumeDice`), streamed through the device a chunk of z slices at a time
+        (`streamed_volume_loss`): no whole-volume tensor is ever on the device."""
+        masks = batch["mask"]  # [1, Z, Y, X], on the CPU (`transfer_batch_to_device`)
+        probs = self.volume_probabilities(batch["image"][0])  # [K, Z, Y, X], CPU
+        scores = getattr(self, f"{stage}_scores")
+        counts = torch.zeros(3, self.contract.num_classes, dtype=torch.long, device=self.device)
+
+        def score(labels: Tensor, truth: Tensor) -> None:
+            nonlocal counts
+            scores.update(labels, truth)
+            counts = counts + confusion_counts(labels, truth, self.contract.num_classes,
+                                               IGNORE_INDEX)  # fmt: skip
+
+        loss = streamed_volume_loss(
+            probs, masks[0], self.loss_fn, self.device, score, sigmoid=self.contract.sigmoid
         )
-        loss = loss_fn(logits, masks)
-        labels = self.labels(logits)
-        getattr(self, f"{stage}_scores").update(labels, masks)
         getattr(self, f"{stage}_loss").update(loss.detach(), 1)
-        getattr(self, f"{stage}_volume_dice").update(labels, masks)
+        getattr(self, f"{stage}_volume_dice").update(counts=counts)
         self._nonfinite = self._nonfinite | ~torch.isfinite(loss.detach())
         return loss
+
+    def transfer_batch_to_device(self, batch: object, device: torch.device,
+                                 dataloader_idx: int) -> object:  # fmt: skip
+        """Validation and test batches of volumes stay on the CPU: each is a whole volume
+        (`C x voxels x 4` bytes of image, `voxels x 8` of labels), of which the sliding
+        window and `streamed_volume_loss` move windows and chunks to the device. Any other
+        batch moves whole, as Lightning moves it."""
+        trainer = self._trainer
+        if self.contract.volume and trainer is not None and not trainer.training:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _shared_step(self, batch: dict, stage: str) -> Tensor:
         if self.contract.volume and stage != "train":
@@ -418,6 +438,99 @@ class SegModule(pl.LightningModule):
         return module.eval()
 
 
+VOLUME_CHUNK_BYTES = 64 * 2**20
+"""Float32 probabilities per chunk of z slices that `streamed_volume_loss` puts on the device
+(at least one slice): 64 MiB, with its logarithm and the loss's terms a few times that."""
+
+
+def streamed_volume_loss(
+    probs: Tensor,
+    masks: Tensor,
+    loss_fn: nn.Module,
+    device: torch.device | str,
+    on_labels: Callable[[Tensor, Tensor], None] | None = None,
+    sigmoid: bool = False,
+    chunk_bytes: int = VOLUME_CHUNK_BYTES,
+) -> Tensor:
+    """The loss of a whole volume's probabilities, a chunk of z slices on the device at a time.
+
+    What `loss_fn(log(probs.clamp_min(1e-7)), masks)` gives on the whole volume (the
+    logits of these probabilities: for a sigmoid net `log(p1 / p0)`), to float rounding:
+    `CEDiceLoss` pools every term over all voxels, so its cross-entropy is the sum over
+    chunks of `w * ce` over that of `w`, and its soft Dice the per-class sums of
+    intersection and cardinality over chunks, finished once.
+
+    Args:
+        probs: `[K, Z, Y, X]` class probabilities (K >= 2), on the CPU (`sliding_window`).
+        masks: `[Z, Y, X]` int64 class indices, `IGNORE_INDEX` where unlabelled, any device.
+        loss_fn: `CEDiceLoss`, or a `DeepSupervisionLoss` of one (its per-head loss).
+        device: where each chunk is computed.
+        on_labels: called with each chunk's labels (argmax) and truth on `device`, both
+            `[z, Y, X]`, e.g. to accumulate confusion counts.
+        sigmoid: the net has one logit (`probs` is `[1 - p, p]`): its logit `log(p / (1 - p))`.
+        chunk_bytes: float32 bytes of probabilities per chunk (at least one slice).
+    Returns:
+        the loss, a float32 scalar on `device`.
+    """
+    loss = loss_fn.loss if isinstance(loss_fn, DeepSupervisionLoss) else loss_fn
+    if not isinstance(loss, CEDiceLoss):
+        raise TypeError(f"streamed_volume_loss: {type(loss).__name__} is not a CEDiceLoss")
+    k, depth = probs.shape[0], probs.shape[1]
+    per_slice = 4 * k * max(1, probs[0, 0].numel())
+    step = max(1, chunk_bytes // per_slice)
+    zero = torch.zeros((), device=device)
+    ce_num, ce_den = zero, zero
+    inter = card_p = card_t = torch.zeros(k, device=device)
+    weights = None if loss.class_weights is None else loss.class_weights.to(device)
+    for z in range(0, depth, step):
+        p = probs[:, z : z + step].to(device, torch.float32)[None].clamp_min(1e-7)
+        t = masks[z : z + step].to(device)[None]  # [1, z, Y, X]
+        logits = (p[:, 1:] / p[:, :1]).log() if sigmoid else p.log()
+        valid = t != IGNORE_INDEX
+        if loss.ce_weight:
+            num, den = _ce_sums(logits, t, valid, weights)
+            ce_num, ce_den = ce_num + num, ce_den + den
+        if loss.dice_weight:
+            q = class_probabilities(logits) * valid[:, None]  # [1, K, z, Y, X]
+            onehot = F.one_hot(t.clamp(min=0), q.shape[1]).movedim(-1, 1).to(q.dtype)
+            onehot = onehot * valid[:, None]
+            dims = (0, *range(2, q.ndim))
+            inter = inter + (q * onehot).sum(dims)
+            card_p, card_t = card_p + q.sum(dims), card_t + onehot.sum(dims)
+        if on_labels is not None:
+            labels = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+            on_labels(labels[0], t[0])
+    total = zero
+    if loss.ce_weight:
+        total = total + loss.ce_weight * (ce_num / ce_den.clamp_min(torch.finfo(torch.float).tiny))
+    if loss.dice_weight:
+        dice = (2 * inter + loss.smooth) / (card_p + card_t + loss.smooth)
+        if not loss.include_background:
+            dice = dice[1:]
+        total = total + loss.dice_weight * (1 - dice.mean())
+    return total
+
+
+def _ce_sums(
+    logits: Tensor, target: Tensor, valid: Tensor, class_weights: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """`losses.cross_entropy`'s numerator `sum(w * ce)` and denominator `sum(w)` (no pixel
+    weights), for `streamed_volume_loss` to pool over chunks."""
+    logits = logits.float()
+    w = valid.float()
+    if logits.shape[1] == 1:
+        pos_weight = None if class_weights is None else class_weights[1] / class_weights[0]
+        ce = F.binary_cross_entropy_with_logits(
+            logits[:, 0], valid * target.float(), pos_weight=pos_weight, reduction="none"
+        )
+        w_den = w
+    else:
+        ce = F.cross_entropy(logits, target, weight=class_weights, ignore_index=IGNORE_INDEX,
+                             reduction="none")  # fmt: skip
+        w_den = w if class_weights is None else w * class_weights[target.clamp(min=0)]
+    return (w * ce).sum(), w_den.sum()
+
+
 def mean_over_volumes(per_volume: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
     """The one reduction of per-volume scores, for `val/volume_dice` and `test/volume_dice`
     in training (`VolumeDice`) and `evaluate`'s means over volumes alike (nnU-Net's summary,
@@ -454,28 +567,36 @@ def class_means(total: Tensor, counted: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class VolumeDice(Metric):
-    """`val/volume_dice`: each whole volume's Dice per foreground class (NaN for a class
-    absent from both its truth and prediction), reduced as `evaluate` reduces volumes
-    (`mean_over_volumes`: per class over volumes, then over classes). The state is per class
-    the sum of the counted Dice and the count of volumes, summed across processes under
-    DDP (a process without volumes adds zeros)."""
+    """`val/volume_dice`: each whole volume's Dice per scored class (NaN for a class absent
+    from both its truth and prediction), reduced as `evaluate` reduces volumes
+    (`mean_over_volumes`: per class over volumes, then over classes). The scored classes are
+    the contract's (`DataContract.scored_classes`): the foreground 1..K-1, or all K with
+    `data.background=false` (class 0 a real class, as the 2-D scores count it). The state is
+    per scored class the sum of the counted Dice and the count of volumes, summed across
+    processes under DDP (a process without volumes adds zeros)."""
 
     full_state_update = False
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, background: bool = True) -> None:
         super().__init__()
         self.num_classes = num_classes
-        foreground = max(num_classes - 1, 0)
-        self.add_state("total", default=torch.zeros(foreground), dist_reduce_fx="sum")
-        self.add_state("counted", default=torch.zeros(foreground, dtype=torch.long),
+        self.first = 1 if background else 0
+        scored = max(num_classes - self.first, 0)
+        self.add_state("total", default=torch.zeros(scored), dist_reduce_fx="sum")
+        self.add_state("counted", default=torch.zeros(scored, dtype=torch.long),
                        dist_reduce_fx="sum")  # fmt: skip
 
-    def update(self, labels: Tensor, masks: Tensor) -> None:
-        """One volume's labels and truth (`IGNORE_INDEX` where unlabelled), any shape."""
-        counts = confusion_counts(labels, masks, self.num_classes, IGNORE_INDEX)
-        dice = ratio_scores(counts, empty=float("nan"))["dice"][1:]
+    def update(
+        self, labels: Tensor | None = None, masks: Tensor | None = None,
+        counts: Tensor | None = None,
+    ) -> None:  # fmt: skip
+        """One volume: its labels and truth (`IGNORE_INDEX` where unlabelled), any shape, or
+        its `confusion_counts` `[3, K]` (`counts`, summed over the chunks it was scored in)."""
+        if counts is None:
+            counts = confusion_counts(labels, masks, self.num_classes, IGNORE_INDEX)
+        dice = ratio_scores(counts, empty=float("nan"))["dice"][self.first :]
         present = ~dice.isnan()
-        self.total += torch.where(present, dice, 0.0)
+        self.total += torch.where(present, dice, 0.0).to(self.total.dtype)
         self.counted += present.long()
 
     def compute(self) -> Tensor:

@@ -37,7 +37,7 @@ from unet_seg.api import load_model_from_config
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
-from unet_seg.data.readers import fit_channels, read_array
+from unet_seg.data.readers import fit_channels, read_stored
 from unet_seg.inference import check_options
 from unet_seg.instances import write_objects
 from unet_seg.run_dir import RunDir, hydra_log_file
@@ -196,7 +196,8 @@ def predict(cfg: DictConfig) -> list[Path]:
     named = list(zip(files, output_stems(files), strict=True))
     for path, stem in tqdm(named, desc="predict", unit="image"):
         try:  # the checkpoint fixes the channels: the fix is converting the image
-            image = fit_channels(read_array(path), predictor.in_channels, str(path), fix)
+            stored, data_channels = read_stored(path)  # a TIFF of channels: no alpha, no colour
+            image = fit_channels(stored, predictor.in_channels, str(path), fix, data_channels)
         except (ValueError, OSError, cv2.error) as err:
             failed.append(str(err))
             continue

@@ -16,8 +16,8 @@ The net sees each volume as in validation (`SegModule.volume_probabilities`): a 
 sliding window of the training patch for 3-D nets, every slice or slab for 2-D ones, each
 tiled by the training crop. The options of `predict` and `evaluate` that do not apply to
 volumes are refused by name before anything is read (`inference.check_options`); `level`
-prunes a UNet++ (`nested3d`) as for images, and `postprocess.*` acts in 3-D
-(`postprocess_volume`).
+prunes a UNet++ (`nested3d`) as for images, and `postprocess.*` acts in 3-D (`PostProcess`
+of any rank: objects 26-connected, sizes in voxels).
 A volume whose spacing differs from the training spacing is resampled to it (images
 trilinear, labels nearest) and its probabilities back to its own grid, where it is
 written and scored.
@@ -26,7 +26,6 @@ written and scored.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -34,7 +33,6 @@ import numpy as np
 import tifffile
 import torch
 from omegaconf import DictConfig
-from scipy import ndimage
 from tqdm import tqdm
 
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
@@ -51,6 +49,7 @@ from unet_seg.inference import load_for_inference
 from unet_seg.module import SegModule, mean_over_volumes
 from unet_seg.postprocess import PostProcess
 from unet_seg.run_dir import RunDir
+from unet_seg.scores import mean_key
 from unet_seg.threads import set_threads
 from unet_seg.visualize import class_legend, display_image, overlay, with_legend
 
@@ -161,43 +160,10 @@ def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np
 
 
 def _labels(probs: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed by
-    `cfg.postprocess` (`postprocess_volume`)."""
-    return postprocess_volume(probs.argmax(0).astype(np.uint8), cfg.get("postprocess"))
-
-
-def postprocess_volume(labels: np.ndarray, settings: Mapping | None) -> np.ndarray:
-    """`PostProcess`'s steps on class indices `[Z, Y, X]`, in 3-D and in its order:
-    `min_size` (objects of fewer voxels become background), `fill_holes` (background
-    enclosed by one class, not reaching the volume's faces, takes that class) and
-    `keep_largest` (each class's largest object). Objects are 26-connected, the background
-    around a hole 6-connected (as 8 and 4 in 2-D)."""
-    steps = PostProcess(**dict(settings or {}))
-    if not steps.active:
-        return labels
-    objects = np.ones((3, 3, 3), dtype=bool)  # 26-connected
-
-    def classes(of: np.ndarray) -> list[int]:
-        return [int(c) for c in np.unique(of) if 0 < c != PAD_LABEL]
-
-    out = labels.copy()
-    if steps.min_size > 1:
-        for c in classes(out):
-            comp, _ = ndimage.label(out == c, objects)
-            small = np.bincount(comp.ravel()) < steps.min_size
-            small[0] = False
-            out[small[comp]] = 0
-    if steps.fill_holes:
-        before = out.copy()
-        for c in classes(before):
-            out[ndimage.binary_fill_holes(before == c) & (before == 0)] = c
-    if steps.keep_largest:
-        for c in classes(out):
-            comp, count = ndimage.label(out == c, objects)
-            if count > 1:
-                largest = 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-                out[(comp != largest) & (comp > 0)] = 0
-    return out
+    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed in
+    3-D by `cfg.postprocess` (`PostProcess`, the one post-processing of every rank)."""
+    steps = PostProcess(**dict(cfg.get("postprocess") or {}))
+    return steps(probs.argmax(0).astype(np.uint8))
 
 
 def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
@@ -287,9 +253,11 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     `<output>_per_volume.csv` and `<output>_worst.png`.
 
     Returns:
-        `{metric/mean/class: mean over volumes}` for each class and `mean_fg` (their mean,
-        `summarise`), `volumes`, and the headline `dice` and `iou` (those `mean_fg`: the
-        definition of `val/volume_dice`, `module.mean_over_volumes`).
+        `{metric/mean/class: mean over volumes}` for each scored class (the foreground, or
+        every class with `data.background=false`: `DataContract.scored_classes`) and their
+        mean (`mean_fg`, or `mean` over all classes: `scores.mean_key`; `summarise`),
+        `volumes`, and the headline `dice` and `iou` (those means: the definition of
+        `val/volume_dice`, `module.mean_over_volumes`).
     """
     from unet_seg.surface import volume_scores
 
@@ -298,6 +266,8 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     module = load_volume_module(ckpt, str(cfg.get("device", "auto")), cfg.get("level"))
     contract = module.contract
     names = contract.class_names
+    scored = contract.scored_classes  # the foreground, or every class without a background
+    first = len(names) - len(scored)
     cases, what = evaluation_cases(cfg)
     log.info("evaluating %s on %s, %d volume(s) (%s)", ckpt, what, len(cases), _how(module))
     rows, shown = [], []
@@ -311,13 +281,13 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
         scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)
         row: dict[str, object] = {"volume": case.name}
         for metric in VOLUME_METRICS:
-            for c, name in enumerate(names[1:], start=1):
+            for c, name in enumerate(scored, start=first):
                 row[f"{metric}/{name}"] = float(scores[metric][c])
         rows.append(row)
-        fg = np.nanmean([row[f"dice/{n}"] for n in names[1:]]) if len(names) > 1 else np.nan
+        fg = np.nanmean([row[f"dice/{n}"] for n in scored]) if scored else np.nan
         shown.append((float(fg), case.name, loaded, pred))
         shown = sorted(shown, key=lambda s: (np.nan_to_num(s[0], nan=2.0), s[1]))[: cfg.worst]
-    results = summarise(rows, names[1:])
+    results = summarise(rows, scored, contract.background)
     output.parent.mkdir(parents=True, exist_ok=True)
     write_json({"checkpoint": str(ckpt), "evaluated": what, "inference": _how(module),
                 "spacing_mm": "per volume, from its file", **json_safe(results)},
@@ -327,34 +297,40 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
     picture = output.with_name(f"{output.stem}_worst.png")
     if shown:
         cv2.imwrite(str(picture), cv2.cvtColor(worst_picture(shown, names), cv2.COLOR_RGB2BGR))
-    log.info("%s, %d volume(s):\n%s", what, len(rows), format_volume_table(results, names[1:]))
+    table_text = format_volume_table(results, scored, contract.background)
+    log.info("%s, %d volume(s):\n%s", what, len(rows), table_text)
     log.info("wrote %s, %s and %s", output, table, picture)
     return results
 
 
-def summarise(rows: list[dict], classes: list[str]) -> dict[str, float]:
-    """Means over volumes per metric and class, and their mean over the foreground classes
-    (`mean_fg`, the headline `dice` and `iou`), by `module.mean_over_volumes`: the one
+def summarise(rows: list[dict], classes: list[str], background: bool = True) -> dict[str, float]:
+    """Means over volumes per metric and class, and their mean over `classes` (the scored
+    classes: `mean_fg` over the foreground, or `mean` over all without a `background`,
+    `scores.mean_key`; the headline `dice` and `iou`), by `module.mean_over_volumes`: the one
     definition `val/volume_dice` uses in training (a class absent from both truth and
     prediction in a volume is NaN there and left out of that class's mean)."""
     out: dict[str, float] = {"volumes": len(rows)}
+    key = mean_key(background)
     for metric in VOLUME_METRICS:
         table = np.array([[r[f"{metric}/{n}"] for n in classes] for r in rows], dtype=float)
         per_class, mean = mean_over_volumes(table.reshape(len(rows), len(classes)))
         for name, value in zip(classes, per_class.tolist(), strict=True):
             out[f"{metric}/mean/{name}"] = value
-        out[f"{metric}/mean/mean_fg"] = float(mean)
-    out["dice"], out["iou"] = out["dice/mean/mean_fg"], out["iou/mean/mean_fg"]
+        out[f"{metric}/mean/{key}"] = float(mean)
+    out["dice"], out["iou"] = out[f"dice/mean/{key}"], out[f"iou/mean/{key}"]
     return out
 
 
-def format_volume_table(results: dict[str, float], classes: list[str]) -> str:
+def format_volume_table(
+    results: dict[str, float], classes: list[str], background: bool = True
+) -> str:
     """Rows the metrics (distances in mm), columns the classes and their mean."""
-    header = f"{'mean over volumes':<20}" + "".join(f"{n:>12}" for n in [*classes, "mean_fg"])
+    key = mean_key(background)
+    header = f"{'mean over volumes':<20}" + "".join(f"{n:>12}" for n in [*classes, key])
     lines = [header]
     for metric, label in zip(VOLUME_METRICS, ("Dice", "IoU", "HD95 (mm)", "MSD (mm)"),
                              strict=True):  # fmt: skip
-        cells = [results[f"{metric}/mean/{n}"] for n in [*classes, "mean_fg"]]
+        cells = [results[f"{metric}/mean/{n}"] for n in [*classes, key]]
         lines.append(f"{label:<20}" + "".join(f"{v:>12.4f}" for v in cells))
     return "\n".join(lines)
 

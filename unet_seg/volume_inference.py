@@ -13,7 +13,10 @@ for the sliding window, the weight map `voxels x 4` bytes, plus a batch of patch
 their probabilities on `device` (and the net's activations for that batch). For a
 300x512x512 CT, K = 2: 315 MB input, 629 MB output, 315 MB weights. `window_memory_bytes`
 spells this out for a plan. Measured there (a 1x1 conv as the net, patch 64x128x128, one CPU
-thread): peak RSS 1.58 GiB, of which 0.23 GiB is torch itself; 11 s.
+thread): peak RSS 1.58 GiB, of which 0.23 GiB is torch itself; 11 s. Validation and test
+(`SegModule._volume_step`) keep the volume batch and these probabilities on the CPU too,
+and move a chunk of z slices at a time to the device for the loss, the argmax and the
+scores (`module.streamed_volume_loss`).
 """
 
 from __future__ import annotations
