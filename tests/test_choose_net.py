@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from tests.conftest import compose_train
 from unet_seg import build
@@ -48,7 +49,13 @@ def test_auto_plan_of_isotropic_volumes_picks_the_3d_net_and_says_why(tmp_path):
     cfg, record = plan_config(cfg)
     assert cfg.data.dims == 3 and cfg.data.in_channels == 2
     assert cfg.arch.name == "unet3d"
-    assert record["arch"]["value"] == "unet3d" and "3-D" in record["arch"]["why"]
+    chosen = record["plan"]["arch"]
+    assert chosen["value"] == "unet3d" and "3-D" in chosen["why"]
+    from unet_seg.check_data import train_command
+    from unet_seg.data.plan import plan_table
+
+    assert "arch=unet3d" in train_command(OmegaConf.to_container(cfg.data), record)
+    assert "unet3d" in plan_table(record)
 
 
 def test_a_named_2d_net_is_kept_and_refused_by_name(monkeypatch):

@@ -63,7 +63,7 @@ def plan_config(cfg: DictConfig) -> tuple[DictConfig, dict | None]:
         plan_pretrained_normalisation(planned, record, str(weights))
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        for key in PLANNED_KEYS + VOLUME_KEYS:
+        for key in (*PLANNED_KEYS, *VOLUME_KEYS, "images_dir", "masks_dir"):  # folders: layouts
             if key in planned:
                 cfg.data[key] = planned[key]
     trainer = cfg.get("trainer") or {}
@@ -120,7 +120,7 @@ def choose_net(cfg: DictConfig, record: dict | None) -> DictConfig:
     )
     log.info("net: %s", why)
     if record is not None:
-        record["arch"] = {"value": twin, "why": why}
+        record["plan"]["arch"] = {"value": twin, "why": why}
     return cfg
 
 

@@ -91,6 +91,8 @@ def train_command(data: dict, plan: dict, overrides: Sequence[str] = ()) -> str:
     args = [f"data.{k}={cli_value(data[k])}" for k in keys if data.get(k) is not None]
     if data.get("target", "semantic") != "semantic":  # the classes planned are the target's
         args.insert(0, f"data.target={data['target']}")
+    if "arch" in plan["plan"]:  # the net the plan chose for the windows (build.choose_net)
+        args.insert(0, f"arch={plan['plan']['arch']['value']}")
     spelled = {"root", "target", *keys}
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")

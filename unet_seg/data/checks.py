@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from unet_seg.data.layouts import pair_channel_files
 from unet_seg.data.masks import (
     PAD_LABEL,
     MaskEncoding,
@@ -304,6 +305,7 @@ def inspect_folder(
         stems = [(stem, p) for stem, p in stems if stem is not None]
         problems += shared_stems("masks", stems, mask_folder)
         masks = dict(stems)
+        problems += pair_channel_files(image_files, masks, image_folder)  # nnU-Net's 2-D
     pairs = [(images[s], masks[s]) for s in sorted(images) if s in masks]
     report: dict = {
         "root": str(root),

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from unet_seg.data.checks import shared_stems
+from unet_seg.data.layouts import file_ending, layout_hint, pair_channel_files
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL, MaskEncoding
 from unet_seg.data.readers import (
     DEFAULT_INTENSITY,
@@ -37,9 +38,16 @@ __all__ = ["IMAGE_EXTENSIONS", "SegDataset", "find_instances", "find_pairs", "li
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly inside `folder`, sorted by name: image extensions in any case
-    (`.PNG`, `.TIF`), hidden files (macOS `._a.png`) left out (`readers.is_image_file`)."""
+    (`.PNG`, `.TIF`), hidden files (macOS `._a.png`) left out (`readers.is_image_file`); in a
+    folder a `dataset.json` describes (nnU-Net's `imagesTr/`, `labelsTr/`, `imagesTs/`), those
+    of its `file_ending` only."""
     folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    ending = file_ending(folder)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if is_image_file(p) and (ending is None or p.name.lower().endswith(ending))
+    )
 
 
 def find_pairs(
@@ -53,7 +61,9 @@ def find_pairs(
 
     With `class_folders` (`data.mask_format=folders`), each image's masks are
     `root/masks/<class>/<stem><mask_suffix>.*`, and its pair holds the
-    extension-less `root/masks/<stem><mask_suffix>`.
+    extension-less `root/masks/<stem><mask_suffix>`. nnU-Net's 2-D layout pairs
+    `imagesTr/<case>_0000.png` with `labelsTr/<case>.png` (one channel file per case; several,
+    `_0001` and on, are refused with the workaround).
     Raises with the folder or file named when a folder is missing or empty, when an
     image has no mask, or when two images (or two masks) share a stem; every
     problem of the last kinds in one error.
@@ -64,7 +74,7 @@ def find_pairs(
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"{folder} does not exist: data.root must hold `{images_dir}/` and `{masks_dir}/` "
-                "folders of images and masks with matching names"
+                f"folders of images and masks with matching names{layout_hint(root)}"
             )
     images = list_images(image_folder)
     if not images:
@@ -88,6 +98,7 @@ def find_pairs(
         masks.append((stem, path))
     problems += shared_stems("masks", masks, mask_folder)
     mask_of = dict(masks)
+    problems += pair_channel_files(images, mask_of, image_folder)  # nnU-Net's 2-D
     unmatched = [p.name for p in images if p.stem not in mask_of]
     if unmatched:
         missing = (

@@ -56,6 +56,15 @@ from typing import Any
 
 import numpy as np
 
+from unet_seg.data.layouts import (
+    CHANNEL_SUFFIX,
+    IMAGES_TR,
+    DatasetJson,
+    contradictions,
+    plan_from_dataset_json,
+    read_dataset_json,
+    resolve_folders,
+)
 from unet_seg.data.plan_rules import (
     AUTO,
     MAX_CLASSES,
@@ -579,32 +588,80 @@ def plan_data_config(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fingerprint the folder of a data config (plain data) and fill its `auto` keys.
 
+    A folder in nnU-Net's or the Decathlon's layout (`imagesTr/`, `labelsTr/`, no `images/`)
+    is read there (`images_dir`, `masks_dir` planned with the reason), and its `dataset.json`
+    names the classes and channels (`_read_layout`); a `dataset.json` that contradicts the
+    files is refused, every problem listed.
+
     Returns:
         `(planned data config, record)`, the record holding the fingerprint (`fingerprint`)
-        and each planned key's value and reason (`plan`), and the keys given (`given`).
+        and each planned key's value and reason (`plan`), the keys given (`given`), and what a
+        `dataset.json` said (`dataset_json`: its labels, channel names, file ending).
     """
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
-    if is_volume_config(data):
-        return plan_volume_config(data, gpu_memory_gb)
-    ignore = data.get("ignore_value")
-    layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
     given = {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO}
+    data, layout, info = _read_layout(data)
+    if is_volume_config(data):
+        return plan_volume_config(data, gpu_memory_gb, (layout, info, given))
+    ignore = data.get("ignore_value")
+    folders = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
     suffix_why = None
     if data.get("mask_suffix") == AUTO:
         data = dict(data)
-        data["mask_suffix"], suffix_why = detect_mask_suffix(*layout)
-    fp = fingerprint(*layout, data.get("mask_suffix") or "", cache_dir=cache_dir,
+        data["mask_suffix"], suffix_why = detect_mask_suffix(*folders)
+    fp = fingerprint(*folders, data.get("mask_suffix") or "", cache_dir=cache_dir,
                      ignore_folder=ignore if isinstance(ignore, str) else None)  # fmt: skip
+    from_json = {} if info is None else plan_from_dataset_json(info, data, AUTO)
+    if info is not None:
+        channels = max((e["channels"] for e in fp["images"] if "channels" in e), default=None)
+        label_files = {m["name"]: {int(v) for v in m["values"]} for m in fp["masks"]
+                       if isinstance(m.get("values"), dict) and "encoding" in m
+                       and m["encoding"] != "rgb"}  # fmt: skip
+        problems = contradictions(info, channels, label_files, [e["name"] for e in fp["images"]],
+                                  from_json.get("ignore_value", (ignore,))[0])  # fmt: skip
+        if problems:
+            raise PlanError(_listing(problems))
+        data = {**data, **{k: v for k, (v, _) in from_json.items()}}
     planned, why = plan(fp, data, gpu_memory_gb)
     if suffix_why is not None:
         why["mask_suffix"] = suffix_why
+    why.update({k: w for k, (_, w) in from_json.items()})
+    _name_channels(why, info)
     record = {
-        "plan": {k: {"value": planned[k], "why": why[k]} for k in PLANNED_KEYS if k in why},
+        "plan": {**{k: {"value": v, "why": w} for k, (v, w) in layout.items()},
+                 **{k: {"value": planned[k], "why": why[k]}
+                    for k in (*PLANNED_KEYS, "ignore_value") if k in why}},
         "given": given,
         "fingerprint": fp,
-    }
+    }  # fmt: skip
+    if info is not None:
+        record["dataset_json"] = info.summary()
     return planned, record
+
+
+def _name_channels(why: dict[str, str], info: DatasetJson | None) -> None:
+    """The reason for `in_channels` ends with the channel names of a `dataset.json` (the data
+    contract has no place for them: they are in plan.json's `dataset_json` too)."""
+    if info is not None and info.channel_names and "in_channels" in why:
+        why["in_channels"] += f"; {', '.join(info.channel_names)} ({info.path.name})"
+
+
+def _read_layout(
+    data: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, tuple[str, str]], DatasetJson | None]:
+    """A data config's folder as nnU-Net's or the Decathlon's layout: `(data with the folders
+    it reads, {"images_dir": (value, why), "masks_dir": ...} when they were found so,
+    the `dataset.json` of a folder read from `imagesTr/` or None)`."""
+    root = data["root"]
+    images_dir, masks_dir, why = resolve_folders(root, data.get("images_dir", "images"),
+                                                 data.get("masks_dir", "masks"))  # fmt: skip
+    layout: dict[str, tuple[str, str]] = {}
+    if why is not None:
+        data = {**data, "images_dir": images_dir, "masks_dir": masks_dir}
+        layout = {"images_dir": (images_dir, why), "masks_dir": (masks_dir, why)}
+    info = read_dataset_json(root) if images_dir == IMAGES_TR else None
+    return data, layout, info
 
 
 def is_volume_config(data: dict[str, Any]) -> bool:
@@ -614,19 +671,32 @@ def is_volume_config(data: dict[str, Any]) -> bool:
 
     volume = data.get("volume")
     if volume in (None, AUTO):
-        return holds_volumes(Path(data["root"]) / data.get("images_dir", "images"))
+        images_dir, _, _ = resolve_folders(data["root"], data.get("images_dir", "images"),
+                                           data.get("masks_dir", "masks"))  # fmt: skip
+        return holds_volumes(Path(data["root"]) / images_dir)
     return bool(volume)
 
 
 def plan_volume_config(
-    data: dict[str, Any], gpu_memory_gb: float | None = None
+    data: dict[str, Any],
+    gpu_memory_gb: float | None = None,
+    layout: tuple[dict, DatasetJson | None, dict] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """`plan_data_config` for a folder of volumes: the volume fingerprint and plan
-    (`unet_seg.data.volume_plan`); the volume keys left null are planned too."""
+    (`unet_seg.data.volume_plan`); the volume keys left null are planned too.
+
+    Args:
+        layout: `_read_layout`'s folders and `dataset.json`, and the keys given before it;
+            None: read here."""
     from unet_seg.data.volume_plan import fingerprint_volumes, plan_volumes
 
     keys = PLANNED_KEYS + VOLUME_KEYS
-    given = {k: data[k] for k in keys if data.get(k) not in (AUTO, None)}
+    if layout is None:
+        given = {k: data[k] for k in keys if data.get(k) not in (AUTO, None)}
+        data, folders, info = _read_layout(data)
+    else:
+        folders, info, given = layout
+        given = {**given, **{k: data[k] for k in VOLUME_KEYS if data.get(k) not in (AUTO, None)}}
     data = {**data, **{k: AUTO for k in VOLUME_KEYS if data.get(k) is None}}
     data["volume"] = True
     why: dict[str, str] = {}
@@ -637,12 +707,21 @@ def plan_volume_config(
 
     fill("mask_suffix", "", "volume masks are named like their images (data.mask_suffix=_seg "
                             "for masks/<case>_seg.nii.gz)")  # fmt: skip
-    layout = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
+    where = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
     try:
-        fp = fingerprint_volumes(*layout, data["mask_suffix"])
+        fp = fingerprint_volumes(*where, data["mask_suffix"])
     except (FileNotFoundError, ValueError) as err:
         raise PlanError(str(err)) from None
     problems = [e["error"] for e in fp.get("cases", []) if "error" in e] + fp.get("problems", [])
+    if info is not None:
+        for key, (value, reason) in plan_from_dataset_json(info, data, AUTO).items():
+            fill(key, value, reason)
+        label_files = {e["mask"]: {int(v) for v in e["labels"]} for e in fp.get("cases", [])
+                       if e.get("mask") and isinstance(e.get("labels"), dict)}  # fmt: skip
+        problems += contradictions(info, fp.get("channels"), label_files,
+                                   [e["name"] for e in fp.get("cases", [])],
+                                   -1 if data.get("ignore_value") == AUTO  # planned so if held
+                                   else data.get("ignore_value"))  # fmt: skip
     if problems:
         raise PlanError(_listing(problems))
     plan_volumes(fp, data, fill, gpu_memory_gb)
@@ -664,14 +743,18 @@ def plan_volume_config(
                              "data only, where CamVid measured it")  # fmt: skip
     fill("upright", False, "volumes: the augmentation as configured (data.augment)")
     fill("background", True, "volumes: label 0 is the background")
+    _name_channels(why, info)
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
     record = {
-        "plan": {k: {"value": data[k], "why": why[k]} for k in keys if k in why},
+        "plan": {**{k: {"value": v, "why": w} for k, (v, w) in folders.items()},
+                 **{k: {"value": data[k], "why": why[k]} for k in keys if k in why}},
         "given": given,
         "fingerprint": fp,
-    }
+    }  # fmt: skip
+    if info is not None:
+        record["dataset_json"] = info.summary()
     return data, record
 
 
@@ -692,6 +775,10 @@ def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tup
     if not masks or not stems:
         return "", "no mask files to compare with the images (class folders, or none)"
     named = set(masks)
+    cases = [CHANNEL_SUFFIX.match(s) for s in stems]
+    if not named & stems and all(c is not None and c["case"] in named for c in cases):
+        return "", (f"nnU-Net's layout: every one of {len(stems)} images is <case>_NNNN, its mask "
+                    "<case>")  # fmt: skip
     if all(s in named for s in stems):
         if len(masks) == len(stems):
             return "", f"every one of {len(masks)} masks is named like its image"

@@ -12,14 +12,15 @@ Two layouts pair them:
 
 nnU-Net's raw folders and the Medical Segmentation Decathlon's (`imagesTr/`, `labelsTr/`,
 `imagesTs/`) are read with `images_dir="imagesTr"`, `masks_dir="labelsTr"` (a Decathlon
-image is one 4-D NIfTI, channels last); their `dataset.json` is not read here.
+image is one 4-D NIfTI, channels last), which the plan finds itself
+(`unet_seg.data.layouts`); in those folders only files of their `dataset.json`'s
+`file_ending` are listed, and macOS `._*` files never are.
 
 `find_volume_cases` lists every problem of a folder at once, each with its file and fix.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,9 @@ import numpy as np
 import tifffile
 import torch
 
+from unet_seg.data.layouts import CHANNEL_SUFFIX, file_ending, layout_hint
 from unet_seg.data.volumes import TIFF_EXTENSIONS, VOLUME_EXTENSIONS
 from unet_seg.problems import problem_list
-
-CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-"""nnU-Net's channel file: `<case>_0000`."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def holds_volumes(folder: str | Path) -> bool:
     folder = Path(folder)
     if not folder.is_dir():
         return False
-    files = sorted(p for p in folder.iterdir() if is_volume_file(p))
+    files = list_volumes(folder)
     if any(not p.name.lower().endswith(TIFF_EXTENSIONS) for p in files):
         return True
     for path in files[:3]:  # TIFFs: 2-D images unless they are stacks
@@ -84,8 +83,14 @@ def holds_volumes(folder: str | Path) -> bool:
 
 
 def list_volumes(folder: str | Path) -> list[Path]:
-    """Volume files directly inside `folder`, sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if is_volume_file(p))
+    """Volume files directly inside `folder`, sorted by name; in a folder a `dataset.json`
+    describes (`imagesTr/`, `labelsTr/`, `imagesTs/`), those of its `file_ending` only."""
+    ending = file_ending(folder)
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if is_volume_file(p) and (ending is None or p.name.lower().endswith(ending))
+    )
 
 
 def nnunet_layout(stems: Sequence[str]) -> bool:
@@ -119,9 +124,12 @@ def find_volume_cases(
         )
     images = list_volumes(image_folder)
     if not images:
+        ending = file_ending(image_folder)
+        looked = (f"files ending {ending}, the file_ending of its dataset.json" if ending
+                  else f"{', '.join(VOLUME_EXTENSIONS)}, in any case")  # fmt: skip
         raise FileNotFoundError(
-            f"{image_folder} holds no volumes (looked for {', '.join(VOLUME_EXTENSIONS)}, in "
-            "any case): put the volumes there, or point data.root at their folder"
+            f"{image_folder} holds no volumes (looked for {looked}): put the volumes there, "
+            "or point data.root at their folder"
         )
     stems = [volume_stem(p) for p in images]
     problems = _shared(images, stems, image_folder)
@@ -174,17 +182,6 @@ def find_volume_cases(
         ))  # fmt: skip
     _raise(problems, FileNotFoundError if unmatched else ValueError, root)
     return [VolumeCase(c.name, c.images, masks[c.name]) for c in cases]
-
-
-def layout_hint(root: str | Path) -> str:
-    """For a folder in nnU-Net's or the Decathlon's layout (`imagesTr/`, `labelsTr/`), the
-    settings that read it; '' otherwise."""
-    root = Path(root)
-    if not (root / "imagesTr").is_dir():
-        return ""
-    masks = " data.masks_dir=labelsTr" if (root / "labelsTr").is_dir() else ""
-    return (f"; {root} is in nnU-Net's (or the Decathlon's) layout: give "
-            f"data.images_dir=imagesTr{masks} (imagesTs/ is for predict input=)")  # fmt: skip
 
 
 def _raise(problems: list[str], error: type[Exception], where: Path) -> None:
