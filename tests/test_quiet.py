@@ -22,6 +22,7 @@ NOISE = (
     "Total FLOPs: 0",  # the model summary without an example input
     "smaller than the logging interval",  # log_every_n_steps above the batches of an epoch
     "not supported by the model summary",  # bf16-mixed (trainer=gpu): its weights are float32
+    "overridden `transfer_batch_to_device`",  # SegModule's own hook, and the only one
 )
 
 

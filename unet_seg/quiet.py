@@ -28,6 +28,7 @@ def silence_known_noise() -> None:
     (idempotent): Lightning's `litlogger` tip at every Trainer, PyTorch's deprecation of
     `LeafSpec` that Lightning's own `_pytree` helper triggers at every step, the model
     summary's warning that it sizes a mixed-precision model at 32 bits (which it is), its
+    note that `SegModule.transfer_batch_to_device` is the one used (there is no other), its
     advice under DDP to sync the val/test scores (torchmetrics has summed them), and
     TensorBoard's `Directory watcher advancing from ...` at every event file read."""
     warnings.filterwarnings(
@@ -48,6 +49,12 @@ def silence_known_noise() -> None:
         "ignore",
         message=r"It is recommended to use `self\.log\('(val|test)/",
         module=r"lightning\.pytorch\.trainer\.connectors\.logger_connector\.result",
+    )
+    # volumes: SegModule keeps whole evaluation volumes on the CPU (only windows go to the
+    # device); the data module defines no hook of its own, so Lightning's choice is ours
+    warnings.filterwarnings(
+        "ignore",
+        message=r"You have overridden `transfer_batch_to_device` in `LightningModule`",
     )
     filters = [(name, _not_an_advert) for name in LIGHTNING_RANK_ZERO_LOGGERS]
     for name, drop in [*filters, ("tensorboard", _not_watcher_progress)]:
