@@ -160,12 +160,23 @@ def find_volume_cases(
     by_count: dict[int, list[str]] = {}
     for case in cases:
         by_count.setdefault(len(case.images), []).append(case.name)
-    if len(by_count) > 1:
-        listing = "; ".join(f"{n} channel(s): {names[:5]}" for n, names in sorted(by_count.items()))
-        problems.append(
-            f"cases in {image_folder} differ in their channel count ({listing}): every case needs "
-            "the same channels (modalities) in the same order"
-        )
+    if len(by_count) > 1:  # each odd case named with the files to add or remove
+        usual = max(by_count, key=lambda n: (len(by_count[n]), n))
+        ext = _extension(cases[0].images[0])
+        for n, names in sorted(by_count.items()):
+            if n == usual:
+                continue
+            for name in names:
+                if n < usual:
+                    files = ", ".join(f"{name}_{c:04d}{ext}" for c in range(n, usual))
+                    fix = f"add {files} or remove the case"
+                else:
+                    fix = "remove its extra channel files or add them to every case"
+                problems.append(
+                    f"case {name!r} in {image_folder} has {n} channel file(s) where "
+                    f"{len(by_count[usual])} case(s) have {usual}: {fix} (every case needs the "
+                    "same channels, modalities, in the same order)"
+                )
     if mask_folder is None:
         _raise(problems, ValueError, image_folder)
         return cases
@@ -217,3 +228,9 @@ def slab(volume: np.ndarray | torch.Tensor, index: int, slices: int) -> np.ndarr
     slices of channel 0, then channel 1, ...). `slices=1` is the slice itself, `[C, H, W]`."""
     picked = volume[:, slab_indices(volume.shape[1], index, slices)]  # [C, slices, H, W]
     return picked.reshape(volume.shape[0] * slices, *volume.shape[2:])
+
+
+def _extension(path: Path) -> str:
+    """A volume file's extension, `.nii.gz` whole."""
+    name = path.name
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix

@@ -50,7 +50,7 @@ from unet_seg.data.plan_rules import (
 )
 from unet_seg.data.splits import train_count
 from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
-from unet_seg.data.volumes import read_volume
+from unet_seg.data.volumes import geometry_mismatch, read_volume
 from unet_seg.problems import problem_list
 
 log = logging.getLogger(__name__)
@@ -256,22 +256,10 @@ def _foreground_stats(
 
 
 def _mismatch(path: Path, meta: Any, ref_path: Path, ref: Any, what: str) -> list[str]:
-    """Problems naming `path` when its geometry is not `ref`'s: shape, spacing (1e-3
-    relative), affine (1e-3 of a voxel)."""
-    if tuple(meta.shape) != tuple(ref.shape):
-        return [f"{path}: {what} of shape (z, y, x) {list(meta.shape)}, but its image "
-                f"{ref_path.name} is {list(ref.shape)}: save the {what} at the image's size "
-                "(resample it onto the image with nearest-neighbour interpolation)"]  # fmt: skip
-    if not np.allclose(meta.spacing, ref.spacing, rtol=1e-3, atol=1e-6):
-        return [f"{path}: {what} spacing (z, y, x) {_mm(meta.spacing)} mm, but its image "
-                f"{ref_path.name} has {_mm(ref.spacing)} mm: write the {what} with the image's "
-                "header (spacing and affine)"]  # fmt: skip
-    tolerance = 1e-3 * min(ref.spacing)
-    if not np.allclose(meta.affine_matrix(), ref.affine_matrix(), atol=tolerance, rtol=0):
-        return [f"{path}: {what} is placed elsewhere than its image {ref_path.name} (their "
-                "affines differ: origin or orientation): write the "
-                f"{what} with the image's header so it overlays the image"]  # fmt: skip
-    return []
+    """The problem naming `path` when it does not lie on its case's first channel's grid:
+    the one rule of `volumes.geometry_mismatch`, which every reader of a case applies."""
+    problem = geometry_mismatch(path, meta, ref_path, ref, what)
+    return [problem] if problem else []
 
 
 def fingerprint_volumes(
