@@ -171,8 +171,20 @@ def test_val_volume_dice_is_evaluates_dice_on_the_same_volumes(tmp_path: Path) -
                          "data.val_fraction=0.5", "data.test_fraction=0.0",
                          "data.crop_size=16", "data.train_repeats=1"]))  # fmt: skip
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    results = evaluate(OmegaConf.create({
-        "run_dir": str(run_dir), "ckpt": None, "split": "val", "data_root": None,
-        "device": "cpu", "output": str(tmp_path / "eval.json"), "worst": 0}))  # fmt: skip
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):  # conf's defaults
+        cfg = compose(
+            config_name="evaluate",
+            overrides=[
+                f"run_dir={run_dir}",
+                "split=val",
+                f"output={tmp_path / 'eval.json'}",
+                "worst=0",
+            ],
+        )
+    results = evaluate(cfg)  # overlap as validation runs it (conf/evaluate.yaml: null)
     assert results["volumes"] == 2
     assert results["dice"] == pytest.approx(metrics["val/volume_dice"], abs=1e-6)
