@@ -377,7 +377,10 @@ def worst_picture(shown: list[tuple[float, str, LoadedCase, np.ndarray]],
                                for v in (image, truth, pred)), strict=True):  # fmt: skip
             # the channels are modalities, never RGB: a composite of each
             base = display_image(img if img.ndim == 3 else img[..., None], colour=False)
-            panels = [base, overlay(base, t), overlay(base, p)]
+            # the labels over the image's brightness in grey, so each class keeps the colour
+            # of the legend (a tint over the composite's green or magenta would not)
+            grey = np.repeat(base.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+            panels = [base, overlay(grey, t), overlay(grey, p)]
             rows.append(_hstack(panels))
         block = _vstack(rows)
         title = np.full((22, block.shape[1], 3), 255, np.uint8)
