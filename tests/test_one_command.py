@@ -27,10 +27,12 @@ QUICK = ["arch.base_channels=4", "trainer.max_epochs=1", "trainer.log_every_n_st
 def image_tags(run_dir: Path) -> list[str]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (events,) = list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))[:1]
-    acc = EventAccumulator(str(events), size_guidance={"images": 0})
-    acc.Reload()
-    return acc.Tags()["images"]
+    tags = []
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
+        acc.Reload()
+        tags += acc.Tags()["images"]
+    return tags
 
 
 def check_run(run_dir: Path, tmp_path: Path) -> dict:
@@ -68,7 +70,7 @@ def test_multichannel_tiff_folders_train_and_evaluate(tmp_path: Path, channels: 
         mask = np.zeros((48, 48), np.uint8)
         y, x = rng.integers(4, 28, 2)
         mask[y : y + 16, x : x + 16] = 1
-        image = np.stack([(mask * (800 + 300 * c) + rng.integers(0, 200, (48, 48)))
+        image = np.stack([(mask.astype(np.int32) * (800 + 300 * c) + rng.integers(0, 200, (48, 48)))
                           for c in range(channels)]).astype(np.uint16)  # fmt: skip
         tifffile.imwrite(data / "images" / f"c{i}.tif", image, imagej=True,
                          metadata={"axes": "CYX"})  # fmt: skip

@@ -47,7 +47,7 @@ def test_every_problem_of_a_volume_folder_is_named_at_once(tmp_path):
     message = str(err.value)
     assert "have no label volume" in message and "'p1'" in message
     assert "channel files [0, 2]" in message
-    assert "differ in their channel count" in message
+    assert "case 'p3' in" in message and "add p3_0001.nii.gz or remove the case" in message
 
 
 def test_volume_stems_and_slabs():
