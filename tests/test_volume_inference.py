@@ -265,10 +265,14 @@ def test_a_conv_net_tiled_in_the_slice_stays_close_to_the_whole_slice() -> None:
     assert (tiled - whole).abs().max() > 1e-6  # the windows did see their own borders
 
 
-def test_a_2d_volume_module_tiles_slices_by_its_training_crop() -> None:
-    """`SegModule.volume_probabilities` (validation, predict, evaluate) of a net trained on
-    16-pixel windows of slices feeds it 16-pixel windows of a 40 x 44 slice."""
+def test_a_2d_volume_module_tiles_slices_as_images_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`SegModule.volume_probabilities` (validation, predict, evaluate) of a 2-D net tiles a
+    slice larger than the 2-D path's tile (`module.SLICE_TILE`, 16 here) with that tile, and
+    runs a slice no larger than it whole."""
+    from unet_seg import module as module_file
     from unet_seg.module import SegModule
+
+    monkeypatch.setattr(module_file, "SLICE_TILE", 16)
 
     module = SegModule(
         arch={"name": "unet", "base_channels": 4, "depth": 2, "bilinear": False,
@@ -287,6 +291,10 @@ def test_a_2d_volume_module_tiles_slices_by_its_training_crop() -> None:
     module.forward = recorded
     probs = module.volume_probabilities(volume((2, 40, 44), channels=1), overlap=0.0)
     assert probs.shape == (2, 2, 40, 44) and set(sizes) == {(16, 16)}
+    sizes.clear()
+    monkeypatch.setattr(module_file, "SLICE_TILE", 64)  # a slice inside one tile: whole
+    module.volume_probabilities(volume((2, 40, 44), channels=1), overlap=0.0)
+    assert set(sizes) == {(40, 44)}
 
 
 # ---- validation of a whole volume, streamed through the device a chunk of slices at a time ----
