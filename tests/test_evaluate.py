@@ -219,12 +219,11 @@ def two_volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"a": (truth_a, truth_a.copy()), "b": (truth_b, pred_b)}
 
 
-def test_volume_dice_is_one_definition_in_training_and_evaluate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`val/volume_dice` was the mean over volumes of each volume's mean (1.0 and 0.2: 0.6),
-    `evaluate`'s the mean over classes of each class's mean over volumes (0.7 and 0.0:
-    0.35); both are now `module.mean_over_volumes`, nnU-Net's convention."""
+def trained_and_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, background: bool
+) -> tuple[float, dict]:
+    """`two_volumes` scored both ways, the net replaced by their predictions: the
+    `val/volume_dice` of validation steps, and `evaluate`'s scores of the same volumes."""
     import torch
 
     from tests.test_predict import volume_checkpoint, write_nifti
@@ -232,7 +231,7 @@ def test_volume_dice_is_one_definition_in_training_and_evaluate(
     from unet_seg.module import SegModule
 
     volumes = two_volumes()
-    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 1, 2))
+    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 1, 2), background=background)
 
     def onehot(labels: np.ndarray) -> torch.Tensor:
         return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), 3).movedim(-1, 0)
@@ -255,6 +254,16 @@ def test_volume_dice_is_one_definition_in_training_and_evaluate(
     )
     scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
                              output=str(tmp_path / "eval" / "e.json")))  # fmt: skip
+    return trained, scores
+
+
+def test_volume_dice_is_one_definition_in_training_and_evaluate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`val/volume_dice` was the mean over volumes of each volume's mean (1.0 and 0.2: 0.6),
+    `evaluate`'s the mean over classes of each class's mean over volumes (0.7 and 0.0:
+    0.35); both are now `module.mean_over_volumes`, nnU-Net's convention."""
+    trained, scores = trained_and_evaluated(tmp_path, monkeypatch, background=True)
 
     assert scores["dice/mean/class1"] == pytest.approx(0.7)
     assert scores["dice/mean/class2"] == pytest.approx(0.0)
@@ -273,36 +282,7 @@ def test_volume_dice_counts_class_0_without_a_background(
     """With `data.background=false` class 0 is a real class: `val/volume_dice` and
     `evaluate`'s volume means count it (`mean` over all classes, `scores.mean_key`), as
     the 2-D scores do; both left it out before."""
-    import torch
-
-    from tests.test_predict import volume_checkpoint, write_nifti
-    from unet_seg import volume_eval
-    from unet_seg.module import SegModule
-
-    volumes = two_volumes()
-    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 1, 2), background=False)
-
-    def onehot(labels: np.ndarray) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.from_numpy(labels).long(), 3).movedim(-1, 0)
-
-    module = SegModule.from_checkpoint(ckpt)
-    for truth, pred in volumes.values():
-        module.volume_probabilities = lambda v, p=pred, **_: onehot(p).float()
-        batch = {"image": torch.zeros(1, 1, *truth.shape),
-                 "mask": torch.from_numpy(truth).long()[None]}  # fmt: skip
-        module.validation_step(batch, 0)
-    trained = float(module.val_volume_dice.compute())
-
-    for name, (truth, _) in volumes.items():
-        write_nifti(tmp_path / "data" / "images" / f"{name}.nii.gz", truth.astype(np.float32))
-        write_nifti(tmp_path / "data" / "masks" / f"{name}.nii.gz", truth, labels=True)
-    monkeypatch.setattr(
-        volume_eval,
-        "_probabilities",
-        lambda module, loaded, cfg: onehot(volumes[loaded.name][1]).numpy(),
-    )
-    scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
-                             output=str(tmp_path / "eval" / "e.json")))  # fmt: skip
+    trained, scores = trained_and_evaluated(tmp_path, monkeypatch, background=False)
 
     background = (1.0 + 64 / 71) / 2  # volume b: 32 voxels of class 0 in both, 34 + 37 in all
     assert scores["dice/mean/background"] == pytest.approx(background)
