@@ -29,6 +29,7 @@ def load_model(
     batch_size: int = 4,
     size: int | Sequence[int] | None = None,
     postprocess: PostProcess | Mapping | None = None,
+    halo: int = 0,
 ) -> Predictor:
     """Load a checkpoint (nothing else needed) as a `Predictor` ready for NumPy images.
 
@@ -45,16 +46,19 @@ def load_model(
             checkpoint's data contract records.
         postprocess: a `PostProcess` or its fields as a dict
             (`min_size`, `fill_holes`, `keep_largest`).
+        halo: pixels of mirrored context around each tile (`Predictor`).
     """
     module = load_for_inference(ckpt, device, level)
     if isinstance(postprocess, Mapping):
         postprocess = PostProcess(**postprocess)
-    return Predictor(module, mode, tile_size, overlap, tta, batch_size, size, postprocess)
+    return Predictor(module, mode, tile_size, overlap, tta, batch_size, size, postprocess,
+                     halo=halo)
 
 
 def load_model_from_config(ckpt: str | Path, cfg: Mapping) -> Predictor:
     """`load_model` with the inference keys of an evaluate/predict config (absent: defaults)."""
-    keys = ("device", "mode", "tile_size", "overlap", "tta", "level", "batch_size", "size")
+    keys = ("device", "mode", "tile_size", "overlap", "tta", "level", "batch_size", "size",
+            "halo")
     kwargs = {k: cfg[k] for k in keys if cfg.get(k) is not None}
     if cfg.get("postprocess"):
         kwargs["postprocess"] = dict(cfg["postprocess"])

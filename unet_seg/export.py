@@ -1,5 +1,7 @@
 """Export a checkpoint for deployment without unet-seg:
-`python -m unet_seg.export ckpt=best.ckpt format=onnx|pt2|torchscript [level=L] [output=PATH]`.
+`python -m unet_seg.export ckpt=best.ckpt format=onnx|pt2|torchscript [level=L] [output=PATH]`,
+or `format=bioimageio`: a bioimage.io model package for Fiji, ilastik, napari and QuPath
+(`unet_seg.bioimageio`, docs/bioimageio.md).
 
 The exported graph takes normalised `float32 [B, C, H, W]` images, with batch,
 height and width dynamic, and returns logits `[B, K, H, W]` (softmax over K, or a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +38,7 @@ from unet_seg.module import SegModule
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt", "bioimageio": ".zip"}
 EXTRA_FILE = "unet_seg.json"
 TOLERANCE = 1e-4
 
@@ -103,6 +106,11 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
     wrapper = ExportNet(module.net, level).eval()
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.ckpt).with_suffix(FORMATS[fmt])
     output.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "bioimageio":  # a package, checked by bioimageio.core: unet_seg.bioimageio
+        from unet_seg.bioimageio import export_package
+
+        path = export_package(cfg, module, output)
+        return {"path": str(path), "max_abs_diff": float("nan")}
     metadata = export_metadata(module, level)
     channels, multiple = module.contract.in_channels, module.net.pad_multiple
     side = module.net.min_side + multiple
@@ -133,16 +141,18 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
 
 
 def export_onnx(
-    wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str], opset: int
+    wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str], opset: int,
+    dims: int = 2,
 ) -> None:
-    """ONNX through `torch.export` (needs `onnx` and `onnxscript`: `pip install .[export]`)."""
+    """ONNX through `torch.export` (needs `onnx` and `onnxscript`: `pip install .[export]`);
+    `dims`: the spatial axes, all dynamic."""
     import onnx  # optional: pip install ".[export]"
 
     with warnings.catch_warnings(), _quiet(("torch.onnx", "onnxscript", "onnx_ir")):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             wrapper, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-            dynamic_shapes=_dynamic_shapes(), opset_version=opset, verbose=False,
+            dynamic_shapes=_dynamic_shapes(dims), opset_version=opset, verbose=False,
         )  # fmt: skip
     model = program.model_proto
     for key, value in metadata.items():
@@ -150,10 +160,10 @@ def export_onnx(
     onnx.save_model(model, str(output))
 
 
-def _dynamic_shapes() -> dict[str, dict[int, object]]:
-    """Batch, height and width of the input `x` left dynamic."""
+def _dynamic_shapes(dims: int = 2) -> dict[str, dict[int, object]]:
+    """Batch and the `dims` spatial axes of the input `x` left dynamic."""
     dynamic = torch.export.Dim.DYNAMIC
-    return {"x": {0: dynamic, 2: dynamic, 3: dynamic}}
+    return {"x": {axis: dynamic for axis in (0, *range(2, 2 + dims))}}
 
 
 def export_pt2(wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str]) -> None:
@@ -230,7 +240,11 @@ def compare_with_pytorch(module: SegModule, path: Path, fmt: str, x: Tensor) -> 
 
 @hydra.main(config_path=CONF_DIR, config_name="export", version_base=None)
 def main(cfg: DictConfig) -> None:
-    export(cfg)
+    try:
+        export(cfg)
+    except (ValueError, FileNotFoundError) as refused:  # a format, a checkpoint, an image
+        log.debug("refused", exc_info=True)
+        sys.exit(f"{refused}")  # the message alone, on stderr; exit status 1
 
 
 if __name__ == "__main__":

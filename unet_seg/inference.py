@@ -204,6 +204,13 @@ class Predictor:
             target, `min_size` (if > 0) is the smallest object its decoding keeps instead
             of the checkpoint's, and the other steps do not apply.
         progress: show a progress bar over the tile rows of each tiled image.
+        halo: `tile` mode: each tile's input is the tile plus `halo` pixels of the image
+            around it, mirrored at the image border, and its output the tile (the U-Net
+            paper's overlap-tile, as the valid-convolution net always runs); tiles start on
+            the net's pooling grid. With a halo of the net's receptive field (a bioimage.io
+            package's `halo`) the result no longer depends on the tiling, and equals what
+            a tool tiling that package computes; every image is tiled then, however small.
+            0: tiles see only themselves, the net's zero padding at their border.
     """
 
     def __init__(
@@ -217,6 +224,7 @@ class Predictor:
         size: int | Sequence[int] | None = None,
         postprocess: PostProcess | None = None,
         progress: bool = False,
+        halo: int = 0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: choose one of {', '.join(MODES)}")
@@ -226,6 +234,8 @@ class Predictor:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
         if tile_size < 1 or batch_size < 1:
             raise ValueError(f"tile_size={tile_size}, batch_size={batch_size}: must be >= 1")
+        if halo < 0 or (halo and mode != "tile"):
+            raise ValueError(f"halo={halo}: a number of pixels >= 0, for mode=tile only")
         contract = module.contract
         size = size or (contract.crop_size if mode == "resize" else None)
         if mode == "resize" and not size:
@@ -241,6 +251,7 @@ class Predictor:
         self.size = None if size is None else (size, size) if isinstance(size, int) else size
         self.postprocess = postprocess or PostProcess()
         self.progress = progress
+        self.halo = 0 if module.net.margin else int(halo)  # a valid net brings its own
         self.contract = contract
         if contract.instance_target and (
             self.postprocess.fill_holes or self.postprocess.keep_largest
@@ -345,7 +356,7 @@ class Predictor:
     def takes_one_pass(self, shape: Sequence[int]) -> bool:
         """Whether an image of `shape` (`[H, W, ...]`) is one forward pass, not tiles."""
         h, w = shape[:2]
-        return self.mode != "tile" or (h <= self.tile_size and w <= self.tile_size)
+        return self.mode != "tile" or (not self.halo and h <= self.tile_size >= w)
 
     def _net_input_shape(self, image: np.ndarray) -> tuple[int, ...]:
         return tuple(self.size) if self.mode == "resize" else image.shape[:2]
@@ -374,6 +385,10 @@ class Predictor:
         """
         transforms = TTA_TRANSFORMS[self.tta]
         net = self.module.net.forward_with_context if with_context else self.module
+        if with_context and self.halo:  # a padding net: run the whole input, keep its centre
+            h = self.halo
+            level = getattr(self.module, "inference_level", None)
+            net = lambda y: self.module.net.forward_traceable(y, level)[..., h:-h, h:-h]  # noqa: E731
         total = None
         for turns, flip in transforms:
             y = torch.rot90(x, turns, dims=(2, 3))
@@ -413,7 +428,7 @@ class Predictor:
         height, width = image.shape[:2]
         th, tw = min(self.tile_size, height), min(self.tile_size, width)
         stride = max(1, round(self.tile_size * (1 - self.overlap)))
-        c = self.module.net.margin
+        c = self.module.net.margin or self.halo
         if c:  # starts on the net's pooling grid, so that tiles agree exactly where they overlap
             align = self.module.net.pad_multiple
             ys, xs = (

@@ -1,0 +1,571 @@
+"""bioimage.io model packages (`python -m unet_seg.export ckpt=... format=bioimageio`): the
+format Fiji (deepImageJ), ilastik, napari and QuPath run, validated and tested by the
+official `bioimageio.core` (`pip install ".[bioimageio]"`).
+
+A package is a zip of `rdf.yaml` (format 0.5) and the files it names:
+- weights as a PyTorch state dict with its self-contained architecture file
+  (`bioimageio_arch`), as TorchScript, and as ONNX when the `export` extra is installed;
+- the input described as the run's data contract: `batch, channel, (z,) y, x` of any size
+  `min + n * step` (step: the net's pooling grid), with the run's intensity scaling and
+  mean/std as preprocessing steps (`preprocessing`);
+- the output as class probabilities (softmax, or `[1 - p, p]` for a sigmoid net) computed
+  inside the net: deepImageJ and ilastik run no softmax post-processing step, so a
+  probability map is what every consumer gets. Each spatial output axis has a `halo` of
+  the net's receptive field (rounded up to the pooling grid), so tools that tile with it
+  join tiles without seams: a tile's output inside the halo is exactly the whole image's;
+- test tensors from a real image of the run, made by unet-seg's own code (so that
+  `bioimageio.core`'s test compares its reading of the description with unet-seg), a cover
+  (input, probabilities, overlay), and a README with the run's scores, the command, the
+  citations and the data contract.
+
+Pitfalls, each also where it bites: bioimageio.core 0.11.0 pins bioimageio.spec exactly and
+breaks with pydantic >= 2.14 (the extra pins `pydantic<2.14`); an author's `github_user` or
+any URL makes validation reach the internet (none is written); without tiling the library
+pads the image by the halo (mirrored) before its sample-wise preprocessing, so per-image
+percentiles are those of the padded image; its test runs the test input without padding.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import re
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from unet_seg import __version__
+from unet_seg.bioimageio_arch import CALLABLE, architecture_source
+from unet_seg.module import SegModule
+
+log = logging.getLogger(__name__)
+
+PAD_MODE = "reflect"
+"""How the package asks tools to pad at the image border (numpy's `reflect`): as
+`Predictor` pads a valid-convolution net's context."""
+
+CITATIONS = {
+    "U-Net": ("Ronneberger et al., 2015: U-Net: Convolutional Networks for Biomedical Image "
+              "Segmentation", "10.1007/978-3-319-24574-4_28"),
+    "UNet++": ("Zhou et al., 2018: UNet++: A Nested U-Net Architecture for Medical Image "
+               "Segmentation", "10.1007/978-3-030-00889-5_1"),
+    "3-D U-Net": ("Cicek et al., 2016: 3D U-Net: Learning Dense Volumetric Segmentation from "
+                  "Sparse Annotation", "10.1007/978-3-319-46723-8_49"),
+}  # fmt: skip
+
+
+FLOAT32 = {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}
+"""First and last step of the preprocessing: without the last, bioimageio.core casts the
+net's input back to the stored type (uint8 for 8-bit images)."""
+
+
+class PackageError(ValueError):
+    """A checkpoint or option that a bioimage.io package cannot describe, with the reason."""
+
+
+# ---- what the net accepts -------------------------------------------------------------------
+
+
+def axis_ids(spatial_dims: int) -> list[str]:
+    return ["z", "y", "x"][-spatial_dims:]
+
+
+def receptive_radius(net: nn.Module, spatial_dims: int, steps: Sequence[int]) -> list[int]:
+    """Input positions on each side of an output position that can change it, per spatial
+    axis: the support of the gradient of the centre output with respect to the input (two
+    random inputs, so that a ReLU that happens to be off cannot hide a path), grown until
+    it no longer touches the input's border."""
+    side = [8 * s for s in steps]
+    was_training = net.training
+    net.eval()
+    try:
+        while True:
+            support = np.zeros(side, bool)
+            for seed in (0, 1):
+                g = torch.Generator().manual_seed(seed)
+                x = torch.randn(1, _in_channels(net), *side, generator=g, requires_grad=True)
+                out = net.forward_traceable(x)
+                centre = tuple(n // 2 for n in side)
+                out[(0, slice(None), *centre)].sum().backward()
+                support |= (x.grad[0].abs().sum(0) > 0).numpy()
+            radius, grow = [], False
+            for axis, n in enumerate(side):
+                hit = np.flatnonzero(support.any(axis=tuple(a for a in range(spatial_dims)
+                                                            if a != axis)))  # fmt: skip
+                if hit.size == 0:
+                    radius.append(0)
+                    continue
+                r = max(n // 2 - int(hit[0]), int(hit[-1]) - n // 2)
+                radius.append(r)
+                grow |= hit[0] == 0 or hit[-1] == n - 1
+            if not grow:
+                return radius
+            side = [2 * n for n in side]
+    finally:
+        net.train(was_training)
+
+
+def _in_channels(net: nn.Module) -> int:
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            return m.in_channels
+    raise PackageError(f"{type(net).__name__}: no convolution found to read its input channels")
+
+
+def halo_and_sizes(net: nn.Module) -> tuple[list[int], list[int], list[int]]:
+    """`(halo, min input, step)` per spatial axis: the halo is the receptive radius rounded
+    up to the pooling grid (tiles stay on the grid, so a tile's centre equals the whole
+    image's there); an input must hold a step beyond twice the halo."""
+    dims = net.spatial_dims
+    steps = [int(s) for s in net.pad_multiples]
+    radius = receptive_radius(net, dims, steps)
+    halo = [-(-r // s) * s for r, s in zip(radius, steps, strict=True)]
+    smallest = [max(2 * h + s, -(-net.min_side // s) * s) for h, s in zip(halo, steps, strict=True)]
+    return halo, smallest, steps
+
+
+# ---- the package's network --------------------------------------------------------------
+
+
+class ProbabilityNet(nn.Module):
+    """`bioimageio_arch.Network` built from unet-seg's own modules: the same forward and
+    state dict keys, for tracing and for the test tensors."""
+
+    def __init__(self, net: nn.Module, level: int | None) -> None:
+        super().__init__()
+        self.net, self.level = net, level
+
+    def forward(self, x: Tensor) -> Tensor:
+        from unet_seg.losses import class_probabilities
+
+        return class_probabilities(self.net.forward_traceable(x, self.level))
+
+
+def checked(module: SegModule) -> None:
+    """Refuse, every reason at once, a checkpoint whose input a package cannot describe."""
+    contract, problems = module.contract, []
+    if contract.volume and module.net.spatial_dims == 2:
+        problems.append(
+            f"this net is {contract.dims}-D over volume slices (slab {contract.slab}): a "
+            "bioimage.io package describes a 2-D net on 2-D images or a 3-D net on volumes; "
+            "train arch=unet3d for volumes"
+        )
+    if contract.intensity.get("nonzero"):
+        problems.append(
+            "data.intensity.nonzero=true (z-score over the non-zero region) has no "
+            "bioimage.io preprocessing step: retrain with data.intensity={mode:zscore}"
+        )
+    if problems:
+        raise PackageError("; ".join(problems))
+
+
+def preprocessing(module: SegModule, dtype: np.dtype, spatial: list[str]) -> list[dict]:
+    """The run's intensity scaling and normalisation as bioimage.io preprocessing steps
+    (`to_unit_range` / `scale_volume`, then `(x - mean) / std` per channel)."""
+    contract = module.contract
+    intensity = dict(contract.intensity)
+    mode = intensity.get("mode", "range")
+    c = contract.in_channels
+    mean = np.resize(np.asarray(contract.mean, np.float64), c)
+    std = np.resize(np.asarray(contract.std, np.float64), c)
+    steps: list[dict] = [FLOAT32]
+    gain, offset = 1.0 / std, -mean / std  # the contract's normalisation, after the scaling
+    if mode == "range":
+        scale = {"uint8": 255.0, "uint16": 65535.0}.get(np.dtype(dtype).name, 1.0)
+        gain = gain / scale
+    elif mode == "percentile":
+        # per image and channel; eps 1e-6 beside unet-seg's none: at most 1e-6 relative
+        steps += [{"id": "scale_range", "kwargs": {
+            "axes": spatial, "min_percentile": float(intensity.get("low", 1.0)),
+            "max_percentile": float(intensity.get("high", 99.0)), "eps": 1e-6}},
+            {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}}]  # fmt: skip
+    elif mode == "fixed":
+        vmin, vmax = float(intensity.get("vmin", 0.0)), float(intensity.get("vmax", 1.0))
+        span = vmax - vmin if vmax > vmin else 1.0
+        steps += [{"id": "scale_linear", "kwargs": {"gain": 1.0 / span, "offset": -vmin / span}},
+                  {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}}]  # fmt: skip
+    elif mode == "ct":
+        steps.append({"id": "clip", "kwargs": {"min": float(intensity["low"]),
+                                               "max": float(intensity["high"])}})  # fmt: skip
+    elif mode == "zscore":  # per volume and channel; eps 1e-6 where unet-seg floors at 1e-8
+        steps.append({"id": "zero_mean_unit_variance", "kwargs": {"axes": spatial,
+                                                                  "eps": 1e-6}})  # fmt: skip
+        return [*steps, FLOAT32]  # the contract's mean 0, std 1 follow
+    else:
+        raise PackageError(f"data.intensity.mode={mode!r} has no bioimage.io description")
+    if not (np.allclose(gain, 1.0) and np.allclose(offset, 0.0)):
+        steps.append({"id": "scale_linear", "kwargs": {
+            "axis": "channel", "gain": [float(g) for g in gain],
+            "offset": [float(o) for o in offset]}})  # fmt: skip
+    return [*steps, FLOAT32]
+
+
+def normalised(module: SegModule, raw: np.ndarray) -> np.ndarray:
+    """unet-seg's own input of a raw `[C, *S]` array: `[C, *S]` float32 (2-D:
+    `to_unit_range` then `normalize`; volumes: `scale_volume`)."""
+    contract = module.contract
+    if module.net.spatial_dims == 3:
+        from unet_seg.data.volume_dataset import scale_volume
+
+        return scale_volume(raw, contract.intensity, contract.mean, contract.std)
+    from unet_seg.data.readers import to_unit_range
+    from unet_seg.data.transforms import normalize
+
+    image = to_unit_range(np.moveaxis(raw, 0, -1), **contract.intensity)
+    return normalize(image, contract.mean, contract.std).numpy()
+
+
+def test_tensors(
+    module: SegModule, raw: np.ndarray, level: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(input [1, C, *S] as stored, probabilities [1, K, *S] float32)` by unet-seg's own
+    normalisation and net; bioimageio.core's test runs the package on the input the same
+    way: preprocessing, the net, no halo padding, no cropping."""
+    x = torch.from_numpy(normalised(module, raw))[None].float()
+    with torch.no_grad():
+        p = ProbabilityNet(module.net, level).eval()(x)[0].numpy()
+    return raw[None], np.ascontiguousarray(p[None], np.float32)
+
+
+def test_crop(raw: np.ndarray, smallest: Sequence[int], steps: Sequence[int],
+              cap: Sequence[int]) -> np.ndarray:  # fmt: skip
+    """The test input: the centre of `raw` `[C, *S]` at the largest accepted size no
+    larger than the image and `cap` (mirrored up to the smallest where the image is
+    smaller)."""
+    spatial = raw.shape[1:]
+    size = [
+        max(m, m + (min(n, c) - m) // s * s)
+        for n, m, s, c in zip(spatial, smallest, steps, cap, strict=True)
+    ]
+    pads = [(0, 0)] + [((t - n + 1) // 2 if t > n else 0, (t - n) // 2 if t > n else 0)
+                       for n, t in zip(spatial, size, strict=True)]  # fmt: skip
+    if any(sum(p) for p in pads):
+        raw = np.pad(raw, pads, mode="reflect")
+    starts = [(n - t) // 2 for n, t in zip(raw.shape[1:], size, strict=True)]
+    return np.ascontiguousarray(raw[(slice(None), *(slice(a, a + t) for a, t in
+                                                    zip(starts, size, strict=True)))])  # fmt: skip
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]+", "_", str(text)).strip("_") or "channel"
+
+
+# ---- the package ------------------------------------------------------------------------
+
+
+def rdf(
+    module: SegModule,
+    raw: np.ndarray,
+    halo: Sequence[int],
+    smallest: Sequence[int],
+    steps: Sequence[int],
+    level: int | None,
+    files: dict[str, str],
+    about: dict,
+) -> dict:
+    """The `rdf.yaml` content (bioimage.io model format 0.5) of a package whose `files`
+    (`{role: file name}`) lie beside it."""
+    contract, net = module.contract, module.net
+    spatial = axis_ids(net.spatial_dims)
+    unit = "millimeter" if contract.volume else None
+    channels = about.get("channel_names") or (
+        [f"channel{i}" for i in range(contract.in_channels)]
+    )
+    space_in = [
+        {"type": "space", "id": a, "size": {"min": int(m), "step": int(s)},
+         **({"unit": unit, "scale": float(sp)} if unit else {})}
+        for a, m, s, sp in zip(spatial, smallest, steps,
+                               contract.spacing or [1.0] * len(spatial), strict=True)
+    ]  # fmt: skip
+    space_out = [
+        {"type": "space", "id": a["id"], "size": {"tensor_id": "input", "axis_id": a["id"]},
+         "halo": int(h), **({"unit": unit, "scale": a["scale"]} if unit else {})}
+        for a, h in zip(space_in, halo, strict=True)
+    ]  # fmt: skip
+    dtype = raw.dtype.name
+    kind = {"b": "uint8", "u": dtype, "i": dtype}.get(raw.dtype.kind, "float32")
+    weights = {
+        "pytorch_state_dict": {
+            "source": files["state_dict"], "pytorch_version": torch.__version__.split("+")[0],
+            "architecture": {"source": files["architecture"], "callable": CALLABLE,
+                             "kwargs": {"arch": about["arch"], "level": level}},
+        },
+        "torchscript": {"source": files["torchscript"], "parent": "pytorch_state_dict",
+                        "pytorch_version": torch.__version__.split("+")[0]},
+    }  # fmt: skip
+    if "onnx" in files:
+        weights["onnx"] = {"source": files["onnx"], "parent": "pytorch_state_dict",
+                           "opset_version": 18}  # fmt: skip
+    arch_name = str(about["arch"]["name"])
+    cites = ["UNet++"] if "nested" in arch_name or "unetpp" in arch_name else ["U-Net"]
+    if net.spatial_dims == 3:
+        cites.append("3-D U-Net")
+    return {
+        "type": "model",
+        "format_version": "0.5.12",
+        "name": about["name"],
+        "description": about["description"],
+        "authors": [{"name": str(a)} for a in about["authors"]],  # no github_user: offline
+        "cite": [{"text": CITATIONS[c][0], "doi": CITATIONS[c][1]} for c in cites],
+        "license": about["license"],
+        "tags": ["unet-seg", "segmentation", "3d" if net.spatial_dims == 3 else "2d",
+                 "unet++" if cites[0] == "UNet++" else "unet", "pytorch"],
+        "documentation": {"source": files["readme"]},
+        "covers": [{"source": files["cover"]}],
+        "inputs": [{
+            "id": "input",
+            "description": f"{contract.in_channels}-channel image, intensities as stored ({kind})",
+            "axes": [{"type": "batch"},
+                     {"type": "channel", "channel_names": channels}, *space_in],
+            "test_tensor": {"source": files["test_input"]},
+            "data": {"type": kind},
+            "pad": {"mode": PAD_MODE},
+            "preprocessing": preprocessing(module, raw.dtype, spatial),
+        }],
+        "outputs": [{
+            "id": "output",
+            "description": "class probabilities (softmax over the channel axis)",
+            "axes": [{"type": "batch"},
+                     {"type": "channel",
+                      "channel_names": [_name(n) for n in contract.class_names]},
+                     *space_out],
+            "test_tensor": {"source": files["test_output"]},
+            "data": {"type": "float32", "range": [0.0, 1.0]},
+        }],
+        "weights": weights,
+        "config": {"bioimageio": {"reproducibility_tolerance": [
+            {"relative_tolerance": 1e-4, "absolute_tolerance": 1e-4,
+             "mismatched_elements_per_million": 0}]},
+            "unet_seg": {"version": __version__, "data_contract": contract.to_dict(),
+                         "level": level, "pad_mode": PAD_MODE}},
+    }  # fmt: skip
+
+
+def write_package(
+    module: SegModule,
+    raw: np.ndarray,
+    output: Path,
+    about: dict,
+    level: int | None = None,
+    onnx: bool | None = None,
+) -> Path:
+    """Write the bioimage.io package of `module` to the zip `output` and return it.
+
+    Args:
+        module: the trained net (`SegModule.from_checkpoint`), on the CPU.
+        raw: an image of the run as stored, `[C, *S]` (2-D `[C, H, W]`, volumes
+            `[C, Z, Y, X]`): the test input is its centre.
+        about: `name`, `description`, `authors` (names), `license` (SPDX), `arch` (the
+            checkpoint's arch config), `readme` (extra README text: scores, command),
+            `channel_names` (optional).
+        onnx: add ONNX weights (None: when the `export` extra is installed).
+    """
+    from bioimageio.spec import save_bioimageio_package  # optional: pip install ".[bioimageio]"
+
+    checked(module)
+    net = module.net.eval()
+    halo, smallest, steps = halo_and_sizes(net)
+    dims = net.spatial_dims
+    cap = module.contract.patch if dims == 3 and module.contract.patch else [512] * dims
+    cap = [max(c, m) for c, m in zip(cap, smallest, strict=True)]
+    test_in = test_crop(raw, smallest, steps, cap)
+    test_in, test_out = test_tensors(module, test_in, level)
+    if onnx is None:
+        onnx = all(_importable(m) for m in ("onnx", "onnxscript"))
+    with tempfile.TemporaryDirectory(prefix="bioimageio_") as tmp:
+        folder = Path(tmp)
+        files = {"state_dict": "weights.pt", "architecture": "unet_seg_network.py",
+                 "torchscript": "weights_torchscript.pt", "test_input": "test_input.npy",
+                 "test_output": "test_output.npy", "readme": "README.md",
+                 "cover": "cover.png"}  # fmt: skip
+        wrapper = ProbabilityNet(net, level).eval()
+        torch.save(wrapper.state_dict(), folder / files["state_dict"])
+        (folder / files["architecture"]).write_text(
+            architecture_source(f"{about['name']}: the network", __version__)
+        )
+        example = torch.from_numpy(normalised(module, test_in[0]))[None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit deprecation and tracer warnings
+            torch.jit.save(torch.jit.trace(wrapper, (example,)), str(folder / files["torchscript"]))
+        if onnx:
+            from unet_seg.export import export_onnx
+
+            files["onnx"] = "weights.onnx"
+            export_onnx(wrapper, example, folder / files["onnx"], {}, 18, dims=dims)
+        np.save(folder / files["test_input"], test_in)
+        np.save(folder / files["test_output"], test_out)
+        write_cover(module, test_in[0], test_out[0], folder / files["cover"])
+        (folder / files["readme"]).write_text(readme(module, about, halo, smallest, steps))
+        content = rdf(module, test_in[0], halo, smallest, steps, level, files, about)
+        import yaml
+
+        (folder / "rdf.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        partial = output.with_name(output.name + ".partial")
+        save_bioimageio_package(folder / "rdf.yaml", output_path=partial)
+        partial.replace(output)  # atomically: a failed export leaves no half package
+    log.info("wrote %s (bioimage.io model, halo %s, inputs %s + n x %s)", output, halo,
+             smallest, steps)  # fmt: skip
+    return output
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def write_cover(module: SegModule, raw: np.ndarray, probs: np.ndarray, path: Path) -> None:
+    """Input, class probabilities (the foreground classes' colours) and the labels over the
+    input, side by side (a volume: its middle slice)."""
+    from PIL import Image
+
+    from unet_seg.visualize import class_colours, display_image, overlay
+
+    if raw.ndim == 4:  # [C, Z, Y, X]: the middle slice
+        z = raw.shape[1] // 2
+        raw, probs = raw[:, z], probs[:, z]
+    base = display_image(np.moveaxis(raw, 0, -1), colour=not module.contract.volume)
+    labels = probs.argmax(0).astype(np.uint8)
+    colours = np.asarray(class_colours(probs.shape[0]), np.float32)  # [K, 3]
+    colours[0] = 0  # background black: the other classes' colours weighted by probability
+    heat = np.einsum("khw,kc->hwc", probs, colours).clip(0, 255).round().astype(np.uint8)
+    gap = np.full((base.shape[0], 4, 3), 255, np.uint8)
+    panel = np.concatenate([base, gap, heat, gap, overlay(base, labels)], axis=1)
+    Image.fromarray(panel).save(path)
+
+
+def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
+    contract = module.contract
+    lines = [
+        f"# {about['name']}", "", about["description"], "",
+        "A U-Net-family segmentation network trained with "
+        f"[unet-seg](https://pypi.org/project/unet-seg/) {__version__}.", "",
+        "## Input and output", "",
+        f"- input `{'bczyx' if module.net.spatial_dims == 3 else 'bcyx'}`, "
+        f"{contract.in_channels} channel(s), intensities as stored; any size "
+        f"{list(smallest)} + n x {list(steps)} per spatial axis",
+        f"- preprocessing (in the package): data.intensity {dict(contract.intensity)}, "
+        f"then (x - mean) / std with mean {contract.mean}, std {contract.std}",
+        f"- output: class probabilities of {list(contract.class_names)} (softmax inside "
+        "the network); the label map is their argmax",
+        f"- halo {list(halo)}: tile with it and tiles join without seams",
+    ]
+    if contract.volume:
+        lines.append(f"- volumes at the training spacing {contract.spacing} (z, y, x): "
+                     "resample other volumes to it first")
+    if contract.instance_target:
+        lines += ["", "## Objects", "",
+                  "The three channels are background, object interior and boundary. Objects "
+                  "come from a seeded watershed of the interior probability, as unet-seg's "
+                  f"`predict` does with the run's settings: {contract.instances}."]  # fmt: skip
+    lines += ["", "## Validation", "", about.get("readme") or "No scores recorded.", "",
+              "Check the package (offline): `bioimageio test PACKAGE.zip`.", "",
+              "## Citations", ""]  # fmt: skip
+    lines += [f"- {text}, doi:{doi}" for text, doi in CITATIONS.values()]
+    return "\n".join(lines) + "\n"
+
+
+# ---- from a checkpoint and a config (python -m unet_seg.export format=bioimageio) -------
+
+
+def stored_image(module: SegModule, ckpt: Path, image: str | Path | None) -> np.ndarray:
+    """The raw image `[C, *S]` the test tensors come from: `image=PATH`, else the first
+    validation image (or volume) of the checkpoint's run."""
+    from unet_seg.data.readers import fit_channels, read_stored
+    from unet_seg.run_dir import RunDir
+
+    contract, volume = module.contract, module.net.spatial_dims == 3
+    if image is None:
+        run = RunDir.of_checkpoint(ckpt)
+        if run is None:
+            raise PackageError(
+                f"{ckpt} is not in a run directory (RUN/checkpoints/): give image=PATH, an "
+                "image (or volume) of the data it was trained on, for the package's test "
+                "tensors and cover"
+            )
+        if volume:
+            from omegaconf import OmegaConf
+
+            from unet_seg.volume_eval import evaluation_cases
+
+            cases, _ = evaluation_cases(OmegaConf.create({"run_dir": str(run.path),
+                                                          "split": "val"}))  # fmt: skip
+            from unet_seg.data.volume_dataset import read_case_image
+
+            stored, meta = read_case_image(cases[0])
+            return _at_spacing(stored, meta.spacing, contract.spacing)
+        image = run.split_pairs("val")[0][0]
+    path = Path(image)
+    if not path.is_file():
+        raise PackageError(f"image={path}: no such file")
+    if volume:
+        from unet_seg.data.volumes import read_volume
+
+        stored, meta = read_volume(path)
+        stored = stored[None] if stored.ndim == 3 else stored
+        if stored.shape[0] != contract.in_channels:
+            raise PackageError(f"image={path}: {stored.shape[0]} channel(s), the net takes "
+                               f"{contract.in_channels}: give a volume with them all")
+        return _at_spacing(stored, meta.spacing, contract.spacing)
+    stored, data_channels = read_stored(path)
+    fixed = fit_channels(stored, contract.in_channels, str(path),
+                         "give an image like the training images", data_channels)
+    return np.ascontiguousarray(np.moveaxis(fixed, -1, 0))
+
+
+def _at_spacing(stored: np.ndarray, spacing, target) -> np.ndarray:
+    if not target or not spacing or np.allclose(spacing, target, rtol=1e-3):
+        return stored
+    from unet_seg.data.volume_dataset import resample_image, resampled_shape
+
+    shape = resampled_shape(stored.shape[1:], spacing, target)
+    log.info("test volume resampled from spacing %s to the run's %s", spacing, target)
+    return resample_image(stored.astype(np.float32), shape)
+
+
+def run_summary(ckpt: Path) -> str:
+    """The run's final scores and its command, for the package's README."""
+    from unet_seg.run_dir import RunDir
+
+    run = RunDir.of_checkpoint(ckpt)
+    if run is None or not run.metrics_path.is_file():
+        return "No run directory beside the checkpoint: no scores recorded."
+    metrics = run.load_metrics()
+    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and k.split("/")[0] in ("test", "val")]  # fmt: skip
+    overrides = run.path / ".hydra" / "overrides.yaml"
+    command = "python -m unet_seg.train"
+    if overrides.is_file():
+        import yaml
+
+        command += "".join(f" {o}" for o in yaml.safe_load(overrides.read_text()) or [])
+    return "\n".join([f"Scores of the run `{run.path.name}` (its metrics.json):", "",
+                      "| metric | value |", "|---|---|", *rows, "",
+                      f"Trained with `{command}`."])  # fmt: skip
+
+
+def export_package(cfg, module: SegModule, output: Path) -> Path:
+    """`write_package` from an export config (`ckpt`, `level`, `image`, `name`,
+    `description`, `authors`, `license`)."""
+    ckpt = Path(cfg.ckpt)
+    if not (_importable("bioimageio.spec") and _importable("bioimageio.core")):
+        raise PackageError("format=bioimageio needs bioimageio.core: pip install "
+                           "'unet-seg[bioimageio]' (part of '.[dev]')")
+    raw = stored_image(module, ckpt, cfg.get("image"))
+    arch = {k: v for k, v in dict(module.hparams.arch).items()}
+    authors = list(cfg.get("authors") or []) or [getpass.getuser()]
+    name = cfg.get("name") or f"unet-seg {arch['name']} {ckpt.parent.parent.name}"
+    about = {
+        "name": name, "authors": authors, "license": str(cfg.get("license") or "MIT"),
+        "description": cfg.get("description") or (
+            f"{arch['name']} segmenting {', '.join(module.contract.class_names)}"),
+        "arch": json.loads(json.dumps(arch)), "readme": run_summary(ckpt),
+    }  # fmt: skip
+    return write_package(module, raw, output, about, cfg.get("level"))
