@@ -1,0 +1,233 @@
+"""bioimage.io packages (`export format=bioimageio`): bioimageio.core's own model test passes
+offline for a 1-channel and a 3-channel 2-D model and a 3-D model, and fails on a wrong test
+output; the package tiled by bioimageio.core equals unet-seg's `predict` with the package's
+halo; the architecture file runs without unet-seg."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+from PIL import Image
+
+from tests.test_inference import make_checkpoint
+from unet_seg.bioimageio import halo_and_sizes, receptive_radius, write_package
+from unet_seg.export import export
+from unet_seg.inference import Predictor
+from unet_seg.module import SegModule
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(importlib.util.find_spec("bioimageio.core") is None,
+                       reason="needs pip install '.[bioimageio]' (part of '.[dev]')"),
+]  # fmt: skip
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection may be opened: validation must not reach the internet."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("tests/test_bioimageio.py: no network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("BIOIMAGEIO_CACHE_PATH", "/nonexistent-cache")
+
+
+def about(module: SegModule) -> dict:
+    return {"name": "test model", "description": "a tiny test model", "authors": ["Tester"],
+            "license": "MIT", "arch": dict(module.hparams.arch)}  # fmt: skip
+
+
+def model_test_status(package: Path) -> str:
+    from bioimageio.core import test_model
+
+    summary = test_model(str(package))
+    if summary.status != "passed":
+        print(summary.format())  # shown by pytest on failure
+    return summary.status
+
+
+def cells(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A picture with structure: bright discs on a noisy dark background, uint8."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(40, 10, shape)
+    for _ in range(12):
+        cy, cx, r = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(6, 20)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] += 150
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def volume_module() -> SegModule:
+    torch.manual_seed(0)
+    return SegModule(
+        arch={"name": "unet3d", "base_channels": 4, "depth": 2, "in_channels": 2,
+              "num_classes": 3},
+        loss={"deep_supervision_weights": "equal"},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+        data={"class_names": ["background", "edema", "tumour"], "in_channels": 2,
+              "mask_values": [0, 1, 2], "mean": [0.0], "std": [1.0], "volume": True,
+              "dims": 3, "patch": [24, 32, 32], "spacing": [1.0, 1.0, 1.0],
+              "intensity": {"mode": "zscore"}},
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb", "volume"])
+def test_package_passes_bioimageio_cores_model_test_offline(tmp_path: Path, kind: str) -> None:
+    rng = np.random.default_rng(0)
+    if kind == "volume":
+        module = volume_module()
+        raw = rng.normal(100, 20, (2, 30, 40, 44)).astype(np.float32)  # two MRI modalities
+    else:
+        channels = 1 if kind == "grey" else 3
+        extra = {} if kind == "grey" else {"intensity": {"mode": "percentile", "low": 1.0,
+                                                          "high": 99.0}}  # fmt: skip
+        ckpt = make_checkpoint(tmp_path / "m.ckpt", "unet", in_channels=channels, **extra)
+        module = SegModule.from_checkpoint(ckpt).eval()
+        raw = np.stack([cells((300, 280), rng) for _ in range(channels)])
+    package = write_package(module, raw, tmp_path / "model.zip", about(module), onnx=False)
+    assert model_test_status(package) == "passed"
+
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        names = set(z.namelist())
+        test_out = np.load(z.open("test_output.npy"))
+    assert {"weights.pt", "weights_torchscript.pt", "unet_seg_network.py", "cover.png",
+            "README.md", "test_input.npy", "test_output.npy"} <= names  # fmt: skip
+    space = [a for a in rdf["outputs"][0]["axes"] if a["type"] == "space"]
+    halo, smallest, steps = halo_and_sizes(module.net)
+    assert [a["halo"] for a in space] == halo and all(h > 0 for h in halo)
+    assert [a["size"]["min"] for a in rdf["inputs"][0]["axes"][2:]] == smallest
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == list(module.contract.class_names)
+    assert np.allclose(test_out.sum(1), 1, atol=1e-5)  # probabilities
+    assert "github_user" not in json.dumps(rdf["authors"])
+
+
+def test_a_wrong_test_output_fails_the_model_test(tmp_path: Path) -> None:
+    """The same package with 64 pixels' probabilities swapped in its test output (and the
+    files' hashes made anew, so that only the values are wrong) fails at reproducing them."""
+    from bioimageio.core import test_model
+    from bioimageio.spec import save_bioimageio_package
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt")
+    module = SegModule.from_checkpoint(ckpt).eval()
+    raw = cells((240, 240), np.random.default_rng(1))[None]
+    good = write_package(module, raw, tmp_path / "good.zip", about(module), onnx=False)
+    folder = tmp_path / "bad"
+    zipfile.ZipFile(good).extractall(folder)
+    out = np.load(folder / "test_output.npy")
+    out[0, :, :8, :8] = out[0, ::-1, :8, :8]
+    np.save(folder / "test_output.npy", out)
+    rdf = (folder / "rdf.yaml").read_text()
+    (folder / "rdf.yaml").write_text("\n".join(line for line in rdf.splitlines()
+                                               if "sha256:" not in line))  # fmt: skip
+    bad = save_bioimageio_package(folder / "rdf.yaml", output_path=tmp_path / "bad.zip")
+    summary = test_model(str(bad))
+    assert summary.status == "valid-format"  # the format holds, the model test does not pass
+    failed = {d.name for d in summary.details if d.status == "failed"}
+    assert any("Reproduce test outputs" in name for name in failed), failed
+    assert model_test_status(good) == "passed"
+
+
+def test_tiled_by_bioimageio_core_equals_predict_with_the_packages_halo(tmp_path: Path) -> None:
+    """On an image several times the test tensor, tiled by the library with the package's
+    halo: the probabilities of unet-seg's `predict` with `halo=` the package's, to 1e-4.
+    The image's sides are multiples of the net's pooling grid (16): elsewhere the library
+    shifts its last tile back inside the image, off the grid (docs/bioimageio.md)."""
+    from bioimageio.core import Tensor, load_model_description, predict
+
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", mask_values=(0, 1, 2))
+    module = SegModule.from_checkpoint(ckpt).eval()
+    rng = np.random.default_rng(2)
+    package = write_package(module, cells((260, 240), rng)[None], tmp_path / "m.zip",
+                            about(module), onnx=False)  # fmt: skip
+    image = cells((640, 592), rng)
+    descr = load_model_description(package)
+    halo = [a.halo for a in descr.outputs[0].axes if getattr(a, "halo", 0)]
+    tensor = Tensor.from_numpy(image[None, None], dims=("batch", "channel", "y", "x"))
+    theirs = predict(model=descr, inputs={"input": tensor}, blocksize_parameter=2)
+    theirs = theirs.members["output"].data.values[0]  # [K, H, W]
+    ours = Predictor(module, mode="tile", tile_size=256, halo=halo[0]).probabilities(image)
+    assert theirs.shape == ours.shape == (3, 640, 592)
+    assert np.abs(theirs - ours).max() < 1e-4
+    plain = Predictor(module, mode="tile", tile_size=256).probabilities(image)
+    assert np.abs(theirs - plain).max() > 1e-3  # without the halo, tiles see zero padding
+
+
+def test_the_architecture_file_needs_no_unet_seg(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", "nested", in_channels=1)
+    module = SegModule.from_checkpoint(ckpt).eval()
+    package = write_package(module, cells((200, 200), np.random.default_rng(3))[None],
+                            tmp_path / "m.zip", about(module), level=2, onnx=False)  # fmt: skip
+    folder = tmp_path / "unzipped"
+    zipfile.ZipFile(package).extractall(folder)
+    script = f"""
+import sys, importlib.util, yaml, numpy as np, torch
+sys.modules["unet_seg"] = None  # importing unet_seg now fails
+rdf = yaml.safe_load(open("rdf.yaml"))
+w = rdf["weights"]["pytorch_state_dict"]
+spec = importlib.util.spec_from_file_location("arch", w["architecture"]["source"])
+arch = importlib.util.module_from_spec(spec); spec.loader.exec_module(arch)
+net = getattr(arch, w["architecture"]["callable"])(**w["architecture"]["kwargs"]).eval()
+net.load_state_dict(torch.load(w["source"], weights_only=True))
+x = np.load("test_input.npy").astype(np.float32) / 255
+x = (x - 0.5) / 0.25  # the checkpoint's mean and std
+with torch.no_grad():
+    got = net(torch.from_numpy(x)).numpy()
+print(float(np.abs(got - np.load("test_output.npy")).max()))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split()[-1]) < 1e-5
+
+
+def test_receptive_radius_of_a_unet_is_its_valid_twins_margin() -> None:
+    """The numeric receptive field of a padding U-Net of depth 4 is the valid-convolution
+    U-Net's margin (92 pixels, the paper's), give or take the pooling phase."""
+    module = SegModule.from_checkpoint(make_checkpoint_tmp()).eval()
+    radius = receptive_radius(module.net, 2, module.net.pad_multiples)
+    assert all(88 <= r <= 96 for r in radius), radius
+
+
+def make_checkpoint_tmp() -> Path:
+    import tempfile
+
+    return make_checkpoint(Path(tempfile.mkdtemp()) / "m.ckpt")
+
+
+def test_export_command_writes_a_package_or_refuses_in_one_line(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "m.ckpt", mask_values=(0, 255))
+    image = tmp_path / "cell.png"
+    Image.fromarray(cells((220, 230), np.random.default_rng(4))).save(image)
+    cfg = OmegaConf.load(ROOT / "conf" / "export.yaml")
+    cfg.pop("defaults")
+    cfg = OmegaConf.merge(cfg, {"ckpt": str(ckpt), "format": "bioimageio",
+                                "image": str(image), "authors": ["Ada"]})  # fmt: skip
+    result = export(cfg)
+    assert result["path"] == str(ckpt.with_suffix(".zip")) and Path(result["path"]).is_file()
+    with zipfile.ZipFile(result["path"]) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+    assert rdf["authors"] == [{"name": "Ada"}] and rdf["license"] == "MIT"
+    assert "10.1007/978-3-319-24574-4_28" in readme and "Validation" in readme
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "unet_seg.export", f"ckpt={ckpt}", "format=bioimageio",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "not in a run directory" in proc.stderr and "image=PATH" in proc.stderr
+    assert "Traceback" not in proc.stderr
