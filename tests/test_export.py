@@ -125,7 +125,8 @@ def test_export_cli_and_its_errors(tmp_path: Path, forker: Forker) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "max abs diff" in proc.stdout + proc.stderr and out.is_file()
     assert "torchvision" not in proc.stderr  # the exporter's noise is kept down
-    with pytest.raises(ValueError, match="format=tflite: choose one of onnx, pt2, torchscript, bioimageio"):
+    formats = "onnx, pt2, torchscript, bioimageio"
+    with pytest.raises(ValueError, match=f"format=tflite: choose one of {formats}"):
         export(config(ckpt, format="tflite"))
     with pytest.raises(ValueError, match="prunes UNet\\+\\+ only"):
         export(config(ckpt, level=2))

@@ -51,14 +51,14 @@ def load_model(
     module = load_for_inference(ckpt, device, level)
     if isinstance(postprocess, Mapping):
         postprocess = PostProcess(**postprocess)
-    return Predictor(module, mode, tile_size, overlap, tta, batch_size, size, postprocess,
-                     halo=halo)
+    return Predictor(
+        module, mode, tile_size, overlap, tta, batch_size, size, postprocess, halo=halo
+    )
 
 
 def load_model_from_config(ckpt: str | Path, cfg: Mapping) -> Predictor:
     """`load_model` with the inference keys of an evaluate/predict config (absent: defaults)."""
-    keys = ("device", "mode", "tile_size", "overlap", "tta", "level", "batch_size", "size",
-            "halo")
+    keys = ("device", "mode", "tile_size", "overlap", "tta", "level", "batch_size", "size", "halo")
     kwargs = {k: cfg[k] for k in keys if cfg.get(k) is not None}
     if cfg.get("postprocess"):
         kwargs["postprocess"] = dict(cfg["postprocess"])

@@ -274,9 +274,7 @@ def rdf(
     contract, net = module.contract, module.net
     spatial = axis_ids(net.spatial_dims)
     unit = "millimeter" if contract.volume else None
-    channels = about.get("channel_names") or (
-        [f"channel{i}" for i in range(contract.in_channels)]
-    )
+    channels = about.get("channel_names") or ([f"channel{i}" for i in range(contract.in_channels)])
     space_in = [
         {"type": "space", "id": a, "size": {"min": int(m), "step": int(s)},
          **({"unit": unit, "scale": float(sp)} if unit else {})}
@@ -444,10 +442,15 @@ def write_cover(module: SegModule, raw: np.ndarray, probs: np.ndarray, path: Pat
 def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
     contract = module.contract
     lines = [
-        f"# {about['name']}", "", about["description"], "",
+        f"# {about['name']}",
+        "",
+        about["description"],
+        "",
         "A U-Net-family segmentation network trained with "
-        f"[unet-seg](https://pypi.org/project/unet-seg/) {__version__}.", "",
-        "## Input and output", "",
+        f"[unet-seg](https://pypi.org/project/unet-seg/) {__version__}.",
+        "",
+        "## Input and output",
+        "",
         f"- input `{'bczyx' if module.net.spatial_dims == 3 else 'bcyx'}`, "
         f"{contract.in_channels} channel(s), intensities as stored; any size "
         f"{list(smallest)} + n x {list(steps)} per spatial axis",
@@ -458,8 +461,10 @@ def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
         f"- halo {list(halo)}: tile with it and tiles join without seams",
     ]
     if contract.volume:
-        lines.append(f"- volumes at the training spacing {contract.spacing} (z, y, x): "
-                     "resample other volumes to it first")
+        lines.append(
+            f"- volumes at the training spacing {contract.spacing} (z, y, x): "
+            "resample other volumes to it first"
+        )
     if contract.instance_target:
         lines += ["", "## Objects", "",
                   "The three channels are background, object interior and boundary. Objects "
@@ -511,12 +516,19 @@ def stored_image(module: SegModule, ckpt: Path, image: str | Path | None) -> np.
         stored, meta = read_volume(path)
         stored = stored[None] if stored.ndim == 3 else stored
         if stored.shape[0] != contract.in_channels:
-            raise PackageError(f"image={path}: {stored.shape[0]} channel(s), the net takes "
-                               f"{contract.in_channels}: give a volume with them all")
+            raise PackageError(
+                f"image={path}: {stored.shape[0]} channel(s), the net takes "
+                f"{contract.in_channels}: give a volume with them all"
+            )
         return _at_spacing(stored, meta.spacing, contract.spacing)
     stored, data_channels = read_stored(path)
-    fixed = fit_channels(stored, contract.in_channels, str(path),
-                         "give an image like the training images", data_channels)
+    fixed = fit_channels(
+        stored,
+        contract.in_channels,
+        str(path),
+        "give an image like the training images",
+        data_channels,
+    )
     return np.ascontiguousarray(np.moveaxis(fixed, -1, 0))
 
 
@@ -556,8 +568,10 @@ def export_package(cfg, module: SegModule, output: Path) -> Path:
     `description`, `authors`, `license`)."""
     ckpt = Path(cfg.ckpt)
     if not (_importable("bioimageio.spec") and _importable("bioimageio.core")):
-        raise PackageError("format=bioimageio needs bioimageio.core: pip install "
-                           "'unet-seg[bioimageio]' (part of '.[dev]')")
+        raise PackageError(
+            "format=bioimageio needs bioimageio.core: pip install "
+            "'unet-seg[bioimageio]' (part of '.[dev]')"
+        )
     raw = stored_image(module, ckpt, cfg.get("image"))
     arch = {k: v for k, v in dict(module.hparams.arch).items()}
     authors = list(cfg.get("authors") or []) or [getpass.getuser()]
@@ -569,3 +583,233 @@ def export_package(cfg, module: SegModule, output: Path) -> Path:
         "arch": json.loads(json.dumps(arch)), "readme": run_summary(ckpt),
     }  # fmt: skip
     return write_package(module, raw, output, about, cfg.get("level"))
+
+
+# ---- predict with a package (python -m unet_seg.predict ckpt=PACKAGE.zip) ----------------
+
+
+def is_package(path: str | Path) -> bool:
+    """Whether `ckpt=` names a bioimage.io package: a zip holding `rdf.yaml` (or
+    `*.bioimageio.yaml`), or such a file itself."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return path.is_file()
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        return False
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "rdf.yaml" or n.endswith("bioimageio.yaml") for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+class PackagePredictor:
+    """A bioimage.io model (ours or the zoo's: 2-D, axes `batch? channel? y x`) run by
+    bioimageio.core with its own pre- and post-processing, as a function from `[H, W, C]`
+    images to `(labels [H, W], probabilities [K, H, W])`.
+
+    The image is mirrored at its end up to a size the model accepts and the result cropped
+    back; sides above `tile_size` are tiled by the library with the model's halo.
+    """
+
+    def __init__(self, source: str | Path, tile_size: int = 512) -> None:
+        if not (_importable("bioimageio.spec") and _importable("bioimageio.core")):
+            raise PackageError("ckpt= names a bioimage.io package: running it needs "
+                               "bioimageio.core: pip install 'unet-seg[bioimageio]'")  # fmt: skip
+        from bioimageio.core import create_prediction_pipeline, load_model_description
+
+        self.source = Path(source)
+        descr = load_model_description(self.source)
+        if getattr(descr, "type", None) != "model" or not hasattr(descr, "inputs"):
+            raise PackageError(f"{source}: not a bioimage.io model ({descr})")
+        if len(descr.inputs) != 1:
+            raise PackageError(f"{source}: {len(descr.inputs)} inputs; predict runs models "
+                               "with one input image")  # fmt: skip
+        self.descr, self.tile_size = descr, int(tile_size)
+        self.input, self.output = descr.inputs[0], descr.outputs[0]
+        axes = [str(a.type) for a in self.input.axes]
+        space = [a for a in self.input.axes if a.type == "space"]
+        if [str(a.id) for a in space] != ["y", "x"] or not set(axes) <= {
+            "batch",
+            "channel",
+            "space",
+        }:
+            raise PackageError(f"{source}: input axes {[str(a.id) for a in self.input.axes]}; "
+                               "predict runs 2-D models (batch, channel, y, x)")  # fmt: skip
+        self.space = space
+        channel = [a for a in self.input.axes if a.type == "channel"]
+        self.in_channels = len(channel[0].channel_names) if channel else 1
+        out_channel = [a for a in self.output.axes if a.type == "channel"]
+        self.class_names = (
+            [str(n) for n in out_channel[0].channel_names] if out_channel else (["foreground"])
+        )
+        contract = (descr.config.model_dump().get("unet_seg") or {}).get("data_contract")
+        self.contract = contract  # ours: the run's data contract, for the mask values
+        self.halo = max((int(getattr(a, "halo", 0) or 0) for a in self.output.axes),
+                        default=0)  # fmt: skip
+        self.pipeline = create_prediction_pipeline(descr)
+
+    def _valid(self, n: int, axis) -> int:
+        """The smallest size >= n the input axis accepts."""
+        size = axis.size
+        if isinstance(size, int):
+            return size
+        low, step = int(size.min), int(size.step or 0)
+        if n <= low or not step:
+            return low
+        return low + -(-(n - low) // step) * step
+
+    def run(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from bioimageio.core import Tensor, predict
+
+        h, w = image.shape[:2]
+        target = [self._valid(n, a) for n, a in zip((h, w), self.space, strict=True)]
+        pads = [(0, t - n) for n, t in zip((h, w), target, strict=True)] + [(0, 0)]
+        x = np.moveaxis(np.pad(image, pads, mode="symmetric"), -1, 0)  # [C, H', W']
+        dims = [str(a.id) for a in self.input.axes]
+        order = {"channel": 0, "y": 1, "x": 2}
+        x = np.transpose(x, [order[d] for d in dims if d in order])
+        for i, d in enumerate(dims):
+            if d == "batch":
+                x = np.expand_dims(x, i)
+        blocks = None
+        if max(target) > self.tile_size:
+            size = self.space[0].size
+            step = int(getattr(size, "step", 0) or 0)
+            low = int(getattr(size, "min", self.tile_size))
+            n = max(0, (self.tile_size + 2 * self.halo - low) // step) if step else 0
+            if low + n * step <= min(target):
+                blocks = n
+        sample = predict(model=self.pipeline, inputs={self.input.id: Tensor.from_numpy(
+            x, dims=tuple(dims))}, blocksize_parameter=blocks)  # fmt: skip
+        out = sample.members[self.output.id].data
+        out = out.transpose(*[d for d in ("batch", "channel", "y", "x") if d in out.dims])
+        probs = np.asarray(out.values, np.float32)
+        probs = probs[0] if "batch" in out.dims else probs
+        probs = probs if "channel" in out.dims else probs[None]
+        probs = probs[:, :h, :w]
+        labels = probs.argmax(0) if probs.shape[0] > 1 else (probs[0] > 0.5)
+        return labels.astype(np.uint8), probs
+
+
+PACKAGE_DEFAULTS = {
+    "mode": "tile",
+    "tta": "none",
+    "level": None,
+    "size": None,
+    "halo": 0,
+    "overlays": "auto",
+    "palette": "auto",
+}
+"""predict's options that a package's own processing replaces, at the values that ask for
+nothing."""
+
+
+def predict_with_package(cfg, files: list[Path]) -> list[Path]:
+    """`predict` with `ckpt=` a bioimage.io package: label masks (PNG: the run's mask values
+    for our packages, else class indices, 0/255 for one foreground class) and optionally
+    probabilities, one per readable input image."""
+    from tqdm import tqdm
+
+    from unet_seg.data.masks import write_png
+    from unet_seg.data.readers import fit_channels, read_stored
+    from unet_seg.predict import output_stems, write_probabilities
+
+    asked = [
+        f"{k}={cfg.get(k)}"
+        for k, default in PACKAGE_DEFAULTS.items()
+        if cfg.get(k, default) != default
+    ]
+    if any(cfg.get("postprocess", {}).get(k) for k in ("min_size", "fill_holes", "keep_largest")):
+        asked.append("postprocess.*")
+    if asked:
+        raise PackageError(f"{', '.join(asked)}: not for a bioimage.io package, which runs "
+                           "with its own processing; leave them out (tile_size, "
+                           "probabilities, input and output apply)")  # fmt: skip
+    model = PackagePredictor(cfg.ckpt, int(cfg.get("tile_size") or 512))
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    values = (model.contract or {}).get("mask_values") or []
+    if len(values) != len(model.class_names):
+        values = [0, 255] if len(model.class_names) <= 2 else list(range(len(model.class_names)))
+    lut = np.zeros(256, np.uint8)
+    lut[: len(values)] = values
+    written, failed = [], []
+    log.info("predicting %d image(s) with the bioimage.io model %s (%s)", len(files),
+             model.descr.name, cfg.ckpt)  # fmt: skip
+    for path, stem in tqdm(list(zip(files, output_stems(files), strict=True)),
+                           desc="predict", unit="image"):  # fmt: skip
+        try:
+            stored, data_channels = read_stored(path)
+            image = fit_channels(
+                stored,
+                model.in_channels,
+                str(path),
+                f"convert it to the model's {model.in_channels} channel(s)",
+                data_channels,
+            )
+        except (ValueError, OSError) as err:
+            failed.append(str(err))
+            continue
+        labels, probs = model.run(image)
+        target = output / f"{stem}.png"
+        write_png(target, lut[labels])
+        if cfg.get("probabilities"):
+            (output / "probabilities").mkdir(exist_ok=True)
+            write_probabilities(output / "probabilities" / f"{stem}.tif", probs)
+        written.append(target)
+    if failed:
+        log.warning("%d file(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
+    log.info("wrote %d mask(s) to %s", len(written), output)
+    return written
+
+
+# ---- fine-tuning from a package (train init_from=PACKAGE.zip) ---------------------------
+
+
+def read_package_source(path: str | Path):
+    """The net of a bioimage.io package written by unet-seg, for `init_from`: an object
+    with `hparams.arch`, `net` (its state dict loaded) and `contract.class_names`, like a
+    `SegModule`. Read with zipfile and `torch.load(weights_only=True)`: no code from the
+    package runs, and bioimageio.core is not needed. A package of another framework is
+    refused: its layers have no unet-seg names to load by."""
+    import zipfile
+    from types import SimpleNamespace
+
+    import yaml
+
+    from unet_seg.models.registry import build_net
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        rdf_name = (
+            "rdf.yaml"
+            if "rdf.yaml" in names
+            else next(n for n in names if n.endswith("bioimageio.yaml"))
+        )
+        content = yaml.safe_load(z.read(rdf_name))
+        ours = (content.get("config") or {}).get("unet_seg")
+        weights = (content.get("weights") or {}).get("pytorch_state_dict")
+        if not ours or not weights:
+            raise ValueError(
+                f"init_from={path}: a bioimage.io package not written by unet-seg "
+                f"({content.get('name')!r}"
+                + ("" if weights else ", without pytorch_state_dict weights")
+                + "): fine-tuning loads layers by their unet-seg names; start from a "
+                "package of `python -m unet_seg.export format=bioimageio`, or a .ckpt"
+            )
+        arch = dict(weights["architecture"]["kwargs"]["arch"])
+        import io
+
+        state = torch.load(io.BytesIO(z.read(weights["source"])), weights_only=True)
+    net = build_net({**arch, "encoder_weights": None} if "encoder_weights" in arch else arch)
+    prefix = "net."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    contract = ours.get("data_contract") or {}
+    return SimpleNamespace(
+        hparams=SimpleNamespace(arch=arch), net=net,
+        contract=SimpleNamespace(class_names=list(contract.get("class_names") or [])),
+    )  # fmt: skip

@@ -141,7 +141,11 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
 
 
 def export_onnx(
-    wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str], opset: int,
+    wrapper: nn.Module,
+    example: Tensor,
+    output: Path,
+    metadata: dict[str, str],
+    opset: int,
     dims: int = 2,
 ) -> None:
     """ONNX through `torch.export` (needs `onnx` and `onnxscript`: `pip install .[export]`);

@@ -3,7 +3,8 @@
 `python -m unet_seg.train init_from=CKPT ...` is a run like any other (its own run
 directory, split, optimizer and schedule); only the net's starting weights come from
 CKPT (a `.ckpt`, or a run directory: its `best.ckpt`), read with the same refusals as
-every checkpoint (`SegModule.from_checkpoint`: `weights_only`, foreign or edited files).
+every checkpoint (`SegModule.from_checkpoint`: `weights_only`, foreign or edited files),
+or from a bioimage.io package that `export format=bioimageio` wrote (its state dict).
 
 - The net must be the checkpoint's architecture with the same widths; `check_source`
   names the `arch.*` overrides when it is not. Tensors are matched by name and shape, so
@@ -73,8 +74,13 @@ def source_path(init_from: str | Path) -> Path:
 
 
 def read_source(init_from: str | Path) -> SegModule:
-    """The module of the checkpoint `init_from` names, refused as `from_checkpoint` refuses."""
+    """The module of the checkpoint `init_from` names, refused as `from_checkpoint` refuses;
+    a bioimage.io package written by unet-seg gives its net (`bioimageio.read_package_source`)."""
+    from unet_seg.bioimageio import is_package, read_package_source
+
     path = source_path(init_from)
+    if is_package(path):
+        return read_package_source(path)
     try:
         return SegModule.from_checkpoint(path)
     except FileNotFoundError as err:

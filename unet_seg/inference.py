@@ -70,6 +70,10 @@ OPTIONS_FOR_IMAGES_ONLY: dict[str, tuple[tuple[object, ...], str]] = {
         "overlays are PNGs of 2-D images; evaluate draws the worst volumes (<output>_worst.png)",
     ),
     "instances_dir": ((None,), "object scores are for 2-D images"),
+    "halo": (
+        (0, None),
+        "volume windows overlap by `overlap` and are blended; a halo is for 2-D tiles",
+    ),
 }
 """The predict/evaluate options that apply to 2-D images only: `{option: (values that ask
 for nothing, why not for volumes)}`; the default of `conf/<task>.yaml` asks for nothing too.

@@ -16,6 +16,10 @@ exits 1.
 A checkpoint trained on volumes writes label volumes (`volume_eval.predict_volumes`); the
 options that apply to 2-D images only (`mode`, `tile_size`, `size`, `palette`, `overlays`)
 are refused by name before anything is read (`inference.check_options`, the one list).
+
+`ckpt=PACKAGE.zip`, a bioimage.io model package (ours from `export format=bioimageio`, or
+a 2-D model of the zoo): bioimageio.core runs it with its own processing, tiled with its
+halo (`bioimageio.predict_with_package`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
+from unet_seg.bioimageio import is_package, predict_with_package
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
@@ -158,6 +163,8 @@ def predict(cfg: DictConfig) -> list[Path]:
     Images that fit one forward pass are batched `batch_size` at a time; larger ones
     are tiled one by one (their tiles batched).
     """
+    if is_package(cfg.ckpt):  # a bioimage.io model (ours or the zoo's), run by bioimageio.core
+        return predict_with_package(cfg, resolve_inputs(str(input_spec(cfg))))
     volume = checkpoint_is_volume(cfg.ckpt)
     check_options(cfg, "predict", volume)  # before anything is read or written
     if volume:  # label volumes in the inputs' geometry
