@@ -300,10 +300,7 @@ def rdf(
     if "onnx" in files:
         weights["onnx"] = {"source": files["onnx"], "parent": "pytorch_state_dict",
                            "opset_version": 18}  # fmt: skip
-    arch_name = str(about["arch"]["name"])
-    cites = ["UNet++"] if "nested" in arch_name or "unetpp" in arch_name else ["U-Net"]
-    if net.spatial_dims == 3:
-        cites.append("3-D U-Net")
+    cites = citations(str(about["arch"]["name"]), net.spatial_dims)
     return {
         "type": "model",
         "format_version": "0.5.12",
@@ -313,7 +310,7 @@ def rdf(
         "cite": [{"text": CITATIONS[c][0], "doi": CITATIONS[c][1]} for c in cites],
         "license": about["license"],
         "tags": ["unet-seg", "segmentation", "3d" if net.spatial_dims == 3 else "2d",
-                 "unet++" if cites[0] == "UNet++" else "unet", "pytorch"],
+                 "unet++" if "UNet++" in cites else "unet", "pytorch"],
         "documentation": {"source": files["readme"]},
         "covers": [{"source": files["cover"]}],
         "inputs": [{
@@ -399,7 +396,9 @@ def write_package(
         np.save(folder / files["test_input"], test_in)
         np.save(folder / files["test_output"], test_out)
         write_cover(module, test_in[0], test_out[0], folder / files["cover"])
-        (folder / files["readme"]).write_text(readme(module, about, halo, smallest, steps))
+        (folder / files["readme"]).write_text(
+            readme(module, about, halo, smallest, steps, test_in.dtype)
+        )
         content = rdf(module, test_in[0], halo, smallest, steps, level, files, about)
         import yaml
 
@@ -439,7 +438,35 @@ def write_cover(module: SegModule, raw: np.ndarray, probs: np.ndarray, path: Pat
     Image.fromarray(panel).save(path)
 
 
-def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
+def citations(arch_name: str, spatial_dims: int) -> list[str]:
+    """The `CITATIONS` keys of a net: U-Net, and UNet++ for nested nets, 3-D U-Net for 3-D."""
+    cites = ["U-Net"]
+    if "nested" in arch_name or "unetpp" in arch_name:
+        cites.append("UNet++")
+    if spatial_dims == 3:
+        cites.append("3-D U-Net")
+    return cites
+
+
+def intensity_words(contract, dtype: np.dtype) -> str:
+    """The package's preprocessing in words (`preprocessing` in steps)."""
+    intensity = contract.intensity
+    mode = intensity.get("mode", "range")
+    scaling = {
+        "range": {"uint8": "values / 255", "uint16": "values / 65535"}.get(
+            np.dtype(dtype).name, "values as they are (floats in [0, 1])"),
+        "percentile": f"each image's {intensity.get('low', 1.0)}th..{intensity.get('high', 99.0)}"
+                      "th percentiles (per channel) to 0..1, clipped",
+        "fixed": f"values {intensity.get('vmin')}..{intensity.get('vmax')} to 0..1, clipped",
+        "ct": f"values clipped to {intensity.get('low')}..{intensity.get('high')}",
+        "zscore": "each volume and channel to mean 0, standard deviation 1",
+    }.get(mode, mode)  # fmt: skip
+    if mode == "zscore":
+        return scaling
+    return f"{scaling}, then (x - mean) / std, mean {contract.mean}, std {contract.std}"
+
+
+def readme(module: SegModule, about: dict, halo, smallest, steps, dtype) -> str:
     contract = module.contract
     lines = [
         f"# {about['name']}",
@@ -454,11 +481,15 @@ def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
         f"- input `{'bczyx' if module.net.spatial_dims == 3 else 'bcyx'}`, "
         f"{contract.in_channels} channel(s), intensities as stored; any size "
         f"{list(smallest)} + n x {list(steps)} per spatial axis",
-        f"- preprocessing (in the package): data.intensity {dict(contract.intensity)}, "
-        f"then (x - mean) / std with mean {contract.mean}, std {contract.std}",
+        f"- preprocessing (in the package, as the run's data contract): "
+        f"{intensity_words(contract, dtype)}",
         f"- output: class probabilities of {list(contract.class_names)} (softmax inside "
         "the network); the label map is their argmax",
-        f"- halo {list(halo)}: tile with it and tiles join without seams",
+        f"- halo {list(halo)}: the net's receptive field on the pooling grid. A tool that "
+        "tiles with it (each tile seeing that much of the image around it, mirrored at the "
+        "border) gives the same probabilities whatever its tiles, on images whose sides are "
+        f"multiples of {list(steps)}; unet-seg's `predict ckpt=PACKAGE.zip` does, and "
+        f"`predict ckpt=CKPT halo={max(halo)}` computes the same",
     ]
     if contract.volume:
         lines.append(
@@ -473,7 +504,8 @@ def readme(module: SegModule, about: dict, halo, smallest, steps) -> str:
     lines += ["", "## Validation", "", about.get("readme") or "No scores recorded.", "",
               "Check the package (offline): `bioimageio test PACKAGE.zip`.", "",
               "## Citations", ""]  # fmt: skip
-    lines += [f"- {text}, doi:{doi}" for text, doi in CITATIONS.values()]
+    cites = citations(str(about["arch"]["name"]), module.net.spatial_dims)
+    lines += [f"- {CITATIONS[c][0]}, doi:{CITATIONS[c][1]}" for c in cites]
     return "\n".join(lines) + "\n"
 
 
@@ -579,7 +611,7 @@ def export_package(cfg, module: SegModule, output: Path) -> Path:
     about = {
         "name": name, "authors": authors, "license": str(cfg.get("license") or "MIT"),
         "description": cfg.get("description") or (
-            f"{arch['name']} segmenting {', '.join(module.contract.class_names)}"),
+            f"{arch['name']} segmenting {', '.join(module.contract.scored_classes)}"),
         "arch": json.loads(json.dumps(arch)), "readme": run_summary(ckpt),
     }  # fmt: skip
     return write_package(module, raw, output, about, cfg.get("level"))
