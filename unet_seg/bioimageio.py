@@ -595,6 +595,28 @@ def run_summary(ckpt: Path) -> str:
                       f"Trained with `{command}`."])  # fmt: skip
 
 
+def channel_names(module: SegModule, ckpt: Path) -> list[str]:
+    """The input channels' names: the run's `dataset.json` `channel_names` (nnU-Net and
+    Decathlon layouts), red/green/blue for 3-channel images, else channel0, channel1, ..."""
+    from unet_seg.run_dir import RunDir
+
+    c = module.contract.in_channels
+    run = RunDir.of_checkpoint(ckpt)
+    root = run.load_config().data.get("root") if run is not None else None
+    if root:
+        from unet_seg.data.layouts import read_dataset_json
+
+        try:
+            info = read_dataset_json(root)
+        except ValueError:  # the run read it already; a later edit must not stop an export
+            info = None
+        if info is not None and len(info.channel_names) == c:
+            return list(info.channel_names)
+    if c == 3 and not module.contract.volume:
+        return ["red", "green", "blue"]
+    return [f"channel{i}" for i in range(c)]
+
+
 def export_package(cfg, module: SegModule, output: Path) -> Path:
     """`write_package` from an export config (`ckpt`, `level`, `image`, `name`,
     `description`, `authors`, `license`)."""
@@ -613,6 +635,7 @@ def export_package(cfg, module: SegModule, output: Path) -> Path:
         "description": cfg.get("description") or (
             f"{arch['name']} segmenting {', '.join(module.contract.scored_classes)}"),
         "arch": json.loads(json.dumps(arch)), "readme": run_summary(ckpt),
+        "channel_names": channel_names(module, ckpt),
     }  # fmt: skip
     return write_package(module, raw, output, about, cfg.get("level"))
 
