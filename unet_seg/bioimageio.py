@@ -389,7 +389,7 @@ def write_package(
             warnings.simplefilter("ignore")  # torch.jit deprecation and tracer warnings
             torch.jit.save(torch.jit.trace(wrapper, (example,)), str(folder / files["torchscript"]))
         if onnx:
-            from unet_seg.export import export_onnx
+            from unet_seg.onnx_export import export_onnx
 
             files["onnx"] = "weights.onnx"
             export_onnx(wrapper, example, folder / files["onnx"], {}, 18, dims=dims)
@@ -737,6 +737,9 @@ class PackagePredictor:
             n = max(0, (self.tile_size + 2 * self.halo - low) // step) if step else 0
             if low + n * step <= min(target):
                 blocks = n
+        # untiled (blocks None), bioimageio.core mirrors the image by the halo and then takes
+        # its per-image statistics (percentile, z-score) of the padded image: not quite
+        # unet-seg's, whose statistics are the image's own; tiled, they are the image's
         sample = predict(model=self.pipeline, inputs={self.input.id: Tensor.from_numpy(
             x, dims=tuple(dims))}, blocksize_parameter=blocks)  # fmt: skip
         out = sample.members[self.output.id].data
@@ -747,78 +750,6 @@ class PackagePredictor:
         probs = probs[:, :h, :w]
         labels = probs.argmax(0) if probs.shape[0] > 1 else (probs[0] > 0.5)
         return labels.astype(np.uint8), probs
-
-
-PACKAGE_DEFAULTS = {
-    "mode": "tile",
-    "tta": "none",
-    "level": None,
-    "size": None,
-    "halo": 0,
-    "overlays": "auto",
-    "palette": "auto",
-}
-"""predict's options that a package's own processing replaces, at the values that ask for
-nothing."""
-
-
-def predict_with_package(cfg, files: list[Path]) -> list[Path]:
-    """`predict` with `ckpt=` a bioimage.io package: label masks (PNG: the run's mask values
-    for our packages, else class indices, 0/255 for one foreground class) and optionally
-    probabilities, one per readable input image."""
-    from tqdm import tqdm
-
-    from unet_seg.data.masks import write_png
-    from unet_seg.data.readers import fit_channels, read_stored
-    from unet_seg.predict import output_stems, write_probabilities
-
-    asked = [
-        f"{k}={cfg.get(k)}"
-        for k, default in PACKAGE_DEFAULTS.items()
-        if cfg.get(k, default) != default
-    ]
-    if any(cfg.get("postprocess", {}).get(k) for k in ("min_size", "fill_holes", "keep_largest")):
-        asked.append("postprocess.*")
-    if asked:
-        raise PackageError(f"{', '.join(asked)}: not for a bioimage.io package, which runs "
-                           "with its own processing; leave them out (tile_size, "
-                           "probabilities, input and output apply)")  # fmt: skip
-    model = PackagePredictor(cfg.ckpt, int(cfg.get("tile_size") or 512))
-    output = Path(cfg.output)
-    output.mkdir(parents=True, exist_ok=True)
-    values = (model.contract or {}).get("mask_values") or []
-    if len(values) != len(model.class_names):
-        values = [0, 255] if len(model.class_names) <= 2 else list(range(len(model.class_names)))
-    lut = np.zeros(256, np.uint8)
-    lut[: len(values)] = values
-    written, failed = [], []
-    log.info("predicting %d image(s) with the bioimage.io model %s (%s)", len(files),
-             model.descr.name, cfg.ckpt)  # fmt: skip
-    for path, stem in tqdm(list(zip(files, output_stems(files), strict=True)),
-                           desc="predict", unit="image"):  # fmt: skip
-        try:
-            stored, data_channels = read_stored(path)
-            image = fit_channels(
-                stored,
-                model.in_channels,
-                str(path),
-                f"convert it to the model's {model.in_channels} channel(s)",
-                data_channels,
-            )
-        except (ValueError, OSError) as err:
-            failed.append(str(err))
-            continue
-        labels, probs = model.run(image)
-        target = output / f"{stem}.png"
-        write_png(target, lut[labels])
-        if cfg.get("probabilities"):
-            (output / "probabilities").mkdir(exist_ok=True)
-            write_probabilities(output / "probabilities" / f"{stem}.tif", probs)
-        written.append(target)
-    if failed:
-        log.warning("%d file(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
-    log.info("wrote %d mask(s) to %s", len(written), output)
-    return written
 
 
 # ---- fine-tuning from a package (train init_from=PACKAGE.zip) ---------------------------

@@ -20,8 +20,6 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -35,6 +33,7 @@ from unet_seg.config import CONF_DIR
 from unet_seg.inference import load_for_inference
 from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
+from unet_seg.onnx_export import dynamic_shapes, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -140,56 +139,12 @@ def export(cfg: DictConfig) -> dict[str, str | float]:
     return result
 
 
-def export_onnx(
-    wrapper: nn.Module,
-    example: Tensor,
-    output: Path,
-    metadata: dict[str, str],
-    opset: int,
-    dims: int = 2,
-) -> None:
-    """ONNX through `torch.export` (needs `onnx` and `onnxscript`: `pip install .[export]`);
-    `dims`: the spatial axes, all dynamic."""
-    import onnx  # optional: pip install ".[export]"
-
-    with warnings.catch_warnings(), _quiet(("torch.onnx", "onnxscript", "onnx_ir")):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-            dynamic_shapes=_dynamic_shapes(dims), opset_version=opset, verbose=False,
-        )  # fmt: skip
-    model = program.model_proto
-    for key, value in metadata.items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save_model(model, str(output))
-
-
-def _dynamic_shapes(dims: int = 2) -> dict[str, dict[int, object]]:
-    """Batch and the `dims` spatial axes of the input `x` left dynamic."""
-    dynamic = torch.export.Dim.DYNAMIC
-    return {"x": {axis: dynamic for axis in (0, *range(2, 2 + dims))}}
-
-
 def export_pt2(wrapper: nn.Module, example: Tensor, output: Path, metadata: dict[str, str]) -> None:
     """A `torch.export` program (`torch.export.save`); the metadata is the JSON extra file
     `unet_seg.json`. Load it with `torch.export.load(path).module()`."""
     batch = example.repeat(2, 1, 1, 1)  # a batch of 1 would be taken for a fixed size
-    program = torch.export.export(wrapper, (batch,), dynamic_shapes=_dynamic_shapes())
+    program = torch.export.export(wrapper, (batch,), dynamic_shapes=dynamic_shapes())
     torch.export.save(program, str(output), extra_files={EXTRA_FILE: json.dumps(metadata)})
-
-
-@contextmanager
-def _quiet(names: tuple[str, ...]) -> Iterator[None]:
-    """Hold the exporter's own loggers (graph passes, absent torchvision ops) at ERROR."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def export_torchscript(

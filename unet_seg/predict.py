@@ -19,7 +19,7 @@ are refused by name before anything is read (`inference.check_options`, the one 
 
 `ckpt=PACKAGE.zip`, a bioimage.io model package (ours from `export format=bioimageio`, or
 a 2-D model of the zoo): bioimageio.core runs it with its own processing, tiled with its
-halo (`bioimageio.predict_with_package`).
+halo (`predict_with_package`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from unet_seg.api import load_model_from_config
-from unet_seg.bioimageio import is_package, predict_with_package
+from unet_seg.bioimageio import PackagePredictor, is_package
 from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
@@ -217,6 +217,72 @@ def predict(cfg: DictConfig) -> list[Path]:
         log.warning("%d file(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
     skipped = f"; {len(failed)} of {len(files)} file(s) failed (listed above)" if failed else ""
     log.info("wrote %d mask(s) to %s%s", len(written), output, skipped)
+    return written
+
+
+PACKAGE_DEFAULTS = {
+    "mode": "tile",
+    "tta": "none",
+    "level": None,
+    "size": None,
+    "halo": 0,
+    "overlays": "auto",
+    "palette": "auto",
+}
+"""predict's options that a package's own processing replaces, at the values that ask for
+nothing."""
+
+
+def predict_with_package(cfg, files: list[Path]) -> list[Path]:
+    """`predict` with `ckpt=` a bioimage.io package: label masks (PNG: the run's mask values
+    for our packages, else class indices, 0/255 for one foreground class) and optionally
+    probabilities, one per readable input image."""
+    asked = [
+        f"{k}={cfg.get(k)}"
+        for k, default in PACKAGE_DEFAULTS.items()
+        if cfg.get(k, default) != default
+    ]
+    if any(cfg.get("postprocess", {}).get(k) for k in ("min_size", "fill_holes", "keep_largest")):
+        asked.append("postprocess.*")
+    if asked:
+        raise ValueError(f"{', '.join(asked)}: not for a bioimage.io package, which runs "
+                           "with its own processing; leave them out (tile_size, "
+                           "probabilities, input and output apply)")  # fmt: skip
+    model = PackagePredictor(cfg.ckpt, int(cfg.get("tile_size") or 512))
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    values = (model.contract or {}).get("mask_values") or []
+    if len(values) != len(model.class_names):
+        values = [0, 255] if len(model.class_names) <= 2 else list(range(len(model.class_names)))
+    lut = np.zeros(256, np.uint8)
+    lut[: len(values)] = values
+    written, failed = [], []
+    log.info("predicting %d image(s) with the bioimage.io model %s (%s)", len(files),
+             model.descr.name, cfg.ckpt)  # fmt: skip
+    for path, stem in tqdm(list(zip(files, output_stems(files), strict=True)),
+                           desc="predict", unit="image"):  # fmt: skip
+        try:
+            stored, data_channels = read_stored(path)
+            image = fit_channels(
+                stored,
+                model.in_channels,
+                str(path),
+                f"convert it to the model's {model.in_channels} channel(s)",
+                data_channels,
+            )
+        except (ValueError, OSError) as err:
+            failed.append(str(err))
+            continue
+        labels, probs = model.run(image)
+        target = output / f"{stem}.png"
+        write_png(target, lut[labels])
+        if cfg.get("probabilities"):
+            (output / "probabilities").mkdir(exist_ok=True)
+            write_probabilities(output / "probabilities" / f"{stem}.tif", probs)
+        written.append(target)
+    if failed:
+        log.warning("%d file(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
+    log.info("wrote %d mask(s) to %s", len(written), output)
     return written
 
 
