@@ -17,10 +17,10 @@ from unet_seg.inference import (
     check_image,
     gaussian_weights,
     load_for_inference,
-    tile_starts,
 )
 from unet_seg.models.base import SegNet
 from unet_seg.module import SegModule
+from unet_seg.volume_inference import tile_starts
 
 ARCHS = {
     "unet": {"name": "unet", "base_channels": 4, "depth": 4, "bilinear": False},

@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from unet_seg.data.readers import fit_channels, to_unit_range
 from unet_seg.data.transforms import normalize
 from unet_seg.instances import components
 from unet_seg.module import SegModule
 from unet_seg.postprocess import PostProcess
-from unet_seg.volume_inference import gaussian_weights_nd, tile_starts
+from unet_seg.volume_inference import blended_bands, gaussian_weights_nd
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +166,6 @@ def check_image(image: np.ndarray, in_channels: int, name: str = "image") -> np.
         raise TypeError(f"{name}: expected a NumPy array, got {type(image).__name__}")
     fix = "convert the image: the model was trained on that many channels"
     return fit_channels(image, in_channels, name, fix)
-
-
-def aligned_starts(length: int, tile: int, stride: int, align: int) -> list[int]:
-    """Start offsets, multiples of `align`, of tiles of side `tile` covering `[0, length)`
-    no further apart than `stride` (but at least `align`); the last tile may overrun `length`.
-    """
-    step = max(align, stride // align * align)
-    if step > tile < length:
-        raise ValueError(
-            f"tile side {tile} is smaller than the net's pooling grid {align}: tiles would leave "
-            f"gaps; use tile_size >= {align}"
-        )
-    starts = [0]
-    while starts[-1] + tile < length:
-        starts.append(starts[-1] + step)
-    return starts
 
 
 def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> Tensor:
@@ -431,46 +414,15 @@ class Predictor:
         """
         height, width = image.shape[:2]
         th, tw = min(self.tile_size, height), min(self.tile_size, width)
-        stride = max(1, round(self.tile_size * (1 - self.overlap)))
         c = self.module.net.margin or self.halo
-        if c:  # starts on the net's pooling grid, so that tiles agree exactly where they overlap
-            align = self.module.net.pad_multiple
-            ys, xs = (
-                aligned_starts(height, th, stride, align),
-                aligned_starts(width, tw, stride, align),
-            )
-            extra_y, extra_x = ys[-1] + th - height, xs[-1] + tw - width  # the last tiles overrun
-            pads = ((c, c + extra_y), (c, c + extra_x), (0, 0))
-            source = np.pad(image, pads, mode="reflect")  # numpy mirrors as often as needed
-        else:
-            ys, xs = tile_starts(height, th, stride), tile_starts(width, tw, stride)
-            source = image
-        weights = gaussian_weights(th, tw).to(self.device)  # [th, tw]
-        k = self.num_classes
-        acc = torch.zeros(k, 0, width, device=self.device)  # rows [top, top + acc rows)
-        wsum = torch.zeros(0, width, device=self.device)
-        top = 0
-        rows_bar = tqdm(ys, desc="tile rows", unit="row", leave=False, disable=not self.progress)
-        for r, y in enumerate(rows_bar):
-            rows_in = min(th, height - y)  # rows of this tile row inside the image
-            grow = y + rows_in - top - acc.shape[1]
-            if grow > 0:
-                acc = torch.cat([acc, acc.new_zeros(k, grow, width)], dim=1)
-                wsum = torch.cat([wsum, wsum.new_zeros(grow, width)], dim=0)
-            for start in range(0, len(xs), self.batch_size):
-                chunk = xs[start : start + self.batch_size]
-                tiles = [normalize(source[y : y + th + 2 * c, x : x + tw + 2 * c],
-                                   self.contract.mean, self.contract.std)
-                         for x in chunk]  # fmt: skip
-                probs = self._tta_probabilities(torch.stack(tiles).to(self.device), bool(c))
-                for x, p in zip(chunk, probs, strict=True):  # p: [K, th, tw]
-                    cols_in = min(tw, width - x)
-                    w = weights[:rows_in, :cols_in]
-                    acc[:, y - top : y - top + rows_in, x : x + cols_in] += (
-                        p[:, :rows_in, :cols_in] * w
-                    )
-                    wsum[y - top : y - top + rows_in, x : x + cols_in] += w
-            done = ys[r + 1] if r + 1 < len(ys) else height
-            rows = done - top
-            yield top, acc[:, :rows] / wsum[:rows]
-            acc, wsum, top = acc[:, rows:], wsum[rows:], done
+        contract = self.contract
+        yield from blended_bands(
+            lambda x: self._tta_probabilities(x, bool(c)),
+            np.moveaxis(image, -1, 0),  # [C, H, W], a view: tiles are normalised one by one
+            (th, tw), self.num_classes, overlap=self.overlap, batch_size=self.batch_size,
+            device=self.device, progress=self.progress, context=c,
+            align=self.module.net.pad_multiple if c else 1,
+            prepare=lambda region: normalize(np.moveaxis(region, 0, -1), contract.mean,
+                                             contract.std),
+            accumulate_on=self.device,
+        )  # fmt: skip

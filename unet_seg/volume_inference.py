@@ -26,6 +26,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -116,10 +117,12 @@ def _flip_sets(axes: Sequence[int], tta: str) -> list[tuple[int, ...]]:
     return [dims for r in range(len(axes) + 1) for dims in itertools.combinations(axes, r)]
 
 
-def _predict_checked(predict: Predict, x: Tensor, num_classes: int) -> Tensor:
-    """`predict(x)` as float32, refused unless it is `[B, K, *x spatial]`."""
+def _predict_checked(
+    predict: Predict, x: Tensor, num_classes: int, patch: Sequence[int] | None = None
+) -> Tensor:
+    """`predict(x)` as float32, refused unless it is `[B, K, *patch]` (default: `x`'s)."""
     p = predict(x)
-    expected = (x.shape[0], num_classes, *x.shape[2:])
+    expected = (x.shape[0], num_classes, *(x.shape[2:] if patch is None else patch))
     if tuple(p.shape) != expected:
         raise ValueError(
             f"predict returned shape {tuple(p.shape)} for an input {tuple(x.shape)}; expected "
@@ -175,6 +178,144 @@ def _batches(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
+def aligned_starts(length: int, tile: int, stride: int, align: int) -> list[int]:
+    """Start offsets, multiples of `align`, of tiles of side `tile` covering `[0, length)`
+    no further apart than `stride` (but at least `align`); the last tile may overrun `length`.
+    """
+    step = max(align, stride // align * align)
+    if step > tile < length:
+        raise ValueError(
+            f"tile side {tile} is smaller than the net's pooling grid {align}: tiles would leave "
+            f"gaps; use tile_size >= {align}"
+        )
+    starts = [0]
+    while starts[-1] + tile < length:
+        starts.append(starts[-1] + step)
+    return starts
+
+
+def _window_input(
+    source: np.ndarray | Tensor,
+    start: Sequence[int],
+    patch: Sequence[int],
+    context: int,
+    prepare: Callable[[np.ndarray | Tensor], Tensor],
+) -> Tensor:
+    """One window's net input `[C, *(patch + 2 context)]`: the part of `source` (`[C, *S]`,
+    mirrored by `context` beyond the volume when `context`, padded with the normalised 0
+    where a window without context leaves it) through `prepare`."""
+    if context:  # `source` is mirrored already: its index i is the volume's i - context
+        region = tuple(slice(s, s + p + 2 * context) for s, p in zip(start, patch, strict=True))
+        return prepare(source[(slice(None), *region)])
+    inside, part = _regions(start, patch, source.shape[1:])
+    x = prepare(source[(slice(None), *inside)])
+    if tuple(x.shape[1:]) == tuple(patch):
+        return x
+    full = x.new_zeros(x.shape[0], *patch)
+    full[(slice(None), *part)] = x
+    return full
+
+
+def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
+    return x.float() if isinstance(x, Tensor) else torch.from_numpy(np.asarray(x, np.float32))
+
+
+@torch.no_grad()
+def blended_bands(
+    predict: Predict,
+    source: np.ndarray | Tensor,
+    patch: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    tta: str = "none",
+    progress: bool = False,
+    flip_axes: Sequence[int] | None = None,
+    context: int = 0,
+    align: int = 1,
+    prepare: Callable[[np.ndarray | Tensor], Tensor] | None = None,
+    accumulate_on: torch.device | str = "cpu",
+) -> Iterator[tuple[int, Tensor]]:
+    """The one sliding window of every rank (2-D tiles, 3-D windows, the slices of
+    `slicewise`), streamed along the first spatial axis: Gaussian-blended probabilities
+    of consecutive ranges that no later window touches, so that only a band of about
+    `patch[0] + stride` is held beside the input, whatever the first axis' length.
+
+    Windows of side `patch` start at `tile_starts` on each axis (stride =
+    `patch x (1 - overlap)`, rounded). With `context` (a valid-convolution net's, or the
+    `halo` of an overlap-tile prediction) each window's input is the window plus `context`
+    of the volume around it, mirrored beyond the volume, and starts lie on the net's
+    pooling grid (`aligned_starts`, multiples of `align`), so that overlapping windows
+    agree exactly; `predict` then returns the window alone. `tta="flips"` (no context) adds
+    a pass over every combination of flipped axes (`_windows`).
+
+    Args:
+        predict: `x [B, C, *(patch + 2 context)] -> probabilities [B, K, *patch]` on `device`.
+        source: the volume `[C, *S]`, normalised, or raw with `prepare`.
+        prepare: a window's part of `source` `[C, ...]` -> the net's input (normalised
+            float32 Tensor); default: `source` is normalised already.
+        accumulate_on: where the band is summed (the CPU for volumes; a 2-D image's tiles
+            may stay on the GPU).
+    Yields:
+        `(first index along the first axis, probabilities [K, rows, *S[1:]] float32)`.
+    """
+    patch = [int(p) for p in patch]
+    shape = tuple(source.shape[1:])
+    prepare = prepare or _as_tensor
+    if context and tta != "none":
+        raise ValueError("blended_bands: context windows take tta inside `predict`")
+    if context:
+        strides = [max(1, round(p * (1 - overlap))) for p in patch]
+        starts = [aligned_starts(n, p, s, align)
+                  for n, p, s in zip(shape, patch, strides, strict=True)]  # fmt: skip
+        pads = [(0, 0)] + [(context, context + max(0, ss[-1] + p - n))
+                           for n, p, ss in zip(shape, patch, starts, strict=True)]  # fmt: skip
+        array = source.numpy() if isinstance(source, Tensor) else source
+        source = np.pad(array, pads, mode="reflect")  # numpy mirrors as often as needed
+        passes = [(start, ()) for start in itertools.product(*starts)]
+    else:
+        passes = _windows(shape, patch, overlap, tta, flip_axes)
+    weights = gaussian_weights_nd(patch).to(accumulate_on)  # [*patch]
+    rest = shape[1:]
+    rows_of = sorted({start[0] for start, _ in passes})
+    by_row = {r: [w for w in passes if w[0][0] == r] for r in rows_of}
+    acc = torch.zeros(num_classes, 0, *rest, device=accumulate_on)  # rows [top, top + len)
+    wsum = torch.zeros(0, *rest, device=accumulate_on)
+    top = 0
+    log.debug("blended_bands: %d passes of %s over %s (tta=%s, context %d)", len(passes),
+              patch, shape, tta, context)  # fmt: skip
+    bar = tqdm(rows_of, desc="windows", unit="row", leave=False, disable=not progress)
+    for i, row in enumerate(bar):
+        end = min(shape[0], row + patch[0])
+        grow = end - top - acc.shape[1]
+        if grow > 0:
+            acc = torch.cat([acc, acc.new_zeros(num_classes, grow, *rest)], dim=1)
+            wsum = torch.cat([wsum, wsum.new_zeros(grow, *rest)], dim=0)
+        for batch in _batches(by_row[row], batch_size):
+            x = torch.stack([_window_input(source, start, patch, context, prepare)
+                             for start, _ in batch]).to(device)  # fmt: skip
+            p = torch.empty(len(batch), num_classes, *patch, device=device)
+            for flips in sorted({f for _, f in batch}):  # one call per flip set in the batch
+                rows = [b for b, (_, f) in enumerate(batch) if f == flips]
+                dims = [d + 2 for d in flips]  # spatial axis -> tensor dim of [B, C, *patch]
+                y = x[rows].flip(dims) if dims else x[rows]
+                y = _predict_checked(predict, y, num_classes, patch)
+                p[rows] = y.flip(dims) if dims else y
+            p = p.to(accumulate_on)
+            for b, (start, _) in enumerate(batch):
+                inside, part = _regions(start, patch, shape)
+                band = (slice(inside[0].start - top, inside[0].stop - top), *inside[1:])
+                w = weights[part]
+                acc[(slice(None), *band)] += p[(b, slice(None), *part)] * w
+                wsum[band] += w
+        done = min(shape[0], max(top, rows_of[i + 1])) if i + 1 < len(rows_of) else shape[0]
+        if done > top:
+            rows = done - top
+            yield top, acc[:, :rows] / wsum[:rows]
+            acc, wsum, top = acc[:, rows:], wsum[rows:], done
+
+
 @torch.no_grad()
 def sliding_window(
     predict: Predict,
@@ -188,19 +329,15 @@ def sliding_window(
     progress: bool = False,
     flip_axes: Sequence[int] | None = None,
 ) -> Tensor:
-    """Class probabilities of a whole volume from a net that sees patches.
+    """Class probabilities of a whole volume from a net that sees patches: the bands of
+    `blended_bands` put together.
 
-    Windows of side `patch` start at `tile_starts` on each axis (stride =
-    `patch x (1 - overlap)`, rounded); a volume shorter than the patch on an axis is padded
-    with zeros (the normalised volume's 0) and the result cropped back. Overlapping
-    predictions are blended with Gaussian weights (`gaussian_weights_nd`), as the 2-D tiler
-    does. `tta="flips"` adds, for every combination of flipped spatial axes (2^n passes for
-    n axes), a pass over the flipped volume, flipped back; the result is exactly invariant
-    to flipping the input (to float rounding).
-
-    The sum of weighted probabilities and the weight map are accumulated on the CPU, so
-    the memory that grows with the volume never sits on `device`; only a batch of patches
-    goes there (see the module's docstring and `window_memory_bytes`).
+    A volume shorter than the patch on an axis is padded with zeros (the normalised
+    volume's 0) and the result cropped back. `tta="flips"` adds, for every combination of
+    flipped spatial axes (2^n passes for n axes), a pass over the flipped volume, flipped
+    back; the result is exactly invariant to flipping the input (to float rounding). The
+    sums are accumulated on the CPU, so the memory that grows with the volume never sits
+    on `device`; only a batch of patches goes there (`window_memory_bytes`).
 
     Args:
         predict: `x [B, C, *patch] -> probabilities [B, K, *patch]`, on `device`.
@@ -211,7 +348,7 @@ def sliding_window(
         batch_size: patches per `predict` call.
         device: where the patches go.
         tta: `none` or `flips`.
-        progress: a progress bar over the batches.
+        progress: a progress bar over the rows of windows.
         flip_axes: the spatial axes `tta="flips"` flips (None: all; `slicewise` flips the
             two axes of a slice, not the axis along which slices are stacked).
     Returns:
@@ -223,33 +360,12 @@ def sliding_window(
     if not patch or min(patch) < 1:
         problems.append(f"patch={patch}: give one side >= 1 per spatial axis")
     _check(volume, len(patch), tta, batch_size, name, problems)
-    shape = tuple(volume.shape[1:])
-    weights = gaussian_weights_nd(patch)  # [*patch], CPU
-    acc = torch.zeros(num_classes, *shape)  # [K, *S], CPU
-    wsum = torch.zeros(shape)  # [*S], CPU
-    passes = _windows(shape, patch, overlap, tta, flip_axes)
-    log.debug("%s: %d passes of %s over %s (tta=%s)", name, len(passes), patch, shape, tta)
-    bar = tqdm(
-        list(_batches(passes, batch_size)), desc="windows", unit="batch", disable=not progress
-    )
-    for batch in bar:
-        regions = [_regions(start, patch, shape) for start, _ in batch]
-        x = volume.new_zeros(len(batch), volume.shape[0], *patch, dtype=torch.float32)
-        for b, (inside, part) in enumerate(regions):
-            x[(b, slice(None), *part)] = volume[(slice(None), *inside)]
-        x = x.to(device)  # [B, C, *patch]
-        p = torch.empty(len(batch), num_classes, *patch, device=device)  # [B, K, *patch]
-        for flips in sorted({f for _, f in batch}):  # one call per flip set in the batch
-            rows = [b for b, (_, f) in enumerate(batch) if f == flips]
-            dims = [d + 2 for d in flips]  # spatial axis -> tensor dim of [B, C, *patch]
-            y = _predict_checked(predict, x[rows].flip(dims), num_classes)
-            p[rows] = y.flip(dims)
-        p = p.cpu()
-        for b, (inside, part) in enumerate(regions):
-            w = weights[part]
-            acc[(slice(None), *inside)] += p[(b, slice(None), *part)] * w
-            wsum[inside] += w
-    return acc.div_(wsum)
+    volume = volume.cpu()
+    out = torch.empty(num_classes, *volume.shape[1:])  # [K, *S], CPU
+    for top, band in blended_bands(predict, volume, patch, num_classes, overlap, batch_size,
+                                   device, tta, progress, flip_axes):  # fmt: skip
+        out[:, top : top + band.shape[1]] = band
+    return out
 
 
 SLICE_CHUNK_VALUES = 2**25
