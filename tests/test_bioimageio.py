@@ -203,6 +203,8 @@ def test_receptive_radius_of_a_unet_is_its_valid_twins_margin() -> None:
     module = SegModule.from_checkpoint(make_checkpoint_tmp()).eval()
     radius = receptive_radius(module.net, 2, module.net.pad_multiples)
     assert all(88 <= r <= 96 for r in radius), radius
+    # measured on the same net at 2 base channels (what the export does): the same field
+    assert halo_and_sizes(module.net, dict(module.hparams.arch)) == halo_and_sizes(module.net)
 
 
 def make_checkpoint_tmp() -> Path:

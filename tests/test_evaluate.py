@@ -249,8 +249,8 @@ def trained_and_evaluated(
         write_nifti(tmp_path / "data" / "masks" / f"{name}.nii.gz", truth, labels=True)
     monkeypatch.setattr(
         volume_eval,
-        "_probabilities",
-        lambda module, loaded, cfg: onehot(volumes[loaded.name][1]).numpy(),
+        "_predicted_labels",
+        lambda module, loaded, cfg: volumes[loaded.name][1].astype(np.uint8),
     )
     scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
                              output=str(tmp_path / "eval" / "e.json")))  # fmt: skip

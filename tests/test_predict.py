@@ -245,7 +245,12 @@ def test_volume_predict_takes_overlap_zero_as_zero(
         seen.append(options)
         return torch.full((2, *volume.shape[1:]), 0.5)
 
+    def labels(self, volume: torch.Tensor, **options: object) -> np.ndarray:
+        seen.append(options)
+        return np.zeros(volume.shape[1:], np.uint8)
+
     monkeypatch.setattr(SegModule, "volume_probabilities", probabilities)
+    monkeypatch.setattr(SegModule, "volume_labels", labels)  # the labels are decided by bands
     source = write_nifti(tmp_path / "in" / "a.nii.gz", np.zeros((3, 20, 24), np.float32))
     predict(config(ckpt=volume_ckpt, input=source, output=tmp_path / "out", device="cpu",
                    overlap=0))  # fmt: skip

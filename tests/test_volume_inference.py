@@ -395,3 +395,38 @@ def test_volume_validation_keeps_the_volume_off_the_device_and_scores_as_before(
     batch = {"image": torch.zeros(1, 1, *shape), "mask": masks[None]}
     module._trainer = SimpleNamespace(training=False)
     assert module.transfer_batch_to_device(batch, torch.device("meta"), 0) is batch
+
+
+def test_bands_stream_the_window_and_volume_labels_need_no_whole_probabilities() -> None:
+    """`blended_bands` yields consecutive z ranges that together are `sliding_window`'s
+    result (tta flips included), each band no longer than a patch and a stride;
+    `SegModule.volume_labels` is the argmax of `volume_probabilities`."""
+    from unet_seg.module import SegModule
+    from unet_seg.volume_inference import blended_bands
+
+    net = conv_net(2, 3)
+    vol = volume((23, 12, 10))
+    for tta in ("none", "flips"):
+        whole = sliding_window(net, vol, (8, 8, 8), 3, overlap=0.5, tta=tta)
+        tops, parts = [], []
+        for top, band in blended_bands(net, vol, (8, 8, 8), 3, overlap=0.5, tta=tta):
+            tops.append(top)
+            parts.append(band)
+            assert band.shape[1] <= 8 + 4
+        assert tops[0] == 0 and len(tops) > 2
+        assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-6)
+
+    torch.manual_seed(0)
+    module = SegModule(
+        arch={"name": "unet3d", "base_channels": 4, "depth": 2, "in_channels": 2,
+              "num_classes": 3},
+        loss={"deep_supervision_weights": "equal"},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+        data={"class_names": ["bg", "a", "b"], "in_channels": 2, "mask_values": [0, 1, 2],
+              "mean": [0.0], "std": [1.0], "volume": True, "dims": 3, "patch": [8, 8, 8]},
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        probs = module.volume_probabilities(vol)
+        labels = module.volume_labels(vol)
+    assert labels.dtype.name == "uint8" and labels.shape == (23, 12, 10)
+    assert (torch.from_numpy(labels).long() == probs.argmax(0)).float().mean() > 0.999

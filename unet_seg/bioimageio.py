@@ -118,13 +118,30 @@ def _in_channels(net: nn.Module) -> int:
     raise PackageError(f"{type(net).__name__}: no convolution found to read its input channels")
 
 
-def halo_and_sizes(net: nn.Module) -> tuple[list[int], list[int], list[int]]:
+def halo_and_sizes(
+    net: nn.Module, arch: dict | None = None
+) -> tuple[list[int], list[int], list[int]]:
     """`(halo, min input, step)` per spatial axis: the halo is the receptive radius rounded
     up to the pooling grid (tiles stay on the grid, so a tile's centre equals the whole
-    image's there); an input must hold a step beyond twice the halo."""
+    image's there); an input must hold a step beyond twice the halo.
+
+    With `arch` (the net's config) the radius is measured on the same net at 8 base
+    channels (fewer, and a random net's 2-channel levels can be dead throughout): widths do
+    not change a receptive field, and a paper-size 3-D U-Net's gradient over a volume
+    several receptive fields wide would need gigabytes."""
     dims = net.spatial_dims
     steps = [int(s) for s in net.pad_multiples]
-    radius = receptive_radius(net, dims, steps)
+    probe = net
+    if arch is not None and "base_channels" in arch:
+        from unet_seg.models.registry import build_net
+
+        torch.manual_seed(0)
+        base = min(int(arch["base_channels"]), 8)
+        probe = build_net({k: v for k, v in {**arch, "base_channels": base}.items()
+                           if k != "encoder_weights"})  # fmt: skip
+    radius = receptive_radius(probe, dims, steps)
+    if probe is not net and not any(radius):  # a dead probe: measure the net itself
+        radius = receptive_radius(net, dims, steps)
     halo = [-(-r // s) * s for r, s in zip(radius, steps, strict=True)]
     smallest = [max(2 * h + s, -(-net.min_side // s) * s) for h, s in zip(halo, steps, strict=True)]
     return halo, smallest, steps
@@ -365,7 +382,7 @@ def write_package(
 
     checked(module)
     net = module.net.eval()
-    halo, smallest, steps = halo_and_sizes(net)
+    halo, smallest, steps = halo_and_sizes(net, dict(module.hparams.arch))
     dims = net.spatial_dims
     cap = module.contract.patch if dims == 3 and module.contract.patch else [512] * dims
     cap = [max(c, m) for c, m in zip(cap, smallest, strict=True)]

@@ -174,6 +174,34 @@ class SegModule(pl.LightningModule):
                          overlap=overlap, batch_size=4 * batch_size, device=self.device,
                          tta=tta, progress=progress)  # fmt: skip
 
+    def volume_labels(
+        self, volume: Tensor, tta: str = "none", overlap: float = 0.5, batch_size: int = 2,
+        progress: bool = False,
+    ) -> np.ndarray:  # fmt: skip
+        """One normalised volume `[C, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`: the argmax
+        of `volume_probabilities`. A 3-D net's windows are blended and decided one band of
+        z slices at a time (`blended_bands`), so the K float32 probability maps and the
+        weight map of the whole volume (16 bytes a voxel for K = 3) never exist: beside the
+        input, the labels' 1 byte a voxel and a band of about one patch of slices."""
+        from unet_seg.volume_inference import blended_bands
+
+        c = self.contract
+        if c.dims != 3:  # slice by slice: `slicewise` holds the whole volume's probabilities
+            probs = self.volume_probabilities(
+                volume, tta=tta, overlap=overlap, batch_size=batch_size, progress=progress
+            )
+            return probs.argmax(0).to(torch.uint8).numpy()
+
+        def predict(x: Tensor) -> Tensor:
+            return self.probabilities(self(x))
+
+        labels = np.empty(tuple(volume.shape[1:]), np.uint8)
+        for top, band in blended_bands(predict, volume.cpu(), c.patch, max(c.num_classes, 2),
+                                       overlap, batch_size, self.device, tta,
+                                       progress):  # fmt: skip
+            labels[top : top + band.shape[1]] = band.argmax(0).to(torch.uint8).numpy()
+        return labels
+
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities by
         `volume_probabilities` (stitched on the CPU), then the loss of their logarithms (the

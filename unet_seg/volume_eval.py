@@ -159,6 +159,24 @@ def _probabilities(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np
     return resample_image(probs.numpy(), loaded.meta.shape)
 
 
+def _predicted_labels(module: SegModule, loaded: LoadedCase, cfg: DictConfig) -> np.ndarray:
+    """Class indices uint8 `[Z, Y, X]` on the file's own grid, post-processed: decided band
+    by band (`SegModule.volume_labels`) when the case is predicted on its own grid; through
+    the whole probabilities when they are resampled back to it."""
+    if tuple(loaded.image.shape[1:]) != tuple(loaded.meta.shape):
+        return _labels(_probabilities(module, loaded, cfg), cfg)
+    with torch.no_grad():
+        labels = module.volume_labels(torch.from_numpy(loaded.image), **inference_options(cfg))
+    return PostProcess(**dict(cfg.get("postprocess") or {}))(labels)
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory so far, for the log (Linux `ru_maxrss`, KiB)."""
+    import resource
+
+    return f"peak memory (RSS) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+
+
 def _labels(probs: np.ndarray, cfg: DictConfig) -> np.ndarray:
     """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed in
     3-D by `cfg.postprocess` (`PostProcess`, the one post-processing of every rank)."""
@@ -194,12 +212,14 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
             failed.append(str(err))
             continue
         _check_spacing(module, loaded)
-        probs = _probabilities(module, loaded, cfg)
-        values = contract.encoding.decode(_labels(probs, cfg))
+        want_probs = bool(cfg.get("probabilities"))
+        probs = _probabilities(module, loaded, cfg) if want_probs else None
+        labels = _labels(probs, cfg) if want_probs else _predicted_labels(module, loaded, cfg)
+        values = contract.encoding.decode(labels)
         target = output / f"{case.name}{_extension(case.images[0])}"
         write_volume(target, values, loaded.meta, labels=True)
         written.append(target)
-        if cfg.get("probabilities"):
+        if probs is not None:
             folder = output / "probabilities"
             folder.mkdir(exist_ok=True)
             # [K, Z, Y, X] -> [Z, Y, X, K]: one channel per class, the input's geometry
@@ -211,7 +231,8 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
                   "written", len(failed))  # fmt: skip
         return written
     skipped = f"; {len(failed)} of {len(cases)} volume(s) failed (listed above)" if failed else ""
-    log.info("wrote %d label volume(s) to %s%s", len(written), output, skipped)
+    log.info("wrote %d label volume(s) to %s%s; %s", len(written), output, skipped,
+             peak_memory())  # fmt: skip
     return written
 
 
@@ -275,7 +296,7 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
         loaded = load_case(case, contract, resample=False)  # scored on the file's own grid
         net_input = at_spacing(loaded, contract.spacing)
         _check_spacing(module, net_input)
-        pred = _labels(_probabilities(module, net_input, cfg), cfg)
+        pred = _predicted_labels(module, net_input, cfg)
         truth = loaded.labels.astype(np.int64)
         truth[loaded.labels == PAD_LABEL] = IGNORE_INDEX
         scores = volume_scores(pred, truth, len(names), loaded.meta.spacing, IGNORE_INDEX)
@@ -299,7 +320,7 @@ def evaluate_volumes(cfg: DictConfig, output: Path) -> dict[str, float]:
         cv2.imwrite(str(picture), cv2.cvtColor(worst_picture(shown, names), cv2.COLOR_RGB2BGR))
     table_text = format_volume_table(results, scored, contract.background)
     log.info("%s, %d volume(s):\n%s", what, len(rows), table_text)
-    log.info("wrote %s, %s and %s", output, table, picture)
+    log.info("wrote %s, %s and %s; %s", output, table, picture, peak_memory())
     return results
 
 
