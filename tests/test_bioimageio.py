@@ -335,3 +335,16 @@ def test_a_package_starts_a_fine_tuning_run(run_package, tmp_path: Path) -> None
     wider = compose_train([*TINY, "arch.base_channels=8", f"data.root={data}",
                            f"run_dir={tmp_path / 'run2'}", f"init_from={package}"])  # fmt: skip
     assert any("arch.base_channels=4" in str(p) for p in problems(wider))
+
+
+def test_a_foreign_package_is_refused_as_a_starting_point(tmp_path: Path) -> None:
+    """A zoo package of another framework has no unet-seg layer names: refused with why."""
+    from unet_seg.finetune import read_source
+
+    package = tmp_path / "zoo.zip"
+    rdf = {"type": "model", "name": "a zoo U-Net", "weights": {"torchscript": {"source": "w.pt"}}}
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("rdf.yaml", yaml.safe_dump(rdf))
+    with pytest.raises(ValueError, match="not written by unet-seg.*a zoo U-Net.*without "
+                                         "pytorch_state_dict"):  # fmt: skip
+        read_source(package)
