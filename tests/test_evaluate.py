@@ -52,7 +52,7 @@ def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path
     saved = json.loads(output.read_text())
     assert saved["rules"] == list(RULES)
     assert saved["inference"] == {"mode": "tile", "tta": "flips", "level": None,
-                                  "tile_size": 32, "overlap": 0.25}  # fmt: skip
+                                  "tile_size": 32, "overlap": 0.25, "halo": 0}  # fmt: skip
     for key, value in scores.items():
         if value == value:  # not NaN
             assert saved[key] == pytest.approx(value), key
