@@ -365,3 +365,30 @@ def test_atomic_write_keeps_no_temporary_and_honours_the_umask(tmp_path: Path) -
         os.umask(previous)
     assert path.read_text() == "a: 2\n"
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_not_taken() -> None:
+    """One NaN gradient drops every gradient before the optimizer step (no update, the
+    moments untouched), as a loss scaler skips an overflowing step; finite ones stay."""
+    import torch
+
+    from unet_seg.module import SegModule
+
+    module = SegModule(
+        arch={"name": "unet", "base_channels": 4, "depth": 2, "bilinear": False,
+              "in_channels": 1, "num_classes": 2},
+        loss={"deep_supervision_weights": "equal"},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+        data={"class_names": ["bg", "fg"], "in_channels": 1, "mask_values": [0, 255]},
+    )  # fmt: skip
+    params = list(module.parameters())
+    for p in params:
+        p.grad = torch.ones_like(p)
+    module.on_before_optimizer_step(None)
+    assert all(p.grad is not None for p in params)
+    params[3].grad[0] = float("nan")
+    before = [p.detach().clone() for p in params]
+    module.on_before_optimizer_step(None)
+    assert all(p.grad is None for p in params) and module._skipped_steps == 1
+    torch.optim.Adam(params).step()
+    assert all(torch.equal(a, p) for a, p in zip(before, params, strict=True))

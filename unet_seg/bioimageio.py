@@ -135,10 +135,11 @@ def halo_and_sizes(
     if arch is not None and "base_channels" in arch:
         from unet_seg.models.registry import build_net
 
-        torch.manual_seed(0)
         base = min(int(arch["base_channels"]), 8)
-        probe = build_net({k: v for k, v in {**arch, "base_channels": base}.items()
-                           if k != "encoder_weights"})  # fmt: skip
+        with torch.random.fork_rng():  # a seeded probe, the caller's random state kept
+            torch.manual_seed(0)
+            probe = build_net({k: v for k, v in {**arch, "base_channels": base}.items()
+                               if k != "encoder_weights"})  # fmt: skip
     radius = receptive_radius(probe, dims, steps)
     if probe is not net and not any(radius):  # a dead probe: measure the net itself
         radius = receptive_radius(net, dims, steps)

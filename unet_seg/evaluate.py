@@ -199,8 +199,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     output.parent.mkdir(parents=True, exist_ok=True)
     inference = {"mode": predictor.mode, "tta": predictor.tta, "level": cfg.get("level")}
     if predictor.mode == "tile":
-        inference.update(tile_size=predictor.tile_size, overlap=predictor.overlap,
-                         halo=predictor.halo)
+        inference.update(
+            tile_size=predictor.tile_size, overlap=predictor.overlap, halo=predictor.halo
+        )
     meta = {"checkpoint": str(ckpt), "evaluated": what, "inference": inference,
             "rules": RULES + (INSTANCE_RULES if scores is not None else ())}  # fmt: skip
     write_json({**meta, **json_safe(results)}, output)

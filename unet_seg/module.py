@@ -403,7 +403,22 @@ class SegModule(pl.LightningModule):
         """While the encoder is frozen, drop its gradients before the step: optimizers skip a
         parameter without one (no update, no weight decay, no moments). Decided by the epoch,
         so a resumed run freezes exactly as an uninterrupted one; the parameters keep
-        `requires_grad` (DDP needs the same set of parameters in every step)."""
+        `requires_grad` (DDP needs the same set of parameters in every step).
+
+        A step whose gradients are not all finite is skipped the same way (every gradient
+        dropped: no update, the moments untouched), as a loss scaler skips an overflowing
+        float16 step, and counted in a warning: one such step would otherwise make every
+        weight NaN. Seen once in a few hundred one-step bf16-mixed runs on the CPU (3-D
+        nets, first step, cause not found); a run whose steps keep failing still stops at
+        its validation's non-finite loss."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            for param in self.parameters():
+                param.grad = None
+            self._skipped_steps = getattr(self, "_skipped_steps", 0) + 1
+            log.warning("step %d: gradients not finite, step skipped (%d so far)",
+                        self.global_step, self._skipped_steps)  # fmt: skip
+            return
         if self.current_epoch >= self.frozen_epochs():
             return
         parts = self.net.parts()
