@@ -73,25 +73,23 @@ def cells(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return image.clip(0, 255).astype(np.uint8)
 
 
-def volume_module() -> SegModule:
-    torch.manual_seed(0)
-    return SegModule(
-        arch={"name": "unet3d", "base_channels": 4, "depth": 2, "in_channels": 2,
-              "num_classes": 3},
-        loss={"deep_supervision_weights": "equal"},
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
-        data={"class_names": ["background", "edema", "tumour"], "in_channels": 2,
-              "mask_values": [0, 1, 2], "mean": [0.0], "std": [1.0], "volume": True,
-              "dims": 3, "patch": [24, 32, 32], "spacing": [1.0, 1.0, 1.0],
-              "intensity": {"mode": "zscore"}},
-    ).eval()  # fmt: skip
+def volume_module(tmp_path: Path) -> SegModule:
+    """An untrained two-modality 3-D U-Net, three classes, z-scored volumes at 1 mm."""
+    from tests.test_predict import volume_checkpoint
+
+    ckpt = volume_checkpoint(
+        tmp_path / "v.ckpt", {"name": "unet3d", "base_channels": 4, "depth": 2},
+        in_channels=2, mask_values=(0, 1, 2), dims=3, patch=[24, 32, 32],
+        spacing=[1.0, 1.0, 1.0],
+    )  # fmt: skip
+    return SegModule.from_checkpoint(ckpt).eval()
 
 
 @pytest.mark.parametrize("kind", ["grey", "rgb", "volume"])
 def test_package_passes_bioimageio_cores_model_test_offline(tmp_path: Path, kind: str) -> None:
     rng = np.random.default_rng(0)
     if kind == "volume":
-        module = volume_module()
+        module = volume_module(tmp_path)
         raw = rng.normal(100, 20, (2, 30, 40, 44)).astype(np.float32)  # two MRI modalities
     else:
         channels = 1 if kind == "grey" else 3
@@ -348,3 +346,21 @@ def test_a_foreign_package_is_refused_as_a_starting_point(tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="not written by unet-seg.*a zoo U-Net.*without "
                                          "pytorch_state_dict"):  # fmt: skip
         read_source(package)
+
+
+def test_a_4d_nifti_named_by_image_is_read_channels_first(tmp_path: Path) -> None:
+    """`image=` a Decathlon-style 4-D NIfTI (`[X, Y, Z, C]` on disk) gives the test input
+    `[C, Z, Y, X]`; a file with other channels is refused naming it."""
+    from tests.test_predict import write_nifti
+    from unet_seg.bioimageio import PackageError, stored_image
+
+    module = volume_module(tmp_path)
+    rng = np.random.default_rng(6)
+    volume = rng.normal(size=(30, 40, 44, 2)).astype(np.float32)  # [Z, Y, X, C]
+    path = write_nifti(tmp_path / "BRATS_001.nii.gz", volume)
+    raw = stored_image(module, tmp_path / "v.ckpt", path)
+    assert raw.shape == (2, 30, 40, 44)
+    assert np.allclose(raw[1], volume[..., 1])
+    one = write_nifti(tmp_path / "one.nii.gz", volume[..., 0])
+    with pytest.raises(PackageError, match="one.nii.gz: 1 channel"):
+        stored_image(module, tmp_path / "v.ckpt", one)

@@ -3,6 +3,8 @@ slice-by-slice path of 2-D and 2.5-D nets."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -397,10 +399,13 @@ def test_volume_validation_keeps_the_volume_off_the_device_and_scores_as_before(
     assert module.transfer_batch_to_device(batch, torch.device("meta"), 0) is batch
 
 
-def test_bands_stream_the_window_and_volume_labels_need_no_whole_probabilities() -> None:
+def test_bands_stream_the_window_and_volume_labels_need_no_whole_probabilities(
+    tmp_path: Path,
+) -> None:
     """`blended_bands` yields consecutive z ranges that together are `sliding_window`'s
     result (tta flips included), each band no longer than a patch and a stride;
     `SegModule.volume_labels` is the argmax of `volume_probabilities`."""
+    from tests.test_predict import volume_checkpoint
     from unet_seg.module import SegModule
     from unet_seg.volume_inference import blended_bands
 
@@ -416,15 +421,10 @@ def test_bands_stream_the_window_and_volume_labels_need_no_whole_probabilities()
         assert tops[0] == 0 and len(tops) > 2
         assert torch.allclose(torch.cat(parts, dim=1), whole, atol=1e-6)
 
-    torch.manual_seed(0)
-    module = SegModule(
-        arch={"name": "unet3d", "base_channels": 4, "depth": 2, "in_channels": 2,
-              "num_classes": 3},
-        loss={"deep_supervision_weights": "equal"},
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
-        data={"class_names": ["bg", "a", "b"], "in_channels": 2, "mask_values": [0, 1, 2],
-              "mean": [0.0], "std": [1.0], "volume": True, "dims": 3, "patch": [8, 8, 8]},
-    ).eval()  # fmt: skip
+    ckpt = volume_checkpoint(tmp_path / "v.ckpt", {"name": "unet3d", "base_channels": 4,
+                             "depth": 2}, in_channels=2, mask_values=(0, 1, 2), dims=3,
+                             patch=[8, 8, 8])  # fmt: skip
+    module = SegModule.from_checkpoint(ckpt).eval()
     with torch.no_grad():
         probs = module.volume_probabilities(vol)
         labels = module.volume_labels(vol)

@@ -304,8 +304,7 @@ def rdf(
          "halo": int(h), **({"unit": unit, "scale": a["scale"]} if unit else {})}
         for a, h in zip(space_in, halo, strict=True)
     ]  # fmt: skip
-    dtype = raw.dtype.name
-    kind = {"b": "uint8", "u": dtype, "i": dtype}.get(raw.dtype.kind, "float32")
+    kind = raw.dtype.name  # uint8, uint16, int16, ... or float32 (`write_package`)
     weights = {
         "pytorch_state_dict": {
             "source": files["state_dict"], "pytorch_version": torch.__version__.split("+")[0],
@@ -382,6 +381,8 @@ def write_package(
     from bioimageio.spec import save_bioimageio_package  # optional: pip install ".[bioimageio]"
 
     checked(module)
+    if raw.dtype.kind in "bf":  # the package describes one type: bool as 8-bit, floats as float32
+        raw = raw.astype(np.uint8 if raw.dtype.kind == "b" else np.float32)
     net = module.net.eval()
     halo, smallest, steps = halo_and_sizes(net, dict(module.hparams.arch))
     dims = net.spatial_dims
@@ -563,8 +564,8 @@ def stored_image(module: SegModule, ckpt: Path, image: str | Path | None) -> np.
     if volume:
         from unet_seg.data.volumes import read_volume
 
-        stored, meta = read_volume(path)
-        stored = stored[None] if stored.ndim == 3 else stored
+        stored, meta = read_volume(path)  # [Z, Y, X] or [Z, Y, X, C]
+        stored = stored[None] if stored.ndim == 3 else np.moveaxis(stored, -1, 0)
         if stored.shape[0] != contract.in_channels:
             raise PackageError(
                 f"image={path}: {stored.shape[0]} channel(s), the net takes "

@@ -160,10 +160,7 @@ class SegModule(pl.LightningModule):
         from unet_seg.volume_inference import slicewise, sliding_window
 
         c = self.contract
-
-        def predict(x: Tensor) -> Tensor:
-            return self.probabilities(self(x))
-
+        predict = self._window_probabilities
         k = max(c.num_classes, 2)
         if c.dims == 3:
             return sliding_window(predict, volume, c.patch, k, overlap=overlap,
@@ -173,6 +170,10 @@ class SegModule(pl.LightningModule):
         return slicewise(predict, volume, c.slice_axis, c.slab, k, patch=window,
                          overlap=overlap, batch_size=4 * batch_size, device=self.device,
                          tta=tta, progress=progress)  # fmt: skip
+
+    def _window_probabilities(self, x: Tensor) -> Tensor:
+        """A batch of windows `[B, C, *patch]` -> class probabilities `[B, K, *patch]`."""
+        return self.probabilities(self(x))
 
     def volume_labels(
         self, volume: Tensor, tta: str = "none", overlap: float = 0.5, batch_size: int = 2,
@@ -191,14 +192,11 @@ class SegModule(pl.LightningModule):
                 volume, tta=tta, overlap=overlap, batch_size=batch_size, progress=progress
             )
             return probs.argmax(0).to(torch.uint8).numpy()
-
-        def predict(x: Tensor) -> Tensor:
-            return self.probabilities(self(x))
-
         labels = np.empty(tuple(volume.shape[1:]), np.uint8)
-        for top, band in blended_bands(predict, volume.cpu(), c.patch, max(c.num_classes, 2),
-                                       overlap, batch_size, self.device, tta,
-                                       progress):  # fmt: skip
+        bands = blended_bands(self._window_probabilities, volume.cpu(), c.patch,
+                              max(c.num_classes, 2), overlap, batch_size, self.device, tta,
+                              progress)  # fmt: skip
+        for top, band in bands:
             labels[top : top + band.shape[1]] = band.argmax(0).to(torch.uint8).numpy()
         return labels
 

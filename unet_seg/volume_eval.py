@@ -167,7 +167,7 @@ def _predicted_labels(module: SegModule, loaded: LoadedCase, cfg: DictConfig) ->
         return _labels(_probabilities(module, loaded, cfg), cfg)
     with torch.no_grad():
         labels = module.volume_labels(torch.from_numpy(loaded.image), **inference_options(cfg))
-    return PostProcess(**dict(cfg.get("postprocess") or {}))(labels)
+    return _postprocessed(labels, cfg)
 
 
 def peak_memory() -> str:
@@ -178,10 +178,14 @@ def peak_memory() -> str:
 
 
 def _labels(probs: np.ndarray, cfg: DictConfig) -> np.ndarray:
-    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed in
-    3-D by `cfg.postprocess` (`PostProcess`, the one post-processing of every rank)."""
-    steps = PostProcess(**dict(cfg.get("postprocess") or {}))
-    return steps(probs.argmax(0).astype(np.uint8))
+    """Probabilities `[K, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`, post-processed."""
+    return _postprocessed(probs.argmax(0).astype(np.uint8), cfg)
+
+
+def _postprocessed(labels: np.ndarray, cfg: DictConfig) -> np.ndarray:
+    """Class indices `[Z, Y, X]` post-processed in 3-D by `cfg.postprocess` (`PostProcess`,
+    the one post-processing of every rank)."""
+    return PostProcess(**dict(cfg.get("postprocess") or {}))(labels)
 
 
 def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
