@@ -79,7 +79,7 @@ for nothing, why not for volumes)}`; the default of `conf/<task>.yaml` asks for 
 Every other option applies to every rank: `device`, `threads`, `overlap`, `tta` (volumes:
 `VOLUME_TTA`), `batch_size`, `level` (the pruned UNet++ head, `nested` or `nested3d`),
 `postprocess.*` (on volumes in 3-D: objects 26-connected, sizes in voxels),
-`probabilities`, and the inputs and outputs."""
+`probabilities`, and the inputs and outputs. `stream` (predict) is for volumes only."""
 
 
 def _task_defaults(task: str) -> dict:
@@ -113,6 +113,12 @@ def check_options(cfg: Mapping, task: str, volume: bool) -> None:
     if tta not in allowed:
         why = "; quarter turns (d4) are for 2-D images" if volume and tta == "d4" else ""
         problems.append(f"tta={tta}: choose one of {', '.join(allowed)}{why}")
+    stream = cfg.get("stream", "auto")
+    if stream not in ("auto", True, False):
+        problems.append(f"stream={stream}: choose auto, true or false")
+    elif stream is True and not volume:
+        problems.append("stream=true applies to volumes (read and written in bands of slices); "
+                        "2-D images are read whole: leave it out")  # fmt: skip
     if volume:
         defaults = _task_defaults(task)
         for key, (accepted, why) in OPTIONS_FOR_IMAGES_ONLY.items():

@@ -6,7 +6,8 @@ It is the one place logits become probabilities, labels or instances.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -180,25 +181,50 @@ class SegModule(pl.LightningModule):
         progress: bool = False,
     ) -> np.ndarray:  # fmt: skip
         """One normalised volume `[C, Z, Y, X]` -> class indices uint8 `[Z, Y, X]`: the argmax
-        of `volume_probabilities`. A 3-D net's windows are blended and decided one band of
-        z slices at a time (`blended_bands`), so the K float32 probability maps and the
-        weight map of the whole volume (16 bytes a voxel for K = 3) never exist: beside the
-        input, the labels' 1 byte a voxel and a band of about one patch of slices."""
-        from unet_seg.volume_inference import blended_bands
+        of `volume_probabilities`, decided band by band (`volume_label_bands`), so the K
+        float32 probability maps of the whole volume never exist."""
+        labels = np.empty(tuple(volume.shape[1:]), np.uint8)
+        for top, band in self.volume_label_bands(volume.cpu(), tta, overlap, batch_size,
+                                                 progress):  # fmt: skip
+            labels[top : top + band.shape[0]] = band
+        return labels
+
+    def volume_label_bands(
+        self, source: Tensor | np.ndarray | object, tta: str = "none", overlap: float = 0.5,
+        batch_size: int = 2, progress: bool = False,
+    ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
+        """Class indices uint8 of a normalised volume `[C, Z, Y, X]` one band of z slices at a
+        time, in order: `(first slice, labels [n, Y, X])`. `source`: an array, or
+        `volume_dataset.Bands` reading the volume from its files. A 3-D net's windows are
+        blended band by band (`blended_bands`): beside the input, a band of about one
+        patch of slices. A 2-D or 2.5-D net's slices along z run a chunk at a time
+        (`SLICE_CHUNK_VALUES`) with the slab's neighbours (edge slices repeated, as
+        `slab_indices`); slices along y or x need the whole volume at once."""
+        from unet_seg.volume_inference import SLICE_CHUNK_VALUES, blended_bands
 
         c = self.contract
-        if c.dims != 3:  # slice by slice: `slicewise` holds the whole volume's probabilities
-            probs = self.volume_probabilities(
-                volume, tta=tta, overlap=overlap, batch_size=batch_size, progress=progress
-            )
-            return probs.argmax(0).to(torch.uint8).numpy()
-        labels = np.empty(tuple(volume.shape[1:]), np.uint8)
-        bands = blended_bands(self._window_probabilities, volume.cpu(), c.patch,
-                              max(c.num_classes, 2), overlap, batch_size, self.device, tta,
-                              progress)  # fmt: skip
-        for top, band in bands:
-            labels[top : top + band.shape[1]] = band.argmax(0).to(torch.uint8).numpy()
-        return labels
+        k = max(c.num_classes, 2)
+        options = {"tta": tta, "overlap": overlap, "batch_size": batch_size}
+        if c.dims == 3:
+            for top, band in blended_bands(self._window_probabilities, source, c.patch, k,
+                                           overlap, batch_size, self.device, tta,
+                                           progress):  # fmt: skip
+                yield top, band.argmax(0).to(torch.uint8).numpy()
+            return
+        if c.slice_axis != 0:
+            volume = torch.as_tensor(np.asarray(source[:, :]))
+            probs = self.volume_probabilities(volume, progress=progress, **options)
+            yield 0, probs.argmax(0).to(torch.uint8).numpy()
+            return
+        depth, half = source.shape[1], c.slab // 2
+        chunk = max(1, SLICE_CHUNK_VALUES // max(1, c.in_channels * math.prod(source.shape[2:])))
+        for first in range(0, depth, chunk):
+            last = min(depth, first + chunk)
+            index = np.clip(np.arange(first - half, last + half), 0, depth - 1)
+            low = int(index[0])
+            part = np.asarray(source[:, low : int(index[-1]) + 1])[:, index - low]
+            probs = self.volume_probabilities(torch.from_numpy(part), **options)
+            yield first, probs[:, half : half + last - first].argmax(0).to(torch.uint8).numpy()
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities by

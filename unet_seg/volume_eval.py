@@ -26,6 +26,7 @@ written and scored.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import cv2
@@ -42,8 +43,16 @@ from unet_seg.data.volume_cases import (
     list_volumes,
     volume_stem,
 )
-from unet_seg.data.volume_dataset import LoadedCase, at_spacing, load_case, resample_image
-from unet_seg.data.volumes import TIFF_EXTENSIONS, write_volume
+from unet_seg.data.volume_dataset import (
+    Bands,
+    CaseFiles,
+    LoadedCase,
+    at_spacing,
+    load_case,
+    resample_image,
+    resampled_shape,
+)
+from unet_seg.data.volumes import TIFF_EXTENSIONS, label_dtype, write_volume, write_volume_bands
 from unet_seg.files import json_safe, write_json, write_rows
 from unet_seg.inference import load_for_inference
 from unet_seg.module import SegModule, mean_over_volumes
@@ -199,18 +208,92 @@ def _check_spacing(module: SegModule, loaded: LoadedCase) -> None:
         )  # fmt: skip
 
 
+def _stream_refusal(cfg: DictConfig, module: SegModule) -> str | None:
+    """Why this prediction needs each volume whole (None: it may read and write bands)."""
+    c = module.contract
+    if cfg.get("probabilities"):
+        return "probabilities=true writes the whole volume's probabilities"
+    post = dict(cfg.get("postprocess") or {})
+    if post.get("min_size") or post.get("fill_holes") or post.get("keep_largest"):
+        return "postprocess.* acts on the whole label volume (its objects in 3-D)"
+    if c.intensity.get("mode") == "zscore" and c.intensity.get("nonzero"):
+        return "z-score over the non-zero region needs the whole volume (its holes filled in 3-D)"
+    if c.dims != 3 and c.slice_axis != 0:
+        return f"a 2-D net's slices along {'zyx'[c.slice_axis]} need the whole volume"
+    return None
+
+
+def in_memory_bytes(files: CaseFiles) -> int:
+    """What predicting a case whole holds at its peak: the stored volume, its float32
+    normalised copy and the one being made, and the labels with their values."""
+    voxels = math.prod(files.shape[1:])
+    return voxels * (files.shape[0] * (files.dtype.itemsize + 8) + 2)
+
+
+def _streams(cfg: DictConfig, files: CaseFiles, refusal: str | None) -> tuple[bool, str]:
+    """`(read and write in bands, why)` for one case by `stream` (auto | true | false)."""
+    from unet_seg.data.plan import CACHE_SHARE, available_memory
+
+    choice = cfg.get("stream", "auto")
+    shape = resampled_shape(files.meta.shape, files.meta.spacing, files.contract.spacing)
+    if choice is False or refusal or shape != tuple(files.meta.shape) or not files.streamed:
+        if choice is False:
+            return False, "stream=false"
+        if refusal:
+            return False, refusal
+        if not files.streamed:
+            return False, "its file is read whole (not NIfTI or a TIFF of one page per slice)"
+        return False, "resampled to the training spacing"
+    needed = in_memory_bytes(files)
+    if choice is True:
+        return True, "stream=true"
+    available = available_memory()
+    on = available is None or needed > CACHE_SHARE * available
+    room = "unknown" if available is None else f"{available / 2**30:.1f} GiB"
+    more = "more" if on else "no more"
+    return on, (f"whole it would take {needed / 2**30:.2f} GiB, {more} than "
+                f"{CACHE_SHARE:.0%} of the {room} available")  # fmt: skip
+
+
+def _predict_in_bands(module: SegModule, files: CaseFiles, cfg: DictConfig, target: Path) -> None:
+    """Read, predict and write one case a band of z slices at a time: two passes over the
+    input (its intensity statistics, then the windows), the labels written as they are
+    decided (`volumes.write_volume_bands`)."""
+    contract = module.contract
+    files.gather_statistics(progress=True)
+    source = Bands(files.normalised, files.shape)
+    values = contract.encoding.mask_values  # what is written, whatever is predicted
+    dtype = label_dtype(0, int(max(values)))
+    with torch.no_grad():
+        bands = module.volume_label_bands(source, **inference_options(cfg), progress=True)
+        decoded = (contract.encoding.decode(labels) for _, labels in bands)
+        write_volume_bands(target, decoded, files.meta, dtype)
+
+
 def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
     """Write a label volume for every input case (the module docstring); return the files."""
     set_threads(cfg.get("threads", "auto"), "threads")
     module = load_volume_module(cfg.ckpt, str(cfg.get("device", "auto")), cfg.get("level"))
     contract = module.contract
+    refusal = _stream_refusal(cfg, module)
+    if cfg.get("stream") is True and refusal:
+        raise ValueError(f"stream=true: {refusal}; leave stream out (auto) to predict whole")
     cases = input_cases(spec, contract.in_channels // contract.slab)
     output = Path(cfg.output)
     output.mkdir(parents=True, exist_ok=True)
     log.info("predicting %d volume(s) on %s (%s)", len(cases), module.device, _how(module))
     written, failed = [], []
     for case in tqdm(cases, desc="predict", unit="volume"):
+        target = output / f"{case.name}{_extension(case.images[0])}"
         try:
+            with CaseFiles(case, contract) as files:
+                stream, why = _streams(cfg, files, refusal)
+                if stream:
+                    log.info("%s: read, predicted and written in bands of slices (%s)",
+                             case.name, why)  # fmt: skip
+                    _predict_in_bands(module, files, cfg, target)
+                    written.append(target)
+                    continue
             loaded = load_case(case, contract)
         except (ValueError, OSError) as err:
             failed.append(str(err))
@@ -220,7 +303,6 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
         probs = _probabilities(module, loaded, cfg) if want_probs else None
         labels = _labels(probs, cfg) if want_probs else _predicted_labels(module, loaded, cfg)
         values = contract.encoding.decode(labels)
-        target = output / f"{case.name}{_extension(case.images[0])}"
         write_volume(target, values, loaded.meta, labels=True)
         written.append(target)
         if probs is not None:

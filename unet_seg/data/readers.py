@@ -478,6 +478,35 @@ def _alpha_is_opaque(image: np.ndarray) -> bool:
     return bool((image[:, :, -1] == opaque).all())
 
 
+PERCENTILE_SAMPLES = 1_000_000
+"""About how many values per channel `percentile` intensities take their percentiles from:
+every n-th value, the same whether a volume is read whole or in bands."""
+
+
+def percentile_step(values: int) -> int:
+    """Every how many values `percentile` takes one (`PERCENTILE_SAMPLES`)."""
+    return max(1, values // PERCENTILE_SAMPLES)
+
+
+def percentile_bounds(
+    samples: np.ndarray, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `low` and `high` percentiles `[C]` of `samples` `[n, C]`, NaN and infinite values
+    left out."""
+    flat = samples.astype(np.float32)
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        flat = np.where(np.isfinite(flat), flat, np.nan)  # NaN, inf: no percentile
+        return tuple(np.nanpercentile(flat, [low, high], axis=0))  # [C] each
+    return tuple(np.percentile(flat, [low, high], axis=0))
+
+
+def between(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """`lo..hi` (per channel, the last axis) -> 0..1, clipped, float32."""
+    scale = np.where(hi > lo, hi - lo, 1.0)
+    scaled = (image.astype(np.float32) - lo.astype(np.float32)) / scale.astype(np.float32)
+    return np.clip(scaled, 0.0, 1.0)  # float32: np.percentile's float64 not carried on
+
+
 def to_unit_range(
     image: np.ndarray,
     mode: str = "range",
@@ -518,13 +547,6 @@ def to_unit_range(
     if mode == "percentile":
         channels = image.shape[-1] if image.ndim >= 3 else 1  # channels last; [H, W]: one
         flat = image.reshape(-1, channels)
-        flat = flat[:: max(1, len(flat) // 1_000_000)].astype(np.float32)  # <= ~1M samples
-        if flat.dtype.kind == "f" and not np.isfinite(flat).all():
-            flat = np.where(np.isfinite(flat), flat, np.nan)  # NaN, inf: no percentile
-            lo, hi = np.nanpercentile(flat, [low, high], axis=0)  # [C] each
-        else:
-            lo, hi = np.percentile(flat, [low, high], axis=0)  # [C] each
-        scale = np.where(hi > lo, hi - lo, 1.0)
-        scaled = (image.astype(np.float32) - lo.astype(np.float32)) / scale.astype(np.float32)
-        return np.clip(scaled, 0.0, 1.0)  # float32: np.percentile's float64 not carried on
+        lo, hi = percentile_bounds(flat[:: percentile_step(len(flat))], low, high)
+        return between(image, lo, hi)
     raise ValueError(f"data.intensity.mode={mode!r}: choose 'range', 'percentile' or 'fixed'")

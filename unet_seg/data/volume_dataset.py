@@ -22,7 +22,8 @@ NaN and infinite voxels count in no statistic and are 0 after normalisation (`sc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from torch.utils.data import Dataset
 
 from unet_seg.data.contract import DataContract
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
-from unet_seg.data.readers import to_unit_range
+from unet_seg.data.readers import between, percentile_bounds, percentile_step, to_unit_range
 from unet_seg.data.volume_cases import VolumeCase, slab_indices
 from unet_seg.data.volumes import VolumeMeta, geometry_mismatch, read_volume
 from unet_seg.problems import ProblemList
@@ -60,17 +61,121 @@ def _per_channel(values: Sequence[float], channels: int, slab_size: int) -> np.n
     raise ValueError(f"{v.size} normalisation values for {channels} channel(s)")
 
 
+STATISTICS_BAND_VALUES = 2**24
+"""Values per channel (float64: 128 MiB) `VolumeStatistics` takes in at once."""
+
+
+class VolumeStatistics:
+    """What the intensity rules (the module docstring) take from a whole volume, gathered
+    band by band of z slices, so that a volume read in bands (`volumes.VolumeFile`) is
+    normalised exactly as one read whole: per channel the mean and spread (`zscore`, over
+    the finite voxels, or the non-zero region), the percentile samples (`percentile`:
+    every `readers.percentile_step`-th value of the channel, as `to_unit_range` takes
+    them), the finite range (`range` on floats, which must lie in [0, 1]), and the count
+    of NaN and infinite voxels.
+
+    Args:
+        intensity: `contract.intensity`.
+        shape: the volume's `[C, Z, Y, X]`.
+        name: the file, for errors.
+    """
+
+    def __init__(self, intensity: dict, shape: Sequence[int], name: str | Path | None = None):
+        self.intensity, self.name = intensity, name
+        self.mode = intensity.get("mode", "range")
+        channels = int(shape[0])
+        self.plane = math.prod(int(n) for n in shape[2:])
+        self.step = percentile_step(math.prod(int(n) for n in shape[1:]))
+        self.count = np.zeros(channels, np.int64)
+        self.mean = np.zeros(channels)  # float64, combined band by band (Chan et al.)
+        self.m2 = np.zeros(channels)
+        self.low, self.high = np.full(channels, np.inf), np.full(channels, -np.inf)
+        self.samples: list[list[np.ndarray]] = [[] for _ in range(channels)]
+        self.bad = 0
+
+    def add(self, band: np.ndarray, z0: int, region: np.ndarray | None = None) -> None:
+        """Slices `z0..` of the stored volume, `[C, n, Y, X]`; `region` `[n, Y, X]`: the
+        non-zero region there (`zscore` with `nonzero`)."""
+        for c, values in enumerate(band):
+            finite = np.isfinite(values) if values.dtype.kind == "f" else None
+            if finite is not None and finite.all():
+                finite = None
+            if finite is not None:
+                self.bad += int(values.size - finite.sum())
+            if self.mode == "zscore":
+                keep = region if finite is None or region is None else region & finite
+                keep = finite if keep is None else keep
+                self._moments(c, values if keep is None else values[keep])
+            elif self.mode == "percentile":  # flat index k * step of the channel
+                first = -(z0 * self.plane) % self.step
+                self.samples[c].append(values.reshape(-1)[first :: self.step])
+            elif self.mode == "range" and values.dtype.kind == "f":
+                kept = values if finite is None else values[finite]
+                if kept.size:
+                    self.low[c] = min(self.low[c], float(kept.min()))
+                    self.high[c] = max(self.high[c], float(kept.max()))
+
+    def _moments(self, c: int, values: np.ndarray) -> None:
+        n = values.size
+        if not n:
+            return
+        mean = float(values.mean(dtype=np.float64))
+        m2 = float(np.square(values - mean, dtype=np.float64).sum())
+        total = self.count[c] + n
+        delta = mean - self.mean[c]
+        self.mean[c] += delta * n / total
+        self.m2[c] += m2 + delta**2 * self.count[c] * n / total
+        self.count[c] = total
+
+    def scaling(self) -> list[tuple[float, float] | tuple[np.ndarray, np.ndarray] | None]:
+        """Per channel: `(mean, spread)` for `zscore`, `(low, high)` percentiles for
+        `percentile`, else None; a ValueError naming the file for floats outside [0, 1] in
+        `range` mode (`to_unit_range`'s rule)."""
+        out: list = []
+        for c in range(len(self.count)):
+            if self.mode == "zscore":
+                n = self.count[c]
+                out.append((float(self.mean[c]), math.sqrt(self.m2[c] / n)) if n else (0.0, 1.0))
+            elif self.mode == "percentile":
+                samples = np.concatenate(self.samples[c])[:, None]
+                lo, hi = percentile_bounds(samples, self.intensity.get("low", 1.0),
+                                           self.intensity.get("high", 99.0))  # fmt: skip
+                out.append((lo, hi))
+            else:
+                if self.low[c] < 0 or self.high[c] > 1:
+                    prefix = f"{self.name}: " if self.name else ""
+                    raise ValueError(
+                        f"{prefix}float image values span {self.low[c]:.3g}..{self.high[c]:.3g}, "
+                        "outside [0, 1]: set data.intensity.mode=percentile, or rescale the images"
+                    )
+                out.append(None)
+        return out
+
+
+def volume_statistics(
+    image: np.ndarray, intensity: dict, name: str | Path | None = None,
+    region: np.ndarray | None = None,
+) -> VolumeStatistics:  # fmt: skip
+    """`VolumeStatistics` of a volume `[C, Z, Y, X]` in memory, a band at a time."""
+    stats = VolumeStatistics(intensity, image.shape, name)
+    rows = max(1, STATISTICS_BAND_VALUES // max(1, stats.plane))
+    for z0 in range(0, image.shape[1], rows):
+        band = slice(z0, z0 + rows)
+        stats.add(image[:, band], z0, None if region is None else region[band])
+    return stats
+
+
 def scale_volume(
     image: np.ndarray, intensity: dict, mean: Sequence[float], std: Sequence[float],
     slab_size: int = 1, name: str | Path | None = None,
 ) -> np.ndarray:  # fmt: skip
     """Stored intensities `[C, Z, Y, X]` -> the net's input, float32 (the module docstring).
 
-    Every statistic is taken per channel over the whole volume (`percentile`: each channel's
-    own percentiles); NaN and infinite voxels count in none and are 0 in the result (the
-    normalised mean), logged with their count. `intensity["nonzero"]` (`zscore` only): each
-    channel's mean and spread over the non-zero region (`nonzero_region`), voxels outside it
-    stay 0 (nnU-Net's ZScoreNormalization with use_mask_for_norm).
+    Every statistic is taken per channel over the whole volume (`VolumeStatistics`); NaN
+    and infinite voxels count in none and are 0 in the result (the normalised mean),
+    logged with their count. `intensity["nonzero"]` (`zscore` only): each channel's mean
+    and spread over the non-zero region (`nonzero_region`), voxels outside it stay 0
+    (nnU-Net's ZScoreNormalization with use_mask_for_norm).
 
     Args:
         image: the volume, channels first, any numeric type.
@@ -78,36 +183,45 @@ def scale_volume(
         slab_size: `contract.slab` (the mean and std may list a value per slab slice).
         name: the file, for errors and the log.
     """
-    channels = image.shape[0]
-    mode = intensity.get("mode", "range")
-    x = image.astype(np.float32, copy=True)
-    bad = None if image.dtype.kind != "f" or np.isfinite(x).all() else ~np.isfinite(x)
-    if bad is not None:
+    nonzero = intensity.get("mode") == "zscore" and intensity.get("nonzero")
+    region = nonzero_region(image) if nonzero else None  # [Z, Y, X]
+    stats = volume_statistics(image, intensity, name, region)
+    if stats.bad:
         log.warning("%s: %d NaN or infinite voxel(s) left out of the intensity statistics and "
-                    "set to 0 (the normalised mean)", name or "a volume",
-                    int(bad.sum()))  # fmt: skip
+                    "set to 0 (the normalised mean)", name or "a volume", stats.bad)  # fmt: skip
+    return normalise_band(image, intensity, stats.scaling(), mean, std, slab_size, region)
+
+
+def normalise_band(
+    band: np.ndarray, intensity: dict, scaling: list, mean: Sequence[float],
+    std: Sequence[float], slab_size: int = 1, region: np.ndarray | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Stored intensities `[C, ...]` (a volume, a band of it, or a window) -> the net's
+    input float32, by the whole volume's `VolumeStatistics.scaling()`: the same values
+    wherever the part lies. `region`: the non-zero region of the part (`nonzero`)."""
+    channels = band.shape[0]
+    mode = intensity.get("mode", "range")
+    x = band.astype(np.float32, copy=True)
+    bad = None if band.dtype.kind != "f" or np.isfinite(x).all() else ~np.isfinite(x)
     if mode == "zscore":
-        region = nonzero_region(x) if intensity.get("nonzero") else None  # [Z, Y, X]
-        for c in range(channels):
-            keep = region
-            if bad is not None:
-                keep = ~bad[c] if keep is None else keep & ~bad[c]
-            values = x[c] if keep is None else x[c][keep]
-            mu = float(values.mean()) if values.size else 0.0
-            sigma = float(values.std()) if values.size else 1.0
+        for c, (mu, sigma) in enumerate(scaling):
             x[c] = (x[c] - np.float32(mu)) / np.float32(max(sigma, 1e-8))
             if region is not None:
                 x[c][~region] = 0.0
     else:
         if mode == "ct":
             np.clip(x, np.float32(intensity["low"]), np.float32(intensity["high"]), out=x)
+        elif mode == "percentile":
+            for c, (lo, hi) in enumerate(scaling):
+                x[c] = between(band[c], lo, hi)
         else:
             args = {k: v for k, v in intensity.items() if k not in ("mode", "nonzero")}
-            for c in range(channels):  # [Z, Y, X, 1]: one channel, channels last
-                scaled = to_unit_range(image[c][..., None], mode, **args, name=name)[..., 0]
+            for c in range(channels):  # [..., 1]: one channel, channels last
+                scaled = to_unit_range(band[c][..., None], mode, **args)[..., 0]
                 x[c] = scaled / 255.0 if scaled.dtype == np.uint8 else scaled
-        m = _per_channel(mean, channels, slab_size).reshape(-1, 1, 1, 1)
-        s = _per_channel(std, channels, slab_size).reshape(-1, 1, 1, 1)
+        shape = (-1,) + (1,) * (band.ndim - 1)
+        m = _per_channel(mean, channels, slab_size).reshape(shape)
+        s = _per_channel(std, channels, slab_size).reshape(shape)
         x = (x - m) / s
     if bad is not None:
         x[bad] = 0.0
@@ -195,6 +309,132 @@ def read_case_labels(
             f"{list(shape)}: a mask must have its image's grid"
         )
     return contract.encoding.encode(_whole_numbers(array, path), path)
+
+
+class CaseFiles:
+    """A case's channel files open for reading a band of z slices at a time
+    (`volumes.VolumeFile`), checked as `read_case_image` and `load_case` check them (every
+    file on the first one's grid, the contract's channel count): ValueErrors naming the
+    files. `normalised(z0, z1)` equals `load_case(..., resample=False).image[:, z0:z1]`
+    once `gather_statistics()` has taken one pass over the bands. A context manager.
+    """
+
+    def __init__(self, case: VolumeCase, contract: DataContract) -> None:
+        from unet_seg.data.volumes import VolumeFile
+
+        self.case, self.contract = case, contract
+        self.files: list[VolumeFile] = []
+        try:
+            problems = []
+            for path in case.images:
+                self.files.append(VolumeFile(path))
+                first, f = self.files[0], self.files[-1]
+                problem = geometry_mismatch(path, f.meta, first.path, first.meta, "channel file")
+                if problem:
+                    problems.append(problem)
+            if len(problems) == 1:
+                raise ValueError(problems[0])
+            if problems:
+                raise ProblemList(f"case {case.name}: {len(problems)} channel files off its "
+                                  "first channel's grid", problems)  # fmt: skip
+            channels = sum(1 if len(f.shape) == 3 else f.shape[3] for f in self.files)
+            expected = volume_channels(contract)
+            if channels != expected:
+                raise ValueError(
+                    f"{case.images[0]}: case {case.name} has {channels} channel(s), the data "
+                    f"contract {expected}: give every case the same channels (data.in_channels)"
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.meta: VolumeMeta = self.files[0].meta
+        self.shape = (channels, *self.meta.shape)
+        """`[C, Z, Y, X]`."""
+        self.dtype = np.result_type(*(f.dtype for f in self.files))
+        self.scaling: list | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether every file is read a band at a time (`VolumeFile.streamed`)."""
+        return all(f.streamed for f in self.files)
+
+    def stored(self, z0: int, z1: int) -> np.ndarray:
+        """The stored intensities of slices `z0..z1`, `[C, n, Y, X]` (`read_case_image`)."""
+        parts = []
+        for f in self.files:
+            band = f.read(z0, z1)  # [n, Y, X] or [n, Y, X, C]
+            parts.append(band[None] if band.ndim == 3 else np.moveaxis(band, -1, 0))
+        return np.concatenate(parts, axis=0)
+
+    def band_rows(self) -> int:
+        """Slices per band of at most `STATISTICS_BAND_VALUES` values per channel."""
+        return max(1, STATISTICS_BAND_VALUES // max(1, math.prod(self.shape[2:])))
+
+    def gather_statistics(self, progress: bool = False) -> None:
+        """One pass over the bands: the intensity statistics `normalised` scales by."""
+        from tqdm import tqdm
+
+        c = self.contract
+        if c.intensity.get("mode") == "zscore" and c.intensity.get("nonzero"):
+            raise ValueError(
+                f"case {self.case.name}: z-score over the non-zero region needs "
+                "the whole volume (its holes are filled in 3-D): not read in bands"
+            )
+        stats = VolumeStatistics(c.intensity, self.shape, self.case.images[0])
+        rows = self.band_rows()
+        for z0 in tqdm(range(0, self.shape[1], rows), desc=f"{self.case.name}: statistics",
+                       unit="band", leave=False, disable=not progress):  # fmt: skip
+            stats.add(self.stored(z0, z0 + rows), z0)
+        if stats.bad:
+            log.warning(
+                "%s: %d NaN or infinite voxel(s) left out of the intensity statistics "
+                "and set to 0 (the normalised mean)",
+                self.case.images[0],
+                stats.bad,
+            )
+        self.scaling = stats.scaling()
+
+    def normalised(self, z0: int, z1: int) -> np.ndarray:
+        """Slices `z0..z1` as the net's input, float32 `[C, n, Y, X]`."""
+        if self.scaling is None:
+            self.gather_statistics()
+        c = self.contract
+        return normalise_band(self.stored(z0, z1), c.intensity, self.scaling, c.mean, c.std,
+                              c.slab)  # fmt: skip
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> CaseFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Bands:
+    """A volume `[C, Z, Y, X]` that is read a band of z slices at a time, indexable as an
+    array (`bands[:, z0:z1, ...]`) for `blended_bands` and `SegModule.volume_label_bands`:
+    `read(z0, z1)` gives slices the band does not hold yet, and slices below a request
+    are let go. Requests move forward along z (both callers make them so); one that goes
+    back is read again."""
+
+    def __init__(self, read: Callable[[int, int], np.ndarray], shape: Sequence[int]) -> None:
+        self.read, self.shape = read, tuple(int(n) for n in shape)
+        self.top = 0
+        self.held = np.zeros((self.shape[0], 0, *self.shape[2:]), np.float32)
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        rows = index[1] if len(index) > 1 else slice(None)
+        z0, z1, _ = rows.indices(self.shape[1])
+        end = self.top + self.held.shape[1]
+        if z0 < self.top or z0 > end:  # behind the band, or past its end: start again
+            self.top, self.held, end = z0, self.held[:, :0], z0
+        if z1 > end:
+            self.held = np.concatenate([self.held[:, z0 - self.top :], self.read(end, z1)], axis=1)
+            self.top = z0
+        return self.held[(index[0], slice(z0 - self.top, z1 - self.top), *index[2:])]
 
 
 SPACING_TOLERANCE = 0.05

@@ -304,15 +304,23 @@ def _image_array(array: np.ndarray) -> np.ndarray:
 # --- NIfTI ------------------------------------------------------------------------------------
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
+def _load_nifti(path: Path, keep_file_open: bool = False) -> nib.Nifti1Image:
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)  # applies scl_slope/inter when the header has them
+        return nib.load(str(path), keep_file_open=keep_file_open)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken files
         raise ValueError(
             f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); replace the file"
         ) from err
-    header = image.header
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
+    image = _load_nifti(path)
+    try:
+        data = np.asanyarray(image.dataobj)  # applies scl_slope/inter when the header has them
+    except Exception as err:  # noqa: BLE001 - a truncated file fails here
+        raise ValueError(
+            f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}); replace the file"
+        ) from err
     if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, t=1, c): NIfTI's vector layout
         data = data[:, :, :, 0, :]
     if data.ndim == 2:
@@ -323,6 +331,12 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
             "channels (or time) last: save one volume per file"
         )
     array = np.ascontiguousarray(np.transpose(data, (2, 1, 0, *range(3, data.ndim))))
+    return array, _nifti_meta(image, array.shape[:3])
+
+
+def _nifti_meta(image: nib.Nifti1Image, shape: tuple[int, ...]) -> VolumeMeta:
+    """The geometry of a NIfTI image whose array reads as `[Z, Y, X]` = `shape`."""
+    header = image.header
     scale = _NIFTI_UNITS.get(header.get_xyzt_units()[0], 1.0)
     affine = np.array(image.affine, dtype=np.float64)
     affine[:3] *= scale
@@ -331,14 +345,13 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, VolumeMeta]:
         qform=_matrix(header.get_qform()), qform_code=int(header["qform_code"]),
         xyzt_units=int(header["xyzt_units"]),
     )  # fmt: skip
-    meta = VolumeMeta(
-        shape=tuple(int(n) for n in array.shape[:3]),
+    return VolumeMeta(
+        shape=tuple(int(n) for n in shape),
         spacing=_spacing_of(affine),
         affine=_matrix(affine),
         format="nifti",
         nifti=geometry,
     )
-    return array, meta
 
 
 def _nifti_header(geometry: NiftiGeometry, shape: tuple[int, ...]) -> nib.Nifti1Header:
@@ -370,20 +383,28 @@ def _spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return float(z), float(y), float(x)
 
 
-def _write_nifti(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
-    """The input's sform and qform as stored when `meta.affine` is still theirs; else (geometry
-    from another format, or an affine changed since reading) both from `meta.affine`."""
-    data = np.transpose(array, (2, 1, 0, *range(3, array.ndim)))  # (x, y, z[, c])
+def _output_nifti_header(meta: VolumeMeta, shape: tuple[int, ...], dtype: np.dtype
+                         ) -> nib.Nifti1Header:  # fmt: skip
+    """The header of a written volume of NIfTI `shape` `(x, y, z[, c])`: the input's sform
+    and qform as stored when `meta.affine` is still theirs; else (geometry from another
+    format, or an affine changed since reading) both from `meta.affine`."""
     geometry = meta.nifti
     if geometry is not None and _nifti_is_current(geometry, meta):
-        header = _nifti_header(geometry, data.shape)  # codes 0 stay 0: the same fallback
+        header = _nifti_header(geometry, shape)  # codes 0 stay 0: the same fallback
     else:
         header = nib.Nifti1Header()
+        header.set_data_shape(shape)
         affine = meta.affine_matrix()
         header.set_sform(affine, code=(geometry.sform_code if geometry else 0) or NIFTI_SCANNER)
         header.set_qform(affine, code=(geometry.qform_code if geometry else 0) or NIFTI_SCANNER)
         header.set_xyzt_units("mm")
-    header.set_data_dtype(array.dtype)
+    header.set_data_dtype(dtype)
+    return header
+
+
+def _write_nifti(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+    data = np.transpose(array, (2, 1, 0, *range(3, array.ndim)))  # (x, y, z[, c])
+    header = _output_nifti_header(meta, data.shape, array.dtype)
     image = nib.Nifti1Image(data, None, header=header, dtype=array.dtype)
     image.header.set_slope_inter(1.0, 0.0)
     image.update_header()
@@ -397,40 +418,50 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, VolumeMeta]:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            array = series.asarray()
-            axes = series.axes
-            in_series, pages = len(series.pages), len(tif.pages)
-            extra = [tif.pages[i] for i in range(in_series, pages)]
-            others = sum(not getattr(p, "is_reduced", False) for p in extra)
-            tags = tif.pages[0].tags
-            imagej = tif.imagej_metadata or {}
-            shaped = (tif.shaped_metadata or ({},))[0]
-            resolution = [_rational(tags, "YResolution"), _rational(tags, "XResolution")]
-            res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+            array, axes = series.asarray(), series.axes
+            _check_pages(tif, path)
+            array = _tiff_to_zyxc(array, axes, path)
+            return array, _tiff_meta(tif, array.shape[:3], path)
+    except ValueError:
+        raise
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for broken files
         raise ValueError(
             f"{path}: cannot be read as a TIFF stack ({type(err).__name__}: {err}); "
             "replace the file"
         ) from err
+
+
+def _check_pages(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse pages outside the first series (other sizes), but pyramid levels."""
+    series = tif.series[0]
+    in_series, pages = len(series.pages), len(tif.pages)
+    extra = [tif.pages[i] for i in range(in_series, pages)]
+    others = sum(not getattr(p, "is_reduced", False) for p in extra)
     if others:
         raise ValueError(
             f"{path}: {in_series + others} pages of different sizes; a volume's slices must all "
             "have one size: save them as one stack of equal pages"
         )
-    array = _tiff_to_zyxc(array, axes, path)
+
+
+def _tiff_meta(tif: tifffile.TiffFile, shape: tuple[int, ...], path: Path) -> VolumeMeta:
+    """The geometry of an open TIFF stack whose array reads as `[Z, Y, X]` = `shape`."""
+    tags = tif.pages[0].tags
+    imagej = tif.imagej_metadata or {}
+    shaped = (tif.shaped_metadata or ({},))[0]
+    resolution = [_rational(tags, "YResolution"), _rational(tags, "XResolution")]
+    res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
     spacing, assumed = _tiff_spacing(imagej, shaped, resolution, res_unit)
     if any(assumed):
         log.debug("%s: spacing (z, y, x) %s, assumed where %s", path, spacing, assumed)
     z, y, x = spacing
-    affine = np.diag([x, y, z, 1.0])
-    meta = VolumeMeta(
-        shape=tuple(int(n) for n in array.shape[:3]),
+    return VolumeMeta(
+        shape=tuple(int(n) for n in shape),
         spacing=spacing,
-        affine=_matrix(affine),
+        affine=_matrix(np.diag([x, y, z, 1.0])),
         format="tiff",
         spacing_assumed=assumed,
     )
-    return array, meta
 
 
 def _rational(tags: Any, name: str) -> float | None:
@@ -510,19 +541,31 @@ def _unit_mm(unit: Any) -> float | None:
     return _TO_MM.get(text.replace("\u00b5", "u").replace("\u03bc", "u"))
 
 
-def _write_tiff(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
+def _write_tiff(
+    path: Path | Any,
+    array: np.ndarray | Any,
+    meta: VolumeMeta,
+    shape: tuple[int, ...] | None = None,
+    dtype: np.dtype | None = None,
+) -> None:
+    """A TIFF stack in ImageJ's layout; `array` may be an iterator of `[Y, X]` pages with
+    `shape` `[Z, Y, X]` and `dtype` given (`write_volume_bands`)."""
     z, y, x = meta.spacing
-    axes = "ZCYX" if array.ndim == 4 else "ZYX"
-    data = np.moveaxis(array, 3, 1) if array.ndim == 4 else array  # ImageJ's hyperstack order
-    if array.dtype in (np.uint8, np.uint16, np.float32):
+    shape = tuple(array.shape) if shape is None else tuple(shape)
+    dtype = np.dtype(array.dtype if dtype is None else dtype)
+    axes = "ZCYX" if len(shape) == 4 else "ZYX"
+    if len(shape) == 4:  # ImageJ's hyperstack order
+        array, shape = np.moveaxis(array, 3, 1), (shape[0], shape[3], *shape[1:3])
+    if dtype in (np.uint8, np.uint16, np.float32):
         tifffile.imwrite(
-            path, data, imagej=True, resolution=(1.0 / x, 1.0 / y),
+            path, array, shape=shape, dtype=dtype, imagej=True, resolution=(1.0 / x, 1.0 / y),
             metadata={"spacing": z, "unit": "mm", "axes": axes},
         )  # fmt: skip
     else:  # pixel types ImageJ lacks: tifffile's shaped TIFF, the same keys in its JSON
         tifffile.imwrite(
-            path, data, photometric="minisblack", resolution=(10.0 / x, 10.0 / y),
-            resolutionunit="CENTIMETER", metadata={"spacing": z, "unit": "mm", "axes": axes},
+            path, array, shape=shape, dtype=dtype, photometric="minisblack",
+            resolution=(10.0 / x, 10.0 / y), resolutionunit="CENTIMETER",
+            metadata={"spacing": z, "unit": "mm", "axes": axes},
         )  # fmt: skip
 
 
@@ -578,3 +621,152 @@ def _write_itk(path: Path, array: np.ndarray, meta: VolumeMeta) -> None:
     image.SetDirection([float(v) for v in (lps / spacing_xyz).reshape(-1)])
     image.SetOrigin([float(v) for v in _LPS @ affine[:3, 3]])
     sitk.WriteImage(image, str(path), True)
+
+
+# --- A band of slices at a time ---------------------------------------------------------------
+
+
+class VolumeFile:
+    """A volume file open for reading `[Z, Y, X(, C)]` a band of z slices at a time, so that
+    a volume larger than memory is never read whole (`read(z0, z1)`, the same values as
+    `read_volume`'s array there): NIfTI, `.nii` and `.nii.gz` (nibabel reads the band's
+    bytes; a gzip stream is decompressed once, forward, as bands are read in order), and
+    TIFF stacks whose pages are the slices, any compression. Other files (ImageJ
+    hyperstacks with channels, SimpleITK formats, 2-D NIfTI) are read whole on opening:
+    `streamed` says which. Use as a context manager, or `close()`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._array: np.ndarray | None = None
+        self._nifti: nib.Nifti1Image | None = None
+        self._tiff: tifffile.TiffFile | None = None
+        kind = volume_format(self.path)
+        if kind == "nifti":
+            image = _load_nifti(self.path, keep_file_open=True)
+            stored = image.shape
+            if len(stored) in (3, 4) or (len(stored) == 5 and stored[3] == 1):
+                self._nifti = image
+                channels = stored[4 if len(stored) == 5 else 3 :]
+                self._read_shape = (stored[2], stored[1], stored[0], *channels)
+                self.meta = _nifti_meta(image, self._read_shape[:3])
+        elif kind == "tiff":
+            self._open_tiff()
+        if self._nifti is None and self._tiff is None:
+            self._array, self.meta = read_volume(self.path)
+            self._read_shape = self._array.shape
+        self.shape: tuple[int, ...] = tuple(int(n) for n in self._read_shape)
+        """`[Z, Y, X]` or `[Z, Y, X, C]`, as `read_volume` returns it."""
+        self.dtype = self.read(0, min(1, self.shape[0])).dtype
+
+    @property
+    def streamed(self) -> bool:
+        """Whether bands are read from the file (else the array was read whole)."""
+        return self._array is None
+
+    def _open_tiff(self) -> None:
+        try:
+            tif = tifffile.TiffFile(self.path)
+        except Exception as err:  # noqa: BLE001 - tifffile raises many types for broken files
+            raise ValueError(
+                f"{self.path}: cannot be read as a TIFF stack ({type(err).__name__}: {err}); "
+                "replace the file"
+            ) from err
+        series = tif.series[0]
+        kept = [(a, n) for a, n in zip(series.axes, series.shape, strict=True)
+                if n > 1 or a in "YX"]  # fmt: skip
+        names = "".join(a for a, _ in kept).replace("I", "Z").replace("Q", "Z")
+        slices = kept[0][1] if names[:1] == "Z" else 1
+        if names not in ("ZYX", "YX", "ZYXS", "YXS") or len(series.pages) != slices:
+            tif.close()  # not one page per slice: read whole
+            return
+        _check_pages(tif, self.path)
+        sizes = [n for _, n in kept]
+        self._read_shape = tuple(sizes) if names[0] == "Z" else (1, *sizes)
+        self.meta = _tiff_meta(tif, self._read_shape[:3], self.path)
+        self._tiff = tif
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices `z0..z1` (exclusive) as `[z1 - z0, Y, X(, C)]`."""
+        z0, z1 = max(0, z0), min(self._read_shape[0], z1)
+        if self._array is not None:
+            return self._array[z0:z1]
+        try:
+            if self._nifti is not None:
+                index = (slice(None), slice(None), slice(z0, z1))
+                if len(self._nifti.shape) == 5:
+                    index += (0,)
+                data = self._nifti.dataobj[index]  # (x, y, band[, c]), scaled as stored
+                return np.ascontiguousarray(np.transpose(data, (2, 1, 0, *range(3, data.ndim))))
+            data = self._tiff.asarray(key=range(z0, z1), series=0)
+            return np.ascontiguousarray(data.reshape(z1 - z0, *self._read_shape[1:]))
+        except Exception as err:  # noqa: BLE001 - a truncated file fails here
+            raise ValueError(
+                f"{self.path}: slices {z0}..{z1 - 1} cannot be read ({type(err).__name__}: "
+                f"{err}); replace the file"
+            ) from err
+
+    def close(self) -> None:
+        if self._tiff is not None:
+            self._tiff.close()
+        self._nifti = self._tiff = self._array = None
+
+    def __enter__(self) -> VolumeFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np.dtype) -> None:
+    """Write a label volume `[Z, Y, X]` of `dtype` that arrives as an iterator of bands of
+    z slices `[n, Y, X]`, in order, without holding it whole: NIfTI as its header and then
+    each band's bytes (NIfTI stores x fastest, z slowest: a band is a run of bytes; gzip as
+    a stream), TIFF a page per slice; SimpleITK formats are gathered and written whole.
+    The geometry is `write_volume`'s. Written to `<path>.partial` and renamed once
+    complete, so that an interrupted run leaves no half file under the output's name.
+    """
+    import gzip
+    import os
+
+    path, dtype = Path(path), np.dtype(dtype)
+    kind = volume_format(path)
+    z, y, x = (int(n) for n in meta.shape)
+    written = 0
+
+    def checked() -> Any:
+        nonlocal written
+        for band in bands:
+            if band.ndim != 3 or tuple(band.shape[1:]) != (y, x) or written + len(band) > z:
+                raise ValueError(f"{path}: band of shape {band.shape} after {written} of {z} "
+                                 f"slices of [{y}, {x}]")  # fmt: skip
+            written += len(band)
+            yield np.ascontiguousarray(band, dtype=dtype)
+
+    partial = path.with_name(path.name + ".partial")
+    try:
+        if kind == "nifti":
+            header = _output_nifti_header(meta, (x, y, z), dtype)
+            header.set_slope_inter(1.0, 0.0)
+            opener = gzip.open(partial, "wb", compresslevel=1) if path.name.lower().endswith(
+                ".gz") else open(partial, "wb")  # fmt: skip
+            with opener as f:
+                header.write_to(f)
+                f.write(b"\0" * (int(header["vox_offset"]) - f.tell()))
+                for band in checked():
+                    f.write(band.tobytes())  # [n, Y, X] C order: x fastest, as NIfTI stores
+        elif kind == "tiff":
+            pages = (page for band in checked() for page in band)
+            with open(partial, "wb") as f:
+                _write_tiff(f, pages, meta, shape=(z, y, x), dtype=dtype)
+        else:
+            whole = np.empty((z, y, x), dtype)
+            for band in checked():
+                whole[written - len(band) : written] = band
+            write_volume(path, whole, meta, labels=True)  # not streamed
+            return
+        if written != z:
+            raise ValueError(f"{path}: {written} of {z} slices were given")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
