@@ -243,9 +243,10 @@ def test_streamed_prediction_writes_what_the_whole_prediction_writes(
     for stream in (True, False):
         for tta in ("none", "flips"):
             largest.clear()
+            out = tmp_path / f"out_{stream}_{tta}"
             with caplog.at_level(logging.INFO, logger="unet_seg.volume_eval"):
-                (path,) = predict(config(ckpt=ckpt, input=tmp_path / "in", device="cpu", tta=tta,
-                                         output=tmp_path / f"out_{stream}_{tta}", stream=stream))  # fmt: skip
+                (path,) = predict(config(ckpt=ckpt, input=tmp_path / "in", device="cpu",
+                                         tta=tta, output=out, stream=stream))  # fmt: skip
             written[stream, tta] = read_volume(path)
             if stream:
                 assert max(largest) < 23  # never the whole volume at once
