@@ -348,6 +348,11 @@ def test_streamed_volume_loss_equals_the_whole_volume_loss(
         assert len(seen) == (7 if chunk_bytes == 1 else 3)
         assert torch.equal(torch.cat([lab for lab, _ in seen]), whole_labels)
         assert torch.equal(torch.cat([t for _, t in seen]), masks)
+    # bands of a few slices (as `volume_probability_bands` yields them): the same loss
+    bands = [(0, probs[:, :2]), (2, probs[:, 2:3]), (3, probs[:, 3:])]
+    got = streamed_volume_loss(iter(bands), masks, loss_fn, "cpu", sigmoid=sigmoid,
+                               chunk_bytes=4 * k * 5 * 6 * 2)  # fmt: skip
+    assert float(got) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
 
 
 def test_volume_validation_keeps_the_volume_off_the_device_and_scores_as_before(
@@ -373,7 +378,8 @@ def test_volume_validation_keeps_the_volume_off_the_device_and_scores_as_before(
     shape = (6, 8, 8)
     probs = torch.softmax(torch.randn(3, *shape), dim=0)
     masks = torch.randint(0, 3, shape)
-    module.volume_probabilities = lambda v, **_: probs
+    module.volume_probabilities = None  # the whole volume's probabilities are never asked for
+    module.volume_probability_bands = lambda v, **_: iter([(0, probs[:, :2]), (2, probs[:, 2:])])
     calls: list[int] = []
     real = streamed_volume_loss
 

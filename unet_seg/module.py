@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -194,7 +194,18 @@ class SegModule(pl.LightningModule):
         batch_size: int = 2, progress: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:  # fmt: skip
         """Class indices uint8 of a normalised volume `[C, Z, Y, X]` one band of z slices at a
-        time, in order: `(first slice, labels [n, Y, X])`. `source`: an array, or
+        time, in order: `(first slice, labels [n, Y, X])`, the argmax of
+        `volume_probability_bands`."""
+        for top, probs in self.volume_probability_bands(source, tta, overlap, batch_size,
+                                                        progress):  # fmt: skip
+            yield top, probs.argmax(0).to(torch.uint8).numpy()
+
+    def volume_probability_bands(
+        self, source: Tensor | np.ndarray | object, tta: str = "none", overlap: float = 0.5,
+        batch_size: int = 2, progress: bool = False,
+    ) -> Iterator[tuple[int, Tensor]]:  # fmt: skip
+        """`volume_probabilities` one band of z slices at a time, in order: `(first slice,
+        probabilities [K, n, Y, X] float32 on the CPU)`. `source`: an array, or
         `volume_dataset.Bands` reading the volume from its files. A 3-D net's windows are
         blended band by band (`blended_bands`): beside the input, a band of about one
         patch of slices. A 2-D or 2.5-D net's slices along z run a chunk at a time
@@ -206,15 +217,12 @@ class SegModule(pl.LightningModule):
         k = max(c.num_classes, 2)
         options = {"tta": tta, "overlap": overlap, "batch_size": batch_size}
         if c.dims == 3:
-            for top, band in blended_bands(self._window_probabilities, source, c.patch, k,
-                                           overlap, batch_size, self.device, tta,
-                                           progress):  # fmt: skip
-                yield top, band.argmax(0).to(torch.uint8).numpy()
+            yield from blended_bands(self._window_probabilities, source, c.patch, k, overlap,
+                                     batch_size, self.device, tta, progress)  # fmt: skip
             return
         if c.slice_axis != 0:
             volume = torch.as_tensor(np.asarray(source[:, :]))
-            probs = self.volume_probabilities(volume, progress=progress, **options)
-            yield 0, probs.argmax(0).to(torch.uint8).numpy()
+            yield 0, self.volume_probabilities(volume, progress=progress, **options)
             return
         depth, half = source.shape[1], c.slab // 2
         chunk = max(1, SLICE_CHUNK_VALUES // max(1, c.in_channels * math.prod(source.shape[2:])))
@@ -224,16 +232,17 @@ class SegModule(pl.LightningModule):
             low = int(index[0])
             part = np.asarray(source[:, low : int(index[-1]) + 1])[:, index - low]
             probs = self.volume_probabilities(torch.from_numpy(part), **options)
-            yield first, probs[:, half : half + last - first].argmax(0).to(torch.uint8).numpy()
+            yield first, probs[:, half : half + last - first]
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
-        """Validation or test on whole volumes (batches of one): the net's probabilities by
-        `volume_probabilities` (stitched on the CPU), then the loss of their logarithms (the
-        logits of the same probabilities), the pooled scores and this volume's per-class
-        Dice (`VolumeDice`), streamed through the device a chunk of z slices at a time
-        (`streamed_volume_loss`): no whole-volume tensor is ever on the device."""
+        """Validation or test on whole volumes (batches of one): the net's probabilities a
+        band of z slices at a time (`volume_probability_bands`, on the CPU), then the loss of
+        their logarithms (the logits of the same probabilities), the pooled scores and this
+        volume's per-class Dice (`VolumeDice`), streamed through the device a chunk of each
+        band at a time (`streamed_volume_loss`): the whole volume's probabilities never
+        exist, and no whole-volume tensor is ever on the device."""
         masks = batch["mask"]  # [1, Z, Y, X], on the CPU (`transfer_batch_to_device`)
-        probs = self.volume_probabilities(batch["image"][0])  # [K, Z, Y, X], CPU
+        probs = self.volume_probability_bands(batch["image"][0])  # bands [K, n, Y, X], CPU
         scores = getattr(self, f"{stage}_scores")
         counts = torch.zeros(3, self.contract.num_classes, dtype=torch.long, device=self.device)
 
@@ -519,7 +528,7 @@ VOLUME_CHUNK_BYTES = 64 * 2**20
 
 
 def streamed_volume_loss(
-    probs: Tensor,
+    probs: Tensor | Iterable[tuple[int, Tensor]],
     masks: Tensor,
     loss_fn: nn.Module,
     device: torch.device | str,
@@ -536,7 +545,9 @@ def streamed_volume_loss(
     intersection and cardinality over chunks, finished once.
 
     Args:
-        probs: `[K, Z, Y, X]` class probabilities (K >= 2), on the CPU (`sliding_window`).
+        probs: `[K, Z, Y, X]` class probabilities (K >= 2), on the CPU (`sliding_window`),
+            or their bands `(first slice, [K, n, Y, X])` in any order that covers the
+            volume once (`SegModule.volume_probability_bands`).
         masks: `[Z, Y, X]` int64 class indices, `IGNORE_INDEX` where unlabelled, any device.
         loss_fn: `CEDiceLoss`, or a `DeepSupervisionLoss` of one (its per-head loss).
         device: where each chunk is computed.
@@ -550,16 +561,16 @@ def streamed_volume_loss(
     loss = loss_fn.loss if isinstance(loss_fn, DeepSupervisionLoss) else loss_fn
     if not isinstance(loss, CEDiceLoss):
         raise TypeError(f"streamed_volume_loss: {type(loss).__name__} is not a CEDiceLoss")
-    k, depth = probs.shape[0], probs.shape[1]
-    per_slice = 4 * k * max(1, probs[0, 0].numel())
-    step = max(1, chunk_bytes // per_slice)
+    bands = [(0, probs)] if isinstance(probs, Tensor) else probs
     zero = torch.zeros((), device=device)
     ce_num, ce_den = zero, zero
-    inter = card_p = card_t = torch.zeros(k, device=device)
+    inter = card_p = card_t = None
     weights = None if loss.class_weights is None else loss.class_weights.to(device)
-    for z in range(0, depth, step):
-        p = probs[:, z : z + step].to(device, torch.float32)[None].clamp_min(1e-7)
-        t = masks[z : z + step].to(device)[None]  # [1, z, Y, X]
+    for p, t in _chunks(bands, masks, chunk_bytes):
+        p = p.to(device, torch.float32)[None].clamp_min(1e-7)
+        t = t.to(device)[None]  # [1, z, Y, X]
+        if inter is None:
+            inter = card_p = card_t = torch.zeros(p.shape[1], device=device)
         logits = (p[:, 1:] / p[:, :1]).log() if sigmoid else p.log()
         valid = t != IGNORE_INDEX
         if loss.ce_weight:
@@ -584,6 +595,19 @@ def streamed_volume_loss(
             dice = dice[1:]
         total = total + loss.dice_weight * (1 - dice.mean())
     return total
+
+
+def _chunks(
+    bands: Iterable[tuple[int, Tensor]], masks: Tensor, chunk_bytes: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """`(probabilities [K, z, Y, X], truth [z, Y, X])` of at most `chunk_bytes`
+    of float32 probabilities (at least one slice), cut from each band in turn."""
+    for top, band in bands:
+        per_slice = 4 * band.shape[0] * max(1, band[0, 0].numel())
+        step = max(1, chunk_bytes // per_slice)
+        for z in range(0, band.shape[1], step):
+            p = band[:, z : z + step]
+            yield p, masks[top + z : top + z + p.shape[1]]
 
 
 def _ce_sums(

@@ -1,10 +1,12 @@
-"""Peak memory of `predict` on one large volume: labels decided band by band against the
-whole probabilities (`probabilities=true`, which writes them and so needs them whole).
+"""Peak memory of `predict` on one large volume, three ways: the whole probabilities
+(`probabilities=true`, which writes them and so needs them whole), labels decided band by
+band from the input read whole (`stream=false`), and the input read, normalised, predicted
+and written a band of slices at a time (`stream=true`).
 
-Writes one synthetic NIfTI volume (float32, 1 mm), saves an untrained small 3-D U-Net
-(3 classes) as a checkpoint, and runs `python -m unet_seg.predict` on it twice in fresh
-processes; prints each run's peak RSS (VmHWM, from the log line predict writes) and whether
-the two label volumes agree.
+Writes one synthetic NIfTI volume (float32, 1 mm, uncompressed), saves an untrained small
+3-D U-Net (3 classes) as a checkpoint, and runs `python -m unet_seg.predict` on it in fresh
+processes; prints each run's peak RSS (from the log line predict writes) and whether the
+label volumes agree.
 
     OMP_NUM_THREADS=1 python experiments/volume_memory/predict.py --root /tmp/volpred
 """
@@ -62,7 +64,9 @@ def main() -> None:
     mib = data.nbytes / 2**20
     print(f"volume {args.shape} float32: {mib:.0f} MiB; 3 classes; patch {args.patch}")  # noqa: T201
     results = {}
-    for name, extra in (("whole probabilities", ["probabilities=true"]), ("bands", [])):
+    arms = (("whole probabilities", ["probabilities=true"]), ("bands", ["stream=false"]),
+            ("streamed", ["stream=true"]))  # fmt: skip
+    for name, extra in arms:
         out = args.root / name.replace(" ", "_")
         start = time.perf_counter()
         proc = subprocess.run(
@@ -77,8 +81,9 @@ def main() -> None:
         labels = np.asanyarray(nib.load(str(out / "case.nii")).dataobj)
         results[name] = labels
         print(f"{name:22s} peak RSS {float(peak.group(1)):.2f} GiB  {seconds:.0f} s")  # noqa: T201
-    same = np.mean(results["bands"] == results["whole probabilities"])
-    print(f"label volumes agree on {100 * same:.4f}% of voxels")  # noqa: T201
+    for name in ("bands", "streamed"):
+        same = np.mean(results[name] == results["whole probabilities"])
+        print(f"{name}: labels agree with the whole probabilities' on {100 * same:.4f}% of voxels")  # noqa: T201
 
 
 if __name__ == "__main__":
