@@ -304,3 +304,23 @@ def test_stream_true_is_refused_by_name_where_the_whole_volume_is_needed(tmp_pat
         check_options(config(ckpt=ckpt, stream=True), "predict", False)
     with pytest.raises(ValueError, match="stream=sometimes: choose auto, true or false"):
         check_options(config(ckpt=ckpt, stream="sometimes"), "predict", True)
+
+
+def test_peak_memory_is_the_process_own_not_its_parents() -> None:
+    """A child started by `subprocess` inherits its parent's `ru_maxrss` (Linux keeps the
+    high-water mark of the forked image across exec): `peak_memory` reports VmHWM, the
+    child's own, so a parent holding 1.5 GiB does not show in the child's figure."""
+    import re
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("VmHWM is Linux's /proc/self/status")
+    held = np.ones(3 * 2**27, np.float32)  # 1.5 GiB, every page touched
+    code = ("import resource; from unet_seg.volume_eval import peak_memory; print(peak_memory()); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split("\n")  # fmt: skip
+    del held
+    own = float(re.search(r"peak memory \(RSS\) ([0-9.]+) GiB", out[0]).group(1))
+    assert own < 1.2, f"child's peak {own} GiB; ru_maxrss says {out[1]} GiB"  # imports: ~0.5

@@ -180,10 +180,18 @@ def _predicted_labels(module: SegModule, loaded: LoadedCase, cfg: DictConfig) ->
 
 
 def peak_memory() -> str:
-    """This process's peak resident memory so far, for the log (Linux `ru_maxrss`, KiB)."""
-    import resource
+    """This process's peak resident memory so far, for the log: Linux's VmHWM, the high-water
+    mark of this program's own memory (`ru_maxrss` would also count a parent's memory that
+    a `subprocess` child shares between its fork and exec); `ru_maxrss` where there is no
+    /proc."""
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        import resource
 
-    return f"peak memory (RSS) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"peak memory (RSS) {kib / 2**20:.2f} GiB"
 
 
 def _labels(probs: np.ndarray, cfg: DictConfig) -> np.ndarray:

@@ -5,7 +5,7 @@ and written a band of slices at a time (`stream=true`).
 
 Writes one synthetic NIfTI volume (float32, 1 mm, uncompressed), saves an untrained small
 3-D U-Net (3 classes) as a checkpoint, and runs `python -m unet_seg.predict` on it in fresh
-processes; prints each run's peak RSS (from the log line predict writes) and whether the
+processes; prints each run's peak RSS (VmHWM, from the log line predict writes) and whether the
 label volumes agree.
 
     OMP_NUM_THREADS=1 python experiments/volume_memory/predict.py --root /tmp/volpred
@@ -62,6 +62,7 @@ def main() -> None:
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(volume))
     ckpt = checkpoint(args.root / "net.ckpt", args.patch)
     mib = data.nbytes / 2**20
+    del data  # the children report their own peak (VmHWM), but keep this process small too
     print(f"volume {args.shape} float32: {mib:.0f} MiB; 3 classes; patch {args.patch}")  # noqa: T201
     results = {}
     arms = (("whole probabilities", ["probabilities=true"]), ("bands", ["stream=false"]),
