@@ -7,6 +7,9 @@
   gets a label volume written with the input's own geometry (affine, sform and qform,
   spacing) in the input's format, so it opens aligned over the image in 3D Slicer or
   ITK-SNAP; label values are the dataset's mask values.
+- A volume too large to predict whole (`stream=auto`: more than a quarter of the memory
+  available; `stream=true`) is read, normalised, predicted and written a band of z slices
+  at a time (`CaseFiles`, `Bands`, `SegModule.volume_label_bands`, `write_volume_bands`).
 - `evaluate_volumes`: per volume and class, Dice, IoU, HD95 and the mean surface distance
   in millimetres (`unet_seg.surface`); a per-volume CSV, the mean over volumes per class
   (a structure missed scores the worst distance, the volume's diagonal, never NaN), and
@@ -256,11 +259,12 @@ def _streams(cfg: DictConfig, files: CaseFiles, refusal: str | None) -> tuple[bo
     if choice is True:
         return True, "stream=true"
     available = available_memory()
-    on = available is None or needed > CACHE_SHARE * available
-    room = "unknown" if available is None else f"{available / 2**30:.1f} GiB"
+    if available is None:  # not Linux: the memory available is unknown
+        return False, "the memory available could not be read (stream=true reads in bands)"
+    on = needed > CACHE_SHARE * available
     more = "more" if on else "no more"
     return on, (f"whole it would take {needed / 2**30:.2f} GiB, {more} than "
-                f"{CACHE_SHARE:.0%} of the {room} available")  # fmt: skip
+                f"{CACHE_SHARE:.0%} of the {available / 2**30:.1f} GiB available")  # fmt: skip
 
 
 def _predict_in_bands(module: SegModule, files: CaseFiles, cfg: DictConfig, target: Path) -> None:
@@ -296,6 +300,8 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
         try:
             with CaseFiles(case, contract) as files:
                 stream, why = _streams(cfg, files, refusal)
+                if cfg.get("stream") is True and not stream:
+                    log.warning("%s: predicted whole, not in bands: %s", case.name, why)
                 if stream:
                     log.info("%s: read, predicted and written in bands of slices (%s)",
                              case.name, why)  # fmt: skip

@@ -17,6 +17,9 @@ Intensity (`contract.intensity["mode"]`), nnU-Net's rules:
 - `range`, `percentile`, `fixed`: the 2-D rules (`readers.to_unit_range`) per channel
   over the whole volume, then `(x - mean) / std`.
 NaN and infinite voxels count in no statistic and are 0 after normalisation (`scale_volume`).
+Every statistic is gathered band by band of z slices (`VolumeStatistics`) and applied by
+`normalise_band` to any part, so a volume read a band at a time from its files (`CaseFiles`,
+for `predict stream=`) is normalised exactly as one read whole.
 """
 
 from __future__ import annotations
