@@ -18,7 +18,7 @@ import torch
 from tests.test_predict import config, volume_checkpoint, write_nifti
 from unet_seg.data.contract import DataContract
 from unet_seg.data.volume_cases import VolumeCase
-from unet_seg.data.volume_dataset import Bands, CaseFiles, load_case
+from unet_seg.data.volume_dataset import Bands, CaseFiles, load_case, statistics_rows
 from unet_seg.data.volumes import VolumeFile, read_volume, write_volume, write_volume_bands
 from unet_seg.predict import predict
 
@@ -149,7 +149,7 @@ def test_statistics_gathered_in_bands_normalise_as_the_whole_volume(
     whole = load_case(case, contract, resample=False).image
     monkeypatch.setattr(vd, "STATISTICS_BAND_VALUES", 3 * 20 * 22)  # bands of 3 slices
     with CaseFiles(case, contract) as files:
-        assert files.band_rows() == 3 and files.shape == (2, *shape)
+        assert statistics_rows(files.shape) == 3 and files.shape == (2, *shape)
         banded = np.concatenate([files.normalised(z, z + 5) for z in range(0, shape[0], 5)], 1)
     assert np.isfinite(banded).all()
     np.testing.assert_allclose(banded, whole, rtol=1e-6, atol=1e-6)

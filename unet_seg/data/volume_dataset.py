@@ -155,17 +155,29 @@ class VolumeStatistics:
         return out
 
 
+def statistics_rows(shape: Sequence[int]) -> int:
+    """Slices per band of a `[C, Z, Y, X]` volume that `volume_statistics` reads at once."""
+    return max(1, STATISTICS_BAND_VALUES // max(1, math.prod(int(n) for n in shape[2:])))
+
+
 def volume_statistics(
-    image: np.ndarray, intensity: dict, name: str | Path | None = None,
-    region: np.ndarray | None = None,
-) -> VolumeStatistics:  # fmt: skip
-    """`VolumeStatistics` of a volume `[C, Z, Y, X]` in memory, a band at a time."""
-    stats = VolumeStatistics(intensity, image.shape, name)
-    rows = max(1, STATISTICS_BAND_VALUES // max(1, stats.plane))
-    for z0 in range(0, image.shape[1], rows):
-        band = slice(z0, z0 + rows)
-        stats.add(image[:, band], z0, None if region is None else region[band])
-    return stats
+    read: Callable[[int, int], np.ndarray], shape: Sequence[int], intensity: dict,
+    name: str | Path | None = None, region: np.ndarray | None = None, progress: bool = False,
+) -> list:  # fmt: skip
+    """`VolumeStatistics.scaling()` of a volume `[C, Z, Y, X]` that `read(z0, z1)` gives a
+    band of stored slices at a time (an array in memory, or `CaseFiles.stored`); NaN and
+    infinite voxels logged with their count."""
+    from tqdm import tqdm
+
+    stats = VolumeStatistics(intensity, shape, name)
+    rows = statistics_rows(shape)
+    for z0 in tqdm(range(0, shape[1], rows), desc=f"{Path(str(name)).name}: statistics",
+                   unit="band", leave=False, disable=not progress):  # fmt: skip
+        stats.add(read(z0, z0 + rows), z0, None if region is None else region[z0 : z0 + rows])
+    if stats.bad:
+        log.warning("%s: %d NaN or infinite voxel(s) left out of the intensity statistics and "
+                    "set to 0 (the normalised mean)", name or "a volume", stats.bad)  # fmt: skip
+    return stats.scaling()
 
 
 def scale_volume(
@@ -188,11 +200,9 @@ def scale_volume(
     """
     nonzero = intensity.get("mode") == "zscore" and intensity.get("nonzero")
     region = nonzero_region(image) if nonzero else None  # [Z, Y, X]
-    stats = volume_statistics(image, intensity, name, region)
-    if stats.bad:
-        log.warning("%s: %d NaN or infinite voxel(s) left out of the intensity statistics and "
-                    "set to 0 (the normalised mean)", name or "a volume", stats.bad)  # fmt: skip
-    return normalise_band(image, intensity, stats.scaling(), mean, std, slab_size, region)
+    scaling = volume_statistics(lambda z0, z1: image[:, z0:z1], image.shape, intensity, name,
+                                region)  # fmt: skip
+    return normalise_band(image, intensity, scaling, mean, std, slab_size, region)
 
 
 def normalise_band(
@@ -264,26 +274,10 @@ class LoadedCase:
 
 def read_case_image(case: VolumeCase) -> tuple[np.ndarray, VolumeMeta]:
     """The stored intensities of a case `[C, Z, Y, X]` (its channel files stacked) and the
-    geometry of its first file. Every channel file must lie on the first one's grid (shape,
-    spacing, origin, orientation: `volumes.geometry_mismatch`); a ValueError lists each
-    file that does not."""
-    arrays, problems = [], []
-    first, meta = case.images[0], None
-    for path in case.images:
-        array, m = read_volume(path)
-        meta = meta or m
-        problem = geometry_mismatch(path, m, first, meta, "channel file")
-        if problem:
-            problems.append(problem)
-            continue
-        # [Z, Y, X] -> [1, Z, Y, X]; [Z, Y, X, C] -> [C, Z, Y, X]
-        arrays.append(array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0))
-    if len(problems) == 1:
-        raise ValueError(problems[0])
-    if problems:
-        raise ProblemList(f"case {case.name}: {len(problems)} channel files off its first "
-                          "channel's grid", problems)  # fmt: skip
-    return np.concatenate(arrays, axis=0), meta
+    geometry of its first file, every channel file checked against the first one's grid
+    (`CaseFiles`)."""
+    with CaseFiles(case) as files:
+        return files.stored(0, files.shape[1]), files.meta
 
 
 def read_case_labels(
@@ -316,13 +310,15 @@ def read_case_labels(
 
 class CaseFiles:
     """A case's channel files open for reading a band of z slices at a time
-    (`volumes.VolumeFile`), checked as `read_case_image` and `load_case` check them (every
-    file on the first one's grid, the contract's channel count): ValueErrors naming the
-    files. `normalised(z0, z1)` equals `load_case(..., resample=False).image[:, z0:z1]`
-    once `gather_statistics()` has taken one pass over the bands. A context manager.
+    (`volumes.VolumeFile`; `read_case_image` and `load_case` read the whole through it).
+    Every file must lie on the first one's grid (shape, spacing, origin, orientation:
+    `volumes.geometry_mismatch`), and with a `contract` the case must have its channel
+    count: ValueErrors naming the files. `normalised(z0, z1)` equals
+    `load_case(..., resample=False).image[:, z0:z1]` once `gather_statistics()` has taken
+    one pass over the bands. A context manager.
     """
 
-    def __init__(self, case: VolumeCase, contract: DataContract) -> None:
+    def __init__(self, case: VolumeCase, contract: DataContract | None = None) -> None:
         from unet_seg.data.volumes import VolumeFile
 
         self.case, self.contract = case, contract
@@ -341,8 +337,8 @@ class CaseFiles:
                 raise ProblemList(f"case {case.name}: {len(problems)} channel files off its "
                                   "first channel's grid", problems)  # fmt: skip
             channels = sum(1 if len(f.shape) == 3 else f.shape[3] for f in self.files)
-            expected = volume_channels(contract)
-            if channels != expected:
+            expected = None if contract is None else volume_channels(contract)
+            if expected is not None and channels != expected:
                 raise ValueError(
                     f"{case.images[0]}: case {case.name} has {channels} channel(s), the data "
                     f"contract {expected}: give every case the same channels (data.in_channels)"
@@ -362,40 +358,24 @@ class CaseFiles:
         return all(f.streamed for f in self.files)
 
     def stored(self, z0: int, z1: int) -> np.ndarray:
-        """The stored intensities of slices `z0..z1`, `[C, n, Y, X]` (`read_case_image`)."""
+        """The stored intensities of slices `z0..z1`, `[C, n, Y, X]`, the files' channels
+        stacked in order."""
         parts = []
         for f in self.files:
             band = f.read(z0, z1)  # [n, Y, X] or [n, Y, X, C]
             parts.append(band[None] if band.ndim == 3 else np.moveaxis(band, -1, 0))
         return np.concatenate(parts, axis=0)
 
-    def band_rows(self) -> int:
-        """Slices per band of at most `STATISTICS_BAND_VALUES` values per channel."""
-        return max(1, STATISTICS_BAND_VALUES // max(1, math.prod(self.shape[2:])))
-
     def gather_statistics(self, progress: bool = False) -> None:
         """One pass over the bands: the intensity statistics `normalised` scales by."""
-        from tqdm import tqdm
-
         c = self.contract
         if c.intensity.get("mode") == "zscore" and c.intensity.get("nonzero"):
             raise ValueError(
                 f"case {self.case.name}: z-score over the non-zero region needs "
                 "the whole volume (its holes are filled in 3-D): not read in bands"
             )
-        stats = VolumeStatistics(c.intensity, self.shape, self.case.images[0])
-        rows = self.band_rows()
-        for z0 in tqdm(range(0, self.shape[1], rows), desc=f"{self.case.name}: statistics",
-                       unit="band", leave=False, disable=not progress):  # fmt: skip
-            stats.add(self.stored(z0, z0 + rows), z0)
-        if stats.bad:
-            log.warning(
-                "%s: %d NaN or infinite voxel(s) left out of the intensity statistics "
-                "and set to 0 (the normalised mean)",
-                self.case.images[0],
-                stats.bad,
-            )
-        self.scaling = stats.scaling()
+        self.scaling = volume_statistics(self.stored, self.shape, c.intensity,
+                                         self.case.images[0], progress=progress)  # fmt: skip
 
     def normalised(self, z0: int, z1: int) -> np.ndarray:
         """Slices `z0..z1` as the net's input, float32 `[C, n, Y, X]`."""
@@ -481,13 +461,8 @@ def resample_labels(labels: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 def load_case(case: VolumeCase, contract: DataContract, resample: bool = True) -> LoadedCase:
     """Read, check and normalise one case (`labels` None when it has no mask); with
     `resample`, at the contract's spacing (`resampled_shape`; `meta` stays the file's)."""
-    stored, meta = read_case_image(case)
-    expected = volume_channels(contract)
-    if stored.shape[0] != expected:
-        raise ValueError(
-            f"{case.images[0]}: case {case.name} has {stored.shape[0]} channel(s), the data "
-            f"contract {expected}: give every case the same channels (data.in_channels)"
-        )
+    with CaseFiles(case, contract) as files:  # the grid and the channel count checked
+        stored, meta = files.stored(0, files.shape[1]), files.meta
     image = scale_volume(stored, contract.intensity, contract.mean, contract.std,
                          contract.slab, case.images[0])  # fmt: skip
     labels = None

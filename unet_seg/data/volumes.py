@@ -701,9 +701,10 @@ class VolumeFile:
             data = self._tiff.asarray(key=range(z0, z1), series=0)
             return np.ascontiguousarray(data.reshape(z1 - z0, *self._read_shape[1:]))
         except Exception as err:  # noqa: BLE001 - a truncated file fails here
-            raise ValueError(
-                f"{self.path}: slices {z0}..{z1 - 1} cannot be read ({type(err).__name__}: "
-                f"{err}); replace the file"
+            what = "NIfTI" if self._nifti is not None else "a TIFF stack"
+            raise ValueError(  # `read_volume`'s words, the slices added
+                f"{self.path}: cannot be read as {what} ({type(err).__name__}: {err}; "
+                f"slices {z0}..{z1 - 1}); replace the file"
             ) from err
 
     def close(self) -> None:
