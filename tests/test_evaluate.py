@@ -238,7 +238,7 @@ def trained_and_evaluated(
 
     module = SegModule.from_checkpoint(ckpt)
     for truth, pred in volumes.values():
-        module.volume_probabilities = lambda v, p=pred, **_: onehot(p).float()
+        module.volume_probability_bands = lambda v, p=pred, **_: iter([(0, onehot(p).float())])
         batch = {"image": torch.zeros(1, 1, *truth.shape),
                  "mask": torch.from_numpy(truth).long()[None]}  # fmt: skip
         module.validation_step(batch, 0)

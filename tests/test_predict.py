@@ -378,11 +378,11 @@ def test_volume_postprocessing_acts_in_3d(
     assert largest[5, 10, 10] == 0 and largest[1, 1, 1] == 1
     assert postprocess_volume(labels, {}) is labels  # nothing asked: untouched
 
-    def probabilities(self, volume: torch.Tensor, **options: object) -> torch.Tensor:
+    def probability_bands(self, volume: torch.Tensor, *args: object, **options: object):  # noqa: ANN202
         onehot = torch.from_numpy(speck).long()
-        return torch.stack([1.0 - onehot, onehot.float()]).float()
+        yield 0, torch.stack([1.0 - onehot, onehot.float()]).float()  # one band: the volume
 
-    monkeypatch.setattr(SegModule, "volume_probabilities", probabilities)
+    monkeypatch.setattr(SegModule, "volume_probability_bands", probability_bands)
     source = write_nifti(tmp_path / "a.nii.gz", np.zeros(speck.shape, np.float32))
     (plain,) = predict(config(ckpt=volume_ckpt, input=source, output=tmp_path / "plain"))
     (cleaned,) = predict(config(ckpt=volume_ckpt, input=source, output=tmp_path / "clean",

@@ -6,7 +6,6 @@ It is the one place logits become probabilities, labels or instances.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -167,10 +166,14 @@ class SegModule(pl.LightningModule):
             return sliding_window(predict, volume, c.patch, k, overlap=overlap,
                                   batch_size=batch_size, device=self.device, tta=tta,
                                   progress=progress)  # fmt: skip
-        window = [max(c.crop_size or 0, SLICE_TILE)] * 2  # as a 2-D image is tiled
-        return slicewise(predict, volume, c.slice_axis, c.slab, k, patch=window,
+        return slicewise(predict, volume, c.slice_axis, c.slab, k, patch=self._slice_window(),
                          overlap=overlap, batch_size=4 * batch_size, device=self.device,
                          tta=tta, progress=progress)  # fmt: skip
+
+    def _slice_window(self) -> list[int]:
+        """A 2-D net's window in a volume's slice: `SLICE_TILE`, or the training crop where
+        it is larger (as a 2-D image is tiled)."""
+        return [max(self.contract.crop_size or 0, SLICE_TILE)] * 2
 
     def _window_probabilities(self, x: Tensor) -> Tensor:
         """A batch of windows `[B, C, *patch]` -> class probabilities `[B, K, *patch]`."""
@@ -209,30 +212,24 @@ class SegModule(pl.LightningModule):
         `volume_dataset.Bands` reading the volume from its files. A 3-D net's windows are
         blended band by band (`blended_bands`): beside the input, a band of about one
         patch of slices. A 2-D or 2.5-D net's slices along z run a chunk at a time
-        (`SLICE_CHUNK_VALUES`) with the slab's neighbours (edge slices repeated, as
-        `slab_indices`); slices along y or x need the whole volume at once."""
-        from unet_seg.volume_inference import SLICE_CHUNK_VALUES, blended_bands
+        (`volume_inference.slice_bands`, `slicewise`'s own chunks) with the slab's
+        neighbours; slices along y or x need the whole volume at once."""
+        from unet_seg.volume_inference import blended_bands, slice_bands
 
         c = self.contract
         k = max(c.num_classes, 2)
-        options = {"tta": tta, "overlap": overlap, "batch_size": batch_size}
         if c.dims == 3:
             yield from blended_bands(self._window_probabilities, source, c.patch, k, overlap,
                                      batch_size, self.device, tta, progress)  # fmt: skip
             return
+        options = {"tta": tta, "overlap": overlap, "batch_size": batch_size}
         if c.slice_axis != 0:
             volume = torch.as_tensor(np.asarray(source[:, :]))
             yield 0, self.volume_probabilities(volume, progress=progress, **options)
             return
-        depth, half = source.shape[1], c.slab // 2
-        chunk = max(1, SLICE_CHUNK_VALUES // max(1, c.in_channels * math.prod(source.shape[2:])))
-        for first in range(0, depth, chunk):
-            last = min(depth, first + chunk)
-            index = np.clip(np.arange(first - half, last + half), 0, depth - 1)
-            low = int(index[0])
-            part = np.asarray(source[:, low : int(index[-1]) + 1])[:, index - low]
-            probs = self.volume_probabilities(torch.from_numpy(part), **options)
-            yield first, probs[:, half : half + last - first]
+        yield from slice_bands(self._window_probabilities, source, c.slab, k,
+                               self._slice_window(), overlap,
+                               4 * batch_size, self.device, tta, progress)  # fmt: skip
 
     def _volume_step(self, batch: dict, stage: str) -> Tensor:
         """Validation or test on whole volumes (batches of one): the net's probabilities a

@@ -424,28 +424,56 @@ def slicewise(
     if patch is not None and (len(patch) != 2 or min(patch) < 1):
         problems.append(f"patch={list(patch)}: give the window's two sides in a slice, >= 1")
     _check(volume, 3, tta, batch_size, name, problems)
+    out = torch.empty(num_classes, *volume.shape[1:])  # [K, Z, Y, X], CPU
+    view = out.movedim(axis + 1, 1)  # [K, S, H, W], writes land in `out`
     stack = volume.movedim(axis + 1, 1)  # [C, S, H, W], S along `axis`
+    for first, band in slice_bands(predict, stack, slab, num_classes, patch, overlap,
+                                   batch_size, device, tta, progress):  # fmt: skip
+        view[:, first : first + band.shape[1]] = band
+    return out
+
+
+@torch.no_grad()
+def slice_bands(
+    predict: Predict,
+    stack: Tensor | np.ndarray | object,
+    slab: int,
+    num_classes: int,
+    patch: Sequence[int] | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    tta: str = "none",
+    progress: bool = False,
+) -> Iterator[tuple[int, Tensor]]:
+    """`slicewise` a chunk of slices at a time, in order: `(first slice, probabilities
+    [K, n, H, W])` of a stack `[C, S, H, W]` of normalised slices (an array, or
+    `volume_dataset.Bands` reading it from files: only `stack[:, a:b]` is asked for, each
+    chunk's slices and its slab's neighbours, the edge slice repeated as
+    `volume_cases.slab_indices` repeats it)."""
+    depth, half = stack.shape[1], slab // 2
     plane = tuple(stack.shape[2:])  # (H, W)
     window = (
         plane if patch is None else tuple(min(int(p), n) for p, n in zip(patch, plane, strict=True))
     )
-    out = torch.empty(num_classes, *volume.shape[1:])  # [K, Z, Y, X], CPU
-    view = out.movedim(axis + 1, 1)  # [K, S, H, W], writes land in `out`
 
     def predict_slices(x: Tensor) -> Tensor:  # [B, C * slab, 1, h, w] -> [B, K, 1, h, w]
         return predict(x[:, :, 0])[:, :, None]
 
     per_slice = stack.shape[0] * slab * math.prod(plane)
     chunk = max(1, SLICE_CHUNK_VALUES // max(1, per_slice))
-    starts = range(0, stack.shape[1], chunk)
-    for first in tqdm(starts, desc="slices", unit="chunk", disable=not progress):
-        indices = range(first, min(first + chunk, stack.shape[1]))
+    for first in tqdm(range(0, depth, chunk), desc="slices", unit="chunk", disable=not progress):
+        last = min(depth, first + chunk)
+        index = np.clip(np.arange(first - half, last + half), 0, depth - 1)
+        low = int(index[0])
+        part = _as_tensor(stack[:, low : int(index[-1]) + 1])  # [C, n + 2 half, H, W]
         if slab == 1:
-            inputs = stack[:, indices.start : indices.stop]  # a view: [C, n, H, W]
-        else:  # [n, C * slab, H, W] -> [C * slab, n, H, W]
-            inputs = torch.stack([slab_of(stack, i, slab) for i in indices], dim=1)
-        view[:, indices.start : indices.stop] = sliding_window(
+            inputs = part
+        else:  # [n, C * slab, H, W] -> [C * slab, n, H, W]; no edge left to repeat in `part`
+            part = part[:, torch.from_numpy(index - low)]
+            inputs = torch.stack([slab_of(part, i, slab) for i in range(half, half + last - first)],
+                                 dim=1)  # fmt: skip
+        yield first, sliding_window(
             predict_slices, inputs, (1, *window), num_classes, overlap=overlap,
             batch_size=batch_size, device=device, tta=tta, flip_axes=(1, 2),
         )  # fmt: skip
-    return out
