@@ -43,10 +43,12 @@ def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path
     scores = evaluate(cfg)
 
     assert scores["images"] == 5
-    for metric in ("dice", "iou", "precision", "recall", "hd95"):
+    for metric in ("dice", "iou", "precision", "recall", "hd95", "msd"):
         for reduction in ("pooled", "image_mean"):
             for cls in ("background", "class1", "mean_fg"):
-                assert f"{metric}/{reduction}/{cls}" in scores
+                # distances of the scored classes: the background's surface is the others'
+                distance = metric in ("hd95", "msd") and cls == "background"
+                assert (f"{metric}/{reduction}/{cls}" in scores) != distance
     assert scores["dice"] == scores["dice/pooled/mean_fg"] == scores["dice/pooled/class1"]
 
     saved = json.loads(output.read_text())
@@ -167,7 +169,7 @@ def test_evaluate_and_predict_take_trains_data_options(tmp_path: Path) -> None:
 def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Path) -> None:
     """Two touching true nuclei predicted as one object: the semantic foreground agrees
     everywhere, the object panels do not (two colours against one)."""
-    from unet_seg.evaluate import _WorstCases
+    from unet_seg.evaluate import Scored, WorstCases
     from unet_seg.visualize import object_colours
 
     true = np.zeros((32, 48), np.int32)
@@ -175,9 +177,10 @@ def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Pat
     merged = (true > 0).astype(np.int32)  # one object covering both
     foreground = (true > 0).astype(np.uint8)
     image = np.full((32, 48, 1), 40, np.uint8)
-    worst = _WorstCases(1, ["background", "foreground"])
+    worst = WorstCases(1, ["background", "foreground"])
     row = {"image": "a.png", "dice/mean_fg": 1.0}
-    worst.offer(row, image, foreground, foreground, (true, merged))
+    views = lambda: [(np.repeat(image, 3, axis=2), foreground, foreground)]  # noqa: E731
+    worst.offer(row, Scored("a.png", foreground, foreground, views, objects=(true, merged)))
     assert worst.write(tmp_path / "worst.png")
     picture = cv2.imread(str(tmp_path / "worst.png"))[:, :, ::-1]  # BGR -> RGB
     top, width = 22, 48 + 4  # the title band, then panels of 48 pixels and gaps of 4
@@ -227,7 +230,7 @@ def trained_and_evaluated(
     import torch
 
     from tests.test_predict import volume_checkpoint, write_nifti
-    from unet_seg import volume_eval
+    from unet_seg import evaluate as evaluate_module
     from unet_seg.module import SegModule
 
     volumes = two_volumes()
@@ -248,8 +251,8 @@ def trained_and_evaluated(
         write_nifti(tmp_path / "data" / "images" / f"{name}.nii.gz", truth.astype(np.float32))
         write_nifti(tmp_path / "data" / "masks" / f"{name}.nii.gz", truth, labels=True)
     monkeypatch.setattr(
-        volume_eval,
-        "_predicted_labels",
+        evaluate_module,
+        "case_labels",
         lambda module, loaded, cfg: volumes[loaded.name][1].astype(np.uint8),
     )
     scores = evaluate(config(ckpt=str(ckpt), data_root=str(tmp_path / "data"),
@@ -265,8 +268,8 @@ def test_volume_dice_is_one_definition_in_training_and_evaluate(
     0.35); both are now `module.mean_over_volumes`, nnU-Net's convention."""
     trained, scores = trained_and_evaluated(tmp_path, monkeypatch, background=True)
 
-    assert scores["dice/mean/class1"] == pytest.approx(0.7)
-    assert scores["dice/mean/class2"] == pytest.approx(0.0)
+    assert scores["dice/volume_mean/class1"] == pytest.approx(0.7)
+    assert scores["dice/volume_mean/class2"] == pytest.approx(0.0)
     assert scores["dice"] == pytest.approx(0.35) and trained == pytest.approx(0.35)
     from unet_seg.module import mean_over_volumes
 
@@ -285,10 +288,11 @@ def test_volume_dice_counts_class_0_without_a_background(
     trained, scores = trained_and_evaluated(tmp_path, monkeypatch, background=False)
 
     background = (1.0 + 64 / 71) / 2  # volume b: 32 voxels of class 0 in both, 34 + 37 in all
-    assert scores["dice/mean/background"] == pytest.approx(background)
-    assert scores["dice/mean/class1"] == pytest.approx(0.7)
+    assert scores["dice/volume_mean/background"] == pytest.approx(background)
+    assert scores["dice/volume_mean/class1"] == pytest.approx(0.7)
     expected = (background + 0.7 + 0.0) / 3
-    assert scores["dice/mean/mean"] == pytest.approx(expected) and "dice/mean/mean_fg" not in scores
+    assert scores["dice/volume_mean/mean"] == pytest.approx(expected)
+    assert "dice/volume_mean/mean_fg" not in scores
     assert scores["dice"] == pytest.approx(expected) and trained == pytest.approx(expected)
     with open(tmp_path / "eval" / "e_per_volume.csv") as f:
         assert "dice/background" in next(csv.reader(f))
@@ -304,11 +308,11 @@ def test_evaluate_and_predict_default_to_the_overlap_validation_uses() -> None:
 
     from tests.conftest import CONF
     from unet_seg.api import load_model
-    from unet_seg.volume_eval import inference_options
+    from unet_seg.inference import volume_options
 
     for name in ("evaluate", "predict"):
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             cfg = compose(config_name=name)
-        assert inference_options(cfg)["overlap"] == 0.5, name
+        assert volume_options(cfg)["overlap"] == 0.5, name
         assert cfg.overlap is None  # so the 2-D predictor takes load_model's default
     assert inspect.signature(load_model).parameters["overlap"].default == 0.25

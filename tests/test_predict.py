@@ -315,8 +315,8 @@ def test_volume_predict_prunes_a_nested3d_at_level(tmp_path: Path) -> None:
     import torch
 
     from unet_seg.data.volumes import read_volume
+    from unet_seg.inference import load_for_inference
     from unet_seg.models.nested_unet import NestedUNet
-    from unet_seg.volume_eval import load_volume_module
 
     arch = {"name": "nested3d", "base_channels": 4, "deep_supervision": True, "bilinear": True}
     ckpt = volume_checkpoint(tmp_path / "n.ckpt", arch=arch, dims=3, patch=[16, 16, 16],
@@ -336,7 +336,7 @@ def test_volume_predict_prunes_a_nested3d_at_level(tmp_path: Path) -> None:
                                      device="cpu", level=level))[0]  # fmt: skip
                for level in (1, "null")}  # fmt: skip
     assert levels and set(levels) == {1}  # the full net (level=null) never prunes
-    pruned = load_volume_module(ckpt, "cpu", 1)
+    pruned = load_for_inference(ckpt, "cpu", 1).eval()
     with torch.no_grad():
         expected = pruned.volume_probabilities(torch.from_numpy(volume)[None]).argmax(0)
     assert np.array_equal(read_volume(out[1])[0], expected.numpy())

@@ -10,7 +10,14 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from unet_seg.metrics import SegmentationScores, confusion_counts, ratio_scores
-from unet_seg.scores import ScoreBook, boundary, hd95
+from unet_seg.scores import ScoreBook
+from unet_seg.surface import surface as boundary
+from unet_seg.surface import surface_scores
+
+
+def hd95(a: np.ndarray, b: np.ndarray) -> float:
+    """HD95 in pixels (`surface_scores` at a spacing of 1), the one ScoreBook takes."""
+    return surface_scores(a, b, (1.0,) * a.ndim)[0]
 
 
 def blobs(shape: tuple[int, int], seed: int, n: int = 3) -> np.ndarray:
@@ -53,7 +60,7 @@ def test_hd95_of_a_shifted_square_is_the_shift() -> None:
     b = np.roll(a, 3, axis=1)
     assert hd95(a, b) == pytest.approx(3.0)
     assert hd95(a, a) == 0.0
-    assert np.isnan(hd95(a, np.zeros_like(a)))
+    assert hd95(a, np.zeros_like(a)) == pytest.approx(40 * 2**0.5)  # missed: the diagonal
 
 
 def test_boundary_counts_the_image_edge_as_outside() -> None:
@@ -99,9 +106,10 @@ def test_score_book_pooled_and_image_means() -> None:
     assert s["dice/pooled/mean_fg"] == s["dice/pooled/fg"]
     assert s["hd95/image_mean/fg"] == pytest.approx(np.mean([0.0, hd95(half == 1, truth == 1)]))
     assert book.rows[2]["dice/fg"] != book.rows[2]["dice/fg"]  # NaN in the CSV row
-    book.add("d", empty, truth)  # the class is missed entirely: Dice 0, HD95 undefined
+    book.add("d", empty, truth)  # the class is missed entirely: Dice 0, HD95 the diagonal
     s = book.summary()
-    assert s["missing/hd95/fg"] == 1 and s["n/hd95/fg"] == 2
+    assert book.rows[3]["hd95/fg"] == pytest.approx(200**0.5)
+    assert s["missing/hd95/fg"] == 1 and s["n/hd95/fg"] == 3
     assert s["dice/image_mean/fg"] == pytest.approx((1 + 2 / 3 + 0) / 3)
 
 

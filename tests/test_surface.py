@@ -15,7 +15,6 @@ from unet_seg.surface import (
     mean_surface_distance,
     surface,
     surface_distances,
-    volume_scores,
     worst_distance,
 )
 
@@ -105,6 +104,9 @@ def test_a_missed_structure_scores_the_diagonal_and_an_absent_one_nan() -> None:
 
 
 def test_volume_scores_per_class_with_ignored_voxels() -> None:
+    """`ScoreBook` scores a volume by these distances, in mm from its spacing."""
+    from unet_seg.scores import ScoreBook
+
     shape, spacing = (8, 12, 12), (2.0, 1.0, 1.0)
     truth = np.zeros(shape, np.int64)
     truth[cube(shape, (1, 2, 2), 4)] = 1
@@ -113,18 +115,23 @@ def test_volume_scores_per_class_with_ignored_voxels() -> None:
     pred[cube(shape, (3, 2, 2), 4)] = 1  # class 1: 2 slices deeper
     pred[0, 0, 0] = 3  # class 3: predicted in an unlabelled voxel only
     truth[0, 0, 0] = -1
-    scores = volume_scores(pred, truth, num_classes=5, spacing=spacing)
-    assert set(scores) == {"dice", "iou", "hd95", "msd"}
-    assert all(v.shape == (5,) for v in scores.values())
-    assert scores["dice"][1] == pytest.approx(2 * 32 / 128)
-    assert scores["iou"][1] == pytest.approx(32 / 96)
-    assert scores["hd95"][1] == pytest.approx(4.0) and scores["msd"][1] == pytest.approx(92 / 56)
+    book = ScoreBook(["bg", "a", "b", "c", "d"], ignore_index=-1, case="volume")
+    row = book.add("v", pred, truth, spacing)
+    assert row["volume"] == "v"
+    assert row["dice/a"] == pytest.approx(2 * 32 / 128)
+    assert row["iou/a"] == pytest.approx(32 / 96)
+    assert row["hd95/a"] == pytest.approx(4.0) and row["msd/a"] == pytest.approx(92 / 56)
     diagonal = worst_distance(shape, spacing)
-    assert scores["dice"][2] == 0 and scores["hd95"][2] == scores["msd"][2] == diagonal
-    for name in ("dice", "iou", "hd95", "msd"):  # class 3 only where truth is ignored
-        assert math.isnan(scores[name][3]) and math.isnan(scores[name][4])
-    assert math.isnan(scores["hd95"][0]) and math.isnan(scores["msd"][0])
-    assert 0 < scores["dice"][0] < 1
+    assert row["dice/b"] == 0 and row["hd95/b"] == row["msd/b"] == diagonal
+    for name in ("dice", "iou", "hd95", "msd"):  # class c only where truth is ignored
+        assert math.isnan(row[f"{name}/c"]) and math.isnan(row[f"{name}/d"])
+    assert "hd95/bg" not in row and "msd/bg" not in row  # the background's surface: the others'
+    assert 0 < row["dice/bg"] < 1
+    summary = book.summary()
+    assert summary["volumes"] == 1 and summary["missing/hd95/b"] == 1
+    assert summary["hd95/pooled/a"] == pytest.approx(4.0)  # the distances where both are
+    assert math.isnan(summary["hd95/pooled/b"])
+    assert summary["msd/volume_mean/b"] == pytest.approx(diagonal)
 
 
 def test_wrong_inputs_are_refused_all_at_once() -> None:
@@ -133,8 +140,3 @@ def test_wrong_inputs_are_refused_all_at_once() -> None:
         surface_distances(a.astype(bool), a[:3].astype(bool), (1.0, 1.0))
     with pytest.raises(ValueError, match="positive length"):
         hd95(a.astype(bool), a.astype(bool), (1.0, 0.0, 1.0))
-    bad = a.copy()
-    bad[0, 0, 0] = 7
-    with pytest.raises(ValueError, match=r"prediction values span \[0, 7\].*truth values") as err:
-        volume_scores(bad, bad - 9, num_classes=3, spacing=(1, 1, 1))
-    assert "0..2" in str(err.value)

@@ -244,7 +244,7 @@ def test_streamed_prediction_writes_what_the_whole_prediction_writes(
         for tta in ("none", "flips"):
             largest.clear()
             out = tmp_path / f"out_{stream}_{tta}"
-            with caplog.at_level(logging.INFO, logger="unet_seg.volume_eval"):
+            with caplog.at_level(logging.INFO, logger="unet_seg.predict"):
                 (path,) = predict(config(ckpt=ckpt, input=tmp_path / "in", device="cpu",
                                          tta=tta, output=out, stream=stream))  # fmt: skip
             written[stream, tta] = read_volume(path)
@@ -254,9 +254,9 @@ def test_streamed_prediction_writes_what_the_whole_prediction_writes(
     # the reference: validation's whole-volume probabilities (`slicewise` over every slice,
     # or the stitched `sliding_window`), decided at once
     from unet_seg.data.volume_cases import find_volume_cases
-    from unet_seg.volume_eval import load_volume_module
+    from unet_seg.inference import load_for_inference
 
-    module = load_volume_module(ckpt, "cpu")
+    module = load_for_inference(ckpt, "cpu").eval()
     (case,) = find_volume_cases(tmp_path, "in", masks_dir=None)
     image = torch.from_numpy(load_case(case, module.contract).image)
     for tta in ("none", "flips"):
@@ -277,13 +277,13 @@ def test_stream_auto_reads_in_bands_when_the_whole_would_not_fit(
     ckpt = volume_checkpoint(tmp_path / "v.ckpt")
     write_nifti(tmp_path / "in" / "a.nii.gz", np.zeros((5, 20, 24), np.float32))
     monkeypatch.setattr(plan, "available_memory", lambda: 20_000)  # bytes
-    with caplog.at_level(logging.INFO, logger="unet_seg.volume_eval"):
+    with caplog.at_level(logging.INFO, logger="unet_seg.predict"):
         predict(config(ckpt=ckpt, input=tmp_path / "in", output=tmp_path / "o", device="cpu"))
     assert "in bands of slices (whole it would take 0.00 GiB, more than 25% of the" in caplog.text
     caplog.clear()
     for available in (2**30, None):  # room enough; unknown (no /proc/meminfo): whole
         monkeypatch.setattr(plan, "available_memory", lambda available=available: available)
-        with caplog.at_level(logging.INFO, logger="unet_seg.volume_eval"):
+        with caplog.at_level(logging.INFO, logger="unet_seg.predict"):
             predict(config(ckpt=ckpt, input=tmp_path / "in", output=tmp_path / "o2",
                            device="cpu"))  # fmt: skip
         assert "in bands" not in caplog.text
@@ -319,7 +319,7 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     if not Path("/proc/self/status").exists():
         pytest.skip("VmHWM is Linux's /proc/self/status")
     held = np.ones(3 * 2**27, np.float32)  # 1.5 GiB, every page touched
-    code = ("import resource; from unet_seg.volume_eval import peak_memory; print(peak_memory()); "
+    code = ("import resource; from unet_seg.inference import peak_memory; print(peak_memory()); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split("\n")  # fmt: skip

@@ -549,7 +549,7 @@ def stored_image(module: SegModule, ckpt: Path, image: str | Path | None) -> np.
         if volume:
             from omegaconf import OmegaConf
 
-            from unet_seg.volume_eval import evaluation_cases
+            from unet_seg.evaluate import evaluation_cases
 
             cases, _ = evaluation_cases(OmegaConf.create({"run_dir": str(run.path),
                                                           "split": "val"}))  # fmt: skip

@@ -432,3 +432,90 @@ class Predictor:
                                              contract.std),
             accumulate_on=self.device,
         )  # fmt: skip
+
+
+# volumes: the case functions `predict` and `evaluate` share
+
+
+def checkpoint_is_volume(ckpt: str | Path) -> bool:
+    """Whether a checkpoint's data contract is for volumes (read without building the net).
+    False for a file that is no checkpoint: loading it for 2-D images says what is wrong."""
+    try:
+        stored = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        return bool(stored["hyper_parameters"]["data"].get("volume"))
+    except Exception:  # noqa: BLE001 - the 2-D path names a missing or broken file
+        return False
+
+
+def volume_options(cfg: Mapping) -> dict:
+    """`SegModule.volume_probabilities` keyword arguments from a predict/evaluate config
+    (checked by `check_options`; an absent or null key is the default: overlap 0.5, as
+    validation, batch 2; `overlap=0` is windows side by side)."""
+    overlap, batch = cfg.get("overlap"), cfg.get("batch_size")
+    return {"tta": str(cfg.get("tta") or "none"),
+            "overlap": 0.5 if overlap is None else float(overlap),
+            "batch_size": 2 if batch is None else int(batch)}  # fmt: skip
+
+
+def case_probabilities(module: SegModule, loaded, cfg: Mapping) -> np.ndarray:
+    """Class probabilities `[K, Z, Y, X]` of a `LoadedCase` on its file's own grid (a case
+    resampled to the training spacing is predicted there and its probabilities resampled
+    back)."""
+    from unet_seg.data.volume_dataset import resample_image
+
+    with torch.no_grad():
+        probs = module.volume_probabilities(torch.from_numpy(loaded.image), **volume_options(cfg))
+    return resample_image(probs.numpy(), loaded.meta.shape)
+
+
+def case_labels(module: SegModule, loaded, cfg: Mapping, probs: np.ndarray | None = None):
+    """Class indices uint8 `[Z, Y, X]` of a `LoadedCase` on its file's own grid,
+    post-processed (`PostProcess` in 3-D): from `probs` when given; decided band by band
+    (`SegModule.volume_labels`) when the case is predicted on its own grid; else through its
+    whole probabilities, resampled back to it."""
+    if probs is None and tuple(loaded.image.shape[1:]) != tuple(loaded.meta.shape):
+        probs = case_probabilities(module, loaded, cfg)
+    if probs is not None:
+        labels = probs.argmax(0).astype(np.uint8)
+    else:
+        with torch.no_grad():
+            labels = module.volume_labels(torch.from_numpy(loaded.image), **volume_options(cfg))
+    return PostProcess(**dict(cfg.get("postprocess") or {}))(labels)
+
+
+def log_resampling(module: SegModule, loaded) -> None:
+    """Say when a case is predicted at the training spacing, not its own."""
+    if tuple(loaded.image.shape[1:]) != tuple(loaded.meta.shape):
+        log.info(
+            "%s: spacing %s mm, resampled to the training spacing %s mm (%s -> %s voxels) and "
+            "predicted back on its own grid", loaded.name,
+            [round(s, 3) for s in loaded.meta.spacing],
+            [round(s, 3) for s in module.contract.spacing],
+            list(loaded.meta.shape), list(loaded.image.shape[1:]),
+        )  # fmt: skip
+
+
+def describe_volume_inference(module: SegModule) -> str:
+    """How the net sees a volume, for the log and the evaluation's JSON."""
+    c = module.contract
+    level = f", UNet++ pruned to level {module.inference_level}" if module.inference_level else ""
+    if c.dims == 3:
+        return f"3-D sliding window of {c.patch}{level}"
+    what = f"2.5-D slabs of {c.slab}" if c.dims == 2.5 else "2-D slices"
+    window = f", windows of {c.crop_size} px" if c.crop_size else ""
+    return f"{what} along {'zyx'[c.slice_axis]}{window}{level}"
+
+
+def peak_memory() -> str:
+    """This process's peak resident memory so far, for the log: Linux's VmHWM, the high-water
+    mark of this program's own memory (`ru_maxrss` would also count a parent's memory that
+    a `subprocess` child shares between its fork and exec); `ru_maxrss` where there is no
+    /proc."""
+    try:
+        with open("/proc/self/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        import resource
+
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return f"peak memory (RSS) {kib / 2**20:.2f} GiB"

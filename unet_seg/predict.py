@@ -13,7 +13,7 @@ TIFF, one page per class; for two classes one page, class 1). Files that cannot
 be read are listed at the end; the others still finish; when none could be, the command
 exits 1.
 
-A checkpoint trained on volumes writes label volumes (`volume_eval.predict_volumes`); the
+A checkpoint trained on volumes writes label volumes (`predict_volumes`); the
 options that apply to 2-D images only (`mode`, `tile_size`, `size`, `palette`, `overlays`)
 are refused by name before anything is read (`inference.check_options`, the one list).
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ from pathlib import Path
 import cv2
 import hydra
 import numpy as np
+import tifffile
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -43,8 +46,22 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_stored
-from unet_seg.inference import check_options
+from unet_seg.data.volume_cases import VolumeCase, find_volume_cases, list_volumes, volume_stem
+from unet_seg.data.volume_dataset import Bands, CaseFiles, load_case, resampled_shape
+from unet_seg.data.volumes import TIFF_EXTENSIONS, label_dtype, write_volume, write_volume_bands
+from unet_seg.inference import (
+    case_labels,
+    case_probabilities,
+    check_options,
+    checkpoint_is_volume,
+    describe_volume_inference,
+    load_for_inference,
+    log_resampling,
+    peak_memory,
+    volume_options,
+)
 from unet_seg.instances import write_objects
+from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir, hydra_log_file
 from unet_seg.threads import set_threads
 from unet_seg.visualize import (
@@ -55,7 +72,6 @@ from unet_seg.visualize import (
     overlay,
     with_legend,
 )
-from unet_seg.volume_eval import checkpoint_is_volume, predict_volumes
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +234,191 @@ def predict(cfg: DictConfig) -> list[Path]:
     skipped = f"; {len(failed)} of {len(files)} file(s) failed (listed above)" if failed else ""
     log.info("wrote %d mask(s) to %s%s", len(written), output, skipped)
     return written
+
+
+# volumes: a label volume per case, in the input's geometry and format
+
+
+def stored_channels(path: Path) -> int | None:
+    """The channels of one volume file from its header alone (a 4-D NIfTI `[X, Y, Z, C]`,
+    the Medical Segmentation Decathlon's layout, or a TIFF with a C axis); None when the
+    header does not say (the file is then checked when it is read)."""
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = nib.load(str(path)).shape
+            if len(shape) == 5 and shape[3] == 1:  # (x, y, z, t=1, c)
+                return int(shape[4])
+            return int(shape[3]) if len(shape) == 4 else 1
+        if name.endswith(TIFF_EXTENSIONS):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                axes = series.axes
+                return int(series.shape[axes.index("C")]) if "C" in axes else 1
+    except Exception:  # noqa: BLE001 - an unreadable file is named when it is read
+        return None
+    return None
+
+
+def input_cases(spec: str | Path, channels: int) -> list[VolumeCase]:
+    """The cases to predict: a volume file, or a folder of them; with `channels` > 1 a
+    file holding them all (a 4-D NIfTI `[X, Y, Z, C]`, the Decathlon's layout), or a folder
+    of such files or in nnU-Net's layout (`<case>_0000`, `<case>_0001`, ...)."""
+    path = Path(spec)
+    if path.is_file():
+        found = stored_channels(path)
+        if found is not None and found != channels:
+            layout = (
+                f"a 4-D file of {channels} channels ([X, Y, Z, C], the Decathlon's layout), "
+                f"or the folder of its {channels} channel files (<case>_0000, <case>_0001, ...)"
+                if channels > 1
+                else "a volume of one channel"
+            )
+            raise ValueError(
+                f"input={path}: {found} channel(s) in the file, but the checkpoint takes "
+                f"{channels}: give {layout}"
+            )
+        return [VolumeCase(volume_stem(path), (path,))]
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path}: no such volume file or folder")
+    if channels > 1:
+        return find_volume_cases(path.parent, path.name, masks_dir=None)
+    files = list_volumes(path)
+    if not files:
+        raise FileNotFoundError(f"input={path}: no volumes in the folder")
+    return [VolumeCase(volume_stem(p), (p,)) for p in files]
+
+
+def _extension(path: Path) -> str:
+    """The volume extension of a file name (`.nii.gz` counts as one)."""
+    return path.name[len(volume_stem(path)) :]
+
+
+def _stream_refusal(cfg: DictConfig, module: SegModule) -> str | None:
+    """Why this prediction needs each volume whole (None: it may read and write bands)."""
+    c = module.contract
+    if cfg.get("probabilities"):
+        return "probabilities=true writes the whole volume's probabilities"
+    post = dict(cfg.get("postprocess") or {})
+    if post.get("min_size") or post.get("fill_holes") or post.get("keep_largest"):
+        return "postprocess.* acts on the whole label volume (its objects in 3-D)"
+    if c.intensity.get("mode") == "zscore" and c.intensity.get("nonzero"):
+        return "z-score over the non-zero region needs the whole volume (its holes filled in 3-D)"
+    if c.dims != 3 and c.slice_axis != 0:
+        return f"a 2-D net's slices along {'zyx'[c.slice_axis]} need the whole volume"
+    return None
+
+
+def in_memory_bytes(files: CaseFiles) -> int:
+    """What predicting a case whole holds at its peak: the stored volume, its float32
+    normalised copy and the one being made, and the labels with their values."""
+    voxels = math.prod(files.shape[1:])
+    return voxels * (files.shape[0] * (files.dtype.itemsize + 8) + 2)
+
+
+def _streams(cfg: DictConfig, files: CaseFiles, refusal: str | None) -> tuple[bool, str]:
+    """`(read and write in bands, why)` for one case by `stream` (auto | true | false)."""
+    from unet_seg.data.plan import CACHE_SHARE, available_memory
+
+    choice = cfg.get("stream", "auto")
+    shape = resampled_shape(files.meta.shape, files.meta.spacing, files.contract.spacing)
+    if choice is False or refusal or shape != tuple(files.meta.shape) or not files.streamed:
+        if choice is False:
+            return False, "stream=false"
+        if refusal:
+            return False, refusal
+        if not files.streamed:
+            return False, "its file is read whole (not NIfTI or a TIFF of one page per slice)"
+        return False, "resampled to the training spacing"
+    needed = in_memory_bytes(files)
+    if choice is True:
+        return True, "stream=true"
+    available = available_memory()
+    if available is None:  # not Linux: the memory available is unknown
+        return False, "the memory available could not be read (stream=true reads in bands)"
+    on = needed > CACHE_SHARE * available
+    more = "more" if on else "no more"
+    return on, (f"whole it would take {needed / 2**30:.2f} GiB, {more} than "
+                f"{CACHE_SHARE:.0%} of the {available / 2**30:.1f} GiB available")  # fmt: skip
+
+
+def _predict_in_bands(module: SegModule, files: CaseFiles, cfg: DictConfig, target: Path) -> None:
+    """Read, predict and write one case a band of z slices at a time: two passes over the
+    input (its intensity statistics, then the windows), the labels written as they are
+    decided (`volumes.write_volume_bands`)."""
+    contract = module.contract
+    files.gather_statistics(progress=True)
+    source = Bands(files.normalised, files.shape)
+    values = contract.encoding.mask_values  # what is written, whatever is predicted
+    dtype = label_dtype(0, int(max(values)))
+    with torch.no_grad():
+        bands = module.volume_label_bands(source, **volume_options(cfg), progress=True)
+        decoded = (contract.encoding.decode(labels) for _, labels in bands)
+        write_volume_bands(target, decoded, files.meta, dtype)
+
+
+def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
+    """Write a label volume for every input case (the module docstring); return the files."""
+    set_threads(cfg.get("threads", "auto"), "threads")
+    module = load_volume_module(cfg)
+    contract = module.contract
+    refusal = _stream_refusal(cfg, module)
+    if cfg.get("stream") is True and refusal:
+        raise ValueError(f"stream=true: {refusal}; leave stream out (auto) to predict whole")
+    cases = input_cases(spec, contract.in_channels // contract.slab)
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    how = describe_volume_inference(module)
+    log.info("predicting %d volume(s) on %s (%s)", len(cases), module.device, how)
+    written, failed = [], []
+    for case in tqdm(cases, desc="predict", unit="volume"):
+        target = output / f"{case.name}{_extension(case.images[0])}"
+        try:
+            with CaseFiles(case, contract) as files:
+                stream, why = _streams(cfg, files, refusal)
+                if cfg.get("stream") is True and not stream:
+                    log.warning("%s: predicted whole, not in bands: %s", case.name, why)
+                if stream:
+                    log.info("%s: read, predicted and written in bands of slices (%s)",
+                             case.name, why)  # fmt: skip
+                    _predict_in_bands(module, files, cfg, target)
+                    written.append(target)
+                    continue
+            loaded = load_case(case, contract)
+        except (ValueError, OSError) as err:
+            failed.append(str(err))
+            continue
+        log_resampling(module, loaded)
+        probs = case_probabilities(module, loaded, cfg) if cfg.get("probabilities") else None
+        labels = case_labels(module, loaded, cfg, probs)
+        values = contract.encoding.decode(labels)
+        write_volume(target, values, loaded.meta, labels=True)
+        written.append(target)
+        if probs is not None:
+            folder = output / "probabilities"
+            folder.mkdir(exist_ok=True)
+            # [K, Z, Y, X] -> [Z, Y, X, K]: one channel per class, the input's geometry
+            write_volume(folder / f"{case.name}.nii.gz", np.moveaxis(probs, 0, -1), loaded.meta)
+    if failed:
+        log.warning("%d volume(s) could not be read:\n  %s", len(failed), "\n  ".join(failed))
+    if failed and not written:
+        log.error("predict: none of the %d volume(s) could be read (listed above): nothing "
+                  "written", len(failed))  # fmt: skip
+        return written
+    skipped = f"; {len(failed)} of {len(cases)} volume(s) failed (listed above)" if failed else ""
+    log.info("wrote %d label volume(s) to %s%s; %s", len(written), output, skipped,
+             peak_memory())  # fmt: skip
+    return written
+
+
+def load_volume_module(cfg: DictConfig) -> SegModule:
+    """The checkpoint's `SegModule` in eval mode on `cfg.device` (`auto`: a GPU if there is
+    one), UNet++-pruned to `cfg.level` when given (as for images)."""
+    level = cfg.get("level")
+    return load_for_inference(cfg.ckpt, str(cfg.get("device", "auto")),
+                              None if level is None else int(level)).eval()  # fmt: skip
 
 
 PACKAGE_DEFAULTS = {

@@ -1,8 +1,9 @@
-"""Evaluation scores per image and pooled: Dice, IoU, precision, recall (from pixel counts)
-and the 95th-percentile Hausdorff distance HD95 (from boundary distances), per class, and
-the pixel error. The counts and the scores from counts are those of the training metric
-(`unet_seg.metrics`). The rules for empty classes and reductions are in `RULES` (also
-written into every evaluation JSON).
+"""Evaluation scores per case and pooled, for images and volumes alike: Dice, IoU,
+precision, recall (from pixel or voxel counts), the 95th-percentile Hausdorff distance
+HD95 and the mean surface distance MSD (from surface distances, `unet_seg.surface`: in
+pixels for images, in millimetres for volumes), per class, and the pixel error. The counts
+and the scores from counts are those of the training metric (`unet_seg.metrics`). The rules
+for empty classes and reductions are in `RULES` (also written into every evaluation JSON).
 """
 
 from __future__ import annotations
@@ -15,76 +16,39 @@ import numpy as np
 from unet_seg.data.masks import PAD_LABEL
 from unet_seg.data.weight_map import consecutive_labels, touching_border
 from unet_seg.metrics import confusion_counts, pixel_error, ratio_scores
+from unet_seg.surface import distance_scores, surface_distances, worst_distance
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
-METRICS = (*RATIO_METRICS, "hd95")
-REDUCTIONS = ("pooled", "image_mean")
+DISTANCE_METRICS = ("hd95", "msd")
+METRICS = (*RATIO_METRICS, *DISTANCE_METRICS)
 
 RULES = (
-    "pooled: pixel counts summed over all evaluated images (the training metric's "
+    "pooled: pixel (voxel) counts summed over all evaluated cases (the training metric's "
     "reduction); a class absent from every truth and every prediction scores 1.",
-    "image_mean: the mean of per-image scores; an image where a class is absent from both "
-    "truth and prediction is left out of that class's mean (an empty CSV cell); n/<metric>/"
-    "<class> says how many images each mean covers.",
+    "image_mean / volume_mean: the mean of per-case scores; a case where a class is absent "
+    "from both truth and prediction is left out of that class's mean (an empty CSV cell); "
+    "n/<metric>/<class> says how many cases each mean covers. For volumes this is the mean "
+    "over volumes of training's val/volume_dice (nnU-Net's convention).",
     "precision with no predicted pixel of a class (but some in truth) is 0, and so is recall "
     "with no true pixel (but some predicted).",
-    "hd95 (pixels): the larger of the two directed 95th percentiles of the distances between "
-    "the boundary pixels of truth and prediction (MONAI's percentile=95); boundary pixels have "
-    "a 4-neighbour outside the region, the image edge counting as outside. It needs the class "
-    "in both truth and prediction: other images are left out of its mean, and those where only "
-    "one of them has the class are counted in missing/hd95/<class>. Pooled HD95 takes the "
-    "percentiles over the distances of all images together.",
+    "hd95 and msd (pixels for images, millimetres for volumes, from the file's spacing): the "
+    "surface of a region is its pixels with a face neighbour outside it, the array's edge "
+    "counting as outside; hd95 is the larger of the two directed 95th percentiles of the "
+    "distances between the surfaces of truth and prediction (MONAI's percentile=95), msd the "
+    "mean of both directions' distances pooled. A class in exactly one of truth and "
+    "prediction scores the case's diagonal (the worst distance, never NaN), counted in "
+    "missing/hd95/<class>; a class in neither is left out. Pooled hd95 and msd take the "
+    "distances of all cases where the class is in both. Computed for the scored classes only "
+    "(the background's surface is the others').",
     "mean_fg: the mean over the foreground classes 1..K-1 (class 0 is the background); where "
     "the data has no background (data.background=false) it is mean, over all K classes.",
     "unlabelled truth pixels (data.ignore_value) count in no score: not in the pixel counts, "
-    "and HD95 measures the prediction on labelled pixels only.",
+    "and the distances measure the prediction on labelled pixels only.",
     "pixel_error: the share of misclassified pixels, 1 - sum(TP) / sum(TP + FN) over the "
-    "classes: per image in the CSV, and pixel_error/pooled over the pixels of all images (the "
+    "classes: per case in the CSV, and pixel_error/pooled over the pixels of all cases (the "
     "training metric's pixel_error).",
 )
 """How every score is reduced and what an empty class scores."""
-
-
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-
-
-def boundary(region: np.ndarray) -> np.ndarray:
-    """Boolean `[H, W]` -> its boundary: pixels of the region with a 4-neighbour outside it."""
-    inside = region.astype(np.uint8)
-    eroded = cv2.erode(inside, _CROSS, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    return inside.astype(bool) & ~eroded.astype(bool)
-
-
-def surface_distances(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Euclidean distance from each boundary pixel of `source` to the nearest boundary pixel
-    of `target` (both boolean `[H, W]`, non-empty). Returns `[N]` float64."""
-    to_target = cv2.distanceTransform(
-        (~boundary(target)).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE
-    )  # [H, W] distance to the nearest zero pixel, i.e. to target's boundary
-    return to_target[boundary(source)].astype(np.float64)
-
-
-def directed_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boundary distances pred -> truth and truth -> pred (see `surface_distances`) of two
-    boolean `[H, W]` regions; both empty unless both regions are non-empty."""
-    if not pred.any() or not truth.any():
-        return np.empty(0), np.empty(0)
-    return surface_distances(pred, truth), surface_distances(truth, pred)
-
-
-def hd95_from_distances(forward: np.ndarray, backward: np.ndarray) -> float:
-    """The larger of the 95th percentiles of the two directed distances; NaN without any."""
-    if not forward.size or not backward.size:
-        return float("nan")
-    return float(max(np.percentile(forward, 95), np.percentile(backward, 95)))
-
-
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile Hausdorff distance in pixels between two boolean `[H, W]` regions.
-
-    Returns NaN unless both regions are non-empty (see the module rules).
-    """
-    return hd95_from_distances(*directed_distances(pred, truth))
 
 
 def mean_key(background: bool) -> str:
@@ -94,7 +58,7 @@ def mean_key(background: bool) -> str:
 
 
 class ScoreBook:
-    """Accumulates per-image rows and pooled statistics over an evaluation.
+    """Accumulates per-case rows and pooled statistics over an evaluation.
 
     Args:
         class_names: one per class index.
@@ -102,40 +66,66 @@ class ScoreBook:
             `MaskEncoding.load` marks `data.ignore_value`): no score counts them.
         background: class 0 is the background: the means (`mean_fg`) are over classes
             1..K-1; else over all K, named `mean`.
+        case: what a case is, `image` or `volume`: the name of a row's first column, of
+            the per-case reduction (`image_mean`, `volume_mean`) and of the count.
     """
 
     def __init__(
-        self, class_names: Sequence[str], ignore_index: int = PAD_LABEL, background: bool = True
+        self,
+        class_names: Sequence[str],
+        ignore_index: int = PAD_LABEL,
+        background: bool = True,
+        case: str = "image",
     ) -> None:
         self.ignore_index = ignore_index
         self.class_names = list(class_names)
         self.mean_name = mean_key(background)
         self.scored = self.class_names[1:] if background else list(self.class_names)
+        self.first_scored = len(self.class_names) - len(self.scored)
         self.num_classes = len(self.class_names)
+        self.case, self.case_mean = case, f"{case}_mean"
+        self.reductions = ("pooled", self.case_mean)
         self.counts = np.zeros((3, self.num_classes), dtype=np.int64)
         self.rows: list[dict[str, float | str]] = []
-        # directed boundary distances of all images, per class: (pred -> truth, truth -> pred)
+        self.missing = np.zeros(self.num_classes, dtype=np.int64)
+        # surface distances of all cases, per class: (pred -> truth, truth -> pred)
         self.distances: list[tuple[list[np.ndarray], list[np.ndarray]]] = [
             ([], []) for _ in range(self.num_classes)
         ]
 
-    def add(self, name: str, pred: np.ndarray, truth: np.ndarray) -> dict[str, float | str]:
-        """Score one image (class indices `[H, W]` each); return its row (`metric/class`).
-        Unlabelled truth pixels are left out: of the counts, and of the predicted regions
-        whose boundaries HD95 measures."""
+    def add(
+        self,
+        name: str,
+        pred: np.ndarray,
+        truth: np.ndarray,
+        spacing: Sequence[float] | None = None,
+    ) -> dict[str, float | str]:
+        """Score one case (class indices of one shape, any rank); return its row
+        (`metric/class`). `spacing`: the size of a voxel in mm per axis (None: distances in
+        pixels). Unlabelled truth pixels are left out: of the counts, and of the predicted
+        regions whose surfaces the distances measure."""
+        spacing = tuple(float(s) for s in spacing) if spacing else (1.0,) * truth.ndim
         counts = confusion_counts(pred, truth, self.num_classes, self.ignore_index)
         labelled = truth != self.ignore_index
         self.counts += counts
-        row: dict[str, float | str] = {"image": name}
+        row: dict[str, float | str] = {self.case: name}
         ratios = ratio_scores(counts)
         for c, cls in enumerate(self.class_names):
             for metric in RATIO_METRICS:
                 row[f"{metric}/{cls}"] = float(ratios[metric][c])
-            forward, backward = directed_distances((pred == c) & labelled, truth == c)
-            row[f"hd95/{cls}"] = hd95_from_distances(forward, backward)
-            if forward.size:
+        worst = worst_distance(truth.shape, spacing)
+        for c in range(self.first_scored, self.num_classes):
+            cls = self.class_names[c]
+            found, true = (pred == c) & labelled, truth == c
+            there = bool(found.any()), bool(true.any())
+            if all(there):
+                forward, backward = surface_distances(found, true, spacing)
+                row[f"hd95/{cls}"], row[f"msd/{cls}"] = distance_scores(forward, backward)
                 self.distances[c][0].append(forward.astype(np.float32))
                 self.distances[c][1].append(backward.astype(np.float32))
+            else:  # missed, or found where there is none: the worst distance; else nothing
+                self.missing[c] += any(there)
+                row[f"hd95/{cls}"] = row[f"msd/{cls}"] = worst if any(there) else float("nan")
         fg = [row[f"dice/{cls}"] for cls in self.scored]
         row[f"dice/{self.mean_name}"] = _nanmean(fg)
         row["pixel_error"] = float(pixel_error(counts))
@@ -143,33 +133,31 @@ class ScoreBook:
         return row
 
     def summary(self) -> dict[str, float]:
-        """Flat scores `metric/reduction/class` (classes and `mean_fg` or `mean`), with
-        `n/...` counts, and `pixel_error/pooled`."""
-        out: dict[str, float] = {"images": len(self.rows)}
+        """Flat scores `metric/reduction/class` (classes and `mean_fg` or `mean`; the
+        distances for the scored classes), with `n/...` counts, `missing/hd95/...` and
+        `pixel_error/pooled`."""
+        out: dict[str, float] = {f"{self.case}s": len(self.rows)}
         pooled = ratio_scores(self.counts, empty=1.0)
-        pooled["hd95"] = np.array([self._pooled_hd95(c) for c in range(self.num_classes)])
+        pooled["hd95"], pooled["msd"] = np.full((2, self.num_classes), np.nan)
+        for c in range(self.first_scored, self.num_classes):
+            forward, backward = self.distances[c]
+            if forward:
+                forward, backward = np.concatenate(forward), np.concatenate(backward)
+                pooled["hd95"][c], pooled["msd"][c] = distance_scores(forward, backward)
         for metric in METRICS:
-            for c, cls in enumerate(self.class_names):
+            classes = self.scored if metric in DISTANCE_METRICS else self.class_names
+            for cls in classes:
                 values = [r[f"{metric}/{cls}"] for r in self.rows]
-                out[f"{metric}/pooled/{cls}"] = float(pooled[metric][c])
-                out[f"{metric}/image_mean/{cls}"] = _nanmean(values)
+                out[f"{metric}/pooled/{cls}"] = float(pooled[metric][self.class_names.index(cls)])
+                out[f"{metric}/{self.case_mean}/{cls}"] = _nanmean(values)
                 out[f"n/{metric}/{cls}"] = int(np.count_nonzero(~np.isnan(values)))
-            for reduction in REDUCTIONS:
+            for reduction in self.reductions:
                 fg = [out[f"{metric}/{reduction}/{cls}"] for cls in self.scored]
                 out[f"{metric}/{reduction}/{self.mean_name}"] = _nanmean(fg)
-        for cls in self.class_names:
-            out[f"missing/hd95/{cls}"] = sum(
-                1 for r in self.rows
-                if np.isnan(r[f"hd95/{cls}"]) and not np.isnan(r[f"dice/{cls}"])
-            )  # fmt: skip
+        for c in range(self.first_scored, self.num_classes):  # scored the worst distance
+            out[f"missing/hd95/{self.class_names[c]}"] = int(self.missing[c])
         out["pixel_error/pooled"] = float(pixel_error(self.counts))
         return out
-
-    def _pooled_hd95(self, c: int) -> float:
-        forward, backward = self.distances[c]
-        if not forward:
-            return float("nan")
-        return hd95_from_distances(np.concatenate(forward), np.concatenate(backward))
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -1,5 +1,7 @@
-"""Surface distances in millimetres: the 95th-percentile Hausdorff distance (HD95) and the
-mean surface distance (MSD) of a predicted mask against the truth, spacing-aware.
+"""Surface distances in millimetres (in pixels at a spacing of 1): the 95th-percentile
+Hausdorff distance (HD95) and the mean surface distance (MSD) of a predicted mask against
+the truth, spacing-aware, for any rank; `scores.ScoreBook` scores images and volumes by
+them.
 
 Definitions (MONAI's, `monai.metrics` 1.x, which we match):
 
@@ -33,9 +35,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
-
-from unet_seg.data.masks import IGNORE_INDEX
-from unet_seg.metrics import confusion_counts, ratio_scores
 
 
 def _check_masks(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> None:
@@ -114,7 +113,12 @@ def surface_scores(
     if not all(there):
         worst = worst_distance(truth.shape, spacing)
         return worst, worst
-    to_truth, to_pred = surface_distances(pred, truth, spacing)
+    return distance_scores(*surface_distances(pred, truth, spacing))
+
+
+def distance_scores(to_truth: np.ndarray, to_pred: np.ndarray) -> tuple[float, float]:
+    """`(hd95, mean_surface_distance)` of two directed surface distances (each non-empty):
+    the larger of the two 95th percentiles, and the mean of both pooled."""
     hd = max(np.percentile(to_truth, 95), np.percentile(to_pred, 95))
     return float(hd), float(np.concatenate([to_truth, to_pred]).mean())
 
@@ -141,56 +145,3 @@ def mean_surface_distance(pred: np.ndarray, truth: np.ndarray, spacing: Sequence
         spacing: voxel size in mm per axis.
     """
     return surface_scores(pred, truth, spacing)[1]
-
-
-def volume_scores(
-    pred: np.ndarray,
-    truth: np.ndarray,
-    num_classes: int,
-    spacing: Sequence[float],
-    ignore_index: int = IGNORE_INDEX,
-) -> dict[str, np.ndarray]:
-    """Per-class scores of one volume: Dice, IoU, HD95 and MSD in mm.
-
-    Dice and IoU come from `unet_seg.metrics.confusion_counts` and `ratio_scores` with
-    `empty=nan` (a class absent from both scores NaN). Voxels whose truth is `ignore_index`
-    count in no term: they are left out of the counts and, before surfaces are taken,
-    are background in both masks. HD95 and MSD are computed for the foreground classes
-    1..K-1 only; the background's are NaN (its surface is the union of the others').
-
-    Args:
-        pred: class indices `[Z, Y, X]` (any rank) in `[0, num_classes)`.
-        truth: class indices of the same shape, or `ignore_index`.
-        num_classes: K >= 2, the background 0 included.
-        spacing: voxel size in mm per axis, in the arrays' axis order.
-        ignore_index: truth value of unlabelled voxels.
-    Returns:
-        `{"dice", "iou", "hd95", "msd"}`: each `[K]` float64.
-    """
-    pred, truth = np.asarray(pred), np.asarray(truth)
-    _check_masks(pred, truth, spacing)
-    problems = []
-    if num_classes < 2:
-        problems.append(f"num_classes={num_classes}: give K >= 2, the background included")
-    if pred.size and (pred.min() < 0 or pred.max() >= num_classes):
-        problems.append(
-            f"prediction values span [{pred.min()}, {pred.max()}]: expected class indices "
-            f"0..{num_classes - 1} (decode the mask encoding first)"
-        )
-    labelled = truth[truth != ignore_index]
-    if labelled.size and (labelled.min() < 0 or labelled.max() >= num_classes):
-        problems.append(
-            f"truth values span [{labelled.min()}, {labelled.max()}]: expected class indices "
-            f"0..{num_classes - 1} or {ignore_index} (unlabelled)"
-        )
-    if problems:
-        raise ValueError("; ".join(problems))
-    counts = confusion_counts(pred, truth, num_classes, ignore_index)
-    ratios = ratio_scores(counts, empty=math.nan)
-    valid = truth != ignore_index
-    scores = {"dice": ratios["dice"], "iou": ratios["iou"]}
-    scores["hd95"], scores["msd"] = np.full(num_classes, np.nan), np.full(num_classes, np.nan)
-    for c in range(1, num_classes):
-        p, t = (pred == c) & valid, truth == c
-        scores["hd95"][c], scores["msd"][c] = surface_scores(p, t, spacing)
-    return scores
