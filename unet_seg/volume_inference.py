@@ -280,18 +280,17 @@ def blended_bands(
     rest = shape[1:]
     rows_of = sorted({start[0] for start, _ in passes})
     by_row = {r: [w for w in passes if w[0][0] == r] for r in rows_of}
-    acc = torch.zeros(num_classes, 0, *rest, device=accumulate_on)  # rows [top, top + len)
-    wsum = torch.zeros(0, *rest, device=accumulate_on)
-    top = 0
+    # the band: rows [top, top + filled) of one buffer of a window's depth, reused (a window
+    # row starts at `top`, so it never reaches further than patch[0] rows below it)
+    depth = min(patch[0], shape[0])
+    acc = torch.zeros(num_classes, depth, *rest, device=accumulate_on)
+    wsum = torch.zeros(depth, *rest, device=accumulate_on)
+    top = filled = 0
     log.debug("blended_bands: %d passes of %s over %s (tta=%s, context %d)", len(passes),
               patch, shape, tta, context)  # fmt: skip
     bar = tqdm(rows_of, desc="windows", unit="row", leave=False, disable=not progress)
     for i, row in enumerate(bar):
-        end = min(shape[0], row + patch[0])
-        grow = end - top - acc.shape[1]
-        if grow > 0:
-            acc = torch.cat([acc, acc.new_zeros(num_classes, grow, *rest)], dim=1)
-            wsum = torch.cat([wsum, wsum.new_zeros(grow, *rest)], dim=0)
+        filled = max(filled, min(shape[0], row + patch[0]) - top)
         for batch in _batches(by_row[row], batch_size):
             x = torch.stack([_window_input(source, start, patch, context, prepare)
                              for start, _ in batch]).to(device)  # fmt: skip
@@ -313,7 +312,12 @@ def blended_bands(
         if done > top:
             rows = done - top
             yield top, acc[:, :rows] / wsum[:rows]
-            acc, wsum, top = acc[:, rows:], wsum[rows:], done
+            keep = filled - rows  # rows summed already that later windows add to
+            for buffer in (acc[None], wsum[None, None]):  # [.., K or 1, depth, ...]
+                kept = buffer[:, :, rows:filled]
+                buffer[:, :, :keep] = kept if rows >= keep else kept.clone()  # no overlap
+                buffer[:, :, keep:filled] = 0
+            top, filled = done, keep
 
 
 @torch.no_grad()

@@ -586,7 +586,9 @@ def has_auto(data: dict[str, Any]) -> bool:
 def plan_data_config(
     data: dict[str, Any], cache_dir: str | None = None, gpu_memory_gb: float | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fingerprint the folder of a data config (plain data) and fill its `auto` keys.
+    """Fingerprint the folder of a data config (plain data) and fill its `auto` keys: one
+    entry for images and volumes (`is_volume_config`; a volume folder also plans the volume
+    keys left null, `VOLUME_KEYS`, by `unet_seg.data.volume_plan`).
 
     A folder in nnU-Net's or the Decathlon's layout (`imagesTr/`, `labelsTr/`, no `images/`)
     is read there (`images_dir`, `masks_dir` planned with the reason), and its `dataset.json`
@@ -598,12 +600,40 @@ def plan_data_config(
         and each planned key's value and reason (`plan`), the keys given (`given`), and what a
         `dataset.json` said (`dataset_json`: its labels, channel names, file ending).
     """
+    asked = data
+    data, layout, info = _read_layout(data)
+    volume = is_volume_config(data)
+    keys = PLANNED_KEYS + (VOLUME_KEYS if volume else ())
+    given = {k: asked[k] for k in keys if k in asked and asked[k] != AUTO
+             and not (k in VOLUME_KEYS and asked[k] is None)}  # fmt: skip
+    if volume:
+        planned, why, fp = _plan_volume_folder(data, info, gpu_memory_gb)
+    else:
+        planned, why, fp = _plan_image_folder(data, info, cache_dir, gpu_memory_gb)
+    if info is not None and info.channel_names and "in_channels" in why:
+        # the data contract has no place for the channel names: they are in the record too
+        why["in_channels"] += f"; {', '.join(info.channel_names)} ({info.path.name})"
+    record = {
+        "plan": {**{k: {"value": v, "why": w} for k, (v, w) in layout.items()},
+                 **{k: {"value": planned[k], "why": why[k]}
+                    for k in dict.fromkeys((*keys, "ignore_value")) if k in why}},
+        "given": given,
+        "fingerprint": fp,
+    }  # fmt: skip
+    if info is not None:
+        record["dataset_json"] = info.summary()
+    return planned, record
+
+
+def _plan_image_folder(
+    data: dict[str, Any],
+    info: DatasetJson | None,
+    cache_dir: str | None,
+    gpu_memory_gb: float | None,
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """`plan_data_config` for a folder of 2-D images: `(planned, {key: why}, fingerprint)`."""
     from unet_seg.data.fingerprint import fingerprint  # reads files: imported when planning
 
-    given = {k: data[k] for k in PLANNED_KEYS if k in data and data[k] != AUTO}
-    data, layout, info = _read_layout(data)
-    if is_volume_config(data):
-        return plan_volume_config(data, gpu_memory_gb, (layout, info, given))
     ignore = data.get("ignore_value")
     folders = data["root"], data.get("images_dir", "images"), data.get("masks_dir", "masks")
     suffix_why = None
@@ -627,24 +657,7 @@ def plan_data_config(
     if suffix_why is not None:
         why["mask_suffix"] = suffix_why
     why.update({k: w for k, (_, w) in from_json.items()})
-    _name_channels(why, info)
-    record = {
-        "plan": {**{k: {"value": v, "why": w} for k, (v, w) in layout.items()},
-                 **{k: {"value": planned[k], "why": why[k]}
-                    for k in (*PLANNED_KEYS, "ignore_value") if k in why}},
-        "given": given,
-        "fingerprint": fp,
-    }  # fmt: skip
-    if info is not None:
-        record["dataset_json"] = info.summary()
-    return planned, record
-
-
-def _name_channels(why: dict[str, str], info: DatasetJson | None) -> None:
-    """The reason for `in_channels` ends with the channel names of a `dataset.json` (the data
-    contract has no place for them: they are in plan.json's `dataset_json` too)."""
-    if info is not None and info.channel_names and "in_channels" in why:
-        why["in_channels"] += f"; {', '.join(info.channel_names)} ({info.path.name})"
+    return planned, why, fp
 
 
 def _read_layout(
@@ -677,26 +690,15 @@ def is_volume_config(data: dict[str, Any]) -> bool:
     return bool(volume)
 
 
-def plan_volume_config(
-    data: dict[str, Any],
-    gpu_memory_gb: float | None = None,
-    layout: tuple[dict, DatasetJson | None, dict] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _plan_volume_folder(
+    data: dict[str, Any], info: DatasetJson | None, gpu_memory_gb: float | None = None
+) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
     """`plan_data_config` for a folder of volumes: the volume fingerprint and plan
-    (`unet_seg.data.volume_plan`); the volume keys left null are planned too.
-
-    Args:
-        layout: `_read_layout`'s folders and `dataset.json`, and the keys given before it;
-            None: read here."""
+    (`unet_seg.data.volume_plan`), the volume keys left null planned too: `(planned,
+    {key: why}, fingerprint)`."""
     from unet_seg.data.volume_plan import fingerprint_volumes, plan_volumes
 
     keys = PLANNED_KEYS + VOLUME_KEYS
-    if layout is None:
-        given = {k: data[k] for k in keys if data.get(k) not in (AUTO, None)}
-        data, folders, info = _read_layout(data)
-    else:
-        folders, info, given = layout
-        given = {**given, **{k: data[k] for k in VOLUME_KEYS if data.get(k) not in (AUTO, None)}}
     data = {**data, **{k: AUTO for k in VOLUME_KEYS if data.get(k) is None}}
     data["volume"] = True
     why: dict[str, str] = {}
@@ -743,19 +745,10 @@ def plan_volume_config(
                              "data only, where CamVid measured it")  # fmt: skip
     fill("upright", False, "volumes: the augmentation as configured (data.augment)")
     fill("background", True, "volumes: label 0 is the background")
-    _name_channels(why, info)
     left = [k for k in keys if data.get(k) == AUTO]
     if left:
         raise PlanError(f"the volume plan left {left} unplanned: give them on the command line")
-    record = {
-        "plan": {**{k: {"value": v, "why": w} for k, (v, w) in folders.items()},
-                 **{k: {"value": data[k], "why": why[k]} for k in keys if k in why}},
-        "given": given,
-        "fingerprint": fp,
-    }  # fmt: skip
-    if info is not None:
-        record["dataset_json"] = info.summary()
-    return data, record
+    return data, why, fp
 
 
 def detect_mask_suffix(root: str | Path, images_dir: str, masks_dir: str) -> tuple[str, str]:
