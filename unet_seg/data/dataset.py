@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import albumentations as A
@@ -439,33 +439,60 @@ class SegDataset(Dataset):
             indices = np.pad(indices, ((0, ph), (0, pw)), constant_values=PAD_LABEL)
             weight = None if weight is None else np.pad(weight, ((0, ph), (0, pw)))
             h, w = indices.shape
-        y = int(rng.integers(0, h - size + 1))
-        x = int(rng.integers(0, w - size + 1))
-        centre = None
-        if self.foreground_crop and rng.random() < self.foreground_crop:
-            foreground = np.flatnonzero((indices > 0) & (indices != PAD_LABEL))
-            classes = np.unique(indices.flat[foreground]) if foreground.size else []
-            if len(classes) > 1:  # a class picked uniformly, then one of its pixels (nnU-Net)
-                chosen = classes[rng.integers(len(classes))]
-                foreground = foreground[indices.flat[foreground] == chosen]
-            if foreground.size:
-                centre = int(foreground[rng.integers(foreground.size)])
+        (y, x), centred = window_start((h, w), (size, size), rng, self.foreground_crop,
+                                       lambda: class_points(indices))  # fmt: skip
         c = self.context  # the loss scores the window without its context
         scored = indices[y + c : y + size - c, x + c : x + size - c]
-        if centre is None and (scored == PAD_LABEL).all():
+        if not centred and (scored == PAD_LABEL).all():
             labelled = np.flatnonzero(indices != PAD_LABEL)
             if not labelled.size:
                 raise ValueError(
                     f"{path}: the mask has no labelled pixel (all data.ignore_value or "
                     "padding): label some pixels or remove the image from the training data"
                 )
-            centre = int(labelled[rng.integers(labelled.size)])
-        if centre is not None:
-            cy, cx = divmod(centre, w)
-            y = min(max(cy - size // 2, 0), h - size)
-            x = min(max(cx - size // 2, 0), w - size)
+            centre = np.unravel_index(int(labelled[rng.integers(labelled.size)]), (h, w))
+            y, x = centred_start(centre, (size, size), (h, w))
         window = (slice(y, y + size), slice(x, x + size))
         return image[window], indices[window], None if weight is None else weight[window]
+
+
+def window_start(
+    shape: Sequence[int],
+    size: Sequence[int],
+    rng: np.random.Generator,
+    foreground_share: float,
+    foreground: Callable[[], dict[int, np.ndarray]],
+) -> tuple[list[int], bool]:
+    """Where a training window of `size` over an array of `shape` starts, for every rank (a
+    2-D crop, a slice, a slab, a 3-D patch): placed uniformly (0 on an axis the window
+    covers), or with `foreground_share` probability centred on a foreground pixel of a
+    class picked uniformly among those present, so that rare classes are seen as often as
+    common ones (nnU-Net's oversampling); `foreground()` gives `{class: flat indices}`,
+    asked only then. Returns `(starts, whether centred on the foreground)`."""
+    starts = [int(rng.integers(0, max(n - s, 0) + 1)) for s, n in zip(size, shape, strict=True)]
+    if foreground_share and rng.random() < foreground_share:
+        points = foreground()
+        if points:
+            classes = sorted(points)
+            chosen = points[classes[int(rng.integers(len(classes)))] if len(classes) > 1
+                            else classes[0]]  # fmt: skip
+            centre = np.unravel_index(int(chosen[int(rng.integers(chosen.size))]), shape)
+            return centred_start(centre, size, shape), True
+    return starts, False
+
+
+def centred_start(centre: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> list[int]:
+    """The start of a window of `size` centred on `centre`, kept inside `shape`."""
+    return [min(max(int(c) - s // 2, 0), max(n - s, 0))
+            for c, s, n in zip(centre, size, shape, strict=True)]  # fmt: skip
+
+
+def class_points(indices: np.ndarray) -> dict[int, np.ndarray]:
+    """`{class: flat indices of its pixels}` of the foreground classes in a mask of class
+    indices (`PAD_LABEL`, unlabelled, is none)."""
+    foreground = np.flatnonzero((indices > 0) & (indices != PAD_LABEL))
+    values = indices.flat[foreground]
+    return {int(c): foreground[values == c] for c in np.unique(values)}
 
 
 def pad_collate(batch: list[dict]) -> dict:

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_seg.data.contract import DataContract
+from unet_seg.data.dataset import window_start
 from unet_seg.data.masks import IGNORE_INDEX, PAD_LABEL
 from unet_seg.data.readers import between, percentile_bounds, percentile_step, to_unit_range
 from unet_seg.data.volume_cases import VolumeCase, slab_indices
@@ -757,19 +758,13 @@ class VolumeDataset(Dataset):
         """Where a window of `size` over `[S, H, W]` starts: uniformly placed, or with
         `foreground_crop` probability centred on a foreground voxel of a class picked
         uniformly among those the case holds (nnU-Net)."""
-        shape = labels.shape
-        starts = [int(rng.integers(0, max(n - s, 0) + 1)) for s, n in zip(size, shape, strict=True)]
-        if self.foreground_crop and rng.random() < self.foreground_crop:
-            points = self._points.get(index)
-            if points is None:
-                points = self._points[index] = foreground_points(labels, seed=index)
-            if points:
-                classes = sorted(points)
-                chosen = points[classes[int(rng.integers(len(classes)))]]
-                centre = np.unravel_index(int(chosen[int(rng.integers(chosen.size))]), shape)
-                starts = [min(max(int(c) - s // 2, 0), max(n - s, 0))
-                          for c, s, n in zip(centre, size, shape, strict=True)]  # fmt: skip
-        return starts
+
+        def points() -> dict[int, np.ndarray]:
+            if index not in self._points:
+                self._points[index] = foreground_points(labels, seed=index)
+            return self._points[index]
+
+        return window_start(labels.shape, size, rng, self.foreground_crop, points)[0]
 
 
 def augment_window(
