@@ -364,23 +364,30 @@ class SegDataModule(pl.LightningDataModule):
         return splits
 
     def class_frequencies(self) -> np.ndarray:
-        """Pixel share of each class over the training split (decodes every training mask)."""
+        """Pixel (voxel) share of each class over the training split (decodes every training
+        mask)."""
         self.setup()
         k, train = self.contract.num_classes, self.datasets["train"]
         counts = np.zeros(k, np.int64)
-        for index in range(len(train)):
+        for index in range(len(train)):  # unlabelled pixels (PAD_LABEL) are cut off by [:k]
             counts += np.bincount(train.mask(index).ravel(), minlength=k)[:k]
         return counts / max(1, counts.sum())
 
+    collate = staticmethod(pad_collate)
+    """How a batch is put together (`VolumeDataModule`: windows or one whole volume)."""
+    eval_workers = True
+    """Whether validation and test read in the loader's workers (volumes: in this process)."""
+
     def _loader(self, stage: str, batch_size: int, sampler: Sampler) -> DataLoader:
+        workers = self.num_workers if stage == "train" or self.eval_workers else 0
         return DataLoader(
             self.datasets[stage],
             batch_size=batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=pad_collate,
+            collate_fn=self.collate,
         )
 
     def _rank(self) -> tuple[int, int]:

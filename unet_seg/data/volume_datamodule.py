@@ -19,13 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from unet_seg.data.datamodule import SegDataModule
-from unet_seg.data.masks import PAD_LABEL
-from unet_seg.data.sampler import SeededShuffleSampler
 from unet_seg.data.volume_cases import VolumeCase, find_volume_cases
 from unet_seg.data.volume_dataset import LoadedCase, VolumeDataset, load_case
 
@@ -57,6 +53,9 @@ class VolumeDataModule(SegDataModule):
             2-D-only ones (`weight_map`, `context`, `instances_dir`, `target=instances`)
             are refused.
     """
+
+    collate = staticmethod(collate_volumes)
+    eval_workers = False  # whole volumes, one at a time: read in this process
 
     def __init__(
         self, synthetic3d: dict | None = None, cache_dir: str | None = None, **kwargs
@@ -188,29 +187,3 @@ class VolumeDataModule(SegDataModule):
             return f"3-D patches {c.patch}"
         what = f"2.5-D slabs of {c.slab} slices" if c.dims == 2.5 else "2-D slices"
         return f"{what} along {axis}, windows of {self.crop['crop_size']} px"
-
-    def class_frequencies(self) -> np.ndarray:
-        """Voxel share of each class over the training volumes."""
-        self.setup()
-        k, train = self.contract.num_classes, self.datasets["train"]
-        counts = np.zeros(k, np.int64)
-        for index in range(len(train)):
-            labels = train.case(index).labels
-            counts += np.bincount(labels[labels != PAD_LABEL].ravel(), minlength=k)[:k]
-        return counts / max(1, counts.sum())
-
-    def _loader(self, stage: str, batch_size: int, sampler) -> DataLoader:
-        return DataLoader(
-            self.datasets[stage],
-            batch_size=batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers if stage == "train" else 0,
-            persistent_workers=self.num_workers > 0 and stage == "train",
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_volumes,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        n = len(self.datasets["train"])
-        sampler = SeededShuffleSampler(n, self.seed, self.train_repeats, *self._rank())
-        return self._loader("train", self.batch_size, sampler)

@@ -701,6 +701,10 @@ class VolumeDataset(Dataset):
         for index in range(len(self)):
             self.case(index)
 
+    def mask(self, index: int) -> np.ndarray:
+        """Class indices `[Z, Y, X]` of case `index` (`PAD_LABEL` unlabelled)."""
+        return self.case(index).labels
+
     def _view(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The case with its slice axis first: `[C, S, H, W]` and `[S, H, W]` (3-D: as is)."""
         loaded = self.case(index)
