@@ -55,10 +55,10 @@ from unet_seg.inference import (
     describe_volume_inference,
     load_for_inference,
     log_resampling,
-    peak_memory,
 )
 from unet_seg.instances import RULES as INSTANCE_RULES
 from unet_seg.instances import InstanceBook
+from unet_seg.memory import peak_memory
 from unet_seg.run_dir import RunDir, hydra_log_file
 from unet_seg.scores import METRICS, OBJECT_COUNTS, RULES, ScoreBook, mean_key, object_counts
 from unet_seg.threads import set_threads

@@ -504,18 +504,3 @@ def describe_volume_inference(module: SegModule) -> str:
     what = f"2.5-D slabs of {c.slab}" if c.dims == 2.5 else "2-D slices"
     window = f", windows of {c.crop_size} px" if c.crop_size else ""
     return f"{what} along {'zyx'[c.slice_axis]}{window}{level}"
-
-
-def peak_memory() -> str:
-    """This process's peak resident memory so far, for the log: Linux's VmHWM, the high-water
-    mark of this program's own memory (`ru_maxrss` would also count a parent's memory that
-    a `subprocess` child shares between its fork and exec); `ru_maxrss` where there is no
-    /proc."""
-    try:
-        with open("/proc/self/status") as status:
-            kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    except (OSError, StopIteration, ValueError):
-        import resource
-
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return f"peak memory (RSS) {kib / 2**20:.2f} GiB"

@@ -57,10 +57,10 @@ from unet_seg.inference import (
     describe_volume_inference,
     load_for_inference,
     log_resampling,
-    peak_memory,
     volume_options,
 )
 from unet_seg.instances import write_objects
+from unet_seg.memory import peak_memory
 from unet_seg.module import SegModule
 from unet_seg.run_dir import RunDir, hydra_log_file
 from unet_seg.threads import set_threads
