@@ -67,8 +67,13 @@ def test_evaluate_a_folder_writes_consistent_json_csv_and_picture(tmp_path: Path
     assert np.mean(dice) == pytest.approx(scores["dice/image_mean/class1"])
 
     picture = cv2.imread(str(tmp_path / "eval" / "scores_worst.png"))
-    assert picture is not None and picture.shape[0] > 3 * 40  # three rows of panels
-    band = picture[3 * (22 + 40 + 4) :, :, ::-1]  # below 3 x (title, panels, gap): the legend
+    height = 2 * 40  # 40 x 56 images, enlarged twice to reach 128 pixels on their long side
+    assert picture is not None and picture.shape[0] > 3 * height  # three rows of panels
+    assert picture.shape[1] >= 4 * 2 * 56  # four panels of the enlarged width
+    top = 3 * (22 + height + 4)  # below 3 x (title, panels, gap): the legend
+    assert (picture[top - 4 : top] == 255).all()  # the last gap, white
+    assert not (picture[top - 5] == 255).all()  # and the last row of panels above it
+    band = picture[top:, :, ::-1]
     for colour in (class_colours(2)[1], FALSE_POSITIVE, MISSED):  # class1, then the errors
         assert (band == colour).all(-1).sum() >= 9 * 9, colour
 
@@ -177,7 +182,7 @@ def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Pat
     merged = (true > 0).astype(np.int32)  # one object covering both
     foreground = (true > 0).astype(np.uint8)
     image = np.full((32, 48, 1), 40, np.uint8)
-    worst = WorstCases(1, ["background", "foreground"])
+    worst = WorstCases(1, ["background", "foreground"], min_side=0)  # panels at their size
     row = {"image": "a.png", "dice/mean_fg": 1.0}
     views = lambda: [(np.repeat(image, 3, axis=2), foreground, foreground)]  # noqa: E731
     worst.offer(row, Scored("a.png", foreground, foreground, views, objects=(true, merged)))
@@ -194,6 +199,44 @@ def test_the_worst_picture_of_an_instance_target_draws_each_object(tmp_path: Pat
     assert tuple(pred[inside[0]]) == tuple(pred[inside[1]])  # merged: one colour
     assert truth[8, 6:22].tolist() == [colours[1].tolist()] * 16  # outlined in its colour
     assert truth[8, 22:40].tolist() == [colours[2].tolist()] * 18
+
+
+def test_the_worst_picture_draws_unlabelled_pixels_grey_in_every_rank() -> None:
+    """Unlabelled truth (`PAD_LABEL`) was drawn as a class of its own: tinted in the truth
+    panel and sky blue ("missed") in the errors (NumPy 2 wrote IGNORE_INDEX = -1 into the
+    uint8 truth as 255). Now grey in the errors and untinted in the truth, for an image and
+    for a volume's three views."""
+    from unet_seg.data.masks import PAD_LABEL
+    from unet_seg.evaluate import Scored, WorstCases, orthogonal_slices
+
+    truth = np.zeros((6, 20, 30), np.uint8)
+    truth[:, 5:12, 8:16] = 1
+    truth[:, :, :4] = PAD_LABEL  # the first four columns unlabelled
+    pred = np.zeros_like(truth)
+    grey = np.full((6, 20, 30, 3), 90, np.uint8)
+    views = {
+        "image": lambda: [(grey[0], truth[0], pred[0])],
+        "volume": lambda: list(
+            zip(
+                *(orthogonal_slices(v, (1.0, 1.0, 1.0), (3, 10, 12)) for v in (grey, truth, pred)),
+                strict=True,
+            )
+        ),  # fmt: skip
+    }
+    for kind, drawn in views.items():
+        worst = WorstCases(1, ["background", "class1"], min_side=0)  # panels at their size
+        rows = worst._rows(Scored("a", truth, pred, drawn))
+        for row, (_, t, _) in zip(rows, drawn(), strict=True):
+            width = t.shape[1] + 4  # a panel and its gap
+            unlabelled = t == PAD_LABEL
+            if not unlabelled.any():  # the sagittal view cuts through a labelled column
+                continue
+            truth_panel, errors = row[:, width : width + t.shape[1]], row[:, 3 * width :]
+            assert (truth_panel[unlabelled] == 90).all(), kind  # untinted: the grey input
+            assert (errors[unlabelled] == errors[unlabelled][0]).all(), kind
+            r, g, b = (int(v) for v in errors[unlabelled][0])
+            assert r == g == b, (kind, (r, g, b))  # grey, not a colour of the legend
+            assert (errors[t == 1] == MISSED).all(-1).all(), kind  # the misses still show
 
 
 def test_evaluate_without_data_says_what_to_type(tmp_path: Path, forker: Forker) -> None:

@@ -397,12 +397,19 @@ class WorstCases:
     """Keeps the `n` cases with the lowest mean foreground Dice and draws them, with a
     legend of the class and error colours: one block per case, a row per view (an image;
     a volume's axial, coronal and sagittal slices), columns `input | truth | prediction |
-    errors` (an instance target's: `input | true objects | predicted objects | errors`)."""
+    errors` (an instance target's: `input | true objects | predicted objects | errors`).
+    A view longer than `max_side` is shrunk to it; one shorter than `min_side` enlarged by
+    a whole factor (pixels kept square and sharp), so that small volumes can be read."""
 
     def __init__(
-        self, n: int, class_names: list[str], background: bool = True, max_side: int = 384
+        self,
+        n: int,
+        class_names: list[str],
+        background: bool = True,
+        max_side: int = 384,
+        min_side: int = 128,
     ) -> None:
-        self.n, self.max_side = n, max_side
+        self.n, self.max_side, self.min_side = n, max_side, min_side
         self.class_names = class_names
         self.background = background  # else class 0 is drawn and scored as any class
         self.mean_name = mean_key(background)  # the mean Dice that ranks the cases
@@ -427,12 +434,15 @@ class WorstCases:
         """The case's panel rows, each view `input | truth | prediction | errors`."""
         rows = []
         for rgb, truth, pred in case.views():
-            truth = np.where(truth == PAD_LABEL, IGNORE_INDEX, truth).astype(np.int16)
+            truth = truth.astype(np.int16)  # before IGNORE_INDEX (-1) is written into it
+            truth[truth == PAD_LABEL] = IGNORE_INDEX
             objects = case.objects
-            scale = self.max_side / max(truth.shape)
-            if scale < 1:
+            side = max(truth.shape)  # shrunk to max_side, or enlarged whole times to min_side
+            scale = self.max_side / side if side > self.max_side else max(1, self.min_side // side)
+            if scale != 1:
                 size = (round(truth.shape[1] * scale), round(truth.shape[0] * scale))
-                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1
+                                 else cv2.INTER_NEAREST)  # fmt: skip
                 truth, pred = (cv2.resize(a, size, interpolation=cv2.INTER_NEAREST)
                                for a in (truth, pred))  # fmt: skip
                 if objects is not None:
