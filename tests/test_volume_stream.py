@@ -328,3 +328,89 @@ def test_peak_memory_is_the_process_own_not_its_parents() -> None:
     own = float(re.search(r"peak memory \(RSS\) ([0-9.]+) GiB", out[0]).group(1))
     assert float(out[1]) >= 0.25  # ru_maxrss (GiB) counts the parent's: the trap is set
     assert own < 0.15, f"child's peak {own} GiB; ru_maxrss says {out[1]} GiB"
+
+
+def _ome_zarr(path: Path, data: np.ndarray, axes: str, scale: list[float], unit: str,
+              version: str, translation: list[float] | None = None) -> Path:  # fmt: skip
+    """An OME-Zarr image written by hand as other tools write it: NGFF 0.4 on Zarr v2, or
+    0.5 on Zarr v3 (metadata under `ome`), its one scale at `s0`."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
+    array = group.create_array("s0", shape=data.shape, dtype=data.dtype,
+                               chunks=tuple(min(n, 4) for n in data.shape))  # fmt: skip
+    array[:] = data
+    kinds = {"c": "channel", "t": "time"}
+    transforms = [{"type": "scale", "scale": scale}]
+    if translation:
+        transforms.append({"type": "translation", "translation": translation})
+    multiscales = [
+        {
+            "version": version,
+            "axes": [
+                {"name": a, "type": kinds.get(a, "space"), **({} if a in kinds else {"unit": unit})}
+                for a in axes
+            ],
+            "datasets": [{"path": "s0", "coordinateTransformations": transforms}],
+        }
+    ]
+    if version == "0.4":
+        group.attrs["multiscales"] = multiscales
+    else:
+        group.attrs["ome"] = {"version": version, "multiscales": multiscales}
+    return path
+
+
+def test_ome_zarr_reads_in_bands_and_writes_back_its_geometry(tmp_path: Path) -> None:
+    """OME-Zarr 0.4 (channels first, micrometres) and 0.5 (a time axis of one, millimetres,
+    an origin): `[Z, Y, X(, C)]` with spacing in mm, read a band from the chunks; labels
+    written as OME-Zarr, whole or in bands, read back the same with the same geometry."""
+    rng = np.random.default_rng(0)
+    czyx = rng.integers(0, 4000, (2, 9, 10, 12)).astype(np.uint16)
+    em = _ome_zarr(tmp_path / "em.ome.zarr", czyx, "czyx", [1, 0.05, 0.004, 0.004],
+                   "micrometer", "0.4")  # fmt: skip
+    array, meta = read_volume(em)
+    assert np.array_equal(array, np.moveaxis(czyx, 0, -1)) and array.shape == (9, 10, 12, 2)
+    assert meta.spacing == pytest.approx((5e-5, 4e-6, 4e-6)) and not any(meta.spacing_assumed)
+    tzyx = rng.normal(size=(1, 7, 6, 5)).astype(np.float32)
+    mri = _ome_zarr(tmp_path / "mri.zarr", tzyx, "tzyx", [1, 2.0, 0.5, 0.5], "millimeter",
+                    "0.5", translation=[0, 10, 20, 30])  # fmt: skip
+    volume, mri_meta = read_volume(mri)
+    assert np.array_equal(volume, tzyx[0]) and mri_meta.spacing == (2.0, 0.5, 0.5)
+    assert mri_meta.affine_matrix()[:3, 3].tolist() == [30, 20, 10]  # x, y, z
+    for path, whole in ((em, array), (mri, volume)):
+        with VolumeFile(path) as f:
+            assert f.streamed and f.shape == whole.shape
+            assert np.array_equal(f.read(3, 6), whole[3:6])  # chunks of 4 slices: across two
+    labels = (array[..., 0] > 2000).astype(np.uint8) * 3
+    write_volume(tmp_path / "out.ome.zarr", labels, meta, labels=True)
+    bands = (labels[i : i + 4] for i in range(0, 9, 4))
+    write_volume_bands(tmp_path / "bands.ome.zarr", bands, meta, np.uint8)
+    for name in ("out.ome.zarr", "bands.ome.zarr"):
+        back, back_meta = read_volume(tmp_path / name)
+        assert np.array_equal(back, labels) and back.dtype == np.uint8, name
+        assert back_meta.spacing == pytest.approx(meta.spacing), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bands.ome.zarr",
+        "em.ome.zarr",
+        "mri.zarr",
+        "out.ome.zarr",
+    ]  # no .partial left
+
+
+def test_predict_an_ome_zarr_volume_streamed_or_whole(tmp_path: Path) -> None:
+    """`predict input=x.ome.zarr` (a folder that is one volume) writes `x.ome.zarr` labels
+    with the input's spacing; streamed and whole agree on every voxel."""
+    ckpt = volume_checkpoint(tmp_path / "v.ckpt", mask_values=(0, 3, 7))
+    data = np.random.default_rng(2).normal(size=(6, 20, 24)).astype(np.float32)
+    source = _ome_zarr(tmp_path / "in" / "stack.ome.zarr", data, "zyx", [3.0, 1.0, 1.0], "mm",
+                       "0.4")  # fmt: skip
+    written = {}
+    for stream in (True, False):
+        (path,) = predict(config(ckpt=ckpt, input=source, device="cpu",
+                                 output=tmp_path / f"out_{stream}", stream=stream))  # fmt: skip
+        assert path.name == "stack.ome.zarr"
+        written[stream] = read_volume(path)
+    (a, meta_a), (b, meta_b) = written[True], written[False]
+    assert np.array_equal(a, b) and meta_a == meta_b
+    assert meta_a.spacing == (3.0, 1.0, 1.0) and set(np.unique(a)) <= {0, 3, 7}

@@ -46,9 +46,22 @@ from unet_seg.config import CONF_DIR
 from unet_seg.data.dataset import IMAGE_EXTENSIONS, list_images
 from unet_seg.data.masks import MaskEncoding, write_png
 from unet_seg.data.readers import fit_channels, read_stored
-from unet_seg.data.volume_cases import VolumeCase, find_volume_cases, list_volumes, volume_stem
+from unet_seg.data.volume_cases import (
+    VolumeCase,
+    find_volume_cases,
+    is_volume_file,
+    list_volumes,
+    volume_stem,
+)
 from unet_seg.data.volume_dataset import Bands, CaseFiles, load_case, resampled_shape
-from unet_seg.data.volumes import TIFF_EXTENSIONS, label_dtype, write_volume, write_volume_bands
+from unet_seg.data.volumes import (
+    TIFF_EXTENSIONS,
+    ZARR_EXTENSIONS,
+    ZarrVolume,
+    label_dtype,
+    write_volume,
+    write_volume_bands,
+)
 from unet_seg.inference import (
     case_labels,
     case_probabilities,
@@ -241,7 +254,7 @@ def predict(cfg: DictConfig) -> list[Path]:
 
 def stored_channels(path: Path) -> int | None:
     """The channels of one volume file from its header alone (a 4-D NIfTI `[X, Y, Z, C]`,
-    the Medical Segmentation Decathlon's layout, or a TIFF with a C axis); None when the
+    the Medical Segmentation Decathlon's layout, a TIFF or OME-Zarr with a C axis); None when the
     header does not say (the file is then checked when it is read)."""
     name = path.name.lower()
     try:
@@ -252,6 +265,9 @@ def stored_channels(path: Path) -> int | None:
             if len(shape) == 5 and shape[3] == 1:  # (x, y, z, t=1, c)
                 return int(shape[4])
             return int(shape[3]) if len(shape) == 4 else 1
+        if name.endswith(ZARR_EXTENSIONS):
+            with ZarrVolume(path) as volume:  # its metadata and array header only
+                return int(volume.shape[3]) if len(volume.shape) == 4 else 1
         if name.endswith(TIFF_EXTENSIONS):
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
@@ -267,7 +283,7 @@ def input_cases(spec: str | Path, channels: int) -> list[VolumeCase]:
     file holding them all (a 4-D NIfTI `[X, Y, Z, C]`, the Decathlon's layout), or a folder
     of such files or in nnU-Net's layout (`<case>_0000`, `<case>_0001`, ...)."""
     path = Path(spec)
-    if path.is_file():
+    if path.is_file() or is_volume_file(path):  # an OME-Zarr image is a folder
         found = stored_channels(path)
         if found is not None and found != channels:
             layout = (

@@ -30,7 +30,7 @@ import tifffile
 import torch
 
 from unet_seg.data.layouts import CHANNEL_SUFFIX, file_ending, layout_hint
-from unet_seg.data.volumes import TIFF_EXTENSIONS, VOLUME_EXTENSIONS
+from unet_seg.data.volumes import TIFF_EXTENSIONS, VOLUME_EXTENSIONS, ZARR_EXTENSIONS
 from unet_seg.problems import problem_list
 
 
@@ -55,11 +55,13 @@ def volume_stem(path: str | Path) -> str:
 
 
 def is_volume_file(path: Path) -> bool:
-    """A file with a volume extension (hidden files, e.g. macOS `._x.nii`, left out)."""
+    """A file with a volume extension, or an OME-Zarr folder (hidden files, e.g. macOS
+    `._x.nii`, left out)."""
+    name = path.name.lower()
     return (
-        path.is_file()
+        (path.is_file() or (path.is_dir() and name.endswith(ZARR_EXTENSIONS)))
         and not path.name.startswith(".")
-        and path.name.lower().endswith(VOLUME_EXTENSIONS)
+        and name.endswith(VOLUME_EXTENSIONS)
     )
 
 

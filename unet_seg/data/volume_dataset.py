@@ -641,7 +641,8 @@ class VolumeDataset(Dataset):
     @classmethod
     def cache_key(cls, case: VolumeCase, contract: DataContract) -> str:
         """The key of a case's copy on disk: its files (resolved path, size, modification
-        time), the contract's fields that shape `load_case`'s output, and the reading code."""
+        time; of an OME-Zarr folder, its files' total size and latest time), the contract's
+        fields that shape `load_case`'s output, and the reading code."""
         import hashlib
         import json
 
@@ -652,8 +653,11 @@ class VolumeDataset(Dataset):
             cls._code_key = code.hexdigest()
         files = []
         for path in (*case.images, *([case.mask] if case.mask is not None else [])):
-            stat = Path(path).stat()
-            files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+            path = Path(path)  # an OME-Zarr folder: every chunk file counts
+            stats = [p.stat() for p in path.rglob("*") if p.is_file()] if path.is_dir() else [
+                path.stat()]  # fmt: skip
+            files.append([str(path.resolve()), sum(st.st_size for st in stats),
+                          max((st.st_mtime_ns for st in stats), default=0)])  # fmt: skip
         fields = {k: v for k, v in contract.to_dict().items() if k not in cls.CACHE_IRRELEVANT}
         text = json.dumps({"version": cls.CACHE_VERSION, "files": files, "contract": fields,
                            "code": cls._code_key}, sort_keys=True, default=str)  # fmt: skip

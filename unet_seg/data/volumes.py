@@ -23,6 +23,12 @@ Formats, chosen by extension (any case):
 - `.mha`, `.mhd`, `.nrrd` through SimpleITK (the `volumes` extra): stored `(z, y, x[, c])`,
   spacing `(x, y, z)` reversed; origin and direction are LPS, turned into RAS (x and y
   negated).
+- `.ome.zarr`, `.zarr` (a folder) through zarr: OME-Zarr (NGFF 0.4, Zarr v2, or 0.5, Zarr
+  v3), the first (full-resolution) array of its multiscales; axes by name (`t` of size 1
+  dropped, `c` last), spacing from its `scale` in the axes' units, origin from its
+  `translation`; a bare Zarr array of 3 or 4 dimensions is `[Z, Y, X(, C)]` at 1.0
+  (assumed). Chunked: `VolumeFile` reads a band of slices from the chunks that hold it.
+  Written as OME-Zarr 0.4 (Zarr v2), one scale, spacing in millimetres.
 
 Writing mirrors reading: NIfTI with the input's sform and qform and their codes
 (not only one of them, and never one rebuilt from the other); a TIFF stack with
@@ -47,6 +53,7 @@ arrays keep their type (float16 as float32, bool as uint8).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +68,8 @@ log = logging.getLogger(__name__)
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 ITK_EXTENSIONS = (".mha", ".mhd", ".nrrd")
-VOLUME_EXTENSIONS = NIFTI_EXTENSIONS + TIFF_EXTENSIONS + ITK_EXTENSIONS
+ZARR_EXTENSIONS = (".ome.zarr", ".zarr")
+VOLUME_EXTENSIONS = NIFTI_EXTENSIONS + TIFF_EXTENSIONS + ITK_EXTENSIONS + ZARR_EXTENSIONS
 """Extensions `read_volume` and `write_volume` accept, matched in any case."""
 ITK_FIX = "pip install 'unet-seg[volumes]' (or: pip install SimpleITK)"
 """The fix offered when a SimpleITK format is read or written without SimpleITK."""
@@ -152,10 +160,11 @@ def _matrix(values: Any) -> Matrix:
 
 
 def volume_format(path: str | Path) -> str:
-    """`nifti`, `tiff` or `itk` by the file's extension; a ValueError naming the file otherwise."""
+    """`nifti`, `tiff`, `itk` or `zarr` by the file's extension; a ValueError naming the file
+    otherwise."""
     name = Path(path).name.lower()
     for kind, extensions in (("nifti", NIFTI_EXTENSIONS), ("tiff", TIFF_EXTENSIONS),
-                             ("itk", ITK_EXTENSIONS)):  # fmt: skip
+                             ("itk", ITK_EXTENSIONS), ("zarr", ZARR_EXTENSIONS)):  # fmt: skip
         if name.endswith(extensions):
             return kind
     raise ValueError(
@@ -175,6 +184,9 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, VolumeMeta]:
         return _read_nifti(Path(path))
     if kind == "tiff":
         return _read_tiff(Path(path))
+    if kind == "zarr":
+        with ZarrVolume(path) as volume:
+            return volume.read(0, volume.shape[0]), volume.meta
     return _read_itk(Path(path))
 
 
@@ -202,6 +214,8 @@ def write_volume(
         _write_nifti(path, array, meta)
     elif kind == "tiff":
         _write_tiff(path, array, meta)
+    elif kind == "zarr":
+        write_volume_bands(path, iter([array]), meta, array.dtype)
     else:
         _write_itk(path, array, meta)
 
@@ -631,7 +645,8 @@ class VolumeFile:
     a volume larger than memory is never read whole (`read(z0, z1)`, the same values as
     `read_volume`'s array there): NIfTI, `.nii` and `.nii.gz` (nibabel reads the band's
     bytes; a gzip stream is decompressed once, forward, as bands are read in order), and
-    TIFF stacks whose pages are the slices, any compression. Other files (ImageJ
+    TIFF stacks whose pages are the slices, any compression, and OME-Zarr (the chunks that
+    hold the band). Other files (ImageJ
     hyperstacks with channels, SimpleITK formats, 2-D NIfTI) are read whole on opening:
     `streamed` says which. Use as a context manager, or `close()`.
     """
@@ -641,6 +656,7 @@ class VolumeFile:
         self._array: np.ndarray | None = None
         self._nifti: nib.Nifti1Image | None = None
         self._tiff: tifffile.TiffFile | None = None
+        self._zarr: ZarrVolume | None = None
         kind = volume_format(self.path)
         if kind == "nifti":
             image = _load_nifti(self.path, keep_file_open=True)
@@ -652,7 +668,10 @@ class VolumeFile:
                 self.meta = _nifti_meta(image, self._read_shape[:3])
         elif kind == "tiff":
             self._open_tiff()
-        if self._nifti is None and self._tiff is None:
+        elif kind == "zarr":
+            self._zarr = ZarrVolume(self.path)
+            self._read_shape, self.meta = self._zarr.shape, self._zarr.meta
+        if self._nifti is None and self._tiff is None and self._zarr is None:
             self._array, self.meta = read_volume(self.path)
             self._read_shape = self._array.shape
         self.shape: tuple[int, ...] = tuple(int(n) for n in self._read_shape)
@@ -691,6 +710,8 @@ class VolumeFile:
         z0, z1 = max(0, z0), min(self._read_shape[0], z1)
         if self._array is not None:
             return self._array[z0:z1]
+        if self._zarr is not None:
+            return self._zarr.read(z0, z1)
         try:
             if self._nifti is not None:
                 index = (slice(None), slice(None), slice(z0, z1))
@@ -710,7 +731,7 @@ class VolumeFile:
     def close(self) -> None:
         if self._tiff is not None:
             self._tiff.close()
-        self._nifti = self._tiff = self._array = None
+        self._nifti = self._tiff = self._array = self._zarr = None
 
     def __enter__(self) -> VolumeFile:
         return self
@@ -729,6 +750,7 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
     """
     import gzip
     import os
+    import shutil
 
     path, dtype = Path(path), np.dtype(dtype)
     kind = volume_format(path)
@@ -760,6 +782,13 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
             pages = (page for band in checked() for page in band)
             with open(partial, "wb") as f:
                 _write_tiff(f, pages, meta, shape=(z, y, x), dtype=dtype)
+        elif kind == "zarr":
+            _write_zarr(partial, checked(), meta, dtype)
+            if written != z:
+                raise ValueError(f"{path}: {written} of {z} slices were given")
+            shutil.rmtree(path, ignore_errors=True)  # a folder: replaced, not overwritten
+            os.replace(partial, path)
+            return
         else:
             whole = np.empty((z, y, x), dtype)
             for band in checked():
@@ -770,4 +799,127 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
             raise ValueError(f"{path}: {written} of {z} slices were given")
         os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
+        if partial.is_dir():
+            shutil.rmtree(partial)
+        else:
+            partial.unlink(missing_ok=True)
+
+
+# --- OME-Zarr ---------------------------------------------------------------------------------
+
+ZARR_FIX = "pip install 'zarr>=3' (a dependency of unet-seg on Python 3.11 and later)"
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError as err:
+        raise ImportError(f"reading and writing OME-Zarr needs zarr: {ZARR_FIX}") from err
+    return zarr
+
+
+class ZarrVolume:
+    """An OME-Zarr image (or a bare Zarr array) open for reading bands of z slices as
+    `[n, Y, X(, C)]` (the module docstring): `shape`, `meta`, `read(z0, z1)`."""
+
+    def __init__(self, path: str | Path) -> None:
+        zarr = _zarr()
+        self.path = Path(path)
+        try:
+            node = zarr.open(str(self.path), mode="r")
+        except Exception as err:  # noqa: BLE001 - zarr raises many types for what it cannot open
+            raise ValueError(f"{self.path}: cannot be read as Zarr ({type(err).__name__}: "
+                             f"{err}); replace it") from err  # fmt: skip
+        scale, offset, units = None, None, None
+        if isinstance(node, zarr.Array):
+            axes = ["z", "y", "x", "c"][: node.ndim]
+            self.array = node
+        else:
+            attrs = dict(node.attrs)
+            multiscales = (attrs.get("ome") or attrs).get("multiscales")
+            if not multiscales:
+                raise ValueError(f"{self.path}: a Zarr group without OME-Zarr multiscales "
+                                 "metadata: give the image's folder (an .ome.zarr)")  # fmt: skip
+            first = multiscales[0]
+            axes = [a["name"] if isinstance(a, dict) else str(a) for a in first["axes"]]
+            units = [a.get("unit") if isinstance(a, dict) else None for a in first["axes"]]
+            dataset = first["datasets"][0]
+            for t in dataset.get("coordinateTransformations", []):
+                if t.get("type") == "scale":
+                    scale = [float(v) for v in t["scale"]]
+                elif t.get("type") == "translation":
+                    offset = [float(v) for v in t["translation"]]
+            self.array = node[dataset["path"]]
+        axes = [a.lower() for a in axes]
+        shape = dict(zip(axes, self.array.shape, strict=True))
+        extra = [a for a in axes if a not in "czyx" and shape[a] != 1]
+        if sorted(a for a in axes if a in "zyx") != ["x", "y", "z"] or extra:
+            raise ValueError(f"{self.path}: axes {axes} {list(self.array.shape)}: a volume has "
+                             "z, y and x (and c; t only of size 1)")  # fmt: skip
+        self._axes = axes
+        self._order = [axes.index(a) for a in ("z", "y", "x", "c") if a in axes]
+        self.shape = tuple(shape[a] for a in ("z", "y", "x")) + (
+            (shape["c"],) if "c" in shape and shape["c"] > 1 else ()
+        )
+        spacing, assumed, origin = [], [], []
+        for a in ("z", "y", "x"):
+            i = axes.index(a)
+            per = _unit_mm((units or [None] * len(axes))[i]) if scale else None
+            spacing.append(scale[i] * per if per is not None else (scale[i] if scale else 1.0))
+            assumed.append(per is None)
+            origin.append(offset[i] * (per or 1.0) if offset else 0.0)
+        affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+        affine[:3, 3] = origin[::-1]
+        self.meta = VolumeMeta(shape=self.shape[:3], spacing=tuple(spacing),
+                               affine=_matrix(affine), format="zarr",
+                               spacing_assumed=tuple(assumed))  # fmt: skip
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        """Slices `z0..z1` (exclusive) as `[n, Y, X(, C)]`."""
+        index = tuple(slice(z0, z1) if a == "z" else 0 if a not in "cyx" else slice(None)
+                      for a in self._axes)  # fmt: skip
+        try:
+            data = np.asarray(self.array[index])
+        except Exception as err:  # noqa: BLE001 - a missing or broken chunk fails here
+            raise ValueError(f"{self.path}: cannot be read as Zarr ({type(err).__name__}: "
+                             f"{err}; slices {z0}..{z1 - 1}); replace it") from err  # fmt: skip
+        kept = [a for a in self._axes if a in "czyx"]
+        data = np.transpose(data, [kept.index(a) for a in ("z", "y", "x", "c") if a in kept])
+        return np.ascontiguousarray(data[..., 0] if data.ndim == 4 and data.shape[3] == 1
+                                    else data)  # fmt: skip
+
+    def close(self) -> None:
+        self.array = None
+
+    def __enter__(self) -> ZarrVolume:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_zarr(path: Path, bands: Any, meta: VolumeMeta, dtype: np.dtype) -> None:
+    """An OME-Zarr 0.4 image (Zarr v2) of one scale `0`, axes z, y, x (and c) in millimetres,
+    written band by band into chunks of up to 64 x 256 x 256."""
+    zarr = _zarr()
+    bands = iter(bands)
+    first = next(bands)
+    z, (y, x), channels = int(meta.shape[0]), first.shape[1:3], first.shape[3:]
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    chunks = (min(z, 64), min(y, 256), min(x, 256), *channels)
+    array = root.create_array("0", shape=(z, y, x, *channels), chunks=chunks, dtype=dtype,
+                              fill_value=0)  # fmt: skip
+    axes = [{"name": a, "type": "space", "unit": "millimeter"} for a in "zyx"]
+    scale = [float(s) for s in meta.spacing]
+    if channels:
+        axes.append({"name": "c", "type": "channel"})
+        scale.append(1.0)
+    translation = [float(v) for v in meta.affine_matrix()[:3, 3][::-1]] + [0.0] * len(channels)
+    transforms = [{"type": "scale", "scale": scale},
+                  {"type": "translation", "translation": translation}]  # fmt: skip
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "0", "coordinateTransformations": transforms}]}]  # fmt: skip
+    at = 0
+    for band in itertools.chain([first], bands):
+        array[at : at + len(band)] = band
+        at += len(band)
