@@ -9,6 +9,8 @@ processes; prints each run's peak RSS (VmHWM, from the log line predict writes) 
 label volumes agree.
 
     OMP_NUM_THREADS=1 python experiments/volume_memory/predict.py --root /tmp/volpred
+
+`--format zarr` writes the input as OME-Zarr (chunks of 64 x 256 x 256) in place of NIfTI.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from unet_seg.data.volumes import VolumeMeta, read_volume, write_volume
 from unet_seg.module import SegModule
 
 
@@ -52,16 +55,32 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--shape", type=int, nargs=3, default=[160, 384, 384])
     parser.add_argument("--patch", type=int, nargs=3, default=[32, 64, 64])
-    parser.add_argument("--arms", nargs="+", default=["whole", "bands", "streamed"],
-                        choices=["whole", "bands", "streamed"], help="which runs (default all)")
+    parser.add_argument(
+        "--format",
+        choices=["nifti", "zarr"],
+        default="nifti",
+        help="the input's format: uncompressed NIfTI, or OME-Zarr",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=["whole", "bands", "streamed"],
+        choices=["whole", "bands", "streamed"],
+        help="which runs (default all)",
+    )
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
-    volume = args.root / "input" / "case.nii"
+    filename = "case.nii" if args.format == "nifti" else "case.ome.zarr"
+    volume = args.root / "input" / filename
     volume.parent.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     z, y, x = args.shape
     data = rng.normal(100, 20, (x, y, z)).astype(np.float32)  # NIfTI's x, y, z
-    nib.save(nib.Nifti1Image(data, np.eye(4)), str(volume))
+    if args.format == "nifti":
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(volume))
+    else:  # the same voxels as [Z, Y, X]
+        meta = VolumeMeta((z, y, x), (1.0, 1.0, 1.0), tuple(map(tuple, np.eye(4))), "zarr")
+        write_volume(volume, np.ascontiguousarray(data.transpose(2, 1, 0)), meta)
     ckpt = checkpoint(args.root / "net.ckpt", args.patch)
     mib = data.nbytes / 2**20
     del data  # the children report their own peak (VmHWM), but keep this process small too
@@ -82,7 +101,7 @@ def main() -> None:
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
         peak = re.search(r"peak memory \(RSS\) ([0-9.]+) GiB", proc.stdout + proc.stderr)
-        labels = np.asanyarray(nib.load(str(out / "case.nii")).dataobj)
+        labels = read_volume(out / filename)[0]
         results[name] = labels
         print(f"{name:22s} peak RSS {float(peak.group(1)):.2f} GiB  {seconds:.0f} s")  # noqa: T201
     first = arms[0][0]
