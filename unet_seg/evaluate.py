@@ -366,8 +366,9 @@ def format_table(results: dict[str, float], book: ScoreBook, unit: str = "px") -
         for reduction, label in (("pooled", pooled), (book.case_mean, per_case)):
             cells = [results.get(f"{metric}/{reduction}/{c}") for c in columns]
             name = f"{LABELS[metric]}{f' ({unit})' if distance else ''}, {label}"
-            lines.append(f"{name:<34}" + "".join(
-                f"{'':>{width}}" if v is None else f"{v:>{width}.4f}" for v in cells))  # fmt: skip
+            form = ".4g" if distance else ".4f"  # EM distances in mm: 0.00125, not 0.0012
+            shown = (f"{'':>{width}}" if v is None else f"{v:>{width}{form}}" for v in cells)
+            lines.append(f"{name:<34}" + "".join(shown))
     counted = (("dice", f"{book.case}s in Dice..recall means"),
                ("hd95", f"{book.case}s in HD95, MSD means"))  # fmt: skip
     for metric, what in counted:
