@@ -390,12 +390,22 @@ def test_ome_zarr_reads_in_bands_and_writes_back_its_geometry(tmp_path: Path) ->
         back, back_meta = read_volume(tmp_path / name)
         assert np.array_equal(back, labels) and back.dtype == np.uint8, name
         assert back_meta.spacing == pytest.approx(meta.spacing), name
+    write_volume(tmp_path / "image.ome.zarr", array, meta)  # channels last, as read
+    assert np.array_equal(read_volume(tmp_path / "image.ome.zarr")[0], array)
+
+    def broken() -> object:  # the writer stops half way
+        yield labels[:4]
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        write_volume_bands(tmp_path / "half.ome.zarr", broken(), meta, np.uint8)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bands.ome.zarr",
         "em.ome.zarr",
+        "image.ome.zarr",
         "mri.zarr",
         "out.ome.zarr",
-    ]  # no .partial left
+    ]  # no .partial, no half volume left
 
 
 def test_predict_an_ome_zarr_volume_streamed_or_whole(tmp_path: Path) -> None:

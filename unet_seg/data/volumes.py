@@ -214,8 +214,8 @@ def write_volume(
         _write_nifti(path, array, meta)
     elif kind == "tiff":
         _write_tiff(path, array, meta)
-    elif kind == "zarr":
-        write_volume_bands(path, iter([array]), meta, array.dtype)
+    elif kind == "zarr":  # a folder: written beside its name, then put in place
+        _written_in_place(path, lambda partial: _write_zarr(partial, [array], meta, array.dtype))
     else:
         _write_itk(path, array, meta)
 
@@ -749,8 +749,6 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
     complete, so that an interrupted run leaves no half file under the output's name.
     """
     import gzip
-    import os
-    import shutil
 
     path, dtype = Path(path), np.dtype(dtype)
     kind = volume_format(path)
@@ -766,8 +764,14 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
             written += len(band)
             yield np.ascontiguousarray(band, dtype=dtype)
 
-    partial = path.with_name(path.name + ".partial")
-    try:
+    if kind == "itk":  # SimpleITK writes a whole image: gathered, not streamed
+        whole = np.empty((z, y, x), dtype)
+        for band in checked():
+            whole[written - len(band) : written] = band
+        write_volume(path, whole, meta, labels=True)
+        return
+
+    def write(partial: Path) -> None:
         if kind == "nifti":
             header = _output_nifti_header(meta, (x, y, z), dtype)
             header.set_slope_inter(1.0, 0.0)
@@ -782,21 +786,26 @@ def write_volume_bands(path: str | Path, bands: Any, meta: VolumeMeta, dtype: np
             pages = (page for band in checked() for page in band)
             with open(partial, "wb") as f:
                 _write_tiff(f, pages, meta, shape=(z, y, x), dtype=dtype)
-        elif kind == "zarr":
-            _write_zarr(partial, checked(), meta, dtype)
-            if written != z:
-                raise ValueError(f"{path}: {written} of {z} slices were given")
-            shutil.rmtree(path, ignore_errors=True)  # a folder: replaced, not overwritten
-            os.replace(partial, path)
-            return
         else:
-            whole = np.empty((z, y, x), dtype)
-            for band in checked():
-                whole[written - len(band) : written] = band
-            write_volume(path, whole, meta, labels=True)  # not streamed
-            return
+            _write_zarr(partial, checked(), meta, dtype)
         if written != z:
             raise ValueError(f"{path}: {written} of {z} slices were given")
+
+    _written_in_place(path, write)
+
+
+def _written_in_place(path: Path, write: Any) -> None:
+    """`write(partial)` to `<name>.partial` beside `path`, then renamed to `path` (a folder
+    there, an OME-Zarr, replaced), so that an interrupted write leaves no half volume under
+    the output's name."""
+    import os
+    import shutil
+
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        if path.is_dir():
+            shutil.rmtree(path)
         os.replace(partial, path)
     finally:
         if partial.is_dir():
