@@ -53,7 +53,7 @@ from unet_seg.inference import (
     check_options,
     checkpoint_is_volume,
     describe_volume_inference,
-    load_for_inference,
+    load_volume_module,
     log_resampling,
 )
 from unet_seg.instances import RULES as INSTANCE_RULES
@@ -255,9 +255,7 @@ class VolumeCases:
 
     def __init__(self, cfg: DictConfig, ckpt: Path) -> None:
         self.cfg = cfg
-        level = cfg.get("level")
-        self.module = load_for_inference(ckpt, str(cfg.get("device", "auto")),
-                                         None if level is None else int(level)).eval()  # fmt: skip
+        self.module = load_volume_module(ckpt, cfg)
         self.contract = self.module.contract
         self.class_names, self.background = self.contract.class_names, self.contract.background
         self.cases, self.what = evaluation_cases(cfg)

@@ -504,3 +504,11 @@ def describe_volume_inference(module: SegModule) -> str:
     what = f"2.5-D slabs of {c.slab}" if c.dims == 2.5 else "2-D slices"
     window = f", windows of {c.crop_size} px" if c.crop_size else ""
     return f"{what} along {'zyx'[c.slice_axis]}{window}{level}"
+
+
+def load_volume_module(ckpt: str | Path, cfg: Mapping) -> SegModule:
+    """A volume checkpoint's `SegModule` in eval mode on `cfg.device` (`auto`: a GPU if there
+    is one), UNet++-pruned to `cfg.level` when given (as for images)."""
+    level = cfg.get("level")
+    return load_for_inference(ckpt, str(cfg.get("device", "auto")),
+                              None if level is None else int(level)).eval()  # fmt: skip

@@ -68,7 +68,7 @@ from unet_seg.inference import (
     check_options,
     checkpoint_is_volume,
     describe_volume_inference,
-    load_for_inference,
+    load_volume_module,
     log_resampling,
     volume_options,
 )
@@ -378,7 +378,7 @@ def _predict_in_bands(module: SegModule, files: CaseFiles, cfg: DictConfig, targ
 def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
     """Write a label volume for every input case (the module docstring); return the files."""
     set_threads(cfg.get("threads", "auto"), "threads")
-    module = load_volume_module(cfg)
+    module = load_volume_module(cfg.ckpt, cfg)
     contract = module.contract
     refusal = _stream_refusal(cfg, module)
     if cfg.get("stream") is True and refusal:
@@ -427,14 +427,6 @@ def predict_volumes(cfg: DictConfig, spec: str | Path) -> list[Path]:
     log.info("wrote %d label volume(s) to %s%s; %s", len(written), output, skipped,
              peak_memory())  # fmt: skip
     return written
-
-
-def load_volume_module(cfg: DictConfig) -> SegModule:
-    """The checkpoint's `SegModule` in eval mode on `cfg.device` (`auto`: a GPU if there is
-    one), UNet++-pruned to `cfg.level` when given (as for images)."""
-    level = cfg.get("level")
-    return load_for_inference(cfg.ckpt, str(cfg.get("device", "auto")),
-                              None if level is None else int(level)).eval()  # fmt: skip
 
 
 PACKAGE_DEFAULTS = {
