@@ -16,7 +16,7 @@ import numpy as np
 from unet_seg.data.masks import PAD_LABEL
 from unet_seg.data.weight_map import consecutive_labels, touching_border
 from unet_seg.metrics import confusion_counts, pixel_error, ratio_scores
-from unet_seg.surface import distance_scores, surface_distances, worst_distance
+from unet_seg.surface import distance_scores, surface_scores
 
 RATIO_METRICS = ("dice", "iou", "precision", "recall")
 DISTANCE_METRICS = ("hd95", "msd")
@@ -113,19 +113,15 @@ class ScoreBook:
         for c, cls in enumerate(self.class_names):
             for metric in RATIO_METRICS:
                 row[f"{metric}/{cls}"] = float(ratios[metric][c])
-        worst = worst_distance(truth.shape, spacing)
         for c in range(self.first_scored, self.num_classes):
             cls = self.class_names[c]
-            found, true = (pred == c) & labelled, truth == c
-            there = bool(found.any()), bool(true.any())
-            if all(there):
-                forward, backward = surface_distances(found, true, spacing)
-                row[f"hd95/{cls}"], row[f"msd/{cls}"] = distance_scores(forward, backward)
-                self.distances[c][0].append(forward.astype(np.float32))
-                self.distances[c][1].append(backward.astype(np.float32))
-            else:  # missed, or found where there is none: the worst distance; else nothing
-                self.missing[c] += any(there)
-                row[f"hd95/{cls}"] = row[f"msd/{cls}"] = worst if any(there) else float("nan")
+            hd, msd, distances = surface_scores((pred == c) & labelled, truth == c, spacing)
+            row[f"hd95/{cls}"], row[f"msd/{cls}"] = hd, msd
+            if distances is not None:
+                self.distances[c][0].append(distances[0].astype(np.float32))
+                self.distances[c][1].append(distances[1].astype(np.float32))
+            elif not np.isnan(hd):  # missed, or found where there is none: the diagonal
+                self.missing[c] += 1
         fg = [row[f"dice/{cls}"] for cls in self.scored]
         row[f"dice/{self.mean_name}"] = _nanmean(fg)
         row["pixel_error"] = float(pixel_error(counts))

@@ -120,17 +120,21 @@ def surface_distances(
 
 def surface_scores(
     pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
-) -> tuple[float, float]:
-    """`(hd95, mean_surface_distance)` in mm from one pass over the surfaces."""
+) -> tuple[float, float, tuple[np.ndarray, np.ndarray] | None]:
+    """`(hd95, mean_surface_distance, distances)` in mm from one pass over the surfaces, by
+    the module's rules: the volume's diagonal for both when exactly one mask is empty, NaN
+    when both are; `distances` (`surface_distances`' two directions, to pool over cases)
+    when both masks have voxels, else None."""
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     _check_masks(pred, truth, spacing)
     there = pred.any(), truth.any()
     if not any(there):
-        return math.nan, math.nan
+        return math.nan, math.nan, None
     if not all(there):
         worst = worst_distance(truth.shape, spacing)
-        return worst, worst
-    return distance_scores(*surface_distances(pred, truth, spacing))
+        return worst, worst, None
+    distances = surface_distances(pred, truth, spacing)
+    return (*distance_scores(*distances), distances)
 
 
 def distance_scores(to_truth: np.ndarray, to_pred: np.ndarray) -> tuple[float, float]:
