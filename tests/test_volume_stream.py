@@ -424,3 +424,20 @@ def test_predict_an_ome_zarr_volume_streamed_or_whole(tmp_path: Path) -> None:
     (a, meta_a), (b, meta_b) = written[True], written[False]
     assert np.array_equal(a, b) and meta_a == meta_b
     assert meta_a.spacing == (3.0, 1.0, 1.0) and set(np.unique(a)) <= {0, 3, 7}
+
+
+def test_what_is_no_ome_zarr_volume_is_refused_naming_the_folder(tmp_path: Path) -> None:
+    """A Zarr group without multiscales, and an image whose axes hold no z (or a time series),
+    are refused with the folder's name and what a volume needs, not a traceback."""
+    import zarr
+
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w", zarr_format=2)
+    yx = _ome_zarr(tmp_path / "slice.ome.zarr", np.zeros((4, 5), np.uint8), "yx", [1, 1], "mm",
+                   "0.4")  # fmt: skip
+    movie = _ome_zarr(tmp_path / "movie.ome.zarr", np.zeros((3, 2, 4, 5), np.uint8), "tzyx",
+                      [1, 1, 1, 1], "mm", "0.4")  # fmt: skip
+    with pytest.raises(ValueError, match=r"plain\.zarr: a Zarr group without OME-Zarr multi"):
+        read_volume(tmp_path / "plain.zarr")
+    for path in (yx, movie):
+        with pytest.raises(ValueError, match=rf"{path.name}: axes .* a volume has z, y and x"):
+            VolumeFile(path)
